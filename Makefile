@@ -1,0 +1,51 @@
+# peerload developer commands. `make demo` and `make test` are the README's quick start.
+PY ?= python3
+VENV := .venv
+VENV_VLLM := .venv-vllm
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+VLLM_STAMP := $(VENV_VLLM)/.installed
+# The official ModelExpress client is a test oracle; its own dependency set is heavy, so it is
+# installed without deps next to the few it needs at import time (see shared DESIGN.md).
+MX_DEPS := zstandard huggingface_hub google-crc32c boto3
+
+.PHONY: install system-deps demo test test-fast bench proto vllm-venv clean
+
+install: $(STAMP)
+
+system-deps:
+	@bash scripts/install_system_deps.sh
+
+$(STAMP): pyproject.toml scripts/install_system_deps.sh
+	@bash scripts/install_system_deps.sh
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q $(MX_DEPS)
+	$(BIN)/pip install -q --no-deps modelexpress==0.7.0
+	touch $(STAMP)
+
+# A separate venv for real vLLM on CPU (its pins differ from ours); built once, reused.
+vllm-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml scripts/build_vllm_venv.sh
+	bash scripts/build_vllm_venv.sh $(VENV_VLLM)
+	touch $(VLLM_STAMP)
+
+demo: install
+	$(BIN)/peerload demo
+
+test: install vllm-venv
+	$(BIN)/python -m pytest -q -rs
+
+test-fast: install
+	$(BIN)/python -m pytest -q -rs -m "not vllm"
+
+bench: install
+	$(BIN)/peerload bench
+
+proto: install
+	$(BIN)/python scripts/gen_proto.py
+
+clean:
+	rm -rf $(VENV) $(VENV_VLLM) build src/*.egg-info .pytest_cache

@@ -1,0 +1,126 @@
+"""Every peerload exception. Each is also a stdlib kind so callers can catch by category."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class PeerloadError(Exception):
+    """Base of all peerload errors."""
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+class ConfigError(PeerloadError, ValueError):
+    """A setting, option or argument is invalid; the message names it and the fix."""
+
+
+class MissingExtraError(ConfigError, ImportError):
+    """An optional component was chosen but its package is not installed."""
+
+    def __init__(self, component: str, package: str, extra: str) -> None:
+        self.component = component
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{component} needs the Python package '{package}', which is not installed: "
+            f"run `pip install 'peerload[{extra}]'`"
+        )
+
+
+# --- coordinator (server side: mapped to gRPC status codes) -------------------------------------
+
+
+class InvalidRequest(PeerloadError, ValueError):
+    """A request to the coordinator is malformed; maps to INVALID_ARGUMENT."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class NotFound(PeerloadError, LookupError):
+    """The requested record does not exist; maps to NOT_FOUND."""
+
+
+# --- coordinator (client side) -----------------------------------------------------------------
+
+
+class CoordinatorError(PeerloadError, ConnectionError):
+    """An RPC to the coordinator failed; carries the RPC name, status code and details."""
+
+    def __init__(self, rpc: str, code: str, details: str, address: str = "") -> None:
+        self.rpc = rpc
+        self.code = code
+        self.details = details
+        self.address = address
+        where = f" at {address}" if address else ""
+        super().__init__(f"coordinator{where}: {rpc} failed with {code}: {details}")
+
+
+class CoordinatorUnavailable(CoordinatorError):
+    """The coordinator cannot be reached (UNAVAILABLE / DEADLINE_EXCEEDED after retries)."""
+
+
+# --- data plane ---------------------------------------------------------------------------------
+
+
+class TransportError(PeerloadError, RuntimeError):
+    """A transfer or transport operation failed; names the peer when there is one."""
+
+    def __init__(self, message: str, peer: str | None = None) -> None:
+        self.peer = peer
+        super().__init__(f"{message} (peer {peer})" if peer else message)
+
+
+class TransferTimeout(TransportError, TimeoutError):
+    """A transfer did not complete within its timeout."""
+
+
+class TransferCancelled(TransportError):
+    """A transfer was cancelled by the caller."""
+
+
+class PeerMetadataError(TransportError, ValueError):
+    """A peer's transport metadata is corrupt, foreign or for another transport."""
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+class LayoutMismatch(PeerloadError, ValueError):
+    """The source's tensors do not match the target's layout; lists what differs."""
+
+    def __init__(self, problems: Sequence[str], source: str = "") -> None:
+        self.problems = list(problems)
+        self.source = source
+        shown = "; ".join(self.problems[:10])
+        more = f" (and {len(self.problems) - 10} more)" if len(self.problems) > 10 else ""
+        where = f" of source {source}" if source else ""
+        super().__init__(f"layout mismatch{where}: {shown}{more}")
+
+
+class ChecksumMismatch(PeerloadError, ValueError):
+    """Transferred bytes do not match the checksums the seed published."""
+
+    def __init__(self, tensors: Sequence[str], source: str = "") -> None:
+        self.tensors = list(tensors)
+        self.source = source
+        shown = ", ".join(self.tensors[:10])
+        more = f" (and {len(self.tensors) - 10} more)" if len(self.tensors) > 10 else ""
+        super().__init__(f"checksum mismatch from source {source or '?'} in: {shown}{more}")
+
+
+class NoSourceAvailable(PeerloadError, LookupError):
+    """No READY peer of this identity and rank could provide the weights."""
+
+
+class LoadFailed(PeerloadError, RuntimeError):
+    """Neither a peer nor storage produced a verified model; the destination was rolled back."""
+
+    def __init__(self, message: str, attempts: Sequence[str] = ()) -> None:
+        self.attempts = list(attempts)
+        detail = "".join(f"\n  - {a}" for a in self.attempts)
+        super().__init__(message + detail)

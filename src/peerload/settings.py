@@ -1,0 +1,212 @@
+"""The one reader of peerload configuration: PEERLOAD_* env vars and ModelExpress-style config.
+
+Precedence (highest first): explicit keyword overrides, a JSON config (ModelExpress style
+`{"url", "transport", "source"}` or peerload keys), PEERLOAD_* variables, the ModelExpress
+variables MODEL_EXPRESS_URL / MX_SERVER_ADDRESS, then the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from peerload.errors import ConfigError
+
+TRANSPORTS = ("nixl", "transfer_engine")
+STORES = ("memory", "redis")
+DEFAULT_COORDINATOR = "127.0.0.1:8001"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated peerload configuration; build with `Settings.load()`."""
+
+    # Coordinator address (HOST:PORT) used by seeds, targets and the CLI.
+    coordinator: str = DEFAULT_COORDINATOR
+    # Data plane: "nixl" (UCX) or "transfer_engine" (Mooncake).
+    transport: str = "nixl"
+    # Deadline of one coordinator RPC, and how often UNAVAILABLE is retried.
+    rpc_timeout_s: float = 30.0
+    rpc_retries: int = 3
+    # Seeds heartbeat READY this often; the coordinator stops listing them READY after the timeout.
+    heartbeat_interval_s: float = 2.0
+    heartbeat_timeout_s: float = 10.0
+    # STALE workers are deleted this long after their last heartbeat.
+    gc_timeout_s: float = 60.0
+    # Coordinator server side.
+    host: str = "127.0.0.1"
+    port: int = 8001
+    store: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Target side.
+    transfer_timeout_s: float = 300.0
+    max_source_attempts: int = 3
+    verify_checksums: bool = True
+    storage_fallback: bool = True
+    # Tensors larger than this are moved as several chunks (pipelines page faulting with transfer).
+    chunk_bytes: int = 64 << 20
+    # Address a seed advertises for its manifest server (the host part).
+    advertise_host: str = "127.0.0.1"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def load(
+        cls,
+        config: str | Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings from env vars, an optional JSON config (string, path or dict) and overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        values.update(_from_mx_env(env))
+        values.update(_from_peerload_env(env))
+        if config is None and env.get("PEERLOAD_CONFIG"):
+            config = env["PEERLOAD_CONFIG"]
+        if config is not None:
+            values.update(_from_json_config(config))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**_coerce_all(values))
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **_coerce_all(changes))
+
+    @property
+    def coordinator_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.coordinator, what="coordinator")
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+# ModelExpress-style JSON keys and what they mean here.
+_MX_JSON_KEYS = {"url": "coordinator", "server_address": "coordinator"}
+
+
+def split_host_port(address: str, what: str = "address") -> tuple[str, int]:
+    """Split HOST:PORT (also [v6]:PORT, and grpc-style URLs); raises ConfigError naming `what`."""
+    text = address.strip()
+    for prefix in ("grpc://", "http://", "dns:///", "dns:", "ipv4:"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    text = text.rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} {address!r} is not HOST:PORT (for example 127.0.0.1:8001)")
+    return host.strip("[]"), int(port)
+
+
+def parse_bool(name: str, value: str | bool) -> bool:
+    """The one boolean parser: 1/true/yes/on and 0/false/no/off, case-insensitive."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean: use true/false, 1/0, yes/no or on/off")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name not in _FIELDS:
+        known = ", ".join(sorted(_FIELDS))
+        raise ConfigError(f"unknown setting {name!r}; known settings: {known}")
+    kind = _FIELDS[name].type
+    try:
+        if kind == "bool":
+            return parse_bool(name, value)
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "str":
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name}={value!r} must be of type {kind}") from None
+    return value
+
+
+def _coerce_all(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _coerce(k, v) for k, v in values.items()}
+
+
+def _from_peerload_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _FIELDS:
+        if name == "extra":
+            continue
+        key = "PEERLOAD_" + name.upper()
+        if key in env and env[key] != "":
+            out[name] = env[key]
+    return out
+
+
+def _from_mx_env(env: Mapping[str, str]) -> dict[str, Any]:
+    for key in ("MX_SERVER_ADDRESS", "MODEL_EXPRESS_URL"):
+        if env.get(key):
+            return {"coordinator": env[key]}
+    return {}
+
+
+def _from_json_config(config: str | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(config, str):
+        text = config.strip()
+        if not text.startswith("{"):
+            try:
+                with open(text, encoding="utf-8") as fh:
+                    text = fh.read()
+            except OSError as exc:
+                raise ConfigError(f"config {config!r} is neither JSON nor a readable file: {exc}") from None
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config is not valid JSON: {exc}") from None
+    if not isinstance(config, Mapping):
+        raise ConfigError("config must be a JSON object such as {\"url\": \"host:8001\", \"transport\": \"nixl\"}")
+    out: dict[str, Any] = {}
+    unknown: list[str] = []
+    for key, value in config.items():
+        name = _MX_JSON_KEYS.get(key, key)
+        if key == "source":
+            # ModelExpress' "source" names where weights come from when no peer has them; we
+            # always fall back to the checkpoint path, so only "disk"/"storage" are meaningful.
+            out["storage_fallback"] = str(value).lower() not in ("none", "p2p", "peer")
+        elif name in _FIELDS and name != "extra":
+            out[name] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        allowed = sorted([*_MX_JSON_KEYS, "source", *(n for n in _FIELDS if n != "extra")])
+        raise ConfigError(f"unknown config keys {sorted(unknown)}; allowed keys: {', '.join(allowed)}")
+    return out
+
+
+def _validate(s: Settings) -> None:
+    if s.transport not in TRANSPORTS:
+        raise ConfigError(f"transport {s.transport!r} is not supported; choose one of {', '.join(TRANSPORTS)}")
+    if s.store not in STORES:
+        raise ConfigError(f"store {s.store!r} is not supported; choose one of {', '.join(STORES)}")
+    split_host_port(s.coordinator, what="coordinator")
+    for name in ("rpc_timeout_s", "heartbeat_interval_s", "heartbeat_timeout_s", "gc_timeout_s",
+                 "transfer_timeout_s"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(s, name)}")
+    if s.heartbeat_interval_s >= s.heartbeat_timeout_s:
+        raise ConfigError(
+            f"heartbeat_interval_s ({s.heartbeat_interval_s}) must be smaller than "
+            f"heartbeat_timeout_s ({s.heartbeat_timeout_s}), or READY seeds would flap to STALE"
+        )
+    if s.rpc_retries < 0 or s.max_source_attempts < 1:
+        raise ConfigError("rpc_retries must be >= 0 and max_source_attempts >= 1")
+    if s.chunk_bytes < 4096:
+        raise ConfigError(f"chunk_bytes must be >= 4096, got {s.chunk_bytes}")
+    if not 0 < s.port < 65536:
+        raise ConfigError(f"port must be in 1..65535, got {s.port}")
