@@ -1,0 +1,227 @@
+"""Hugging Face glue: read safetensors checkpoints, build models (empty or loaded), tp shards.
+
+A directory with a config.json becomes a `transformers` causal LM (so non-persistent buffers
+such as rotary tables travel too); a bare .safetensors file is moved as its tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from peerload.adapters.quantize import quantize_int8
+from peerload.errors import ConfigError, MissingExtraError
+from peerload.manifest import module_tensors
+
+# Megatron-style tensor parallelism for Llama/Qwen2-like names: which dim each rank splits.
+_COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "embed_tokens", "lm_head")
+_ROW_PARALLEL = ("o_proj", "down_proj")
+
+
+def checkpoint_files(path: str | Path) -> list[Path]:
+    """The safetensors files of a checkpoint: a file, a sharded directory, or a plain directory."""
+    p = Path(path)
+    if p.is_file():
+        if p.suffix != ".safetensors":
+            raise ConfigError(f"{p} is not a .safetensors file")
+        return [p]
+    if not p.is_dir():
+        raise ConfigError(f"checkpoint path {p} does not exist")
+    index = p / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [p / name for name in sorted(set(weight_map.values()))]
+    files = sorted(p.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"no *.safetensors files in {p} (and no model.safetensors.index.json)")
+    return files
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors checkpoint, by name."""
+    tensors: dict[str, torch.Tensor] = {}
+    for f in checkpoint_files(path):
+        tensors.update(load_file(str(f)))
+    return tensors
+
+
+def checkpoint_layout(path: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Names, shapes and dtypes of a checkpoint's tensors, read from headers only."""
+    layout = {}
+    for f in checkpoint_files(path):
+        with safe_open(str(f), framework="pt") as fh:
+            for name in fh.keys():
+                sl = fh.get_slice(name)
+                layout[name] = (tuple(sl.get_shape()), _safetensors_dtype(sl.get_dtype()))
+    return layout
+
+
+def _safetensors_dtype(code: str) -> torch.dtype:
+    table = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+             "U8": torch.uint8, "BOOL": torch.bool}
+    if code not in table:
+        raise ConfigError(f"safetensors dtype {code} is not supported")
+    return table[code]
+
+
+def has_model_config(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "config.json").exists()
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise MissingExtraError("loading Hugging Face models", "transformers", "hf") from None
+    return transformers
+
+
+def build_empty_model(path: str | Path, *, quantize: str | None = None) -> torch.nn.Module:
+    """The model of `path/config.json` with allocated but uninitialised tensors, post-processed."""
+    transformers = _transformers()
+    config = transformers.AutoConfig.from_pretrained(str(path))
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    _post_process(model, quantize)
+    materialize(model)
+    return model.eval()
+
+
+def load_model(path: str | Path, *, quantize: str | None = None) -> torch.nn.Module:
+    """The model of `path` loaded from its safetensors files, post-processed."""
+    transformers = _transformers()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path))
+    _post_process(model, quantize)
+    return model.eval()
+
+
+def materialize(model: torch.nn.Module, device: str = "cpu") -> None:
+    """Allocate a meta model's tensors (uninitialised), keeping tied weights and tensor aliases."""
+    aliases = []
+    for mod in model.modules():
+        owned = {id(t): n for n, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]}
+        for attr, value in vars(mod).items():
+            if isinstance(value, torch.Tensor) and id(value) in owned:
+                aliases.append((mod, attr, owned[id(value)]))
+    model.to_empty(device=device)
+    for mod, attr, name in aliases:
+        setattr(mod, attr, getattr(mod, name))
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def _post_process(model: torch.nn.Module, quantize: str | None) -> None:
+    if quantize is None:
+        return
+    if quantize != "int8":
+        raise ConfigError(f"--quantize {quantize!r} is not supported; the only choice is int8")
+    quantize_int8(model, skip=("lm_head",))
+
+
+# -- tensor parallel shards ----------------------------------------------------------------------
+
+
+def shard_dim(name: str) -> int | None:
+    """The dimension a tensor is split on across tp ranks, or None if every rank holds it whole."""
+    parts = name.split(".")
+    module = parts[-2] if len(parts) >= 2 else ""
+    leaf = parts[-1]
+    if module in _COLUMN_PARALLEL and leaf in ("weight", "bias", "weight_scale"):
+        return 0
+    if module in _ROW_PARALLEL and leaf == "weight":
+        return 1
+    return None
+
+
+def shard(tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank: int) -> dict[str, torch.Tensor]:
+    """Rank `tp_rank`'s contiguous shard of every tensor (a copy; replicated tensors cloned)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        dim = shard_dim(name)
+        if tp_size == 1 or dim is None:
+            out[name] = t.detach().clone()
+            continue
+        if t.shape[dim] % tp_size:
+            raise ConfigError(f"{name}: dimension {dim} ({t.shape[dim]}) is not divisible by tp_size {tp_size}")
+        out[name] = t.detach().chunk(tp_size, dim=dim)[tp_rank].contiguous().clone()
+    return out
+
+
+def unshard(shards: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Reassemble full tensors from every rank's shard (inverse of `shard`)."""
+    out = {}
+    for name in shards[0]:
+        dim = shard_dim(name)
+        out[name] = shards[0][name] if dim is None or len(shards) == 1 else \
+            torch.cat([s[name] for s in shards], dim=dim)
+    return out
+
+
+def empty_like_shard(tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank: int) -> dict[str, torch.Tensor]:
+    """Uninitialised tensors shaped like `shard(tensors, ...)` (works on meta tensors)."""
+    out = {}
+    for name, t in tensors.items():
+        shape = list(t.shape)
+        dim = shard_dim(name)
+        if tp_size > 1 and dim is not None:
+            if shape[dim] % tp_size:
+                raise ConfigError(f"{name}: dimension {dim} ({shape[dim]}) is not divisible by tp_size {tp_size}")
+            shape[dim] //= tp_size
+        out[name] = torch.empty(shape, dtype=t.dtype, device="cpu")
+    return out
+
+
+# -- what the CLI uses: destination + fallback for a checkpoint path ------------------------------
+
+
+def seed_tensors(path: str | Path, *, quantize: str | None, tp_size: int, tp_rank: int
+                 ) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, torch.nn.Module | None]:
+    """What a seed publishes for `path`: (tensors or model, the model if one was built)."""
+    if has_model_config(path):
+        model = load_model(path, quantize=quantize)
+        if tp_size == 1:
+            return model, model
+        return shard(parameters_and_buffers(model), tp_size, tp_rank), model
+    if quantize:
+        raise ConfigError("--quantize needs a model directory with config.json, not a bare safetensors file")
+    return shard(read_checkpoint(path), tp_size, tp_rank), None
+
+
+def target_tensors(path: str | Path, *, quantize: str | None, tp_size: int, tp_rank: int
+                   ) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, Callable[[], Mapping[str, torch.Tensor]]]:
+    """What a target allocates for `path` (empty, final layout) and how storage would fill it."""
+    if has_model_config(path):
+        if tp_size == 1:
+            destination: dict[str, torch.Tensor] | torch.nn.Module = build_empty_model(path, quantize=quantize)
+        else:
+            transformers = _transformers()
+            config = transformers.AutoConfig.from_pretrained(str(path))
+            with torch.device("meta"):
+                meta = transformers.AutoModelForCausalLM.from_config(config)
+            _post_process(meta, quantize)
+            destination = empty_like_shard(parameters_and_buffers(meta), tp_size, tp_rank)
+
+        def from_storage() -> Mapping[str, torch.Tensor]:
+            model = load_model(path, quantize=quantize)
+            if tp_size > 1:
+                return shard(parameters_and_buffers(model), tp_size, tp_rank)
+            return module_tensors(model)
+        return destination, from_storage
+    if quantize:
+        raise ConfigError("--quantize needs a model directory with config.json, not a bare safetensors file")
+    layout = checkpoint_layout(path)
+    metas = {n: torch.empty(shape, dtype=dt, device="meta") for n, (shape, dt) in layout.items()}
+    return empty_like_shard(metas, tp_size, tp_rank), lambda: shard(read_checkpoint(path), tp_size, tp_rank)
+
+
+def parameters_and_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers by name, aliases included (what tp shards are cut from)."""
+    out = {n: p for n, p in module.named_parameters(remove_duplicate=False)}
+    out.update({n: b for n, b in module.named_buffers(remove_duplicate=False)})
+    return out

@@ -1,0 +1,160 @@
+"""Seed side: register tensors with a transport, serve the manifest, publish, heartbeat READY."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+
+import torch
+
+from peerload.client import CoordinatorClient, WorkerInfo
+from peerload.errors import CoordinatorError
+from peerload.identity import SourceIdentity
+from peerload.manifest import Manifest, TensorSet, checksums, collect
+from peerload.seed.manifest_server import ManifestServer
+from peerload.settings import Settings
+from peerload.transport import create_transport
+from peerload.transport.base import Transport
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id(rank: int) -> str:
+    """A readable, unique worker id: host, pid, rank and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-r{rank}-{uuid.uuid4().hex[:8]}"
+
+
+class Publisher:
+    """A live source: owns the transport registration, manifest server and heartbeat thread.
+
+    Keep it alive as long as the tensors serve; `close()` marks the worker STALE and releases all.
+    """
+
+    def __init__(
+        self,
+        tensor_set: TensorSet,
+        identity: SourceIdentity,
+        *,
+        rank: int,
+        settings: Settings,
+        worker_id: str | None = None,
+        transport: Transport | None = None,
+        region_checksums: Mapping[str, str] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.rank = rank
+        self.settings = settings
+        self.worker_id = worker_id or new_worker_id(rank)
+        self.tensor_set = tensor_set
+        self.source_id = identity.source_id()
+        self._owns_transport = transport is None
+        self._closed = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._server: ManifestServer | None = None
+        self._client = CoordinatorClient(settings.coordinator, timeout_s=settings.rpc_timeout_s,
+                                         retries=settings.rpc_retries)
+        try:
+            self.transport = transport or create_transport(settings.transport, name=self.worker_id)
+            if self._owns_transport:
+                self.transport.register(tensor_set.regions)
+            sums = dict(region_checksums) if region_checksums else checksums(tensor_set.regions)
+            self.manifest: Manifest = tensor_set.manifest(
+                sums, worker_id=self.worker_id, source_id=self.source_id, worker_rank=rank)
+            self._server = ManifestServer(self.manifest, host=settings.advertise_host)
+            self._publish()
+        except BaseException:
+            self._release()
+            raise
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"peerload-heartbeat-{rank}",
+                                           daemon=True)
+        self._heartbeat.start()
+
+    def _publish(self) -> None:
+        info = self.transport.endpoint_info()
+        worker = WorkerInfo(
+            rank=self.rank,
+            agent_name=info.agent_name,
+            nixl_metadata=info.nixl_metadata,
+            transfer_engine_session_id=info.transfer_engine_session_id,
+            tensors=[(r.name, r.addr, r.size, r.device_id, "torch.uint8") for r in self.manifest.regions],
+            worker_grpc_endpoint=self._server.endpoint if self._server else "",
+            accelerator="cuda" if any(t.is_cuda for t in self.tensor_set.regions.values()) else "cpu",
+        )
+        published_id = self._client.publish(self.identity, worker, worker_id=self.worker_id)
+        if published_id != self.source_id:
+            log.warning("coordinator computed source id %s, we computed %s", published_id, self.source_id)
+            self.source_id = published_id
+        self._client.update_status(self.source_id, self.worker_id, self.rank, "READY")
+        log.info("published %d tensors (%.1f MiB) as %s/%s rank %d via %s", len(self.manifest.tensors),
+                 self.manifest.total_bytes / 2**20, self.source_id, self.worker_id, self.rank,
+                 self.transport.kind)
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval_s
+        while not self._closed.wait(interval):
+            try:
+                self._client.update_status(self.source_id, self.worker_id, self.rank, "READY")
+            except CoordinatorError as exc:
+                # Keep serving: the coordinator may come back, and the next beat re-marks us READY.
+                log.warning("heartbeat failed, will retry in %.1fs: %s", interval, exc)
+
+    def close(self) -> None:
+        """Mark the worker STALE at the coordinator and release transport, server and threads."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=self.settings.rpc_timeout_s)
+        try:
+            self._client.update_status(self.source_id, self.worker_id, self.rank, "STALE")
+        except CoordinatorError as exc:
+            log.warning("could not mark %s STALE (the reaper will): %s", self.worker_id, exc)
+        self._release()
+
+    def _release(self) -> None:
+        self._closed.set()
+        if self._server is not None:
+            self._server.stop()
+        if self._owns_transport and getattr(self, "transport", None) is not None:
+            self.transport.close()
+        self._client.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def publish(
+    tensors: Mapping[str, torch.Tensor] | torch.nn.Module,
+    identity: SourceIdentity,
+    *,
+    rank: int = 0,
+    settings: Settings | None = None,
+    worker_id: str | None = None,
+) -> Publisher:
+    """Make `tensors` (a model or a name->tensor map) a READY source of `identity` at `rank`.
+
+    Args:
+        tensors: the weights in their final, post-processed layout; they must stay alive and
+            unchanged while the returned Publisher is open.
+        identity: what the weights are (model, revision, framework, parallelism, dtype...).
+        rank: worker rank (pp_rank * tp_size + tp_rank).
+        settings: configuration; defaults to `Settings.load()` (env vars).
+        worker_id: a stable id for this worker; a unique one is generated when omitted.
+
+    Raises:
+        CoordinatorError: the coordinator rejected or could not take the publication.
+        ConfigError / MissingExtraError: bad tensors or an unavailable transport.
+    """
+    settings = settings or Settings.load()
+    started = time.perf_counter()
+    pub = Publisher(collect(tensors), identity, rank=rank, settings=settings, worker_id=worker_id)
+    log.debug("publish took %.3fs", time.perf_counter() - started)
+    return pub
