@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
-from peerload.client import CoordinatorClient, WorkerInfo
+from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
 from peerload.errors import CoordinatorError
 from peerload.identity import SourceIdentity
 from peerload.manifest import Manifest, TensorSet, checksums, collect
@@ -89,7 +89,7 @@ class Publisher:
         if published_id != self.source_id:
             log.warning("coordinator computed source id %s, we computed %s", published_id, self.source_id)
             self.source_id = published_id
-        self._client.update_status(self.source_id, self.worker_id, self.rank, "READY")
+        self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.READY)
         log.info("published %d tensors (%.1f MiB) as %s/%s rank %d via %s", len(self.manifest.tensors),
                  self.manifest.total_bytes / 2**20, self.source_id, self.worker_id, self.rank,
                  self.transport.kind)
@@ -98,7 +98,7 @@ class Publisher:
         interval = self.settings.heartbeat_interval_s
         while not self._closed.wait(interval):
             try:
-                self._client.update_status(self.source_id, self.worker_id, self.rank, "READY")
+                self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.READY)
             except CoordinatorError as exc:
                 # Keep serving: the coordinator may come back, and the next beat re-marks us READY.
                 log.warning("heartbeat failed, will retry in %.1fs: %s", interval, exc)
@@ -111,7 +111,7 @@ class Publisher:
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=self.settings.rpc_timeout_s)
         try:
-            self._client.update_status(self.source_id, self.worker_id, self.rank, "STALE")
+            self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.STALE)
         except CoordinatorError as exc:
             log.warning("could not mark %s STALE (the reaper will): %s", self.worker_id, exc)
         self._release()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
-from peerload.client import CoordinatorClient
+from peerload.client import CoordinatorClient, SourceStatus
 from peerload.errors import (
     ChecksumMismatch,
     ConfigError,
@@ -151,7 +151,13 @@ class TargetLoad:
 
     def _from_peers(self, tensor_set: TensorSet) -> tuple[str | None, dict[str, str] | None]:
         with self._phase("discover"):
-            refs = self.client.list_sources(self.identity, status="READY", worker_rank=self.rank)
+            try:
+                refs = self.client.list_sources(self.identity, status=SourceStatus.READY, worker_rank=self.rank)
+            except CoordinatorError as exc:
+                if self.fallback is None:
+                    raise
+                self.attempts.append(f"discovery failed: {exc}")
+                return None, None
             candidates = order_sources(refs, exclude={self.worker_id})
         if not candidates:
             reason = (f"no READY source of {self.identity.model_name} "
@@ -161,7 +167,7 @@ class TargetLoad:
             return None, None
         for ref in candidates[: self.settings.max_source_attempts]:
             try:
-                sums = self._from_peer(ref.source_id, ref.worker_id, tensor_set)
+                sums = self._from_peer(ref.mx_source_id, ref.worker_id, tensor_set)
                 return ref.worker_id, sums
             except (TransportError, LayoutMismatch, ChecksumMismatch, CoordinatorError,
                     NoSourceAvailable, grpc.RpcError) as exc:

@@ -1,0 +1,116 @@
+"""`peerload load PATH`: load a model peer-to-peer (or from storage), verify, report, publish."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from peerload.adapters import hf
+from peerload.cli._model_options import (
+    CoordinatorOpt, EpSizeOpt, ModelNameOpt, PathArg, PpRankOpt, PpSizeOpt, QuantizeOpt, RevisionOpt,
+    TpRankOpt, TpSizeOpt, TransportOpt, WorkerIdOpt, model_options, settings_for, wait_for_signal,
+)
+from peerload.manifest import sha256_of
+from peerload.target import loader
+from peerload.target.loader import LoadResult, load_into
+
+log = logging.getLogger(__name__)
+
+
+def load(
+    path: PathArg,
+    model_name: ModelNameOpt,
+    coordinator: CoordinatorOpt = None,
+    transport: TransportOpt = None,
+    revision: RevisionOpt = "",
+    tp_size: TpSizeOpt = 1,
+    tp_rank: TpRankOpt = 0,
+    pp_size: PpSizeOpt = 1,
+    pp_rank: PpRankOpt = 0,
+    ep_size: EpSizeOpt = 1,
+    quantize: QuantizeOpt = None,
+    worker_id: WorkerIdOpt = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write a JSON report here.")] = None,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Verify content checksums.")] = True,
+    fallback: Annotated[bool, typer.Option("--fallback/--no-fallback",
+                                           help="Load from PATH when no peer works.")] = True,
+    max_sources: Annotated[Optional[int], typer.Option("--max-sources", min=1,
+                                                      help="Peers to try before storage.")] = None,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve",
+                                        help="Keep serving the loaded weights as a source until SIGTERM.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Build the model of PATH with empty weights, pull them from a READY peer, verify, publish."""
+    opts = model_options(path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size, quantize)
+    settings = settings_for(coordinator, transport, verify_checksums=verify, storage_fallback=fallback,
+                            max_source_attempts=max_sources)
+    destination, from_storage = hf.target_tensors(path, quantize=quantize, tp_size=tp_size, tp_rank=tp_rank)
+    console = Console(stderr=True)
+    with _progress_bar(console, enabled=progress) as hook:
+        result = load_into(destination, opts.identity, rank=opts.rank, settings=settings,
+                           fallback=from_storage, progress=hook, worker_id=worker_id)
+    try:
+        _print_summary(console, result)
+        if report is not None:
+            report.write_text(json.dumps(build_report(result, settings.transport, opts.identity.source_id()),
+                                         indent=2))
+        if serve and result.publisher is not None:
+            console.print(f"serving as source {result.publisher.worker_id}; SIGTERM to stop")
+            wait_for_signal()
+    finally:
+        result.close()
+
+
+def build_report(result: LoadResult, transport: str, source_id: str) -> dict:
+    """The --report JSON: source, bytes, per-phase seconds, GB/s and per-tensor sha256."""
+    assert result.tensor_set is not None
+    phases = {p: round(result.seconds.get(p, 0.0), 6) for p in (*loader.PHASES, "total")}
+    return {
+        "source": result.source,
+        "worker_id": result.worker_id,
+        "source_id": source_id,
+        "transport": transport,
+        "bytes": result.bytes,
+        "seconds": phases,
+        "gbps": round(result.gbps, 4),
+        "attempts": result.attempts,
+        "published": result.publisher is not None,
+        "sha256": {name: sha256_of(t) for name, t in sorted(result.tensor_set.tensors.items())},
+    }
+
+
+def _print_summary(console: Console, result: LoadResult) -> None:
+    where = "storage" if result.source == "storage" else f"peer {result.source}"
+    console.print(f"loaded {result.bytes / 2**20:.1f} MiB from {where} in {result.seconds['total']:.2f}s "
+                  f"({result.gbps:.2f} GB/s)")
+    for attempt in result.attempts:
+        console.print(f"  note: {attempt}")
+
+
+class _progress_bar:
+    """A rich progress bar fed by the loader's Progress events (a no-op when disabled)."""
+
+    def __init__(self, console: Console, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                            TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        self.bar.__enter__()
+        return self.update
+
+    def update(self, event: loader.Progress) -> None:
+        if event.source not in self.tasks:
+            self.tasks[event.source] = self.bar.add_task(f"from {event.source[:24]}", total=event.total)
+        self.bar.update(self.tasks[event.source], completed=event.done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
