@@ -1,0 +1,66 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GetManifestRequest(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+
+class TensorEntry(_message.Message):
+    __slots__ = ("name", "shape", "stride", "dtype", "nbytes", "addr", "device_id", "checksum", "storage_offset", "region")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    NBYTES_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    stride: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    nbytes: int
+    addr: int
+    device_id: int
+    checksum: str
+    storage_offset: int
+    region: str
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., nbytes: _Optional[int] = ..., addr: _Optional[int] = ..., device_id: _Optional[int] = ..., checksum: _Optional[str] = ..., storage_offset: _Optional[int] = ..., region: _Optional[str] = ...) -> None: ...
+
+class RegionEntry(_message.Message):
+    __slots__ = ("name", "size", "addr", "device_id", "checksum")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    addr: int
+    device_id: int
+    checksum: str
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., addr: _Optional[int] = ..., device_id: _Optional[int] = ..., checksum: _Optional[str] = ...) -> None: ...
+
+class Manifest(_message.Message):
+    __slots__ = ("worker_id", "mx_source_id", "worker_rank", "tensors", "checksum_algorithm", "regions")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    MX_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_RANK_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    mx_source_id: str
+    worker_rank: int
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorEntry]
+    checksum_algorithm: str
+    regions: _containers.RepeatedCompositeFieldContainer[RegionEntry]
+    def __init__(self, worker_id: _Optional[str] = ..., mx_source_id: _Optional[str] = ..., worker_rank: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorEntry, _Mapping]]] = ..., checksum_algorithm: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[RegionEntry, _Mapping]]] = ...) -> None: ...

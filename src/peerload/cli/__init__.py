@@ -1,0 +1,1 @@
+"""The `peerload` command line: one module per command, registered in main.py."""

@@ -1,0 +1,53 @@
+"""`peerload serve`: run the coordinator until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Optional
+
+import typer
+
+from peerload.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def serve(
+    host: Optional[str] = typer.Option(None, help="Address to listen on [default: 127.0.0.1, or PEERLOAD_HOST]."),
+    port: Optional[int] = typer.Option(None, help="Port; 0 picks a free one [default: 8001, or PEERLOAD_PORT]."),
+    store: Optional[str] = typer.Option(None, help="Registry store: memory or redis [default: memory]."),
+    redis_url: Optional[str] = typer.Option(None, help="Redis URL for --store redis."),
+    heartbeat_timeout: Optional[float] = typer.Option(
+        None, help="Seconds without heartbeat before a READY worker is STALE [default: 10]."),
+    gc_timeout: Optional[float] = typer.Option(
+        None, help="Seconds without heartbeat before a STALE worker is deleted [default: 60]."),
+) -> None:
+    """Run the coordinator (ModelExpress-compatible P2P metadata service)."""
+    from peerload.coordinator.server import serve as start
+
+    overrides = dict(host=host, store=store, redis_url=redis_url, heartbeat_timeout_s=heartbeat_timeout,
+                     gc_timeout_s=gc_timeout)
+    if heartbeat_timeout is not None:
+        # Keep the settings' interval < timeout rule satisfiable when only the timeout is given.
+        base = Settings.load()
+        if base.heartbeat_interval_s >= heartbeat_timeout:
+            overrides["heartbeat_interval_s"] = heartbeat_timeout / 2
+    settings = Settings.load(**overrides)
+    server = start(settings, port=port)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        logger.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    typer.echo(f"peerload coordinator listening on {server.address} (store={settings.store})", err=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

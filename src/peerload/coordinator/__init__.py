@@ -1,0 +1,1 @@
+"""The coordinator: ModelExpress-compatible P2P metadata service (`serve(settings)`)."""

@@ -1,0 +1,227 @@
+"""The registry's rules, over the wire messages but without gRPC.
+
+- Publish validates, then stores the worker INITIALIZING (replacing one with the same id).
+- UpdateStatus is the heartbeat and the only way to READY.
+- A READY worker silent for longer than the heartbeat timeout reads as STALE at once; the
+  reaper writes STALE, and deletes non-READY workers silent for longer than the GC timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from peerload._gen.model_express import p2p_pb2 as pb
+from peerload.coordinator.store import Heartbeat, Store, WorkerEntry
+from peerload.errors import InvalidRequest
+from peerload.identity import OPTIONAL_HASHED_FIELDS, compute_source_id
+
+logger = logging.getLogger(__name__)
+
+# Bounds on free-form strings: generous for real names, small enough to keep records cheap.
+MAX_ID_CHARS = 512
+MAX_NAME_CHARS = 1024
+
+READY = pb.SOURCE_STATUS_READY
+STALE = pb.SOURCE_STATUS_STALE
+INITIALIZING = pb.SOURCE_STATUS_INITIALIZING
+_SETTABLE_STATUSES = (INITIALIZING, READY, STALE)
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    """What one reaper pass changed."""
+
+    marked_stale: int
+    deleted: int
+
+
+def source_id_of(identity: pb.SourceIdentity) -> str:
+    """mx_source_id of a wire identity.
+
+    The wire message has the dataclass' attribute names, so the one canonical-JSON hash in
+    peerload.identity applies to it as is (and accepts sizes of 0, which foreign clients may send).
+    """
+    return compute_source_id(identity)  # type: ignore[arg-type]
+
+
+class Registry:
+    """Publish / list / get / heartbeat over a Store; `clock` returns unix seconds."""
+
+    def __init__(self, store: Store, heartbeat_timeout_s: float, gc_timeout_s: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.heartbeat_timeout_ms = int(heartbeat_timeout_s * 1000)
+        self.gc_timeout_ms = int(gc_timeout_s * 1000)
+        self._clock = clock
+
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def effective_status(self, entry: WorkerEntry, now_ms: int) -> int:
+        """The status a reader sees: READY expires to STALE after the heartbeat timeout."""
+        if entry.status == READY and now_ms - entry.updated_at_ms > self.heartbeat_timeout_ms:
+            return STALE
+        return entry.status
+
+    # -- RPCs ---------------------------------------------------------------------------------
+    def publish(self, request: pb.PublishMetadataRequest) -> str:
+        """Store the worker INITIALIZING; returns its mx_source_id."""
+        if not request.HasField("identity"):
+            raise InvalidRequest("identity", "is required")
+        _check_identity(request.identity, "identity")
+        worker_id = _check_id(request.worker_id, "worker_id")
+        if not request.HasField("worker"):
+            raise InvalidRequest("worker", "is required")
+        _check_enum(pb.SourceStatus, request.worker.status, "worker.status")
+        sid = source_id_of(request.identity)
+        stored = pb.PublishMetadataRequest()
+        stored.CopyFrom(request)
+        stored.worker.status = INITIALIZING
+        now = self.now_ms()
+        stored.worker.updated_at = now
+        self.store.put(WorkerEntry(
+            mx_source_id=sid, worker_id=worker_id, worker_rank=request.worker.worker_rank,
+            model_name=request.identity.model_name.lower(), status=INITIALIZING, updated_at_ms=now,
+            source_load=None, payload=stored.SerializeToString()))
+        logger.info("published worker %s rank %d of %s (%s)", worker_id, request.worker.worker_rank,
+                    request.identity.model_name, sid)
+        return sid
+
+    def list_sources(self, request: pb.ListSourcesRequest) -> list[pb.SourceInstanceRef]:
+        """Matching workers, newest first."""
+        sid = None
+        if request.HasField("identity"):
+            _check_identity(request.identity, "identity")
+            sid = source_id_of(request.identity)
+        if request.HasField("status_filter"):
+            _check_enum(pb.SourceStatus, request.status_filter, "status_filter")
+        now = self.now_ms()
+        matches: list[tuple[WorkerEntry, int]] = []
+        for entry in self.store.entries(sid):
+            status = self.effective_status(entry, now)
+            if request.HasField("status_filter") and status != request.status_filter:
+                continue
+            if request.HasField("model_name_filter") and entry.model_name != request.model_name_filter.lower():
+                continue
+            if request.HasField("worker_rank_filter") and entry.worker_rank != request.worker_rank_filter:
+                continue
+            if request.HasField("min_updated_at") and entry.updated_at_ms < request.min_updated_at:
+                continue
+            # Training steps are never published through this protocol version, so any
+            # positive minimum excludes every worker rather than being silently ignored.
+            if request.HasField("min_training_step") and request.min_training_step > 0:
+                continue
+            matches.append((entry, status))
+        matches.sort(key=lambda m: (-m[0].updated_at_ms, m[0].mx_source_id, m[0].worker_id))
+        if request.HasField("limit") and request.limit > 0:  # limit 0 means "no limit"
+            matches = matches[: request.limit]
+        return [_instance_ref(entry) for entry, _ in matches]
+
+    def get_metadata(self, request: pb.GetMetadataRequest) -> pb.GetMetadataResponse:
+        """found=false for an unknown worker; otherwise its metadata with the effective status."""
+        sid = _check_id(request.mx_source_id, "mx_source_id")
+        wid = _check_id(request.worker_id, "worker_id")
+        entry = self.store.get(sid, wid)
+        if entry is None:
+            return pb.GetMetadataResponse(found=False, mx_source_id=sid, worker_id=wid)
+        published = _published(entry)
+        worker = published.worker
+        worker.status = self.effective_status(entry, self.now_ms())
+        worker.updated_at = entry.updated_at_ms
+        return pb.GetMetadataResponse(found=True, worker=worker, mx_source_id=sid, worker_id=wid,
+                                      identity=published.identity)
+
+    def update_status(self, request: pb.UpdateStatusRequest) -> pb.UpdateStatusResponse:
+        """Heartbeat; success=false (not an error) for an unknown worker, so clients re-publish."""
+        sid = _check_id(request.mx_source_id, "mx_source_id")
+        wid = _check_id(request.worker_id, "worker_id")
+        _check_enum(pb.SourceStatus, request.status, "status")
+        if request.status not in _SETTABLE_STATUSES:
+            raise InvalidRequest("status", "must be INITIALIZING, READY or STALE")
+        load = request.source_load if request.HasField("source_load") else None
+        if load is not None and (not math.isfinite(load) or load < 0):
+            raise InvalidRequest("source_load", f"must be a finite number >= 0, got {load}")
+        outcome = self.store.heartbeat(sid, wid, request.worker_rank, request.status, self.now_ms(), load)
+        if outcome is Heartbeat.MISSING:
+            return pb.UpdateStatusResponse(
+                success=False, message=f"unknown worker {wid!r} of source {sid}: publish it first")
+        if outcome is Heartbeat.RANK_MISMATCH:
+            entry = self.store.get(sid, wid)
+            published = entry.worker_rank if entry else "another rank"
+            raise InvalidRequest("worker_rank",
+                                 f"{request.worker_rank} does not match the published rank {published}"
+                                 f" of worker {wid!r}")
+        return pb.UpdateStatusResponse(success=True, message="")
+
+    # -- reaper -------------------------------------------------------------------------------
+    def reap(self) -> ReapResult:
+        """Write STALE for expired READY workers; delete non-READY ones past the GC timeout."""
+        now = self.now_ms()
+        stale = deleted = 0
+        for entry in self.store.entries():
+            status = self.effective_status(entry, now)
+            age = now - entry.updated_at_ms
+            # Compare-and-*: a heartbeat that lands meanwhile changes updated_at and wins.
+            if status != READY and age > self.gc_timeout_ms:
+                if self.store.compare_and_delete(entry.mx_source_id, entry.worker_id, entry.updated_at_ms):
+                    deleted += 1
+                    logger.info("deleted worker %s of %s (silent %.1fs)", entry.worker_id,
+                                entry.mx_source_id, age / 1000)
+            elif status == STALE and entry.status != STALE:
+                if self.store.compare_and_set_status(entry.mx_source_id, entry.worker_id,
+                                                     entry.updated_at_ms, STALE):
+                    stale += 1
+                    logger.info("worker %s of %s is STALE (no heartbeat for %.1fs)", entry.worker_id,
+                                entry.mx_source_id, age / 1000)
+        return ReapResult(marked_stale=stale, deleted=deleted)
+
+
+def _published(entry: WorkerEntry) -> pb.PublishMetadataRequest:
+    message = pb.PublishMetadataRequest()
+    try:
+        message.ParseFromString(entry.payload)
+    except DecodeError:  # only a foreign writer could do this; show the worker without details
+        logger.warning("corrupt record for worker %s of %s", entry.worker_id, entry.mx_source_id)
+    return message
+
+
+def _instance_ref(entry: WorkerEntry) -> pb.SourceInstanceRef:
+    worker = _published(entry)
+    ref = pb.SourceInstanceRef(
+        mx_source_id=entry.mx_source_id, worker_id=entry.worker_id,
+        model_name=worker.identity.model_name or entry.model_name, worker_rank=entry.worker_rank,
+        accelerator=worker.worker.accelerator, updated_at=entry.updated_at_ms,
+        topology=dict(worker.worker.topology))
+    if entry.source_load is not None:
+        ref.source_load = entry.source_load
+    return ref
+
+
+def _check_id(value: str, field: str) -> str:
+    if not value or not value.strip():
+        raise InvalidRequest(field, "must not be empty")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidRequest(field, f"is {len(value)} characters long; the limit is {MAX_ID_CHARS}")
+    return value
+
+
+def _check_enum(enum: object, value: int, field: str) -> None:
+    if value not in enum.values():  # type: ignore[attr-defined]
+        names = ", ".join(enum.keys())  # type: ignore[attr-defined]
+        raise InvalidRequest(field, f"unknown enum value {value}; expected one of {names}")
+
+
+def _check_identity(identity: pb.SourceIdentity, prefix: str) -> None:
+    if not identity.model_name.strip():
+        raise InvalidRequest(f"{prefix}.model_name", "is required")
+    for name in ("model_name", "mx_version", "dtype", "quantization", "revision", *OPTIONAL_HASHED_FIELDS):
+        if len(getattr(identity, name)) > MAX_NAME_CHARS:
+            raise InvalidRequest(f"{prefix}.{name}", f"is longer than {MAX_NAME_CHARS} characters")
+    _check_enum(pb.MxSourceType, identity.mx_source_type, f"{prefix}.mx_source_type")
+    _check_enum(pb.BackendFramework, identity.backend_framework, f"{prefix}.backend_framework")

@@ -1,0 +1,71 @@
+"""The registry's storage contract: one record per (mx_source_id, worker_id), atomic updates."""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from peerload.errors import PeerloadError
+
+
+class StoreUnavailable(PeerloadError, ConnectionError):
+    """The backing store cannot be reached; maps to UNAVAILABLE."""
+
+
+@dataclass(frozen=True)
+class WorkerEntry:
+    """One published worker as stored: indexed fields plus the published request bytes."""
+
+    mx_source_id: str
+    worker_id: str
+    worker_rank: int
+    model_name: str  # lower-cased, as hashed into the source id
+    status: int  # SourceStatus as last written (the registry derives the effective one)
+    updated_at_ms: int  # last publish or heartbeat, unix ms
+    source_load: float | None
+    payload: bytes  # serialized PublishMetadataRequest (identity, worker, pod fields)
+
+
+class Heartbeat(enum.Enum):
+    """Outcome of `Store.heartbeat`."""
+
+    OK = "ok"
+    MISSING = "missing"
+    RANK_MISMATCH = "rank_mismatch"
+
+
+class Store(ABC):
+    """Where the registry keeps workers. Every method is atomic on its own."""
+
+    @abstractmethod
+    def put(self, entry: WorkerEntry) -> None:
+        """Insert, or replace the worker with the same (mx_source_id, worker_id)."""
+
+    @abstractmethod
+    def get(self, mx_source_id: str, worker_id: str) -> WorkerEntry | None:
+        """The entry, or None."""
+
+    @abstractmethod
+    def entries(self, mx_source_id: str | None = None) -> list[WorkerEntry]:
+        """All entries, or those of one source id."""
+
+    @abstractmethod
+    def heartbeat(self, mx_source_id: str, worker_id: str, worker_rank: int, status: int,
+                  updated_at_ms: int, source_load: float | None) -> Heartbeat:
+        """Set status, time and load of an existing worker whose rank matches."""
+
+    @abstractmethod
+    def compare_and_set_status(self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int,
+                               status: int) -> bool:
+        """Set status only if nothing touched the worker since `expected_updated_at_ms`."""
+
+    @abstractmethod
+    def compare_and_delete(self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int) -> bool:
+        """Delete only if nothing touched the worker since `expected_updated_at_ms`."""
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable if the store cannot serve requests."""
+
+    def close(self) -> None:
+        """Release connections."""

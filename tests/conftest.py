@@ -1,0 +1,113 @@
+"""Shared fixtures: free ports, a real redis-server, in-process coordinators, the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """A callable returning a currently free TCP port on 127.0.0.1."""
+    return _free_port
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a throwaway redis-server on a free loopback port (no persistence); skips without one."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; "
+                    "`make install` runs scripts/install_system_deps.sh)")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"redis-server did not start: {proc.stderr.read().decode()}")
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The session redis-server's URL, emptied for this test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    return redis_server
+
+
+@pytest.fixture
+def coordinator_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    """make(store="memory"|"redis", **settings) -> a running CoordinatorServer on 127.0.0.1:<free>, stopped after the test."""
+    from peerload.coordinator.server import serve
+    from peerload.settings import Settings
+
+    started: list[Any] = []
+
+    def make(store: str = "memory", *, port: int = 0, reap_interval_s: float | None = None,
+             **overrides: Any) -> Any:
+        if store == "redis" and "redis_url" not in overrides:
+            overrides["redis_url"] = request.getfixturevalue("redis_url")
+        if "heartbeat_timeout_s" in overrides and "heartbeat_interval_s" not in overrides:
+            overrides["heartbeat_interval_s"] = overrides["heartbeat_timeout_s"] / 2
+        settings = Settings.load(env={}, host="127.0.0.1", store=store, **overrides)
+        server = serve(settings, port=port, reap_interval_s=reap_interval_s)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop(grace_s=0)
+
+
+@pytest.fixture
+def coordinator(coordinator_factory: Callable[..., Any]) -> Any:
+    """A running in-memory coordinator with default timeouts."""
+    return coordinator_factory()
+
+
+@pytest.fixture
+def run_peerload() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """run(*args, env=None, timeout=60) -> CompletedProcess of `peerload ARGS` in a subprocess."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run([sys.executable, "-m", "peerload.cli.main", *args], capture_output=True,
+                              text=True, timeout=timeout, env=full_env, cwd=REPO)
+
+    return run
