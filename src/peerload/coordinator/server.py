@@ -10,10 +10,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from peerload._gen.model_express import p2p_pb2 as pb
-from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
 from peerload.coordinator.reaper import Reaper
 from peerload.coordinator.registry import Registry
-from peerload.coordinator.service import P2pServicer
+from peerload.coordinator.service import P2pServicer, p2p_handler
 from peerload.coordinator.store import Store, make_store
 from peerload.errors import ConfigError
 from peerload.settings import Settings
@@ -106,7 +105,7 @@ def serve(settings: Settings, *, port: int | None = None, store: Store | None = 
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="peerload-rpc"),
                          options=options)
-    pb_grpc.add_P2pServiceServicer_to_server(P2pServicer(registry), server)
+    server.add_generic_rpc_handlers((p2p_handler(P2pServicer(registry)),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bind_port = settings.port if port is None else port

@@ -5,60 +5,67 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from peerload._gen.model_express import p2p_pb2 as pb
-from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
 from peerload.coordinator.registry import Registry
 from peerload.coordinator.status import status_code_for
+from peerload.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
-F = TypeVar("F", bound=Callable[..., Any])
+SERVICE = pb.DESCRIPTOR.services_by_name["P2pService"]
 
 
-def _rpc(method: F) -> F:
-    """Translate known errors to their status code; anything else is INTERNAL, logged once."""
-
-    @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except Exception as exc:
-            code = status_code_for(exc)
-            if code is None:
-                logger.exception("%s failed", method.__name__)
-                context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error: {exc}")
-            context.abort(code, str(exc))
-
-    return wrapper  # type: ignore[return-value]
-
-
-class P2pServicer(pb_grpc.P2pServiceServicer):
+class P2pServicer:
     """One call into the Registry per RPC."""
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
 
-    @_rpc
-    def PublishMetadata(self, request: pb.PublishMetadataRequest, context: grpc.ServicerContext
-                        ) -> pb.PublishMetadataResponse:
+    def PublishMetadata(self, request: pb.PublishMetadataRequest) -> pb.PublishMetadataResponse:
         sid = self._registry.publish(request)
         return pb.PublishMetadataResponse(success=True, message="published", mx_source_id=sid,
                                           worker_id=request.worker_id)
 
-    @_rpc
-    def ListSources(self, request: pb.ListSourcesRequest, context: grpc.ServicerContext
-                    ) -> pb.ListSourcesResponse:
+    def ListSources(self, request: pb.ListSourcesRequest) -> pb.ListSourcesResponse:
         return pb.ListSourcesResponse(instances=self._registry.list_sources(request))
 
-    @_rpc
-    def GetMetadata(self, request: pb.GetMetadataRequest, context: grpc.ServicerContext
-                    ) -> pb.GetMetadataResponse:
+    def GetMetadata(self, request: pb.GetMetadataRequest) -> pb.GetMetadataResponse:
         return self._registry.get_metadata(request)
 
-    @_rpc
-    def UpdateStatus(self, request: pb.UpdateStatusRequest, context: grpc.ServicerContext
-                     ) -> pb.UpdateStatusResponse:
+    def UpdateStatus(self, request: pb.UpdateStatusRequest) -> pb.UpdateStatusResponse:
         return self._registry.update_status(request)
+
+
+def _unary(name: str, request_type: type[Message], call: Callable[[Any], Message]) -> grpc.RpcMethodHandler:
+    """Parse the request ourselves (undecodable bytes -> INVALID_ARGUMENT, not INTERNAL), map errors."""
+
+    @functools.wraps(call)
+    def behaviour(data: bytes, context: grpc.ServicerContext) -> Message:
+        try:
+            request = request_type()
+            try:
+                request.ParseFromString(data)
+            except DecodeError as exc:
+                raise InvalidRequest("request", f"is not a valid {request_type.__name__}: {exc}") from None
+            return call(request)
+        except Exception as exc:
+            code = status_code_for(exc)
+            if code is None:
+                logger.exception("%s failed", name)
+                context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error: {exc}")
+            context.abort(code, str(exc))
+
+    return grpc.unary_unary_rpc_method_handler(behaviour, response_serializer=lambda m: m.SerializeToString())
+
+
+def p2p_handler(servicer: P2pServicer) -> grpc.GenericRpcHandler:
+    """The P2pService handler, served at /model_express.p2p.P2pService/<Method>."""
+    handlers = {}
+    for method in SERVICE.methods:
+        request_type = getattr(pb, method.input_type.name)
+        handlers[method.name] = _unary(method.name, request_type, getattr(servicer, method.name))
+    return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)

@@ -1,0 +1,253 @@
+"""The coordinator over real loopback gRPC, against the memory and the Redis store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from peerload._gen.model_express import p2p_pb2 as pb
+from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
+from peerload.client import CoordinatorClient, SourceStatus, TensorInfo, WorkerInfo
+from peerload.errors import CoordinatorError, CoordinatorUnavailable
+from peerload.identity import BackendFramework, SourceIdentity
+
+QWEN = SourceIdentity(model_name="Qwen/Qwen3-0.6B", backend_framework=BackendFramework.VLLM,
+                      tensor_parallel_size=2, dtype="bfloat16")
+LLAMA = SourceIdentity(model_name="meta-llama/Llama-3.1-8B", dtype="bfloat16")
+TENSORS = [TensorInfo("embed.weight", 0x1000, 4096, 0, "torch.bfloat16"),
+           TensorInfo("lm_head.weight", 0x3000, 8192, 0, "torch.bfloat16")]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make(request: pytest.FixtureRequest, coordinator_factory: Callable[..., Any]) -> Callable[..., Any]:
+    """make(**settings) -> running coordinator on the parametrised store."""
+    return lambda **kw: coordinator_factory(request.param, **kw)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_publish_list_get_update(make: Callable[..., Any]) -> None:
+    server = make()
+    with CoordinatorClient(server.address, timeout_s=5) as client:
+        assert client.health_check()
+        worker = WorkerInfo(rank=1, agent_name="agent-1", nixl_metadata=b"\x00nixl\xff", tensors=TENSORS,
+                            worker_grpc_endpoint="127.0.0.1:9001", accelerator="cpu",
+                            topology={"node": "a"})
+        sid = client.publish(QWEN, worker, "w1")
+        assert sid == QWEN.source_id()
+        (ref,) = client.list_sources()
+        assert (ref.mx_source_id, ref.worker_id, ref.worker_rank, ref.model_name) == (sid, "w1", 1, QWEN.model_name)
+        assert ref.topology == {"node": "a"} and ref.accelerator == "cpu" and ref.source_load is None
+        record = client.get_metadata(sid, "w1")
+        assert record is not None and record.status is SourceStatus.INITIALIZING
+        assert client.list_sources(status=SourceStatus.READY) == []
+        assert client.update_status(sid, "w1", 1, SourceStatus.READY, source_load=0.25)
+        record = client.get_metadata(sid, "w1")
+        assert record.status is SourceStatus.READY and record.transport == "nixl"
+        assert record.nixl_metadata == b"\x00nixl\xff" and record.tensors == TENSORS
+        assert (record.agent_name, record.worker_grpc_endpoint, record.identity) == ("agent-1", "127.0.0.1:9001", QWEN)
+        (ready,) = client.list_sources(QWEN, status=SourceStatus.READY, worker_rank=1)
+        assert ready.source_load == pytest.approx(0.25)
+        assert client.get_metadata(sid, "nobody") is None
+        assert not client.update_status(sid, "nobody", 0, SourceStatus.READY)
+
+
+def test_filters_and_same_rank_workers(make: Callable[..., Any]) -> None:
+    server = make()
+    with CoordinatorClient(server.address, timeout_s=5) as client:
+        q = client.publish(QWEN, WorkerInfo(rank=0, transfer_engine_session_id="h:1"), "q-a")
+        time.sleep(0.005)
+        client.publish(QWEN, WorkerInfo(rank=0, transfer_engine_session_id="h:2"), "q-b")
+        time.sleep(0.005)
+        client.publish(QWEN, WorkerInfo(rank=1), "q-c")
+        time.sleep(0.005)
+        client.publish(LLAMA, WorkerInfo(rank=0), "l-a")
+        for wid, rank in (("q-a", 0), ("q-b", 0)):
+            client.update_status(q, wid, rank, SourceStatus.READY)
+        ids = lambda refs: sorted(r.worker_id for r in refs)  # noqa: E731
+        assert ids(client.list_sources(QWEN, status=SourceStatus.READY, worker_rank=0)) == ["q-a", "q-b"]
+        assert ids(client.list_sources(QWEN)) == ["q-a", "q-b", "q-c"]
+        assert ids(client.list_sources(model_name="META-LLAMA/Llama-3.1-8B")) == ["l-a"]
+        assert ids(client.list_sources(worker_rank=1)) == ["q-c"]
+        assert ids(client.list_sources(status=SourceStatus.INITIALIZING)) == ["l-a", "q-c"]
+        assert len(client.list_sources(limit=2)) == 2
+        newest = client.list_sources(limit=1)[0]
+        assert newest.worker_id in ("q-a", "q-b")  # the latest heartbeat
+        recent = ids(client.list_sources(min_updated_at=newest.updated_at_ms))
+        assert newest.worker_id in recent and "q-c" not in recent
+        assert client.get_metadata(q, "q-b").transport == "transfer_engine"
+
+
+def test_heartbeat_expiry_reaper_stale_then_gc(make: Callable[..., Any]) -> None:
+    server = make(heartbeat_timeout_s=0.5, gc_timeout_s=1.2)
+    with CoordinatorClient(server.address, timeout_s=5) as client:
+        sid = client.publish(QWEN, WorkerInfo(rank=0), "w0")
+        client.update_status(sid, "w0", 0, SourceStatus.READY)
+        assert len(client.list_sources(status=SourceStatus.READY)) == 1
+        time.sleep(0.6)
+        # Readers stop seeing READY as soon as the heartbeat is late...
+        assert client.list_sources(status=SourceStatus.READY) == []
+        assert client.get_metadata(sid, "w0").status is SourceStatus.STALE
+        # ...the reaper then writes STALE into the store...
+        assert wait_until(lambda: server.store.get(sid, "w0").status == SourceStatus.STALE, 2)
+        assert [r.worker_id for r in client.list_sources(status=SourceStatus.STALE)] == ["w0"]
+        # ...and deletes the worker after the GC timeout.
+        assert wait_until(lambda: client.get_metadata(sid, "w0") is None, 3)
+        assert client.list_sources() == []
+
+
+def test_bad_input_status_codes_name_the_field(make: Callable[..., Any]) -> None:
+    server = make()
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.P2pServiceStub(channel)
+        cases = [
+            (stub.PublishMetadata, pb.PublishMetadataRequest(identity=pb.SourceIdentity(), worker_id="w",
+                                                             worker=pb.WorkerMetadata()), "identity.model_name"),
+            (stub.PublishMetadata, pb.PublishMetadataRequest(identity=pb.SourceIdentity(model_name="m"),
+                                                             worker=pb.WorkerMetadata()), "worker_id"),
+            (stub.PublishMetadata, pb.PublishMetadataRequest(
+                identity=pb.SourceIdentity(model_name="m", backend_framework=99), worker_id="w",
+                worker=pb.WorkerMetadata()), "identity.backend_framework"),
+            (stub.ListSources, pb.ListSourcesRequest(status_filter=17), "status_filter"),
+            (stub.UpdateStatus, pb.UpdateStatusRequest(mx_source_id="x", worker_id="w", status=8), "status"),
+            (stub.GetMetadata, pb.GetMetadataRequest(worker_id="w"), "mx_source_id"),
+        ]
+        for method, request, field in cases:
+            with pytest.raises(grpc.RpcError) as info:
+                method(request, timeout=5)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+            assert info.value.details().startswith(f"{field}:"), info.value.details()
+        garbage = channel.unary_unary("/model_express.p2p.P2pService/PublishMetadata")
+        with pytest.raises(grpc.RpcError) as info:
+            garbage(b"\xff\xff\xff\xff", timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "PublishMetadataRequest" in info.value.details()
+        assert not stub.GetMetadata(pb.GetMetadataRequest(mx_source_id="f" * 16, worker_id="w"), timeout=5).found
+        assert stub.ListSources(pb.ListSourcesRequest(), timeout=5).instances == []  # nothing was written
+
+
+def test_oversized_message_is_refused_and_server_lives(coordinator_factory: Callable[..., Any]) -> None:
+    server = coordinator_factory(max_message_bytes=1 << 20)
+    with CoordinatorClient(server.address, timeout_s=5) as client:
+        with pytest.raises(CoordinatorError) as info:
+            client.publish(QWEN, WorkerInfo(rank=0, nixl_metadata=b"x" * (2 << 20)), "big")
+        assert info.value.code == "RESOURCE_EXHAUSTED" and info.value.rpc == "PublishMetadata"
+        assert client.list_sources() == []
+        client.publish(QWEN, WorkerInfo(rank=0, nixl_metadata=b"x" * 1000), "small")
+        assert [r.worker_id for r in client.list_sources()] == ["small"]
+
+
+def test_client_errors_name_rpc_code_details_and_address(coordinator: Any, free_port: Callable[[], int]) -> None:
+    with CoordinatorClient(coordinator.address, timeout_s=5) as client:
+        with pytest.raises(CoordinatorError) as info:
+            client.publish(QWEN, WorkerInfo(rank=0), "")
+    error = info.value
+    assert (error.rpc, error.code, error.address) == ("PublishMetadata", "INVALID_ARGUMENT", coordinator.address)
+    assert "worker_id" in error.details and "worker_id" in str(error) and coordinator.address in str(error)
+
+    dead = f"127.0.0.1:{free_port()}"
+    with CoordinatorClient(dead, timeout_s=2, retries=1) as client:
+        with pytest.raises(CoordinatorUnavailable) as info:
+            client.list_sources()
+        assert (info.value.rpc, info.value.code) == ("ListSources", "UNAVAILABLE")
+        assert dead in str(info.value) and "after 2 attempts" in str(info.value)
+        with pytest.raises(CoordinatorUnavailable):
+            client.health_check()
+
+
+def test_client_retries_until_the_server_comes_up(coordinator_factory: Callable[..., Any],
+                                                  free_port: Callable[[], int]) -> None:
+    port = free_port()
+    starter = threading.Timer(0.5, lambda: coordinator_factory(port=port))
+    starter.start()
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}", timeout_s=5, retries=5) as client:
+            began = time.monotonic()
+            assert client.list_sources() == []
+            assert time.monotonic() - began >= 0.4
+    finally:
+        starter.join()
+
+
+def test_store_outage_is_unavailable_and_not_serving(coordinator_factory: Callable[..., Any],
+                                                     free_port: Callable[[], int]) -> None:
+    pytest.importorskip("redis")
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    server = coordinator_factory("redis", redis_url=url, heartbeat_timeout_s=0.4, reap_interval_s=0.05)
+    with CoordinatorClient(server.address, timeout_s=5, retries=0) as client:
+        with pytest.raises(CoordinatorUnavailable) as info:
+            client.publish(QWEN, WorkerInfo(rank=0), "w")
+        assert url in info.value.details
+        assert wait_until(lambda: client.health_check() is False, 3)
+
+
+def test_hypothesis_random_and_malformed_requests_never_break_the_server(
+        coordinator_factory: Callable[..., Any]) -> None:
+    server = coordinator_factory(max_message_bytes=64 << 10)
+    channel = grpc.insecure_channel(server.address)
+    stub = pb_grpc.P2pServiceStub(channel)
+    raw = {name: channel.unary_unary(f"/model_express.p2p.P2pService/{name}")
+           for name in ("PublishMetadata", "ListSources", "GetMetadata", "UpdateStatus")}
+    allowed = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    text = st.text(max_size=24)
+    enum = st.integers(-3, 12)
+    identities = st.builds(pb.SourceIdentity, model_name=text, mx_version=text, dtype=text,
+                           mx_source_type=enum, backend_framework=enum,
+                           tensor_parallel_size=st.integers(0, 2**32 - 1),
+                           extra_parameters=st.dictionaries(text, text, max_size=3))
+    workers = st.builds(pb.WorkerMetadata, worker_rank=st.integers(0, 2**32 - 1), status=enum,
+                        agent_name=text, nixl_metadata=st.binary(max_size=64),
+                        topology=st.dictionaries(text, text, max_size=2))
+    requests = st.one_of(
+        st.tuples(st.just(stub.PublishMetadata), st.builds(pb.PublishMetadataRequest, identity=identities,
+                                                           worker=workers, worker_id=text)),
+        st.tuples(st.just(stub.ListSources), st.builds(
+            pb.ListSourcesRequest, identity=st.one_of(st.none(), identities), status_filter=st.one_of(st.none(), enum),
+            worker_rank_filter=st.one_of(st.none(), st.integers(0, 5)), limit=st.one_of(st.none(), st.integers(0, 3)),
+            min_updated_at=st.one_of(st.none(), st.integers(-2**63, 2**63 - 1)))),
+        st.tuples(st.just(stub.GetMetadata), st.builds(pb.GetMetadataRequest, mx_source_id=text, worker_id=text)),
+        st.tuples(st.just(stub.UpdateStatus), st.builds(
+            pb.UpdateStatusRequest, mx_source_id=text, worker_id=text, status=enum,
+            worker_rank=st.integers(0, 9), source_load=st.one_of(st.none(), st.floats(allow_nan=True)))),
+        st.tuples(st.sampled_from(list(raw.values())), st.binary(max_size=256)),
+        st.tuples(st.just(raw["PublishMetadata"]), st.binary(min_size=70 << 10, max_size=70 << 10)),
+    )
+    sent = []
+
+    @settings(max_examples=700, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.lists(requests, min_size=1, max_size=5))
+    def send(batch: list[tuple[Any, Any]]) -> None:
+        for method, request in batch:
+            try:
+                method(request, timeout=5)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                code = exc.code()
+            assert code in allowed, (request, code)
+            sent.append(code)
+
+    try:
+        send()
+        assert len(sent) >= 1500
+        # Still answers correctly afterwards.
+        with CoordinatorClient(server.address, timeout_s=5) as client:
+            assert client.health_check()
+            sid = client.publish(LLAMA, WorkerInfo(rank=0), "after-fuzz")
+            assert client.update_status(sid, "after-fuzz", 0, SourceStatus.READY)
+            assert [r.worker_id for r in client.list_sources(LLAMA, status=SourceStatus.READY)] == ["after-fuzz"]
+    finally:
+        channel.close()
