@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from peerload.errors import ConfigError
+
 ProgressCallback = Callable[[int], None]  # called with the bytes completed since the last call
 
 
@@ -45,6 +47,7 @@ class ReadOp:
     size: int
     remote_device: int = 0
     local_device: int = 0
+    remote_memory: str = "cpu"  # "cpu" | "cuda": where the peer's bytes live (TensorDescriptor has no such field)
 
 
 class Transport(ABC):
@@ -61,8 +64,26 @@ class Transport(ABC):
         """Register contiguous tensors (refuses non-contiguous ones); returns one Region each."""
 
     @abstractmethod
+    def deregister(self, names: Sequence[str]) -> None:
+        """Stop serving and release the named registrations (unknown names are ignored)."""
+
+    @abstractmethod
     def endpoint_info(self) -> EndpointInfo:
-        """Metadata peers need to connect to this endpoint."""
+        """Metadata peers need to connect to this endpoint; call again after (de)registering.
+
+        On a seed this also starts serving (NIXL: a low-CPU polling thread) until `close()`.
+        """
+
+    def connect(self, peer: EndpointInfo) -> None:
+        """Optionally connect to `peer` ahead of `read` (overlaps the handshake with other work).
+
+        Raises:
+            PeerMetadataError: the peer's metadata is corrupt or for another transport.
+            TransportError: the peer cannot be reached.
+        """
+
+    def forget_peer(self, peer: EndpointInfo) -> None:
+        """Drop cached connection state for `peer` (done automatically after a failed read)."""
 
     @abstractmethod
     def read(
@@ -74,7 +95,17 @@ class Transport(ABC):
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> None:
-        """READ every op from `peer` (batched); raises TransportError/TransferTimeout/TransferCancelled."""
+        """READ every op from `peer` in batches of about `chunk_bytes`; zero-byte ops are skipped.
+
+        `progress` is called after each completed batch with its byte count. Local ranges must
+        lie in memory registered on this endpoint.
+
+        Raises:
+            PeerMetadataError: the peer's metadata is corrupt or for another transport.
+            TransferTimeout: not done within `timeout_s` (the peer is forgotten).
+            TransferCancelled: `cancel` was set (the peer is forgotten).
+            TransportError: the transfer failed, e.g. the peer died; names the peer.
+        """
 
     @abstractmethod
     def close(self) -> None:
@@ -85,3 +116,14 @@ class Transport(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def tensor_region(name: str, tensor: torch.Tensor) -> Region:
+    """The Region covering a contiguous tensor's bytes; refuses non-contiguous tensors."""
+    if not tensor.is_contiguous():
+        raise ConfigError(
+            f"tensor {name!r} is not contiguous (shape {tuple(tensor.shape)}, strides "
+            f"{tensor.stride()}): register its contiguous storage, e.g. tensor.contiguous()"
+        )
+    device_id = (tensor.device.index or 0) if tensor.is_cuda else 0
+    return Region(name, tensor.data_ptr(), tensor.nbytes, device_id, str(tensor.dtype))

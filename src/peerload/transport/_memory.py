@@ -1,0 +1,133 @@
+"""Making destination memory resident before bytes arrive (cold loads are page-fault bound).
+
+A fresh process's tensors are untouched virtual memory: the first write to each page faults,
+and on our VMs a fault is slower than the copy itself. Faulting pages in parallel threads,
+with transparent huge pages where the kernel allows, ahead of (or overlapped with) agent
+setup and the handshake, takes that cost off the transfer's critical path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import os
+import threading
+from collections.abc import Iterable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_PAGE = mmap.PAGESIZE
+_HUGE = 2 << 20
+_MADV_HUGEPAGE = 14
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14; EINVAL before
+_PIECE = 64 << 20  # work unit handed to a thread
+
+_libc: ctypes.CDLL | None = None
+_populate_ok = True  # flipped off the first time the kernel refuses MADV_POPULATE_WRITE
+
+
+def _madvise(addr: int, length: int, advice: int) -> bool:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        _libc.madvise.restype = ctypes.c_int
+    return _libc.madvise(addr, length, advice) == 0  # ctypes releases the GIL here
+
+
+def _pieces(tensors: Iterable[torch.Tensor]) -> list[tuple[int, int]]:
+    """Page-aligned (start, length) ranges of the CPU tensors, cut into work units."""
+    out: list[tuple[int, int]] = []
+    for t in tensors:
+        if t.is_cuda or t.nbytes == 0:
+            continue
+        start = t.data_ptr() // _PAGE * _PAGE
+        end = -(-(t.data_ptr() + t.nbytes) // _PAGE) * _PAGE
+        for off in range(start, end, _PIECE):
+            out.append((off, min(_PIECE, end - off)))
+    return out
+
+
+def _touch(addr: int, length: int) -> None:
+    """Fallback: rewrite one byte per page (destination contents are about to be replaced)."""
+    buf = (ctypes.c_uint8 * length).from_address(addr)
+    view = torch.frombuffer(buf, dtype=torch.uint8)
+    view[::_PAGE].add_(0)  # a write, so the page is faulted in writable
+
+
+def _fault(addr: int, length: int) -> None:
+    global _populate_ok
+    if _populate_ok and _madvise(addr, length, _MADV_POPULATE_WRITE):
+        return
+    if _populate_ok:
+        _populate_ok = False
+        log.debug("MADV_POPULATE_WRITE unavailable (errno %d); touching pages", ctypes.get_errno())
+    _touch(addr, length)
+
+
+def prefault(
+    tensors: Iterable[torch.Tensor], *, threads: int | None = None, huge_pages: bool = True
+) -> int:
+    """Fault in every page of the given CPU tensors using `threads` threads; returns bytes.
+
+    Page contents are preserved with MADV_POPULATE_WRITE; the fallback (old kernels) rewrites
+    one byte per page with its own value, so do not run it on memory another thread writes.
+    CUDA tensors are skipped. With `huge_pages`, ranges of 2 MiB or more are first advised
+    MADV_HUGEPAGE (one fault per 2 MiB instead of per 4 KiB when THP is in `madvise` mode).
+    """
+    tensors = list(tensors)
+    if huge_pages:
+        for t in tensors:
+            if not t.is_cuda and t.nbytes >= 2 * _HUGE:
+                start = t.data_ptr() // _PAGE * _PAGE
+                _madvise(start, t.data_ptr() + t.nbytes - start, _MADV_HUGEPAGE)
+    pieces = _pieces(tensors)
+    total = sum(n for _, n in pieces)
+    n_threads = max(1, min(threads or os.cpu_count() or 1, len(pieces)))
+    if n_threads == 1:
+        for addr, n in pieces:
+            _fault(addr, n)
+        return total
+    # Interleaved assignment keeps every thread near the front, where a transfer reads first.
+    def work(i: int) -> None:
+        for addr, n in pieces[i::n_threads]:
+            _fault(addr, n)
+
+    workers = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n_threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return total
+
+
+class Prefault:
+    """`prefault` running in the background; `wait()` before reading into the memory."""
+
+    def __init__(self, tensors: Iterable[torch.Tensor], **kwargs: object) -> None:
+        self._tensors = list(tensors)
+        self._error: BaseException | None = None
+        self.nbytes = 0
+        self._thread = threading.Thread(target=self._run, args=(kwargs,), daemon=True)
+        self._thread.start()
+
+    def _run(self, kwargs: dict) -> None:
+        try:
+            self.nbytes = prefault(self._tensors, **kwargs)
+        except BaseException as e:  # re-raised in wait()
+            self._error = e
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until done (True) or `timeout` passes (False); re-raises a failure."""
+        self._thread.join(timeout)
+        if self._error is not None:
+            raise self._error
+        return not self._thread.is_alive()
+
+
+def prefault_async(tensors: Iterable[torch.Tensor], **kwargs: object) -> Prefault:
+    """Start `prefault` in a background thread, e.g. while the agent starts and connects."""
+    return Prefault(tensors, **kwargs)

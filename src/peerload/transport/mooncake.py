@@ -1,0 +1,208 @@
+"""Mooncake TransferEngine transport: tcp protocol, P2P handshake (no metadata server)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from peerload.errors import MissingExtraError, PeerMetadataError, TransferCancelled, TransferTimeout, TransportError
+from peerload.transport._plan import plan_batches
+from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Region, Transport, tensor_region
+
+log = logging.getLogger(__name__)
+
+
+def _import_engine() -> Any:
+    try:
+        from mooncake.engine import TransferEngine
+    except ImportError as e:
+        # Also raised when Debian's libibverbs1 is missing ("libibverbs.so.1"): say so.
+        hint = " (and Debian's libibverbs1)" if "libibverbs" in str(e) else ""
+        raise MissingExtraError(
+            f"the transfer_engine transport{hint}", "mooncake-transfer-engine-non-cuda", "mooncake"
+        ) from e
+    return TransferEngine
+
+
+# Imported when this module is (i.e. when the transport is chosen), so a missing package or
+# library fails at configuration time.
+TransferEngine = _import_engine()
+
+
+def _default_host() -> str:
+    """This host's outward address (no packet is sent), else its resolved name, else loopback."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+    except OSError:
+        pass
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def _parse_session(session: str) -> tuple[str, int]:
+    host, sep, port = session.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not a host:port session id: {session!r}")
+    return host, int(port)
+
+
+class MooncakeTransport(Transport):
+    """A TransferEngine over tcp; the engine's own threads serve peers (no polling needed).
+
+    Options:
+        loopback: advertise 127.0.0.1 (single-host tests).
+        host: the address peers use to reach this engine (default: this host's address).
+        protocol: Mooncake transport protocol (default "tcp"; "rdma" needs RDMA NICs).
+        chunk_bytes: bytes per batch; larger tensors are split (0 = one batch).
+    """
+
+    kind = "transfer_engine"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        loopback: bool = False,
+        host: str | None = None,
+        protocol: str = "tcp",
+        chunk_bytes: int = 64 << 20,
+    ) -> None:
+        self.name = name
+        self._host = host or ("127.0.0.1" if loopback else _default_host())
+        self._chunk_bytes = chunk_bytes
+        self._engine = TransferEngine()
+        rc = self._engine.initialize(self._host, "P2PHANDSHAKE", protocol, "")
+        if rc != 0:
+            raise TransportError(f"TransferEngine.initialize({self._host!r}, {protocol!r}) returned {rc}")
+        self.session_id = f"{self._host}:{self._engine.get_rpc_port()}"
+        self._regs: dict[str, Region] = {}
+        self._addr_refs: dict[int, int] = {}  # registered address -> names using it
+        self._closed = False
+
+    def register(self, tensors: Mapping[str, torch.Tensor]) -> list[Region]:
+        self._check_open()
+        regions = [tensor_region(n, t) for n, t in tensors.items()]
+        fresh = {r.addr: r.size for r in regions if r.size and r.addr not in self._addr_refs}
+        if fresh:
+            rc = self._engine.batch_register_memory(list(fresh), list(fresh.values()))
+            if rc != 0:
+                raise TransportError(f"TransferEngine.batch_register_memory of {len(fresh)} regions returned {rc}")
+        for r in regions:
+            self._unref(r.name)
+            self._regs[r.name] = r
+            if r.size:
+                self._addr_refs[r.addr] = self._addr_refs.get(r.addr, 0) + 1
+        return regions
+
+    def deregister(self, names: Sequence[str]) -> None:
+        self._check_open()
+        for name in names:
+            self._unref(name)
+
+    def _unref(self, name: str) -> None:
+        r = self._regs.pop(name, None)
+        if r is None or r.size == 0:
+            return
+        self._addr_refs[r.addr] -= 1
+        if self._addr_refs[r.addr] == 0:
+            del self._addr_refs[r.addr]
+            rc = self._engine.unregister_memory(r.addr)
+            if rc != 0:
+                log.warning("TransferEngine.unregister_memory of %r returned %d", name, rc)
+
+    def endpoint_info(self) -> EndpointInfo:
+        self._check_open()
+        return EndpointInfo(agent_name=self.name, transfer_engine_session_id=self.session_id)
+
+    def connect(self, peer: EndpointInfo) -> None:
+        self._session(peer)  # validation only: the engine handshakes on the first transfer
+
+    def _session(self, peer: EndpointInfo) -> str:
+        who = peer.agent_name or peer.transfer_engine_session_id or None
+        session = peer.transfer_engine_session_id
+        if session is None:
+            raise PeerMetadataError(f"peer publishes {peer.transport} metadata, not transfer_engine", who)
+        try:
+            _parse_session(session)
+        except ValueError as e:
+            raise PeerMetadataError(str(e), who) from e
+        return session
+
+    def read(
+        self,
+        peer: EndpointInfo,
+        ops: Sequence[ReadOp],
+        *,
+        timeout_s: float,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self._check_open()
+        deadline = time.monotonic() + timeout_s
+        session = self._session(peer)
+        who = f"{peer.agent_name}@{session}" if peer.agent_name else session
+        for batch in plan_batches(ops, self._chunk_bytes):
+            if cancel is not None and cancel.is_set():
+                raise TransferCancelled("read cancelled", who)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransferTimeout(f"read not done within {timeout_s:g} s", who)
+            rc = self._read_batch(session, batch.ops, remaining, who)
+            if rc < 0:
+                raise TransportError(f"TransferEngine read of {batch.nbytes} bytes returned {rc}", who)
+            if progress is not None:
+                progress(batch.nbytes)
+
+    def _read_batch(self, session: str, ops: list[ReadOp], timeout_s: float, who: str) -> int:
+        """One blocking batch read, in a helper thread so a stalled peer cannot outlast the timeout."""
+        result: list[int] = []
+
+        def run() -> None:
+            try:
+                result.append(
+                    self._engine.batch_transfer_sync_read(
+                        session,
+                        [op.local_addr for op in ops],
+                        [op.remote_addr for op in ops],
+                        [op.size for op in ops],
+                    )
+                )
+            except Exception as e:
+                log.debug("TransferEngine read raised: %s", e)
+                result.append(-1)
+
+        worker = threading.Thread(target=run, name="peerload-te-read", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        if worker.is_alive():
+            # The engine cannot cancel a batch: it may still land later, so the caller must
+            # treat the destination as garbage (the loader rolls back anyway).
+            raise TransferTimeout(f"read not done within {timeout_s:g} s", who)
+        return result[0]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportError(f"TransferEngine endpoint {self.name!r} is closed")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        addrs = list(self._addr_refs)
+        self._regs.clear()
+        self._addr_refs.clear()
+        if addrs:
+            rc = self._engine.batch_unregister_memory(addrs)
+            if rc != 0:
+                log.warning("TransferEngine.batch_unregister_memory returned %d", rc)
+        self._engine = None

@@ -1,0 +1,409 @@
+"""NIXL transport (UCX backend): one-sided READ from a seed's registered memory.
+
+Env this module sets (only where unset) before the first agent exists, see docs/transport.md:
+UCX_MODULES=^ib (else every UCX process segfaults at exit here), and UCX_NET_DEVICES=lo
+when `loopback=True`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib.util
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from peerload.errors import MissingExtraError, PeerMetadataError, TransferCancelled, TransferTimeout, TransportError
+from peerload.transport._plan import Batch, plan_batches
+from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Region, Transport, tensor_region
+
+log = logging.getLogger(__name__)
+
+_MD_MAGIC = b"nixlSerDes"  # every NIXL agent metadata blob starts with this tag
+_NOTIF = b"peerload:"  # prefix of our notifications; b"peerload:done:" ends a read
+
+
+# Fail at import (configuration time) when NIXL is absent, without importing it yet: UCX must
+# see the env below before it loads.
+if importlib.util.find_spec("nixl_cu12") is None and importlib.util.find_spec("nixl") is None:
+    raise ImportError("neither nixl-cu12 nor nixl is installed")
+
+
+def _configure_ucx_env(loopback: bool) -> None:
+    """Set the UCX env these machines need, never overriding what the user set."""
+    os.environ.setdefault("UCX_MODULES", "^ib")
+    if loopback:
+        os.environ.setdefault("UCX_NET_DEVICES", "lo")
+
+
+def _import_nixl() -> tuple[Any, Any, Any]:
+    """(nixl_agent, nixl_agent_config, bindings) from nixl-cu12, or the `nixl` meta package."""
+    try:
+        from nixl_cu12 import _bindings
+        from nixl_cu12._api import nixl_agent, nixl_agent_config
+    except ImportError:
+        try:
+            from nixl import _bindings  # type: ignore[no-redef]
+            from nixl._api import nixl_agent, nixl_agent_config  # type: ignore[no-redef]
+        except ImportError as e:
+            raise MissingExtraError("the nixl transport", "nixl-cu12", "nixl") from e
+    return nixl_agent, nixl_agent_config, _bindings
+
+
+class NixlTransport(Transport):
+    """A NIXL agent with the UCX backend, no progress thread, and a polling seed-side server.
+
+    Options:
+        loopback: also set UCX_NET_DEVICES=lo (single-host tests).
+        chunk_bytes: bytes per transfer request; larger tensors are split (0 = one request).
+        max_inflight: transfer requests posted at once.
+        idle_poll_s / active_poll_s: seed poll interval when idle / while peers are reading.
+        active_linger_s: how long the seed keeps polling fast after a peer's last notification.
+        unique_name: append a random suffix to `name`, so restarted or same-named peers never clash.
+    """
+
+    kind = "nixl"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        loopback: bool = False,
+        chunk_bytes: int = 64 << 20,
+        max_inflight: int = 4,
+        idle_poll_s: float = 0.02,
+        active_poll_s: float = 0.001,
+        active_linger_s: float = 10.0,
+        unique_name: bool = True,
+    ) -> None:
+        _configure_ucx_env(loopback)
+        nixl_agent, nixl_agent_config, self._nb = _import_nixl()
+        self.name = f"{name}-{secrets.token_hex(4)}" if unique_name else name
+        self._chunk_bytes = chunk_bytes
+        self._max_inflight = max(1, max_inflight)
+        self._idle_poll_s = idle_poll_s
+        self._active_poll_s = active_poll_s
+        self._active_linger_s = active_linger_s
+        # One lock around every agent call: the serving thread and the reading thread share the
+        # agent, and NIXL's default sync mode is not safe for concurrent posting.
+        self._lock = threading.RLock()
+        try:
+            # No progress thread: the wrapper's spins a core (pthrDelay=0); we poll instead.
+            conf = nixl_agent_config(enable_prog_thread=False, backends=["UCX"])
+            self._agent = nixl_agent(self.name, conf)
+        except Exception as e:
+            raise TransportError(f"cannot create NIXL agent {self.name!r}: {e}") from e
+        if "UCX" not in self._agent.backends:
+            raise TransportError(f"NIXL agent {self.name!r} has no UCX backend (plugin missing?)")
+        self._regs: dict[str, tuple[Region, bool]] = {}  # name -> (region, is_cuda)
+        self._reg_refs: dict[tuple[int, int, int, bool], int] = {}  # range -> names using it
+        self._ranges: list[tuple[int, int, bool]] = []  # sorted (start, end, is_cuda)
+        self._peers: dict[str, bytes] = {}  # remote agent name -> metadata loaded
+        self._serve_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._closed = False
+
+    # --- registration ---------------------------------------------------------------------
+
+    def register(self, tensors: Mapping[str, torch.Tensor]) -> list[Region]:
+        self._check_open()
+        regions = [(tensor_region(n, t), t.is_cuda) for n, t in tensors.items()]
+        new: dict[bool, list[tuple[int, int, int]]] = {False: [], True: []}
+        for region, cuda in regions:
+            if region.size == 0:
+                continue  # nothing to read; NIXL gains nothing from a 0-byte registration
+            key = (region.addr, region.size, region.device_id, cuda)
+            if self._reg_refs.get(key, 0) == 0:
+                new[cuda].append(key[:3])
+        with self._lock:
+            for cuda, rows in new.items():
+                rows = list(dict.fromkeys(rows))
+                if not rows:
+                    continue
+                descs = self._nb.nixlRegDList(self._mem(cuda), np.array(rows, dtype=np.uint64))
+                try:
+                    self._agent.register_memory(descs)
+                except Exception as e:
+                    raise TransportError(f"NIXL register_memory of {len(rows)} regions failed: {e}") from e
+        for region, cuda in regions:
+            self._unref(region.name)
+            self._regs[region.name] = (region, cuda)
+            if region.size:
+                key = (region.addr, region.size, region.device_id, cuda)
+                self._reg_refs[key] = self._reg_refs.get(key, 0) + 1
+        self._rebuild_ranges()
+        return [r for r, _ in regions]
+
+    def deregister(self, names: Sequence[str]) -> None:
+        self._check_open()
+        for name in names:
+            self._unref(name)
+        self._rebuild_ranges()
+
+    def _unref(self, name: str) -> None:
+        """Forget `name`; deregister its range once no other name uses it."""
+        entry = self._regs.pop(name, None)
+        if entry is None or entry[0].size == 0:
+            return
+        region, cuda = entry
+        key = (region.addr, region.size, region.device_id, cuda)
+        self._reg_refs[key] -= 1
+        if self._reg_refs[key] > 0:
+            return
+        del self._reg_refs[key]
+        descs = self._nb.nixlRegDList(self._mem(cuda), np.array([key[:3]], dtype=np.uint64))
+        with self._lock:
+            try:
+                self._agent.deregister_memory(descs)
+            except Exception as e:
+                log.warning("NIXL deregister of %r failed: %s", name, e)
+
+    def _rebuild_ranges(self) -> None:
+        self._ranges = sorted((a, a + n, c) for (a, n, _, c) in self._reg_refs)
+
+    def _local_is_cuda(self, addr: int, size: int) -> bool:
+        i = bisect.bisect_right(self._ranges, (addr, float("inf"), True)) - 1
+        if i < 0 or addr + size > self._ranges[i][1]:
+            raise TransportError(
+                f"local range 0x{addr:x}+{size} is not inside memory registered on {self.name!r}: "
+                "register the destination tensors first"
+            )
+        return self._ranges[i][2]
+
+    def _mem(self, cuda: bool) -> Any:
+        return self._nb.VRAM_SEG if cuda else self._nb.DRAM_SEG
+
+    # --- seed side --------------------------------------------------------------------------
+
+    def endpoint_info(self) -> EndpointInfo:
+        self._check_open()
+        with self._lock:
+            md = self._agent.get_agent_metadata()
+        if self._serve_thread is None:
+            self._serve_thread = threading.Thread(
+                target=self._serve, name=f"peerload-nixl-serve-{self.name}", daemon=True
+            )
+            self._serve_thread.start()
+        return EndpointInfo(agent_name=self.name, nixl_metadata=md)
+
+    def _serve(self) -> None:
+        """Drive UCX progress so peers can connect and read; fast while reads are active."""
+        active: dict[str, float] = {}  # peer -> poll fast until this time
+        delay = self._active_poll_s
+        while not self._stop.wait(delay):
+            try:
+                with self._lock:
+                    notifs = self._agent.get_new_notifs()
+            except Exception as e:  # keep serving: one bad poll must not stop the seed
+                log.warning("NIXL notification poll failed on %r: %s", self.name, e)
+                notifs = {}
+            now = time.monotonic()
+            for peer, msgs in notifs.items():
+                for msg in msgs:
+                    if msg.startswith(_NOTIF + b"done:"):
+                        active.pop(peer, None)
+                    elif msg.startswith(_NOTIF):
+                        active[peer] = now + self._active_linger_s
+            for peer in [p for p, t in active.items() if t < now]:
+                del active[peer]
+            if active or notifs:
+                delay = self._active_poll_s
+            else:  # back off towards the idle interval: an idle seed costs ~0% CPU
+                delay = min(self._idle_poll_s, max(delay * 2, self._active_poll_s))
+
+    # --- target side ------------------------------------------------------------------------
+
+    def connect(self, peer: EndpointInfo) -> None:
+        self._connect(peer)
+
+    @staticmethod
+    def _check_metadata(peer: EndpointInfo) -> bytes:
+        md = peer.nixl_metadata
+        if md is None:
+            raise PeerMetadataError(f"peer publishes {peer.transport} metadata, not nixl", peer.agent_name or None)
+        if not md.startswith(_MD_MAGIC):
+            raise PeerMetadataError("not a NIXL agent metadata blob", peer.agent_name or None)
+        return md
+
+    def _connect(self, peer: EndpointInfo) -> str:
+        self._check_open()
+        md = self._check_metadata(peer)
+        who = peer.agent_name or None
+        if who and self._peers.get(who) == md:
+            return who
+        if who in self._peers:  # same name, new metadata (re-registered or restarted)
+            self._drop_peer(who)
+        with self._lock:
+            try:
+                remote = self._agent.add_remote_agent(md)
+            except self._nb.nixlBackendError as e:  # parsed, but UCX could not reach the peer
+                raise TransportError(f"cannot connect over NIXL: {e}", who) from e
+            except Exception as e:
+                raise PeerMetadataError(f"NIXL rejected the peer's metadata: {e}", who) from e
+            if isinstance(remote, bytes):
+                remote = remote.decode()
+            if who and remote != who:
+                self._agent.remove_remote_agent(remote)
+                raise PeerMetadataError(f"metadata belongs to agent {remote!r}", who)
+            self._peers[remote] = md
+            try:
+                self._agent.make_connection(remote)
+                self._agent.send_notif(remote, _NOTIF + b"hello")  # wakes the seed's fast polling
+            except Exception as e:
+                self._drop_peer(remote)
+                raise TransportError(f"cannot connect over NIXL: {e}", remote) from e
+        return remote
+
+    def forget_peer(self, peer: EndpointInfo) -> None:
+        if peer.agent_name:
+            self._drop_peer(peer.agent_name)
+
+    def _drop_peer(self, remote: str) -> None:
+        if self._peers.pop(remote, None) is None:
+            return
+        with self._lock:
+            try:
+                self._agent.remove_remote_agent(remote)
+            except Exception as e:
+                log.debug("NIXL remove_remote_agent(%s) failed: %s", remote, e)
+
+    def read(
+        self,
+        peer: EndpointInfo,
+        ops: Sequence[ReadOp],
+        *,
+        timeout_s: float,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self._check_open()
+        deadline = time.monotonic() + timeout_s
+        self._check_metadata(peer)
+        batches = plan_batches(
+            ops, self._chunk_bytes, key=lambda op: (self._local_is_cuda(op.local_addr, op.size), op.remote_memory)
+        )
+        if not batches:
+            return
+        remote = self._connect(peer)
+        tag = secrets.token_hex(4).encode()
+        inflight: list[tuple[Any, int]] = []
+        try:
+            self._run_batches(remote, batches, tag, inflight, deadline, timeout_s, progress, cancel)
+        except BaseException:
+            self._abort(inflight, remote)
+            raise
+
+    def _run_batches(
+        self,
+        remote: str,
+        batches: list[Batch],
+        tag: bytes,
+        inflight: list[tuple[Any, int]],
+        deadline: float,
+        timeout_s: float,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> None:
+        nxt = 0
+        last = len(batches) - 1
+        while nxt <= last or inflight:
+            # The last request carries the "done" notification, so post it only after the rest:
+            # a seed may treat that notification as "this reader no longer needs me".
+            while nxt <= last and len(inflight) < self._max_inflight and (nxt < last or not inflight):
+                notif = _NOTIF + (b"done:" if nxt == last else b"xfer:") + tag
+                inflight.append((self._post(remote, batches[nxt], notif), batches[nxt].nbytes))
+                nxt += 1
+            done: list[int] = []
+            with self._lock:
+                pending = []
+                for h, nbytes in inflight:
+                    if self._check(remote, h) == "DONE":
+                        h.release()
+                        done.append(nbytes)
+                    else:
+                        pending.append((h, nbytes))
+                inflight[:] = pending
+            if progress is not None:
+                for nbytes in done:  # one call per request, outside the lock
+                    progress(nbytes)
+            if cancel is not None and cancel.is_set():
+                raise TransferCancelled("read cancelled", remote)
+            if time.monotonic() > deadline:
+                raise TransferTimeout(f"read not done within {timeout_s:g} s", remote)
+            if not done:
+                time.sleep(0)  # let the serving thread take the lock between polls
+
+    def _post(self, remote: str, batch: Batch, notif: bytes) -> Any:
+        local_cuda, remote_mem = batch.key
+        local = np.array([(op.local_addr, op.size, op.local_device) for op in batch.ops], dtype=np.uint64)
+        far = np.array([(op.remote_addr, op.size, op.remote_device) for op in batch.ops], dtype=np.uint64)
+        with self._lock:
+            try:
+                h = self._agent.initialize_xfer(
+                    "READ",
+                    self._nb.nixlXferDList(self._mem(local_cuda), local),
+                    self._nb.nixlXferDList(self._mem(remote_mem == "cuda"), far),
+                    remote,
+                    notif,
+                )
+            except Exception as e:
+                raise TransportError(f"NIXL could not prepare a READ of {batch.nbytes} bytes: {e}", remote) from e
+            try:
+                state = self._agent.transfer(h)
+            except Exception as e:
+                self._release(h)
+                raise TransportError(f"NIXL READ failed: {e}", remote) from e
+        if state == "ERR":
+            self._release(h)
+            raise TransportError("NIXL READ failed to post", remote)
+        return h
+
+    def _check(self, remote: str, h: Any) -> str:
+        try:
+            state = self._agent.check_xfer_state(h)
+        except Exception as e:  # e.g. nixlRemoteDisconnectError when the seed died
+            raise TransportError(f"NIXL READ failed: {type(e).__name__}: {e}", remote) from e
+        if state == "ERR":
+            raise TransportError("NIXL READ failed", remote)
+        return state
+
+    def _release(self, h: Any) -> None:
+        with self._lock:
+            try:
+                h.release()
+            except Exception as e:  # an active request that cannot be cancelled; NIXL keeps it
+                log.debug("NIXL release of a transfer handle failed: %s", e)
+
+    def _abort(self, inflight: list[tuple[Any, int]], remote: str) -> None:
+        for h, _ in inflight:
+            self._release(h)
+        inflight.clear()
+        self._drop_peer(remote)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportError(f"NIXL endpoint {self.name!r} is closed")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._serve_thread is not None:
+            self._serve_thread.join(timeout=5)
+        for remote in list(self._peers):
+            self._drop_peer(remote)
+        for name in list(self._regs):
+            self._unref(name)
+        self._ranges = []
+        with self._lock:
+            self._agent = None  # the agent's destructor releases UCX; must run before exit

@@ -1,0 +1,199 @@
+"""Both transports between real processes on loopback: bit-exact, chunked, failures, teardown."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # spawned children import the peer bodies by name
+import transport_peers as peers  # noqa: E402
+
+from peerload.errors import ConfigError, MissingExtraError, PeerMetadataError, TransportError  # noqa: E402
+from peerload.transport import (  # noqa: E402
+    EndpointInfo,
+    ReadOp,
+    TransportSpec,
+    create_transport,
+    register_transport,
+)
+
+KINDS = ["nixl", "transfer_engine"]
+CTX = mp.get_context("spawn")
+JOIN_S = 60
+
+
+class Peer:
+    """A spawned seed or target with a pipe; joins and checks the exit code on `finish`."""
+
+    def __init__(self, fn, *args) -> None:
+        self.conn, child = CTX.Pipe()
+        self.proc = CTX.Process(target=fn, args=(child, *args), daemon=True)
+        self.proc.start()
+
+    def recv(self, timeout: float = JOIN_S):
+        if not self.conn.poll(timeout):
+            raise AssertionError(f"no reply within {timeout} s from pid {self.proc.pid}")
+        return self.conn.recv()
+
+    def finish(self) -> int | None:
+        self.conn.send("stop")
+        assert self.recv() == "closed"
+        self.proc.join(JOIN_S)
+        return self.proc.exitcode
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join(JOIN_S)
+        assert self.proc.exitcode == -9
+
+
+@pytest.fixture
+def cleanup():
+    procs: list[Peer] = []
+    yield procs
+    for p in procs:
+        if p.proc.is_alive():
+            p.proc.kill()
+            p.proc.join(10)
+
+
+def start(cleanup, fn, *args) -> Peer:
+    p = Peer(fn, *args)
+    cleanup.append(p)
+    return p
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", KINDS)
+def test_500_mixed_tensors_arrive_bit_exact_and_large_one_is_chunked(kind, cleanup):
+    n, seed, big = 500, 7, 64
+    src = start(cleanup, peers.seed_main, kind, n, seed, big)
+    # 16 MiB chunks: the 64 MiB tensor becomes 4 requests and small tensors share requests.
+    dst = start(cleanup, peers.target_main, kind, n, seed, big, {"chunk_bytes": 16 << 20})
+    published = src.recv()
+    assert dst.recv() == "ready"
+    dst.conn.send({"info": published["info"], "regions": published["regions"]})
+    result = dst.recv()
+    assert result["ok"], result["tb"]
+    mismatched = [r.name for r, a, b in zip(published["regions"], published["digests"], result["digests"]) if a != b]
+    assert not mismatched
+    total = sum(r.size for r in published["regions"])
+    assert 200 << 20 < total < 320 << 20
+    assert sum(r.size == 0 for r in published["regions"]) >= 5
+    assert result["progress_bytes"] == total
+    assert result["progress_calls"] >= total // (16 << 20)
+    if kind == "nixl":  # an idle seed polls slowly: well under 5% of a core
+        src.conn.send("cpu")
+        assert src.recv() < 0.1
+    assert dst.finish() == 0
+    assert src.finish() == 0
+
+
+def _failed_read_then_reuse(kind: str, cleanup, *, during: bool) -> None:
+    n, seed, big = 60, 11, 32
+    dst = start(cleanup, peers.target_main, kind, n, seed, big, {"chunk_bytes": 1 << 20, "max_inflight": 1}
+                if kind == "nixl" else {"chunk_bytes": 1 << 20})
+    doomed = start(cleanup, peers.seed_main, kind, n, seed, big)
+    published = doomed.recv()
+    assert dst.recv() == "ready"
+    if not during:
+        doomed.kill()
+    dst.conn.send({"info": published["info"], "regions": published["regions"], "timeout_s": 20,
+                   "pause_on_first": during})
+    if during:
+        assert dst.recv() == "paused"
+        doomed.kill()
+        dst.conn.send("go")
+    t0 = time.monotonic()
+    result = dst.recv(timeout=40)
+    assert time.monotonic() - t0 < 25
+    assert not result["ok"], "read from a killed seed succeeded"
+    assert result["error"] in ("TransportError", "TransferTimeout"), result["tb"]
+    assert result["peer"] and result["peer"] in result["message"]
+    assert result["error"] == "TransportError", f"dead peer only noticed at the timeout: {result['message']}"
+    # The same endpoint then loads from a healthy seed.
+    healthy = start(cleanup, peers.seed_main, kind, n, seed, big)
+    published = healthy.recv()
+    dst.conn.send({"info": published["info"], "regions": published["regions"], "timeout_s": 30})
+    result = dst.recv()
+    assert result["ok"], result["tb"]
+    assert result["digests"] == published["digests"]
+    assert dst.finish() == 0
+    assert healthy.finish() == 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", KINDS)
+def test_seed_killed_before_transfer_then_endpoint_reused(kind, cleanup):
+    _failed_read_then_reuse(kind, cleanup, during=False)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", KINDS)
+def test_seed_killed_during_transfer_then_endpoint_reused(kind, cleanup):
+    _failed_read_then_reuse(kind, cleanup, during=True)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_non_contiguous_refused_and_bad_metadata_rejected(kind):
+    other = "transfer_engine" if kind == "nixl" else "nixl"
+    with create_transport(kind, "a", loopback=True) as a, create_transport(kind, "b", loopback=True) as b:
+        with pytest.raises(ConfigError, match="not contiguous"):
+            a.register({"w": torch.zeros(4, 6).t()})
+        assert a.register({"empty": torch.zeros(0)})[0].size == 0
+        dst = torch.zeros(8, dtype=torch.uint8)
+        a.register({"dst": dst})
+        real = b.endpoint_info()
+        bad = [
+            EndpointInfo("x", nixl_metadata=b"garbage" * 9) if kind == "nixl"
+            else EndpointInfo("x", transfer_engine_session_id="no-port-here"),
+            EndpointInfo("x", nixl_metadata=b"") if kind == "nixl"
+            else EndpointInfo("x", transfer_engine_session_id="127.0.0.1:99999"),
+            EndpointInfo("x", nixl_metadata=b"{}") if other == "nixl"
+            else EndpointInfo("x", transfer_engine_session_id="127.0.0.1:1"),  # other transport's kind
+        ]
+        if kind == "nixl":
+            bad.append(EndpointInfo(real.agent_name, nixl_metadata=real.nixl_metadata[: len(real.nixl_metadata) // 2]))
+            bad.append(EndpointInfo("someone-else", nixl_metadata=real.nixl_metadata))  # name mismatch
+        for info in bad:
+            with pytest.raises(PeerMetadataError):
+                a.read(info, [ReadOp(0, dst.data_ptr(), 8)], timeout_s=5)
+        a.read(real, [ReadOp(0, 0, 0)], timeout_s=5)  # zero-byte ops are skipped
+
+
+def test_unknown_kind_and_missing_package_are_config_errors():
+    with pytest.raises(ConfigError, match="transfer_engine"):
+        create_transport("rdma-magic", "x")
+    register_transport("fake", TransportSpec("peerload_no_such_module", "Fake", "fake-pkg", "fake"))
+    with pytest.raises(MissingExtraError, match=r"peerload\[fake\]"):
+        create_transport("fake", "x")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("kind", "shadowed", "extra"), [("transfer_engine", "mooncake", "mooncake"),
+                                                         ("nixl", "nixl_cu12", "nixl")])
+def test_missing_package_names_pip_extra(kind, shadowed, extra, tmp_path):
+    # A package on PYTHONPATH that fails to import stands in for one that is not installed.
+    (tmp_path / shadowed).mkdir()
+    (tmp_path / shadowed / "__init__.py").write_text(f"raise ImportError('no {shadowed} here')\n")
+    code = textwrap.dedent(f"""
+        from peerload.errors import MissingExtraError
+        from peerload.transport import create_transport
+        try:
+            create_transport({kind!r}, "x")
+        except MissingExtraError as e:
+            print("MISSING", e.extra, e)
+    """)
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0, out.stderr
+    assert f"MISSING {extra}" in out.stdout and f"peerload[{extra}]" in out.stdout
