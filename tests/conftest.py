@@ -112,3 +112,45 @@ def run_peerload() -> Callable[..., subprocess.CompletedProcess[str]]:
                               text=True, timeout=timeout, env=full_env, cwd=REPO)
 
     return run
+
+
+class ServeProcess:
+    """A `peerload serve` subprocess; `.address` is HOST:PORT, `.stop()` sends SIGTERM and returns the exit code."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], address: str, log: Path) -> None:
+        self.proc = proc
+        self.address = address
+        self.log = log
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout=timeout)
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    """start(*serve_args) -> ServeProcess of `peerload serve --host 127.0.0.1 --port <free> ARGS`, ready to answer."""
+    started: list[ServeProcess] = []
+
+    def start(*args: str, port: int | None = None, timeout: float = 30) -> ServeProcess:
+        port = port or _free_port()
+        log = tmp_path / f"serve-{port}-{len(started)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "peerload.cli.main", "serve", "--host", "127.0.0.1",
+                                     "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        server = ServeProcess(proc, f"127.0.0.1:{port}", log)
+        started.append(server)
+        deadline = time.monotonic() + timeout
+        while "listening on" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"peerload serve did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.05)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(timeout=10)

@@ -31,7 +31,7 @@ app.command()(sources.sources)
 app.command()(demo.demo)
 app.command()(seed.seed)
 app.command()(load.load)
-# seed / load / bench: register here the same way, e.g. `app.command()(seed.seed)`.
+# bench: register here the same way, e.g. `app.command()(bench.bench)`.
 
 
 def _debug() -> bool:
