@@ -50,7 +50,9 @@ def model_options(path: Path, model_name: str, revision: str, tp_size: int, tp_r
     identity = SourceIdentity(
         model_name=model_name, revision=revision, tensor_parallel_size=tp_size,
         pipeline_parallel_size=pp_size, expert_parallel_size=ep_size,
-        dtype=checkpoint_dtype(path), quantization=quantize or "",
+        # Runtime post-processing (--quantize) is not part of the identity: a target that forgot
+        # it finds the source and is told exactly which tensors differ.
+        dtype=checkpoint_dtype(path), quantization=checkpoint_quantization(path),
     )
     return ModelOptions(path=path, identity=identity, rank=rank, tp_size=tp_size, tp_rank=tp_rank,
                         quantize=quantize)
@@ -71,6 +73,15 @@ def checkpoint_dtype(path: Path) -> str:
     except ConfigError:
         return ""
     return counts.most_common(1)[0][0] if counts else ""
+
+
+def checkpoint_quantization(path: Path) -> str:
+    """The checkpoint's own quantization method (config.json quantization_config), or ""."""
+    config = path / "config.json" if path.is_dir() else None
+    if config is None or not config.exists():
+        return ""
+    method = (json.loads(config.read_text()).get("quantization_config") or {}).get("quant_method", "")
+    return str(method)
 
 
 def settings_for(coordinator: str | None, transport: str | None, **more: object) -> Settings:

@@ -1,6 +1,7 @@
 """`peerload seed PATH`: load a checkpoint from disk and serve it as a READY source until signalled."""
 
 import json
+import os
 import logging
 from pathlib import Path
 from typing import Annotated, Optional
@@ -45,7 +46,7 @@ def seed(
         if ready_file is not None:
             tmp = ready_file.with_suffix(ready_file.suffix + ".tmp")
             tmp.write_text(json.dumps({"worker_id": pub.worker_id, "source_id": pub.source_id,
-                                       "rank": opts.rank}))
+                                       "rank": opts.rank, "pid": os.getpid()}))
             tmp.rename(ready_file)  # atomic: readers never see half a file
         wait_for_signal()
         typer.echo("stopping: marking the source STALE", err=True)

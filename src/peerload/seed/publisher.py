@@ -29,6 +29,14 @@ def new_worker_id(rank: int) -> str:
     return f"{socket.gethostname()}-{os.getpid()}-r{rank}-{uuid.uuid4().hex[:8]}"
 
 
+def make_transport(settings: Settings, name: str) -> Transport:
+    """The configured transport endpoint, reachable at the host peers are told to use."""
+    options: dict[str, object] = {"chunk_bytes": settings.chunk_bytes}
+    if settings.transport == "transfer_engine":
+        options["host"] = settings.advertise_host
+    return create_transport(settings.transport, name=name, **options)
+
+
 class Publisher:
     """A live source: owns the transport registration, manifest server and heartbeat thread.
 
@@ -59,7 +67,7 @@ class Publisher:
         self._client = CoordinatorClient(settings.coordinator, timeout_s=settings.rpc_timeout_s,
                                          retries=settings.rpc_retries)
         try:
-            self.transport = transport or create_transport(settings.transport, name=self.worker_id)
+            self.transport = transport or make_transport(settings, self.worker_id)
             if self._owns_transport:
                 self.transport.register(tensor_set.regions)
             sums = dict(region_checksums) if region_checksums else checksums(tensor_set.regions)

@@ -30,10 +30,10 @@ from peerload.errors import (
 from peerload.identity import SourceIdentity
 from peerload.manifest import Manifest, TensorSet, check_layout, checksums, collect
 from peerload.seed.manifest_server import fetch_manifest
-from peerload.seed.publisher import Publisher, new_worker_id
+from peerload.seed.publisher import Publisher, make_transport, new_worker_id
 from peerload.settings import Settings
 from peerload.target.selection import order_sources
-from peerload.transport import create_transport, prefault
+from peerload.transport import prefault
 from peerload.transport.base import EndpointInfo, ReadOp, Transport
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class TargetLoad:
             # dominates a cold load far more than the wire does.
             with ThreadPoolExecutor(max_workers=1) as pool:
                 touching = pool.submit(prefault, list(tensor_set.regions.values()))
-                self.transport = create_transport(self.settings.transport, name=self.worker_id)
+                self.transport = make_transport(self.settings, self.worker_id)
                 touching.result()
             self.transport.register(tensor_set.regions)
         return tensor_set
