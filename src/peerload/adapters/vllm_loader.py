@@ -7,7 +7,6 @@ vLLM peer of the same identity and rank (or load from disk), rebuild vLLM's deri
 from __future__ import annotations
 
 import dataclasses
-import gc
 import time
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from vllm.distributed import get_pp_group, get_tensor_model_parallel_rank
 from vllm.model_executor.layers.quantization.base_config import QuantizeMethodBase
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
 from vllm.model_executor.model_loader.utils import process_weights_after_loading
 from vllm.model_executor.utils import weights_already_processed
 from vllm.utils.torch_utils import set_default_torch_dtype
@@ -141,7 +141,7 @@ class PeerloadModelLoader(BaseModelLoader):
                 return self.disk_loader.load_model(vllm_config, model_config, prefix)
             # The final layout exists before any byte moves, so it matches what seeds serve.
             layout = runtime_layout(model, model_config, device)
-            result = self._fill(layout, identity, rank, vllm_config, model_config, prefix, device)
+            result = self._fill(model, layout, identity, rank, model_config)
             rebuild_derived_state(model, layout, model_config, device)
         if result.publisher is not None:
             live_sources.keep(result.publisher)
@@ -150,24 +150,32 @@ class PeerloadModelLoader(BaseModelLoader):
                  f", serving as source {result.worker_id}" if result.publisher else ", not published")
         return model.eval()
 
-    def _fill(self, layout: RuntimeLayout, identity: SourceIdentity, rank: int, vllm_config: VllmConfig,
-              model_config: ModelConfig, prefix: str, device: torch.device) -> LoadResult:
+    def _fill(self, model: nn.Module, layout: RuntimeLayout, identity: SourceIdentity, rank: int,
+              model_config: ModelConfig) -> LoadResult:
         storage_errors: list[BaseException] = []
 
         def from_disk() -> dict[str, torch.Tensor]:
-            # A second model, loaded and post-processed by vLLM itself, gives the runtime layout
-            # from the checkpoint; it costs one extra copy of the weights until it is dropped.
+            # vLLM allows one model per config (layer names are registered globally), so storage
+            # fills this same, already post-processed model in place.
             started = time.perf_counter()
             try:
-                with device:
-                    fresh = self.create_model(vllm_config, model_config, prefix)
-                self.disk_loader.load_weights(fresh, model_config)
+                if layout.consumed:
+                    # Their post-processing only derives kernel state from the loaded values (CPU
+                    # packing): load into the originals; rebuild_derived_state re-derives after.
+                    for mod, attr, original in layout.consumed:
+                        setattr(mod, attr, original)
+                    self.disk_loader.load_weights(model, model_config)
+                else:
+                    # vLLM's in-place reload: checkpoint format in, post-processed, copied into the
+                    # existing runtime tensors (the ones registered with the transport).
+                    initialize_layerwise_reload(model)
+                    self.disk_loader.load_weights(model, model_config)
+                    finalize_layerwise_reload(model, model_config)
             except Exception as exc:
                 storage_errors.append(exc)
                 raise
-            tensors = runtime_layout(fresh, model_config, device).tensors
             log.info("peerload: read %s from disk in %.2fs", model_config.model, time.perf_counter() - started)
-            return tensors
+            return layout.tensors
 
         load = TargetLoad(layout.tensors, identity, rank=rank, settings=self.settings, fallback=from_disk,
                           publish=True, progress=None, worker_id=None)
@@ -182,5 +190,3 @@ class PeerloadModelLoader(BaseModelLoader):
                 f"{identity.source_id()}, rank {rank}): no usable peer at coordinator "
                 f"{self.settings.coordinator}, and loading from disk failed: {storage_errors[0]}",
                 load.attempts) from exc
-        finally:
-            gc.collect()
