@@ -208,5 +208,5 @@ def _validate(s: Settings) -> None:
         raise ConfigError("rpc_retries must be >= 0 and max_source_attempts >= 1")
     if s.chunk_bytes < 4096:
         raise ConfigError(f"chunk_bytes must be >= 4096, got {s.chunk_bytes}")
-    if not 0 < s.port < 65536:
-        raise ConfigError(f"port must be in 1..65535, got {s.port}")
+    if not 0 <= s.port < 65536:
+        raise ConfigError(f"port must be in 0..65535 (0 picks a free port), got {s.port}")

@@ -12,26 +12,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from peerload.adapters import hf
-from peerload.coordinator.server import serve
 from peerload.errors import PeerloadError
 from peerload.identity import SourceIdentity
-from peerload.manifest import collect, sha256_of
 from peerload.settings import Settings
-from peerload.target.loader import copy_into, load_into
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_NAME = "peerload-demo/tiny-llama"
 
 
 def write_demo_model(directory: Path, hidden: int = 768, layers: int = 8, seed: int = 0) -> Path:
     """A randomly initialised Llama (fp32, ~56M parameters at the defaults) saved as safetensors."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -46,7 +45,9 @@ def write_demo_model(directory: Path, hidden: int = 768, layers: int = 8, seed: 
     return directory
 
 
-def greedy_tokens(model: torch.nn.Module, n: int = 32) -> list[int]:
+def greedy_tokens(model: "torch.nn.Module", n: int = 32) -> list[int]:
+    import torch
+
     prompt = torch.tensor([[1, 42, 7, 99, 3]])
     with torch.no_grad():
         out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
@@ -71,6 +72,12 @@ def demo(
     layers: Annotated[int, typer.Option("--layers", min=1, help="Layers of the demo model.")] = 8,
 ) -> None:
     """Seed a small model and load it peer-to-peer into a fresh one; compare with disk."""
+    # torch-heavy imports per command keep `peerload sources` and friends fast to start.
+    from peerload.adapters import hf
+    from peerload.coordinator.server import serve
+    from peerload.manifest import collect, sha256_of
+    from peerload.target.loader import copy_into, load_into
+
     console = Console()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     workdir = Path(tempfile.mkdtemp(prefix="peerload-demo-"))

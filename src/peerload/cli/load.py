@@ -2,6 +2,7 @@
 
 import json
 import logging
+from typing import TYPE_CHECKING
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,14 +10,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from peerload.adapters import hf
 from peerload.cli._model_options import (
     CoordinatorOpt, EpSizeOpt, ModelNameOpt, PathArg, PpRankOpt, PpSizeOpt, QuantizeOpt, RevisionOpt,
     TpRankOpt, TpSizeOpt, TransportOpt, WorkerIdOpt, model_options, settings_for, wait_for_signal,
 )
-from peerload.manifest import sha256_of
-from peerload.target import loader
-from peerload.target.loader import LoadResult, load_into
+
+if TYPE_CHECKING:
+    from peerload.target.loader import LoadResult, Progress
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ def load(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Build the model of PATH with empty weights, pull them from a READY peer, verify, publish."""
+    from peerload.adapters import hf  # torch-heavy: imported per command to keep the CLI fast
+    from peerload.target.loader import load_into
+
     opts = model_options(path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size, quantize)
     settings = settings_for(coordinator, transport, verify_checksums=verify, storage_fallback=fallback,
                             max_source_attempts=max_sources)
@@ -65,10 +68,13 @@ def load(
         result.close()
 
 
-def build_report(result: LoadResult, transport: str, source_id: str) -> dict:
+def build_report(result: "LoadResult", transport: str, source_id: str) -> dict:
     """The --report JSON: source, bytes, per-phase seconds, GB/s and per-tensor sha256."""
+    from peerload.manifest import sha256_of
+    from peerload.target.loader import PHASES
+
     assert result.tensor_set is not None
-    phases = {p: round(result.seconds.get(p, 0.0), 6) for p in (*loader.PHASES, "total")}
+    phases = {p: round(result.seconds.get(p, 0.0), 6) for p in (*PHASES, "total")}
     return {
         "source": result.source,
         "worker_id": result.worker_id,
@@ -83,7 +89,7 @@ def build_report(result: LoadResult, transport: str, source_id: str) -> dict:
     }
 
 
-def _print_summary(console: Console, result: LoadResult) -> None:
+def _print_summary(console: Console, result: "LoadResult") -> None:
     where = "storage" if result.source == "storage" else f"peer {result.source}"
     console.print(f"loaded {result.bytes / 2**20:.1f} MiB from {where} in {result.seconds['total']:.2f}s "
                   f"({result.gbps:.2f} GB/s)")
@@ -106,7 +112,7 @@ class _progress_bar:
         self.bar.__enter__()
         return self.update
 
-    def update(self, event: loader.Progress) -> None:
+    def update(self, event: "Progress") -> None:
         if event.source not in self.tasks:
             self.tasks[event.source] = self.bar.add_task(f"from {event.source[:24]}", total=event.total)
         self.bar.update(self.tasks[event.source], completed=event.done)

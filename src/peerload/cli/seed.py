@@ -8,12 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from peerload.adapters import hf
 from peerload.cli._model_options import (
     CoordinatorOpt, EpSizeOpt, ModelNameOpt, PathArg, PpRankOpt, PpSizeOpt, QuantizeOpt, RevisionOpt,
     TpRankOpt, TpSizeOpt, TransportOpt, WorkerIdOpt, model_options, settings_for, wait_for_signal,
 )
-from peerload.seed.publisher import publish
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +33,9 @@ def seed(
         "--ready-file", help="Write {worker_id, source_id, rank} as JSON here once READY.")] = None,
 ) -> None:
     """Load PATH from disk, post-process, publish it, and heartbeat READY until SIGINT/SIGTERM."""
+    from peerload.adapters import hf  # torch-heavy: imported per command to keep the CLI fast
+    from peerload.seed.publisher import publish
+
     opts = model_options(path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size, quantize)
     settings = settings_for(coordinator, transport)
     tensors, _model = hf.seed_tensors(path, quantize=quantize, tp_size=tp_size, tp_rank=tp_rank)
