@@ -39,6 +39,8 @@ if importlib.util.find_spec("nixl_cu12") is None and importlib.util.find_spec("n
 def _configure_ucx_env(loopback: bool) -> None:
     """Set the UCX env these machines need, never overriding what the user set."""
     os.environ.setdefault("UCX_MODULES", "^ib")
+    # NIXL's Python logger prints INFO lines to stdout, which would mix with a program's output.
+    os.environ.setdefault("NIXL_LOG_LEVEL", "WARN")
     if loopback:
         os.environ.setdefault("UCX_NET_DEVICES", "lo")
 
