@@ -35,8 +35,10 @@ $(VLLM_STAMP): pyproject.toml scripts/build_vllm_venv.sh
 demo: install
 	$(BIN)/peerload demo
 
+# pytest exits 5 when it collected nothing: that is a failure here, never a silent pass.
 test: install vllm-venv
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-fast: install
 	$(BIN)/python -m pytest -q -rs -m "not vllm"

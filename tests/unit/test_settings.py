@@ -1,0 +1,65 @@
+"""Settings: precedence, the ModelExpress-compatible forms, and errors that name the bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from peerload.errors import ConfigError
+from peerload.settings import Settings, parse_bool, split_host_port
+
+
+def test_defaults_without_env():
+    s = Settings.load(env={})
+    assert s.coordinator == "127.0.0.1:8001" and s.transport == "nixl" and s.verify_checksums is True
+
+
+def test_precedence_override_over_json_over_env_over_mx():
+    env = {"MODEL_EXPRESS_URL": "mx:1", "PEERLOAD_COORDINATOR": "env:2", "PEERLOAD_TRANSPORT": "transfer_engine"}
+    assert Settings.load(env={"MODEL_EXPRESS_URL": "mx:1"}).coordinator == "mx:1"
+    assert Settings.load(env={"MX_SERVER_ADDRESS": "mx2:9"}).coordinator == "mx2:9"
+    assert Settings.load(env=env).coordinator == "env:2"
+    assert Settings.load(config={"url": "json:3"}, env=env).coordinator == "json:3"
+    assert Settings.load(config={"url": "json:3"}, env=env, coordinator="kw:4").coordinator == "kw:4"
+    assert Settings.load(env=env).transport == "transfer_engine"
+
+
+def test_modelexpress_json_string_and_file(tmp_path):
+    text = json.dumps({"url": "10.0.0.1:8001", "transport": "transfer_engine"})
+    assert Settings.load(config=text, env={}).transport == "transfer_engine"
+    path = tmp_path / "mx.json"
+    path.write_text(text)
+    assert Settings.load(config=str(path), env={}).coordinator == "10.0.0.1:8001"
+    assert Settings.load(env={"PEERLOAD_CONFIG": text}).coordinator == "10.0.0.1:8001"
+
+
+@pytest.mark.parametrize("config, fragment", [
+    ({"url": "h:1", "colour": "red"}, "colour"),
+    ('{"url": ', "not valid JSON"),
+    ("/no/such/file.json", "neither JSON nor a readable file"),
+    ({"transport": "carrier-pigeon"}, "carrier-pigeon"),
+    ({"url": "no-port"}, "no-port"),
+    ({"heartbeat_interval_s": 20}, "heartbeat_interval_s"),
+    ({"verify_checksums": "maybe"}, "verify_checksums"),
+    ({"rpc_timeout_s": "soon"}, "rpc_timeout_s"),
+])
+def test_bad_config_is_named(config, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.load(config=config, env={})
+
+
+def test_env_booleans_and_numbers():
+    s = Settings.load(env={"PEERLOAD_VERIFY_CHECKSUMS": "off", "PEERLOAD_CHUNK_BYTES": "1048576",
+                           "PEERLOAD_TRANSFER_TIMEOUT_S": "2.5"})
+    assert s.verify_checksums is False and s.chunk_bytes == 1 << 20 and s.transfer_timeout_s == 2.5
+    assert parse_bool("x", "YES") is True
+    with pytest.raises(ConfigError, match="PEERLOAD_X"):
+        parse_bool("PEERLOAD_X", "2")
+
+
+def test_host_port_forms():
+    assert split_host_port("grpc://h:5") == ("h", 5)
+    assert split_host_port("[::1]:8001") == ("::1", 8001)
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        split_host_port("h:99999")
