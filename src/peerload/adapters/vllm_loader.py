@@ -18,7 +18,11 @@ from vllm.distributed import get_pp_group, get_tensor_model_parallel_rank
 from vllm.model_executor.layers.quantization.base_config import QuantizeMethodBase
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
-from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
+from vllm.model_executor.model_loader.reload import (
+    finalize_layerwise_processing,
+    finalize_layerwise_reload,
+    initialize_layerwise_reload,
+)
 from vllm.model_executor.model_loader.utils import process_weights_after_loading
 from vllm.model_executor.utils import weights_already_processed
 from vllm.utils.torch_utils import set_default_torch_dtype
@@ -137,8 +141,7 @@ class PeerloadModelLoader(BaseModelLoader):
                 # Without a way to rebuild their state, received bytes could not serve: use disk.
                 log.warning("peerload: %d layer(s) cannot take already-processed weights, loading "
                             "from disk without peers: %s", len(unsupported), ", ".join(unsupported[:5]))
-                del model
-                return self.disk_loader.load_model(vllm_config, model_config, prefix)
+                return self._load_from_disk_only(model, model_config, device)
             # The final layout exists before any byte moves, so it matches what seeds serve.
             layout = runtime_layout(model, model_config, device)
             result = self._fill(model, layout, identity, rank, model_config)
@@ -150,13 +153,21 @@ class PeerloadModelLoader(BaseModelLoader):
                  f", serving as source {result.worker_id}" if result.publisher else ", not published")
         return model.eval()
 
+    def _load_from_disk_only(self, model: nn.Module, model_config: ModelConfig, device: torch.device) -> nn.Module:
+        # The rest of BaseModelLoader.load_model, on the model already created (vLLM allows one
+        # model per config: its layer names are registered globally).
+        self.disk_loader.load_weights(model, model_config)
+        if any(getattr(getattr(m, "quant_method", None), "uses_meta_device", False) for m in model.modules()):
+            finalize_layerwise_processing(model, model_config)
+        process_weights_after_loading(model, model_config, device)
+        return model.eval()
+
     def _fill(self, model: nn.Module, layout: RuntimeLayout, identity: SourceIdentity, rank: int,
               model_config: ModelConfig) -> LoadResult:
         storage_errors: list[BaseException] = []
 
         def from_disk() -> dict[str, torch.Tensor]:
-            # vLLM allows one model per config (layer names are registered globally), so storage
-            # fills this same, already post-processed model in place.
+            # Storage fills this same, already post-processed model in place (see above).
             started = time.perf_counter()
             try:
                 if layout.consumed:
@@ -169,7 +180,7 @@ class PeerloadModelLoader(BaseModelLoader):
                     # vLLM's in-place reload: checkpoint format in, post-processed, copied into the
                     # existing runtime tensors (the ones registered with the transport).
                     initialize_layerwise_reload(model)
-                    self.disk_loader.load_weights(model, model_config)
+                    model.load_weights(self.disk_loader.get_all_weights(model_config, model))
                     finalize_layerwise_reload(model, model_config)
             except Exception as exc:
                 storage_errors.append(exc)
