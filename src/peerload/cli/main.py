@@ -25,13 +25,14 @@ from peerload.cli import sources  # noqa: E402
 from peerload.cli import demo  # noqa: E402
 from peerload.cli import seed  # noqa: E402
 from peerload.cli import load  # noqa: E402
+from peerload.cli import bench  # noqa: E402
 
 app.command()(serve.serve)
 app.command()(sources.sources)
 app.command()(demo.demo)
 app.command()(seed.seed)
 app.command()(load.load)
-# bench: register here the same way, e.g. `app.command()(bench.bench)`.
+app.command()(bench.bench)
 
 
 def _debug() -> bool:

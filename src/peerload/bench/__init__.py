@@ -1,0 +1,1 @@
+"""Benchmarks behind `peerload bench`: data plane (runner, cases), scaling, control plane."""

@@ -1,0 +1,295 @@
+"""Benchmark cases, each run in a fresh process: `python -m peerload.bench.cases CASE ARGS.json OUT.json`.
+
+Every timed case starts its clock after imports, just before the destination is allocated, and
+stops when the bytes are in place (and verified where the case says so). Seeds print nothing
+timed: they write a ready file and serve until their stdin closes.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import json
+import mmap
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peerload.bench.checkpoint import TensorSpec, empty_like_specs, make_tensors
+
+Args = dict[str, Any]
+CASES: dict[str, Callable[[Args], dict[str, Any]]] = {}
+
+
+def case(fn: Callable[[Args], dict[str, Any]]) -> Callable[[Args], dict[str, Any]]:
+    CASES[fn.__name__] = fn
+    return fn
+
+
+def _specs(args: Args) -> list[TensorSpec]:
+    return [TensorSpec(name, tuple(shape)) for name, shape in args["specs"]]
+
+
+def _region_sums(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    from peerload.manifest import checksums, collect
+
+    return checksums(collect(tensors).regions)
+
+
+def _identity(args: Args) -> Any:
+    from peerload.identity import SourceIdentity
+
+    return SourceIdentity(model_name=args["model_name"], dtype="bfloat16")
+
+
+def _settings(args: Args) -> Any:
+    from peerload.settings import Settings
+
+    return Settings.load(env={}, coordinator=args["coordinator"], transport=args.get("transport", "nixl"),
+                         verify_checksums=args.get("verify", True), storage_fallback=False)
+
+
+def _serve_until_stdin_closes() -> None:
+    sys.stdin.read()
+
+
+# -- the limit --------------------------------------------------------------------------------
+
+@case
+def limit(args: Args) -> dict[str, Any]:
+    """Allocate fresh memory and copy the same bytes into it, in one process (torch, all threads)."""
+    specs = _specs(args)
+    src = make_tensors(specs)
+    started = time.perf_counter()
+    dst = empty_like_specs(specs)
+    for name, t in src.items():
+        dst[name].copy_(t)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds}
+
+
+@case
+def limit_prefault(args: Args) -> dict[str, Any]:
+    """The limit with peerload's parallel prefault (huge pages) before the copy: a stricter bound."""
+    from peerload.transport import prefault
+
+    specs = _specs(args)
+    src = make_tensors(specs)
+    started = time.perf_counter()
+    dst = empty_like_specs(specs)
+    prefault(dst.values())
+    for name, t in src.items():
+        dst[name].copy_(t)
+    return {"seconds": time.perf_counter() - started}
+
+
+# -- storage ----------------------------------------------------------------------------------
+
+def resident_fraction(path: str) -> float:
+    """Share of the file's pages in the page cache (mincore)."""
+    import numpy as np
+
+    size = os.path.getsize(path)
+    if size == 0:
+        return 1.0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    pages = -(-size // mmap.PAGESIZE)
+    vec = ctypes.create_string_buffer(pages)
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), size, prot=mmap.PROT_READ) as mm:
+        view = np.frombuffer(mm, dtype=np.uint8)  # a read-only mmap's address, without a copy
+        rc = libc.mincore(view.ctypes.data, size, vec)
+        del view  # the mmap cannot close while exported
+    if rc != 0:
+        return float("nan")
+    return sum(b & 1 for b in vec.raw) / pages
+
+
+def evict(path: str) -> float:
+    """Drop the file from the page cache (posix_fadvise DONTNEED); returns what stays resident."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return resident_fraction(path)
+
+
+def warm(path: str) -> float:
+    """Read the whole file once so it sits in the page cache; returns the resident share."""
+    with open(path, "rb") as fh:
+        while fh.read(64 << 20):
+            pass
+    return resident_fraction(path)
+
+
+@case
+def safetensors_load(args: Args) -> dict[str, Any]:
+    """Fill a freshly allocated model from the checkpoint, tensor by tensor, as vLLM's default loader does."""
+    from safetensors import safe_open
+
+    path = args["path"]
+    resident = evict(path) if args["cold"] else warm(path)
+    specs = _specs(args)
+    started = time.perf_counter()
+    dst = empty_like_specs(specs)
+    with safe_open(path, framework="pt") as f:
+        for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            dst[name].copy_(f.get_tensor(name))
+    return {"seconds": time.perf_counter() - started, "resident_before": resident}
+
+
+# -- peerload ---------------------------------------------------------------------------------
+
+@case
+def seed(args: Args) -> dict[str, Any]:
+    """A peerload seed holding the checkpoint's tensors; writes `ready` and serves until stdin closes."""
+    from peerload.seed.publisher import publish
+
+    tensors = make_tensors(_specs(args))
+    pub = publish(tensors, _identity(args), settings=_settings(args))
+    Path(args["ready"]).write_text(json.dumps(
+        {"worker_id": pub.worker_id, "checksums": {r.name: r.checksum for r in pub.manifest.regions}}))
+    try:
+        _serve_until_stdin_closes()
+    finally:
+        pub.close()
+    return {}
+
+
+@case
+def target(args: Args) -> dict[str, Any]:
+    """A fresh replica: allocate the model, load it from the seed (verified unless told not to)."""
+    from peerload.target.loader import load_into
+
+    specs = _specs(args)
+    started = time.perf_counter()
+    dst = empty_like_specs(specs)
+    result = load_into(dst, _identity(args), settings=_settings(args), publish=False)
+    seconds = time.perf_counter() - started
+    if result.source == "storage":
+        raise RuntimeError(f"loaded from storage, not a peer: {result.attempts}")
+    expected = json.loads(Path(args["seed_ready"]).read_text())["checksums"]
+    return {"seconds": seconds, "phases": result.seconds, "bytes_ok": _region_sums(dst) == expected}
+
+
+@case
+def setup(args: Args) -> dict[str, Any]:
+    """Setup alone in a fresh process: transport creation, registration, handshake (connect)."""
+    from peerload.client import CoordinatorClient, SourceStatus
+    from peerload.manifest import collect
+    from peerload.seed.publisher import make_transport
+    from peerload.transport.base import EndpointInfo
+
+    settings, identity = _settings(args), _identity(args)
+    t0 = time.perf_counter()
+    transport = make_transport(settings, f"bench-setup-{os.getpid()}")
+    t1 = time.perf_counter()
+    dst = empty_like_specs(_specs(args))
+    transport.register(collect(dst).regions)
+    t2 = time.perf_counter()
+    with CoordinatorClient(settings.coordinator) as client:
+        ref = client.list_sources(identity, status=SourceStatus.READY)[0]
+        record = client.get_metadata(ref.mx_source_id, ref.worker_id)
+    t3 = time.perf_counter()
+    assert record is not None
+    transport.connect(EndpointInfo(record.agent_name, record.nixl_metadata, record.transfer_engine_session_id))
+    t4 = time.perf_counter()
+    transport.close()
+    return {"seconds": (t2 - t0) + (t4 - t3), "agent": t1 - t0, "register": t2 - t1, "discover": t3 - t2,
+            "connect": t4 - t3}
+
+
+# -- the official ModelExpress client -----------------------------------------------------------
+
+class CpuBackend:
+    """A CPU stand-in for ModelExpress' AcceleratorBackend: NIXL DRAM, no-op device calls."""
+
+    name = "cpu"
+    torch_device_type = "cpu"
+    nixl_mem_type = "DRAM"
+
+    def set_device(self, device_id: int) -> None: ...
+    def current_device(self) -> int:
+        return 0
+    def synchronize(self, device_id: int | None = None) -> None: ...
+    def empty_cache(self) -> None: ...
+    def torch_device(self, device_id: int) -> torch.device:
+        return torch.device("cpu")
+    def is_accel_tensor(self, tensor: torch.Tensor) -> bool:
+        return False
+    def supports_rdma_p2p(self) -> bool:
+        return True
+    def supports_pool_reg(self) -> bool:
+        return False
+    def supports_vmm(self) -> bool:
+        return False
+    def supports_gds(self) -> bool:
+        return False
+
+
+def _mx_manager(name: str) -> Any:
+    from modelexpress.nixl_transfer import NixlTransferManager
+
+    manager = NixlTransferManager(name, 0, accelerator_backend=CpuBackend())
+    manager.initialize()
+    return manager
+
+
+@case
+def mx_seed(args: Args) -> dict[str, Any]:
+    """ModelExpress' NixlTransferManager serving the same tensors (its defaults: a progress thread)."""
+    tensors = make_tensors(_specs(args))
+    manager = _mx_manager(f"mx-seed-{os.getpid()}")
+    metadata = manager.register_tensors(tensors)
+    Path(args["ready"]).write_text(json.dumps({
+        "metadata": base64.b64encode(metadata).decode(),
+        "tensors": [[d.name, d.addr, d.size, d.device_id, d.dtype] for d in manager.tensor_descriptors],
+        "checksums": _region_sums(tensors),
+    }))
+    try:
+        _serve_until_stdin_closes()
+    finally:
+        manager.shutdown()
+    return {}
+
+
+@case
+def mx_target(args: Args) -> dict[str, Any]:
+    """A fresh ModelExpress target: allocate, create and register its agent, READ everything."""
+    from modelexpress.types import TensorDescriptor
+
+    ready = json.loads(Path(args["seed_ready"]).read_text())
+    descriptors = [TensorDescriptor(*row) for row in ready["tensors"]]
+    metadata = base64.b64decode(ready["metadata"])
+    started = time.perf_counter()
+    dst = empty_like_specs(_specs(args))
+    manager = _mx_manager(f"mx-target-{os.getpid()}")
+    t1 = time.perf_counter()
+    manager.register_tensors(dst)
+    t2 = time.perf_counter()
+    _, _, transfer = manager.receive_from_source(metadata, descriptors, timeout_seconds=args["timeout_s"])
+    seconds = time.perf_counter() - started
+    ok = _region_sums(dst) == ready["checksums"]
+    manager.shutdown()
+    return {"seconds": seconds, "agent": t1 - started, "register": t2 - t1, "receive": transfer,
+            "bytes_ok": ok}
+
+
+def main(argv: list[str]) -> int:
+    name, args_path, out_path = argv
+    args = json.loads(Path(args_path).read_text())
+    os.environ.setdefault("UCX_MODULES", "^ib")  # else UCX processes segfault at exit here
+    result = CASES[name](args)
+    Path(out_path).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
