@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -259,7 +260,10 @@ def test_seed_from_disk_then_target_from_peer(tiny_llama: dict[str, Any], hf_tok
     extra = {"coordinator": coordinator.address}
     seed = api_server(tiny_llama["full"], free_port(), extra, VLLM_ENABLE_V1_MULTIPROCESSING="1")
     seed.wait_ready(timeout=180)
-    assert "from storage" in seed.log() or "from disk" in seed.log()
+    # Multiprocessing on: the entry point must have registered the loader inside the worker process.
+    assert re.search(r"\((?:VllmWorker|Worker)[^)]*\).*Registered model loader .*`peerload`", seed.log()), \
+        seed.log()[-4000:]
+    assert re.search(r"\((?:VllmWorker|Worker)[^)]*\).*peerload: .* from storage .*serving as source", seed.log())
     seed_tokens = seed.complete(tiny_llama["prompts"])
     assert seed_tokens == hf_tokens
 
