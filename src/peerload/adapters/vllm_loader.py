@@ -52,7 +52,7 @@ def runtime_layout(model: nn.Module, model_config: ModelConfig, device: torch.de
     tensors = module_tensors(model)
     consumed = []
     for mod_name, mod, attr, original in before:
-        current = mod._parameters.get(attr)
+        current = getattr(mod, attr, None)
         if current is not original and original.numel() > 0 and (current is None or current.numel() == 0):
             # The packed copy is built from `original`; moving `original` and re-packing on the
             # target is the only way to reproduce kernel state that exposes no tensor.
