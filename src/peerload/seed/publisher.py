@@ -41,6 +41,8 @@ class Publisher:
     """A live source: owns the transport registration, manifest server and heartbeat thread.
 
     Keep it alive as long as the tensors serve; `close()` marks the worker STALE and releases all.
+    A `transport` passed in must already have `tensor_set.regions` registered (a target that
+    becomes a seed hands over its endpoint); the Publisher owns and closes it either way.
     """
 
     def __init__(
@@ -60,7 +62,7 @@ class Publisher:
         self.worker_id = worker_id or new_worker_id(rank)
         self.tensor_set = tensor_set
         self.source_id = identity.source_id()
-        self._owns_transport = transport is None
+        register = transport is None
         self._closed = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._server: ManifestServer | None = None
@@ -68,7 +70,7 @@ class Publisher:
                                          retries=settings.rpc_retries)
         try:
             self.transport = transport or make_transport(settings, self.worker_id)
-            if self._owns_transport:
+            if register:
                 self.transport.register(tensor_set.regions)
             sums = dict(region_checksums) if region_checksums else checksums(tensor_set.regions)
             self.manifest: Manifest = tensor_set.manifest(
@@ -128,7 +130,7 @@ class Publisher:
         self._closed.set()
         if self._server is not None:
             self._server.stop()
-        if self._owns_transport and getattr(self, "transport", None) is not None:
+        if getattr(self, "transport", None) is not None:
             self.transport.close()
         self._client.close()
 
