@@ -44,6 +44,7 @@ class BenchConfig:
     out: Path = Path("bench/results")
     cache: Path | None = None  # where the checkpoint is written (default: OUT/cache)
     timeout_s: float = 300.0  # per child process
+    skip: frozenset[str] = frozenset()  # case names not to run (the scaling curve skips some)
 
     @property
     def total_bytes(self) -> int:
@@ -84,6 +85,7 @@ class Harness:
         """Run `case` in a fresh process; its JSON result, plus the process wall time."""
         args_path, out_path, log_path = self._paths(case)
         args_path.write_text(json.dumps(args))
+        load1 = os.getloadavg()[0]  # other work on the machine skews every timing: record it
         started = time.perf_counter()
         with open(log_path, "wb") as err:
             try:
@@ -97,6 +99,7 @@ class Harness:
             raise CaseFailed(f"{case}: exit code {proc.returncode}: {_tail(log_path)}")
         result = json.loads(out_path.read_text())
         result["process_s"] = wall
+        result["load1"] = load1
         if proc.returncode != 0:
             result["exit_code"] = proc.returncode
         return result
@@ -167,6 +170,8 @@ def measure(config: BenchConfig, progress: Callable[[str], None] = lambda s: Non
             coord = {"coordinator": server.address} if server else {}
 
             def group(name: str, case: str, args: dict[str, Any]) -> None:
+                if name in config.skip:
+                    return
                 progress(name)
                 raw[name] = Runs()
                 _repeat(raw[name], config.repeats, lambda: h.run(case, {**base, **args}), name)
@@ -312,4 +317,5 @@ def machine() -> dict[str, Any]:
         pass
     return {"cpus": os.cpu_count(), "memory_gib": round(mem / GiB, 1), "kernel": platform.release(),
             "python": platform.python_version(), "torch": torch.__version__, "thp": thp,
-            "host": platform.node(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "host": platform.node(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "loadavg_at_end": list(os.getloadavg())}
