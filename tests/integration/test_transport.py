@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # spawned children import the peer bodies by name
 import transport_peers as peers  # noqa: E402
 
-from peerload.errors import ConfigError, MissingExtraError, PeerMetadataError, TransportError  # noqa: E402
+from peerload.errors import (  # noqa: E402
+    ConfigError,
+    MissingExtraError,
+    PeerMetadataError,
+    TransferCancelled,
+)
 from peerload.transport import (  # noqa: E402
     EndpointInfo,
     ReadOp,
@@ -83,7 +89,8 @@ def test_500_mixed_tensors_arrive_bit_exact_and_large_one_is_chunked(kind, clean
     dst.conn.send({"info": published["info"], "regions": published["regions"]})
     result = dst.recv()
     assert result["ok"], result["tb"]
-    mismatched = [r.name for r, a, b in zip(published["regions"], published["digests"], result["digests"]) if a != b]
+    pairs = zip(published["regions"], published["digests"], result["digests"])
+    mismatched = [r.name for r, a, b in pairs if a != b]
     assert not mismatched
     total = sum(r.size for r in published["regions"])
     assert 200 << 20 < total < 320 << 20
@@ -162,12 +169,38 @@ def test_non_contiguous_refused_and_bad_metadata_rejected(kind):
             else EndpointInfo("x", transfer_engine_session_id="127.0.0.1:1"),  # other transport's kind
         ]
         if kind == "nixl":
-            bad.append(EndpointInfo(real.agent_name, nixl_metadata=real.nixl_metadata[: len(real.nixl_metadata) // 2]))
+            half = real.nixl_metadata[: len(real.nixl_metadata) // 2]
+            bad.append(EndpointInfo(real.agent_name, nixl_metadata=half))
             bad.append(EndpointInfo("someone-else", nixl_metadata=real.nixl_metadata))  # name mismatch
         for info in bad:
             with pytest.raises(PeerMetadataError):
                 a.read(info, [ReadOp(0, dst.data_ptr(), 8)], timeout_s=5)
         a.read(real, [ReadOp(0, 0, 0)], timeout_s=5)  # zero-byte ops are skipped
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_in_process_reregister_overlap_cancel_and_deregister(kind):
+    src = torch.arange(1 << 20, dtype=torch.int32)  # 4 MiB
+    with create_transport(kind, "seed", loopback=True) as seed, \
+            create_transport(kind, "target", loopback=True, chunk_bytes=1 << 20) as target:
+        (region,) = seed.register({"src": src})
+        info = seed.endpoint_info()
+        flat = torch.zeros(2 << 20, dtype=torch.int32)
+        target.register({"flat": flat})
+        target.register({"flat": flat})  # same name again: must stay registered
+        view = flat[1 << 20:]
+        (local,) = target.register({"view": view})  # overlaps "flat"
+        seen: list[int] = []
+        target.read(info, [ReadOp(region.addr, local.addr, region.size)], timeout_s=20, progress=seen.append)
+        assert torch.equal(view, src) and sum(seen) == region.size and len(seen) == 4
+        cancel = threading.Event()
+        cancel.set()
+        with pytest.raises(TransferCancelled):
+            target.read(info, [ReadOp(region.addr, flat.data_ptr(), region.size)], timeout_s=20, cancel=cancel)
+        target.deregister(["view"])
+        target.read(info, [ReadOp(region.addr, flat.data_ptr(), region.size)], timeout_s=20)  # after cancel
+        assert torch.equal(flat[: 1 << 20], src)
 
 
 def test_unknown_kind_and_missing_package_are_config_errors():

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from peerload.errors import ConfigError, MissingExtraError
-from peerload.transport._memory import Prefault, prefault, prefault_async
+from peerload.transport._memory import Prefault, populate_supported, prefault, prefault_async
 from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Region, Transport, tensor_region
 
 
@@ -90,6 +90,7 @@ __all__ = [
     "TransportSpec",
     "available_transports",
     "create_transport",
+    "populate_supported",
     "prefault",
     "prefault_async",
     "register_transport",

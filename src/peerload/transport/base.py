@@ -47,7 +47,8 @@ class ReadOp:
     size: int
     remote_device: int = 0
     local_device: int = 0
-    remote_memory: str = "cpu"  # "cpu" | "cuda": where the peer's bytes live (TensorDescriptor has no such field)
+    # "cpu" | "cuda": where the peer's bytes live (TensorDescriptor carries no memory kind)
+    remote_memory: str = "cpu"
 
 
 class Transport(ABC):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import socket
 import threading
@@ -11,7 +12,13 @@ from typing import Any
 
 import torch
 
-from peerload.errors import MissingExtraError, PeerMetadataError, TransferCancelled, TransferTimeout, TransportError
+from peerload.errors import (
+    MissingExtraError,
+    PeerMetadataError,
+    TransferCancelled,
+    TransferTimeout,
+    TransportError,
+)
 from peerload.transport._plan import plan_batches
 from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Region, Transport, tensor_region
 
@@ -85,40 +92,65 @@ class MooncakeTransport(Transport):
         if rc != 0:
             raise TransportError(f"TransferEngine.initialize({self._host!r}, {protocol!r}) returned {rc}")
         self.session_id = f"{self._host}:{self._engine.get_rpc_port()}"
-        self._regs: dict[str, Region] = {}
-        self._addr_refs: dict[int, int] = {}  # registered address -> names using it
+        self._regs: dict[str, tuple[Region, int]] = {}  # name -> (region, registration address)
+        self._refs: dict[int, int] = {}  # registration address -> names using it
+        self._spans: list[tuple[int, int]] = []  # sorted (start, end) of registrations
         self._closed = False
 
     def register(self, tensors: Mapping[str, torch.Tensor]) -> list[Region]:
         self._check_open()
         regions = [tensor_region(n, t) for n, t in tensors.items()]
-        fresh = {r.addr: r.size for r in regions if r.size and r.addr not in self._addr_refs}
+        # The engine refuses overlapping registrations: a range inside a registered one (a view
+        # of a flat buffer) borrows it, so register the largest ranges first.
+        owner: dict[str, int] = {}
+        fresh: dict[int, int] = {}
+        for r in sorted(regions, key=lambda r: -r.size):
+            if r.size == 0:
+                continue
+            i = bisect.bisect_right(self._spans, (r.addr, float("inf"))) - 1
+            if i >= 0 and r.addr + r.size <= self._spans[i][1]:
+                owner[r.name] = self._spans[i][0]
+                continue
+            nxt = self._spans[i + 1][0] if i + 1 < len(self._spans) else float("inf")
+            if (i >= 0 and self._spans[i][1] > r.addr) or nxt < r.addr + r.size:
+                raise TransportError(f"tensor {r.name!r} partly overlaps registered memory")
+            bisect.insort(self._spans, (r.addr, r.addr + r.size))
+            fresh[r.addr] = r.size
+            owner[r.name] = r.addr
         if fresh:
             rc = self._engine.batch_register_memory(list(fresh), list(fresh.values()))
             if rc != 0:
-                raise TransportError(f"TransferEngine.batch_register_memory of {len(fresh)} regions returned {rc}")
+                self._spans = [s for s in self._spans if s[0] not in fresh]
+                raise TransportError(
+                    f"TransferEngine.batch_register_memory of {len(fresh)} regions returned {rc}"
+                )
         for r in regions:
-            self._unref(r.name)
-            self._regs[r.name] = r
             if r.size:
-                self._addr_refs[r.addr] = self._addr_refs.get(r.addr, 0) + 1
+                self._refs[owner[r.name]] = self._refs.get(owner[r.name], 0) + 1
+            old = self._regs.get(r.name)
+            self._regs[r.name] = (r, owner.get(r.name, 0))
+            if old is not None:  # re-registered name: release its previous range (after the new ref)
+                self._release_range(*old)
         return regions
 
     def deregister(self, names: Sequence[str]) -> None:
         self._check_open()
         for name in names:
-            self._unref(name)
+            entry = self._regs.pop(name, None)
+            if entry is not None:
+                self._release_range(*entry)
 
-    def _unref(self, name: str) -> None:
-        r = self._regs.pop(name, None)
-        if r is None or r.size == 0:
+    def _release_range(self, r: Region, addr: int) -> None:
+        """Drop one use of the registration at `addr`; unregister it after its last user."""
+        if r.size == 0:
             return
-        self._addr_refs[r.addr] -= 1
-        if self._addr_refs[r.addr] == 0:
-            del self._addr_refs[r.addr]
-            rc = self._engine.unregister_memory(r.addr)
+        self._refs[addr] -= 1
+        if self._refs[addr] == 0:
+            del self._refs[addr]
+            self._spans = [s for s in self._spans if s[0] != addr]
+            rc = self._engine.unregister_memory(addr)
             if rc != 0:
-                log.warning("TransferEngine.unregister_memory of %r returned %d", name, rc)
+                log.warning("TransferEngine.unregister_memory of %r returned %d", r.name, rc)
 
     def endpoint_info(self) -> EndpointInfo:
         self._check_open()
@@ -198,9 +230,10 @@ class MooncakeTransport(Transport):
         if self._closed:
             return
         self._closed = True
-        addrs = list(self._addr_refs)
+        addrs = list(self._refs)
         self._regs.clear()
-        self._addr_refs.clear()
+        self._refs.clear()
+        self._spans = []
         if addrs:
             rc = self._engine.batch_unregister_memory(addrs)
             if rc != 0:

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from peerload.errors import MissingExtraError, PeerMetadataError, TransferCancelled, TransferTimeout, TransportError
+from peerload.errors import (
+    MissingExtraError,
+    PeerMetadataError,
+    TransferCancelled,
+    TransferTimeout,
+    TransportError,
+)
 from peerload.transport._plan import Batch, plan_batches
 from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Region, Transport, tensor_region
 
@@ -135,11 +141,13 @@ class NixlTransport(Transport):
                 except Exception as e:
                     raise TransportError(f"NIXL register_memory of {len(rows)} regions failed: {e}") from e
         for region, cuda in regions:
-            self._unref(region.name)
-            self._regs[region.name] = (region, cuda)
             if region.size:
                 key = (region.addr, region.size, region.device_id, cuda)
                 self._reg_refs[key] = self._reg_refs.get(key, 0) + 1
+            old = self._regs.get(region.name)
+            self._regs[region.name] = (region, cuda)
+            if old is not None:  # re-registered name: release its previous range (after the new ref)
+                self._release_range(*old)
         self._rebuild_ranges()
         return [r for r, _ in regions]
 
@@ -152,9 +160,12 @@ class NixlTransport(Transport):
     def _unref(self, name: str) -> None:
         """Forget `name`; deregister its range once no other name uses it."""
         entry = self._regs.pop(name, None)
-        if entry is None or entry[0].size == 0:
+        if entry is not None:
+            self._release_range(*entry)
+
+    def _release_range(self, region: Region, cuda: bool) -> None:
+        if region.size == 0:
             return
-        region, cuda = entry
         key = (region.addr, region.size, region.device_id, cuda)
         self._reg_refs[key] -= 1
         if self._reg_refs[key] > 0:
@@ -165,19 +176,20 @@ class NixlTransport(Transport):
             try:
                 self._agent.deregister_memory(descs)
             except Exception as e:
-                log.warning("NIXL deregister of %r failed: %s", name, e)
+                log.warning("NIXL deregister of %r failed: %s", region.name, e)
 
     def _rebuild_ranges(self) -> None:
         self._ranges = sorted((a, a + n, c) for (a, n, _, c) in self._reg_refs)
 
     def _local_is_cuda(self, addr: int, size: int) -> bool:
-        i = bisect.bisect_right(self._ranges, (addr, float("inf"), True)) - 1
-        if i < 0 or addr + size > self._ranges[i][1]:
-            raise TransportError(
-                f"local range 0x{addr:x}+{size} is not inside memory registered on {self.name!r}: "
-                "register the destination tensors first"
-            )
-        return self._ranges[i][2]
+        # Walk back from the last range starting at or before `addr`: ranges may overlap.
+        for i in range(bisect.bisect_right(self._ranges, (addr, float("inf"), True)) - 1, -1, -1):
+            if addr + size <= self._ranges[i][1]:
+                return self._ranges[i][2]
+        raise TransportError(
+            f"local range 0x{addr:x}+{size} is not inside memory registered on {self.name!r}: "
+            "register the destination tensors first"
+        )
 
     def _mem(self, cuda: bool) -> Any:
         return self._nb.VRAM_SEG if cuda else self._nb.DRAM_SEG
@@ -227,19 +239,20 @@ class NixlTransport(Transport):
 
     @staticmethod
     def _check_metadata(peer: EndpointInfo) -> bytes:
-        md = peer.nixl_metadata
+        md, who = peer.nixl_metadata, peer.agent_name or None
         if md is None:
-            raise PeerMetadataError(f"peer publishes {peer.transport} metadata, not nixl", peer.agent_name or None)
+            raise PeerMetadataError(f"peer publishes {peer.transport} metadata, not nixl", who)
         if not md.startswith(_MD_MAGIC):
-            raise PeerMetadataError("not a NIXL agent metadata blob", peer.agent_name or None)
+            raise PeerMetadataError("not a NIXL agent metadata blob", who)
         return md
 
     def _connect(self, peer: EndpointInfo) -> str:
         self._check_open()
         md = self._check_metadata(peer)
         who = peer.agent_name or None
-        if who and self._peers.get(who) == md:
-            return who
+        for name, loaded in self._peers.items():
+            if loaded == md and who in (None, name):
+                return name
         if who in self._peers:  # same name, new metadata (re-registered or restarted)
             self._drop_peer(who)
         with self._lock:
@@ -288,9 +301,10 @@ class NixlTransport(Transport):
         self._check_open()
         deadline = time.monotonic() + timeout_s
         self._check_metadata(peer)
-        batches = plan_batches(
-            ops, self._chunk_bytes, key=lambda op: (self._local_is_cuda(op.local_addr, op.size), op.remote_memory)
-        )
+        def memory_kinds(op: ReadOp) -> tuple[bool, str]:
+            return self._local_is_cuda(op.local_addr, op.size), op.remote_memory
+
+        batches = plan_batches(ops, self._chunk_bytes, key=memory_kinds)
         if not batches:
             return
         remote = self._connect(peer)
@@ -316,6 +330,10 @@ class NixlTransport(Transport):
         nxt = 0
         last = len(batches) - 1
         while nxt <= last or inflight:
+            if cancel is not None and cancel.is_set():
+                raise TransferCancelled("read cancelled", remote)
+            if time.monotonic() > deadline:
+                raise TransferTimeout(f"read not done within {timeout_s:g} s", remote)
             # The last request carries the "done" notification, so post it only after the rest:
             # a seed may treat that notification as "this reader no longer needs me".
             while nxt <= last and len(inflight) < self._max_inflight and (nxt < last or not inflight):
@@ -335,10 +353,6 @@ class NixlTransport(Transport):
             if progress is not None:
                 for nbytes in done:  # one call per request, outside the lock
                     progress(nbytes)
-            if cancel is not None and cancel.is_set():
-                raise TransferCancelled("read cancelled", remote)
-            if time.monotonic() > deadline:
-                raise TransferTimeout(f"read not done within {timeout_s:g} s", remote)
             if not done:
                 time.sleep(0)  # let the serving thread take the lock between polls
 
@@ -356,7 +370,9 @@ class NixlTransport(Transport):
                     notif,
                 )
             except Exception as e:
-                raise TransportError(f"NIXL could not prepare a READ of {batch.nbytes} bytes: {e}", remote) from e
+                raise TransportError(
+                    f"NIXL could not prepare a READ of {batch.nbytes} bytes: {e}", remote
+                ) from e
             try:
                 state = self._agent.transfer(h)
             except Exception as e:
