@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,15 +137,14 @@ def _tail(path: Path, n: int = 1500) -> str:
     return text[-n:] if text else "(no output)"
 
 
-def _repeat(runs: Runs, repeats: int, once: Callable[[], dict[str, Any]], label: str) -> None:
-    for i in range(repeats):
-        try:
-            runs.runs.append(once())
-        except CaseFailed as exc:
-            runs.error = str(exc)
-            log.warning("%s failed: %s", label, exc)
-            return
-        log.info("%s %d/%d: %.3f s", label, i + 1, repeats, runs.runs[-1]["seconds"])
+def _once(runs: Runs, run: Callable[[], dict[str, Any]], label: str) -> None:
+    try:
+        runs.runs.append(run())
+    except CaseFailed as exc:
+        runs.error = str(exc)
+        log.warning("%s failed: %s", label, exc)
+        return
+    log.info("%s: %.3f s", label, runs.runs[-1]["seconds"])
 
 
 def measure(config: BenchConfig, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
@@ -165,37 +164,28 @@ def measure(config: BenchConfig, progress: Callable[[str], None] = lambda s: Non
     groups = set(config.groups)
     server = serve(Settings.load(env={}), port=0) if groups & {"peerload", "setup"} else None
     try:
-        with tempfile.TemporaryDirectory(prefix="peerload-bench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="peerload-bench-") as tmp, ExitStack() as seeds:
             h = Harness(Path(tmp), config.timeout_s)
             coord = {"coordinator": server.address} if server else {}
-
-            def group(name: str, case: str, args: dict[str, Any]) -> None:
-                if name in config.skip:
-                    return
-                progress(name)
-                raw[name] = Runs()
-                _repeat(raw[name], config.repeats, lambda: h.run(case, {**base, **args}), name)
-
+            plan: list[tuple[str, str, dict[str, Any]]] = []  # (result name, case, args)
             if "limit" in groups:
-                group("limit", "limit", {})
-                group("limit_prefault", "limit_prefault", {})
+                plan += [("limit", "limit", {}), ("limit_prefault", "limit_prefault", {})]
             if "storage" in groups:
-                group("safetensors_warm", "safetensors_load", {"cold": False})
-                group("safetensors_cold", "safetensors_load", {"cold": True})
+                plan += [("safetensors_warm", "safetensors_load", {"cold": False}),
+                         ("safetensors_cold", "safetensors_load", {"cold": True})]
             for kind in config.transports if groups & {"peerload", "setup"} else ():
-                seed_args = {**base, **coord, "transport": kind}
                 try:
-                    with h.seed("seed", seed_args) as ready:
-                        run_args = {**coord, "transport": kind, "seed_ready": str(ready)}
-                        if "peerload" in groups:
-                            group(f"peerload_{kind}", "target", {**run_args, "verify": True})
-                            group(f"peerload_{kind}_noverify", "target", {**run_args, "verify": False})
-                        if "setup" in groups:
-                            group(f"setup_{kind}", "setup", run_args)
+                    ready = seeds.enter_context(h.seed("seed", {**base, **coord, "transport": kind}))
                 except CaseFailed as exc:
                     raw[f"peerload_{kind}"] = Runs(error=f"seed: {exc}")
+                    continue
+                run_args = {**coord, "transport": kind, "seed_ready": str(ready)}
+                if "peerload" in groups:
+                    plan += [(f"peerload_{kind}", "target", {**run_args, "verify": True}),
+                             (f"peerload_{kind}_noverify", "target", {**run_args, "verify": False})]
+                if "setup" in groups:
+                    plan.append((f"setup_{kind}", "setup", run_args))
             if "modelexpress" in groups:
-                progress("modelexpress")
                 name = "modelexpress_nixl"
                 # Not imported here: its p2p_pb2 clashes with ours in protobuf's default pool.
                 if importlib.util.find_spec("modelexpress") is None:
@@ -203,10 +193,18 @@ def measure(config: BenchConfig, progress: Callable[[str], None] = lambda s: Non
                                            "(pip install --no-deps modelexpress==0.7.0)")
                 else:
                     try:
-                        with h.seed("mx_seed", base) as ready:
-                            group(name, "mx_target", {"seed_ready": str(ready)})
+                        ready = seeds.enter_context(h.seed("mx_seed", base))
+                        plan.append((name, "mx_target", {"seed_ready": str(ready)}))
                     except CaseFailed as exc:
                         raw[name] = Runs(error=f"seed: {exc}")
+            plan = [p for p in plan if p[0] not in config.skip]
+            # Round-robin over the cases, so a slow spell on a shared machine hits all of them.
+            for rep in range(config.repeats):
+                progress(f"round {rep + 1}/{config.repeats}")
+                for name, case, args in plan:
+                    runs = raw.setdefault(name, Runs())
+                    if runs.error is None:
+                        _once(runs, lambda: h.run(case, {**base, **args}), f"{name} {rep + 1}/{config.repeats}")
     finally:
         if server is not None:
             server.stop(grace_s=0)
