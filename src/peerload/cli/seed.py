@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from peerload.client import CoordinatorClient
 from peerload.cli._model_options import (
     CoordinatorOpt, EpSizeOpt, ModelNameOpt, PathArg, PpRankOpt, PpSizeOpt, QuantizeOpt, RevisionOpt,
     TpRankOpt, TpSizeOpt, TransportOpt, WorkerIdOpt, model_options, settings_for, wait_for_signal,
@@ -38,6 +39,10 @@ def seed(
 
     opts = model_options(path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size, quantize)
     settings = settings_for(coordinator, transport)
+    # Fail before reading gigabytes from disk if nobody can be told about them.
+    with CoordinatorClient(settings.coordinator, timeout_s=settings.rpc_timeout_s,
+                           retries=settings.rpc_retries) as client:
+        client.health_check()
     tensors, _model = hf.seed_tensors(path, quantize=quantize, tp_size=tp_size, tp_rank=tp_rank)
     with publish(tensors, opts.identity, rank=opts.rank, settings=settings, worker_id=worker_id) as pub:
         typer.echo(f"seeding {model_name} rank {opts.rank}: {len(pub.manifest.tensors)} tensors, "
