@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -147,6 +148,26 @@ def test_seed_killed_before_transfer_then_endpoint_reused(kind, cleanup):
 @pytest.mark.parametrize("kind", KINDS)
 def test_seed_killed_during_transfer_then_endpoint_reused(kind, cleanup):
     _failed_read_then_reuse(kind, cleanup, during=True)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", KINDS)
+def test_stalled_seed_times_out_naming_it(kind, cleanup):
+    src = start(cleanup, peers.seed_main, kind, 20, 3, 8)
+    dst = start(cleanup, peers.target_main, kind, 20, 3, 8, {})
+    published = src.recv()
+    assert dst.recv() == "ready"
+    os.kill(published["pid"], signal.SIGSTOP)  # alive but never answers
+    try:
+        dst.conn.send({"info": published["info"], "regions": published["regions"], "timeout_s": 2})
+        result = dst.recv(timeout=20)
+        assert result["error"] == "TransferTimeout", result.get("tb")
+        assert "within 2 s" in result["message"] and result["peer"] in result["message"]
+        assert result["seconds"] < 5
+        assert dst.finish() == 0
+    finally:
+        os.kill(published["pid"], signal.SIGCONT)
+    assert src.finish() == 0
 
 
 @pytest.mark.timeout(60)

@@ -189,13 +189,15 @@ class MooncakeTransport(Transport):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TransferTimeout(f"read not done within {timeout_s:g} s", who)
-            rc = self._read_batch(session, batch.ops, remaining, who)
+            rc = self._read_batch(session, batch.ops, remaining, timeout_s, who)
             if rc < 0:
                 raise TransportError(f"TransferEngine read of {batch.nbytes} bytes returned {rc}", who)
             if progress is not None:
                 progress(batch.nbytes)
 
-    def _read_batch(self, session: str, ops: list[ReadOp], timeout_s: float, who: str) -> int:
+    def _read_batch(
+        self, session: str, ops: list[ReadOp], budget_s: float, timeout_s: float, who: str
+    ) -> int:
         """One blocking batch read, in a helper thread so a stalled peer cannot outlast the timeout."""
         result: list[int] = []
 
@@ -215,7 +217,7 @@ class MooncakeTransport(Transport):
 
         worker = threading.Thread(target=run, name="peerload-te-read", daemon=True)
         worker.start()
-        worker.join(timeout_s)
+        worker.join(budget_s)
         if worker.is_alive():
             # The engine cannot cancel a batch: it may still land later, so the caller must
             # treat the destination as garbage (the loader rolls back anyway).
