@@ -1,8 +1,8 @@
 """NIXL transport (UCX backend): one-sided READ from a seed's registered memory.
 
 Env this module sets (only where unset) before the first agent exists, see docs/transport.md:
-UCX_MODULES=^ib (else every UCX process segfaults at exit here), and UCX_NET_DEVICES=lo
-when `loopback=True`.
+UCX_MODULES=^ib (else every UCX process segfaults at exit here), NIXL_LOG_LEVEL=WARN (NIXL
+logs INFO to stdout), and UCX_NET_DEVICES=lo when `loopback=True`.
 """
 
 from __future__ import annotations
