@@ -206,9 +206,12 @@ def compare_layout(expected: Iterable[TensorEntry], expected_regions: Iterable[R
                 problems.append(f"{name}: {attr} is {getattr(b, attr)} at the source, "
                                 f"{getattr(a, attr)} here")
     our_regions = {r.name: r.size for r in expected_regions}
-    for r in actual.regions:
-        if r.name in our_regions and our_regions[r.name] != r.size:
-            problems.append(f"storage of {r.name}: {r.size} bytes at the source, {our_regions[r.name]} here")
+    their_regions = {r.name: r.size for r in actual.regions}
+    for name, size in our_regions.items():
+        if name not in their_regions:
+            problems.append(f"source describes no storage region {name}")
+        elif their_regions[name] != size:
+            problems.append(f"storage of {name}: {their_regions[name]} bytes at the source, {size} here")
     return problems
 
 

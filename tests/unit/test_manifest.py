@@ -68,3 +68,11 @@ def test_sha256_of_uses_contiguous_bytes():
     t = torch.arange(6, dtype=torch.int16).reshape(2, 3)
     assert sha256_of(t.t()) == sha256_of(t.t().contiguous())
     assert sha256_of(t) != sha256_of(t.t())
+
+
+def test_manifest_missing_a_region_is_a_mismatch():
+    ours = collect({"w": torch.empty(4)})
+    theirs = collect({"w": torch.ones(4)}).manifest()
+    theirs.regions.clear()
+    with pytest.raises(LayoutMismatch, match="no storage region w"):
+        check_layout(ours, theirs)
