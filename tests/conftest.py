@@ -73,21 +73,22 @@ def redis_url(redis_server: str) -> str:
 
 @pytest.fixture
 def coordinator_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
-    """make(store="memory"|"redis", port=0, reap_interval_s=None, max_message_bytes=None, **settings) -> running CoordinatorServer, stopped after the test."""
+    """make(store="memory"|"redis", port=0, reap_interval_s=None, max_message_bytes=None, metrics_port=None, **settings) -> running CoordinatorServer, stopped after the test."""
     from peerload.coordinator.server import serve
     from peerload.settings import Settings
 
     started: list[Any] = []
 
     def make(store: str = "memory", *, port: int = 0, reap_interval_s: float | None = None,
-             max_message_bytes: int | None = None, **overrides: Any) -> Any:
+             max_message_bytes: int | None = None, metrics_port: int | None = None,
+             **overrides: Any) -> Any:
         if store == "redis" and "redis_url" not in overrides:
             overrides["redis_url"] = request.getfixturevalue("redis_url")
         if "heartbeat_timeout_s" in overrides and "heartbeat_interval_s" not in overrides:
             overrides["heartbeat_interval_s"] = overrides["heartbeat_timeout_s"] / 2
         settings = Settings.load(env={}, host="127.0.0.1", store=store, **overrides)
         extra = {} if max_message_bytes is None else {"max_message_bytes": max_message_bytes}
-        server = serve(settings, port=port, reap_interval_s=reap_interval_s, **extra)
+        server = serve(settings, port=port, reap_interval_s=reap_interval_s, metrics_port=metrics_port, **extra)
         started.append(server)
         return server
 

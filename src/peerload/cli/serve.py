@@ -23,6 +23,8 @@ def serve(
         None, help="Seconds without heartbeat before a READY worker is STALE [default: 10]."),
     gc_timeout: Optional[float] = typer.Option(
         None, help="Seconds without heartbeat before a STALE worker is deleted [default: 60]."),
+    metrics_port: Optional[int] = typer.Option(
+        None, help="Serve Prometheus /metrics on this port (0 picks a free one) [default: off]."),
 ) -> None:
     """Run the coordinator (ModelExpress-compatible P2P metadata service)."""
     from peerload.coordinator.server import serve as start
@@ -35,7 +37,7 @@ def serve(
         if base.heartbeat_interval_s >= heartbeat_timeout:
             overrides["heartbeat_interval_s"] = heartbeat_timeout / 2
     settings = Settings.load(**overrides)
-    server = start(settings, port=port)
+    server = start(settings, port=port, metrics_port=metrics_port)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -44,6 +46,8 @@ def serve(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     typer.echo(f"peerload coordinator listening on {server.address} (store={settings.store})", err=True)
+    if server.metrics_port is not None:
+        typer.echo(f"metrics on http://{settings.host}:{server.metrics_port}/metrics", err=True)
     try:
         while not stop.wait(0.5):
             pass

@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from peerload._gen.model_express import p2p_pb2 as pb
+from peerload.coordinator.metrics import CoordinatorMetrics
 from peerload.coordinator.reaper import Reaper
 from peerload.coordinator.registry import Registry
 from peerload.coordinator.service import P2pServicer, p2p_handler
@@ -29,13 +30,17 @@ class CoordinatorServer:
     """A running coordinator. Use `serve(settings)` to build one."""
 
     def __init__(self, server: grpc.Server, host: str, port: int, registry: Registry,
-                 health_servicer: health.HealthServicer, reaper: Reaper) -> None:
+                 health_servicer: health.HealthServicer, reaper: Reaper,
+                 metrics: CoordinatorMetrics | None = None, metrics_port: int | None = None) -> None:
         self._server = server
         self.host = host
         self.port = port
         self.registry = registry
         self._health = health_servicer
         self._reaper = reaper
+        self._metrics = metrics
+        # Port of the Prometheus /metrics endpoint, when one was asked for.
+        self.metrics_port = metrics_port
         self._stopped = threading.Event()
         self._lock = threading.Lock()
 
@@ -63,6 +68,8 @@ class CoordinatorServer:
             self._health.enter_graceful_shutdown()
             self._server.stop(grace_s).wait()
             self._reaper.close()
+            if self._metrics is not None:
+                self._metrics.close()
             self.registry.store.close()
             self._stopped.set()
             logger.info("coordinator on %s stopped", self.address)
@@ -80,7 +87,7 @@ class CoordinatorServer:
 
 def serve(settings: Settings, *, port: int | None = None, store: Store | None = None,
           max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, reap_interval_s: float | None = None,
-          max_workers: int = 16) -> CoordinatorServer:
+          max_workers: int = 16, metrics_port: int | None = None) -> CoordinatorServer:
     """Start a coordinator on settings.host:settings.port and return it running.
 
     Args:
@@ -89,6 +96,7 @@ def serve(settings: Settings, *, port: int | None = None, store: Store | None = 
         store: an already built store (default: `make_store(settings)`).
         max_message_bytes: larger requests are refused with RESOURCE_EXHAUSTED.
         reap_interval_s: reaper period (default: a quarter of the shorter timeout, 0.05-5 s).
+        metrics_port: serve Prometheus /metrics on settings.host at this port (0: a free one).
 
     Raises:
         ConfigError: the address cannot be bound or the store is misconfigured.
@@ -105,7 +113,8 @@ def serve(settings: Settings, *, port: int | None = None, store: Store | None = 
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="peerload-rpc"),
                          options=options)
-    server.add_generic_rpc_handlers((p2p_handler(P2pServicer(registry)),))
+    metrics = CoordinatorMetrics(registry)
+    server.add_generic_rpc_handlers((p2p_handler(P2pServicer(registry), observe=metrics.observe),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bind_port = settings.port if port is None else port
@@ -120,11 +129,20 @@ def serve(settings: Settings, *, port: int | None = None, store: Store | None = 
         store.close()
         raise ConfigError(f"cannot listen on {target} (port in use?); choose another --port or --host")
     server.start()
+    bound_metrics = None
+    if metrics_port is not None:
+        try:
+            bound_metrics = metrics.serve_http(host, metrics_port)
+        except OSError as exc:
+            server.stop(0)
+            store.close()
+            raise ConfigError(f"cannot serve metrics on {host}:{metrics_port}: {exc}; choose another "
+                              "--metrics-port") from None
     if reap_interval_s is None:
         reap_interval_s = min(5.0, max(0.05, min(settings.heartbeat_timeout_s, settings.gc_timeout_s) / 4))
     holder: list[CoordinatorServer] = []
     reaper = Reaper(registry, reap_interval_s, on_health=lambda ok: holder and holder[0].set_serving(ok))
-    coordinator = CoordinatorServer(server, host, bound, registry, health_servicer, reaper)
+    coordinator = CoordinatorServer(server, host, bound, registry, health_servicer, reaper, metrics, bound_metrics)
     holder.append(coordinator)
     coordinator.set_serving(True)
     logger.info("coordinator listening on %s (store=%s, heartbeat_timeout=%ss, gc_timeout=%ss)",

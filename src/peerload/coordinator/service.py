@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,11 +41,17 @@ class P2pServicer:
         return self._registry.update_status(request)
 
 
-def _unary(name: str, request_type: type[Message], call: Callable[[Any], Message]) -> grpc.RpcMethodHandler:
+Observer = Callable[[str, str, float], None]  # (method, status code name, perf_counter at start)
+
+
+def _unary(name: str, request_type: type[Message], call: Callable[[Any], Message],
+           observe: Observer | None = None) -> grpc.RpcMethodHandler:
     """Parse the request ourselves (undecodable bytes -> INVALID_ARGUMENT, not INTERNAL), map errors."""
 
     @functools.wraps(call)
     def behaviour(data: bytes, context: grpc.ServicerContext) -> Message:
+        started = time.perf_counter()
+        code_name = "OK"
         try:
             request = request_type()
             try:
@@ -56,16 +63,21 @@ def _unary(name: str, request_type: type[Message], call: Callable[[Any], Message
             code = status_code_for(exc)
             if code is None:
                 logger.exception("%s failed", name)
+                code_name = grpc.StatusCode.INTERNAL.name
                 context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error: {exc}")
+            code_name = code.name
             context.abort(code, str(exc))
+        finally:
+            if observe is not None:
+                observe(name, code_name, started)
 
     return grpc.unary_unary_rpc_method_handler(behaviour, response_serializer=lambda m: m.SerializeToString())
 
 
-def p2p_handler(servicer: P2pServicer) -> grpc.GenericRpcHandler:
+def p2p_handler(servicer: P2pServicer, observe: Observer | None = None) -> grpc.GenericRpcHandler:
     """The P2pService handler, served at /model_express.p2p.P2pService/<Method>."""
     handlers = {}
     for method in SERVICE.methods:
         request_type = getattr(pb, method.input_type.name)
-        handlers[method.name] = _unary(method.name, request_type, getattr(servicer, method.name))
+        handlers[method.name] = _unary(method.name, request_type, getattr(servicer, method.name), observe)
     return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
