@@ -25,6 +25,7 @@ from peerload.errors import (
     LoadFailed,
     NoSourceAvailable,
     PeerloadError,
+    TransferTimeout,
     TransportError,
 )
 from peerload.identity import SourceIdentity
@@ -98,6 +99,8 @@ class TargetLoad:
         self.client = CoordinatorClient(settings.coordinator, timeout_s=settings.rpc_timeout_s,
                                         retries=settings.rpc_retries)
         self.transport: Transport | None = None
+        self._waves: list[list[str]] = []
+        self._faulting = _Faulting([])
 
     # -- the sequence --------------------------------------------------------------------------
 
@@ -114,9 +117,11 @@ class TargetLoad:
                 source = "storage"
             publisher = self._publish(tensor_set, sums) if self.publish and coordinator_up else None
         except BaseException:
+            self._faulting.join()
             self._close_transport()
             self.client.close()
             raise
+        self._faulting.join()
         if publisher is None:
             self._close_transport()
         self.client.close()
@@ -140,12 +145,12 @@ class TargetLoad:
     def _prepare(self) -> TensorSet:
         with self._phase("prepare"):
             tensor_set = collect(self.destination)
-            # Agent creation (~0.4 s) overlaps with faulting in the destination pages, which
-            # dominates a cold load far more than the wire does.
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                touching = pool.submit(prefault, list(tensor_set.regions.values()))
-                self.transport = make_transport(self.settings, self.worker_id)
-                touching.result()
+            # Faulting in the destination pages dominates a cold load far more than the wire
+            # does: it runs in the background, wave by wave, overlapping agent creation, the
+            # handshake and the transfer of the waves already faulted.
+            self._waves = _waves(tensor_set)
+            self._faulting = _Faulting([[tensor_set.regions[n] for n in wave] for wave in self._waves])
+            self.transport = make_transport(self.settings, self.worker_id)
             self.transport.register(tensor_set.regions)
         return tensor_set
 
@@ -194,17 +199,41 @@ class TargetLoad:
             if peer.transport != self.transport.kind:
                 raise LayoutMismatch([f"source uses transport {peer.transport}, we use "
                                       f"{self.transport.kind}"], source=worker_id)
-            ops = self._read_ops(tensor_set, manifest)
-        with self._phase("transfer"):
-            self.transport.read(peer, ops, timeout_s=self.settings.transfer_timeout_s,
-                                progress=self._progress_for(worker_id, manifest.total_bytes))
-        with self._phase("verify"):
-            return self._verify(tensor_set, manifest, worker_id)
+        expected = {r.name: r.checksum for r in manifest.regions}
+        verify = self.settings.verify_checksums
+        if verify and (manifest.checksum_algorithm != "xxh3_64" or any(not v for v in expected.values())):
+            raise ChecksumMismatch(["(source published no usable checksums)"], source=worker_id)
+        # Wave i is read once faulted in, and hashed while wave i+1 is read.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="peerload-verify") as hashing:
+            hashed = []
+            with self._phase("transfer"):
+                deadline = time.monotonic() + self.settings.transfer_timeout_s
+                progress = self._progress_for(worker_id, manifest.total_bytes)
+                for i, wave in enumerate(self._waves):
+                    self._faulting.wait(i)
+                    ops = self._read_ops(tensor_set, manifest, wave)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TransferTimeout(f"read not done within {self.settings.transfer_timeout_s:g} s",
+                                              worker_id)
+                    self.transport.read(peer, ops, timeout_s=left, progress=progress)
+                    if verify:
+                        regions = {n: tensor_set.regions[n] for n in wave}
+                        hashed.append(hashing.submit(checksums, regions, 1))
+            with self._phase("verify"):
+                if not verify:
+                    return expected
+                actual = {name: digest for f in hashed for name, digest in f.result().items()}
+        bad = sorted(n for n in expected if actual.get(n) != expected[n])
+        if bad:
+            raise ChecksumMismatch(bad, source=worker_id)
+        return actual
 
-    def _read_ops(self, tensor_set: TensorSet, manifest: Manifest) -> list[ReadOp]:
+    def _read_ops(self, tensor_set: TensorSet, manifest: Manifest, names: list[str]) -> list[ReadOp]:
         remote = manifest.region_map()
         ops = []
-        for name, flat in tensor_set.regions.items():
+        for name in names:
+            flat = tensor_set.regions[name]
             if flat.numel() == 0:
                 continue
             r = remote[name]
@@ -212,24 +241,13 @@ class TargetLoad:
                               remote_device=r.device_id, local_device=flat.device.index or 0))
         return ops
 
-    def _verify(self, tensor_set: TensorSet, manifest: Manifest, worker_id: str) -> dict[str, str]:
-        expected = {r.name: r.checksum for r in manifest.regions}
-        if not self.settings.verify_checksums:
-            return expected
-        if manifest.checksum_algorithm != "xxh3_64" or any(not v for v in expected.values()):
-            raise ChecksumMismatch(["(source published no usable checksums)"], source=worker_id)
-        actual = checksums(tensor_set.regions)
-        bad = sorted(n for n in expected if actual.get(n) != expected[n])
-        if bad:
-            raise ChecksumMismatch(bad, source=worker_id)
-        return actual
-
     def _from_storage(self, tensor_set: TensorSet) -> dict[str, str]:
         if self.fallback is None:
             raise LoadFailed(
                 f"no peer could provide {self.identity.model_name} at rank {self.rank} and no storage "
                 "fallback is configured; the destination was rolled back", self.attempts)
         with self._phase("storage"):
+            self._faulting.join()
             try:
                 loaded = self.fallback()
                 copy_into(tensor_set, loaded)
@@ -253,6 +271,7 @@ class TargetLoad:
     # -- helpers -------------------------------------------------------------------------------
 
     def _rollback(self, tensor_set: TensorSet) -> None:
+        self._faulting.join()  # the page-touching fallback must not race these writes
         for flat in tensor_set.regions.values():
             flat.zero_()
 
@@ -273,6 +292,54 @@ class TargetLoad:
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+
+
+# Regions are faulted in, read and hashed in waves of about this size so the three overlap;
+# every wave is one read (one seed round trip), so waves stay large.
+_WAVE_BYTES = 512 << 20
+
+
+def _waves(tensor_set: TensorSet, wave_bytes: int = _WAVE_BYTES) -> list[list[str]]:
+    """Region names in read order, cut into consecutive groups of about `wave_bytes`."""
+    waves: list[list[str]] = [[]]
+    size = 0
+    for name, flat in tensor_set.regions.items():
+        if size >= wave_bytes:
+            waves.append([])
+            size = 0
+        waves[-1].append(name)
+        size += flat.numel()
+    return waves
+
+
+class _Faulting:
+    """Faults the waves in, in order, on a background thread; `wait(i)` before writing wave i."""
+
+    def __init__(self, waves: list[list[torch.Tensor]]) -> None:
+        self._done = [threading.Event() for _ in waves]
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(waves,), name="peerload-prefault",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, waves: list[list[torch.Tensor]]) -> None:
+        try:
+            for i, wave in enumerate(waves):
+                prefault(wave)
+                self._done[i].set()
+        except BaseException as exc:  # re-raised in wait(); a failed prefault is a bug, not a fallback
+            self._error = exc
+        finally:
+            for done in self._done:
+                done.set()
+
+    def wait(self, i: int) -> None:
+        self._done[i].wait()
+        if self._error is not None:
+            raise self._error
+
+    def join(self) -> None:
+        self._thread.join()
 
 
 class _PhaseTimer:
