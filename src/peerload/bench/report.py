@@ -102,3 +102,39 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def targets_markdown(results: dict[str, Any]) -> str:
+    lines = ["| target | measured | goal | met |", "|---|---:|---:|:---:|"]
+    for name, tgt in results["ratios"]["targets"].items():
+        value = "n/a" if tgt["value"] is None else f"{tgt['value']:.2f}"
+        goal = f"<= {tgt['target']} s" if name == "setup_s" else f">= {tgt['target']}"
+        lines.append(f"| {tgt['what']} | {value} | {goal} | {'yes' if tgt['met'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def control_plane_markdown(results: dict[str, Any]) -> str:
+    lines = ["| store | RPC | calls/s | p50 ms | p99 ms | errors | coordinator RSS MiB | Redis used MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for store, e in results["stores"].items():
+        if "error" in e:
+            lines.append(f"| {store} | failed: {e['error']} | | | | | | |")
+            continue
+        for rpc in ("ListSources", "UpdateStatus"):
+            r = e[rpc]
+            redis_mib = e.get("redis_used_mib")
+            lines.append(f"| {store} | {rpc} | {r.get('rps', 0):.0f} | {r.get('p50_ms', 0):.2f} | "
+                         f"{r.get('p99_ms', 0):.2f} | {r['errors']} | {e.get('coordinator_rss_mib_after') or 0:.0f} | "
+                         f"{'' if redis_mib is None else f'{redis_mib:.1f}'} |")
+    return "\n".join(lines)
+
+
+def scaling_markdown(results: dict[str, Any]) -> str:
+    names = ("limit", "safetensors_cold", f"peerload_{results['transport']}")
+    lines = ["| GiB | " + " | ".join(f"{label(n)}: median s (s/GiB)" for n in names) + " |",
+             "|---:|" + "---:|" * len(names)]
+    for p in results["points"]:
+        cells = [f"{p[n]['median']:.2f} ({p[n]['median'] / p['size_gib']:.2f})" if "median" in p.get(n, {})
+                 else "failed" for n in names]
+        lines.append(f"| {p['size_gib']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

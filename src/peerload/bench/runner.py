@@ -174,12 +174,14 @@ def measure(config: BenchConfig, progress: Callable[[str], None] = lambda s: Non
                 plan += [("safetensors_warm", "safetensors_load", {"cold": False}),
                          ("safetensors_cold", "safetensors_load", {"cold": True})]
             for kind in config.transports if groups & {"peerload", "setup"} else ():
+                # One model name per transport: a target must only find the seed of its own kind.
+                own = {**coord, "transport": kind, "model_name": f"{base['model_name']}-{kind}"}
                 try:
-                    ready = seeds.enter_context(h.seed("seed", {**base, **coord, "transport": kind}))
+                    ready = seeds.enter_context(h.seed("seed", {**base, **own}))
                 except CaseFailed as exc:
                     raw[f"peerload_{kind}"] = Runs(error=f"seed: {exc}")
                     continue
-                run_args = {**coord, "transport": kind, "seed_ready": str(ready)}
+                run_args = {**own, "seed_ready": str(ready)}
                 if "peerload" in groups:
                     plan += [(f"peerload_{kind}", "target", {**run_args, "verify": True}),
                              (f"peerload_{kind}_noverify", "target", {**run_args, "verify": False})]
