@@ -39,5 +39,5 @@ def test_cli_commands_in_readme_exist():
     from peerload.cli.main import app
 
     names = set(get_command(app).commands)
-    used = set(re.findall(r"^peerload (\w+)", _section("Command line"), re.M)) - {"bench"}  # TODO: bench lands with issue 5
+    used = set(re.findall(r"^peerload (\w+)", _section("Command line"), re.M))
     assert used and used <= names, f"README mentions commands the CLI lacks: {used - names}"
