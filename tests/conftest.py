@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,50 +13,26 @@ from typing import Any
 
 import pytest
 
+from peerload._process import free_port as free_port_now
+from peerload._process import redis_server as start_redis
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     """A callable returning a currently free TCP port on 127.0.0.1."""
-    return _free_port
+    return free_port_now
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_server() -> Iterator[str]:
     """URL of a throwaway redis-server on a free loopback port (no persistence); skips without one."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; "
                     "`make install` runs scripts/install_system_deps.sh)")
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"redis-server did not start: {proc.stderr.read().decode()}")
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with start_redis() as url:
+        yield url
 
 
 @pytest.fixture
@@ -135,7 +110,7 @@ def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     started: list[ServeProcess] = []
 
     def start(*args: str, port: int | None = None, timeout: float = 30) -> ServeProcess:
-        port = port or _free_port()
+        port = port or free_port_now()
         log = tmp_path / f"serve-{port}-{len(started)}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "peerload.cli.main", "serve", "--host", "127.0.0.1",

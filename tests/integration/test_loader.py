@@ -4,12 +4,11 @@ into real `transformers` models in separate target processes; bit-exact and toke
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 

@@ -10,12 +10,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import random
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.table import Table
+
+from peerload._process import free_port, redis_server, stop_process, wait_port
 
 RPCS = ("ListSources", "UpdateStatus")
 
@@ -38,56 +37,10 @@ class ControlPlaneConfig:
     processes: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"{what} did not start on port {port}") from None
-            time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@contextmanager
-def redis_server() -> Iterator[tuple[str, subprocess.Popen]]:
-    """A throwaway redis-server (no persistence) on a free loopback port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
-    port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="peerload-bench-redis-") as workdir:
-        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", workdir, "--loglevel", "warning"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            _wait_port(port, proc, "redis-server")
-            yield f"redis://127.0.0.1:{port}/0", proc
-        finally:
-            _stop(proc)
-
-
 @contextmanager
 def coordinator(store: str, redis_url: str | None) -> Iterator[tuple[str, subprocess.Popen]]:
     """`peerload serve` in its own process; heartbeats never expire during the run."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "peerload.cli.main", "serve", "--port", str(port), "--store", store,
            "--heartbeat-timeout", "3600", "--gc-timeout", "7200"]
     if redis_url:
@@ -95,10 +48,10 @@ def coordinator(store: str, redis_url: str | None) -> Iterator[tuple[str, subpro
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PEERLOAD_HEARTBEAT_INTERVAL_S": "1"})
     try:
-        _wait_port(port, proc, "peerload serve")
+        wait_port(port, proc, "peerload serve")
         yield f"127.0.0.1:{port}", proc
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def _identity(i: int) -> Any:
@@ -254,7 +207,7 @@ def _maybe_redis(store: str) -> Iterator[str | None]:
     if store != "redis":
         yield None
         return
-    with redis_server() as (url, _):
+    with redis_server() as url:
         yield url
 
 

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from peerload._process import stop_process
 from peerload.errors import PeerloadError
 from peerload.identity import SourceIdentity
 from peerload.settings import Settings
@@ -135,11 +136,7 @@ def demo(
         if result is not None:
             result.close()
         if seed_proc is not None:
-            seed_proc.terminate()
-            try:
-                seed_proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                seed_proc.kill()
+            stop_process(seed_proc, timeout_s=30)
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     console.print("[bold green]demo OK[/]: coordinator, seed and temp files cleaned up")
