@@ -253,3 +253,28 @@ def test_flipped_byte_is_caught_by_checksum(coordinator, model_dir, disk_model, 
     assert report["source"] == "storage"
     assert any("ChecksumMismatch" in a and tensor in a for a in report["attempts"]), report["attempts"]
     assert report["sha256"] == hashes(module_tensors(disk_model))
+
+
+def test_bare_safetensors_file_and_sharded_directory(coordinator, seeds, tmp_path, run_peerload):
+    from safetensors.torch import save_file
+    from transformers import LlamaForCausalLM
+
+    # A bare file (no config.json): its tensors are the model, names and all.
+    raw = {"a.weight": torch.randn(64, 32), "b.bias": torch.arange(7, dtype=torch.int64),
+           "c": torch.randn(3, 5).to(torch.bfloat16)}
+    file = tmp_path / "weights.safetensors"
+    save_file(raw, str(file))
+    seed = seeds.start(file, coordinator.address, name="test/raw")
+    report_path = tmp_path / "raw.json"
+    proc = run_peerload("load", str(file), "--model-name", "test/raw", "--coordinator", coordinator.address,
+                        "--report", str(report_path), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(report_path.read_text())
+    assert report["source"] == seed["worker_id"] and report["sha256"] == hashes(raw)
+
+    # A sharded HF directory (model.safetensors.index.json + several files) reads as one checkpoint.
+    sharded = tmp_path / "sharded"
+    model = hf.load_model(make_llama(tmp_path / "src"))
+    LlamaForCausalLM.save_pretrained(model, str(sharded), max_shard_size="200KB")
+    assert len(hf.checkpoint_files(sharded)) > 1 and (sharded / "model.safetensors.index.json").exists()
+    assert hashes(hf.read_checkpoint(sharded)) == hashes(hf.read_checkpoint(tmp_path / "src"))
