@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import socket
 import threading
 import time
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def _import_engine() -> Any:
+    # Mooncake logs every INFO line (and a benign "Local segment descriptor not found" ERROR) to
+    # stderr; keep errors only unless the user chose a level.
+    os.environ.setdefault("MC_LOG_LEVEL", "ERROR")
     try:
         from mooncake.engine import TransferEngine
     except ImportError as e:
