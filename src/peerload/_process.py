@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -9,6 +10,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+from peerload.errors import PeerloadError
 
 
 def free_port() -> int:
@@ -30,6 +34,18 @@ def wait_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 2
                 proc.kill()
                 raise RuntimeError(f"{what} did not start on port {port} (exit code {proc.poll()})") from None
             time.sleep(0.05)
+
+
+def wait_ready_file(proc: subprocess.Popen, ready: Path, timeout_s: float) -> dict:
+    """Wait for a seed's `--ready-file` JSON; fail fast if the process dies first."""
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise PeerloadError(f"the seed process exited with code {proc.returncode} before becoming READY")
+        if time.monotonic() > deadline:
+            raise PeerloadError(f"the seed did not become READY within {timeout_s:.0f}s")
+        time.sleep(0.05)
+    return json.loads(ready.read_text())
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 10) -> int | None:

@@ -86,16 +86,19 @@ class TensorSet:
         return Manifest(tensors=list(self.entries), regions=regions, **meta)  # type: ignore[arg-type]
 
 
-def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def module_tensors(module: torch.nn.Module, *, attributes: bool = True) -> dict[str, torch.Tensor]:
     """Every tensor a forward pass may read: parameters, buffers, and tensor attributes of modules.
 
     Aliases (tied weights) keep all their names; `collect` folds them onto one region.
+    With `attributes=False`, parameters and buffers only (what tp shards are cut from).
     """
     out: dict[str, torch.Tensor] = {}
     for name, p in module.named_parameters(remove_duplicate=False):
         out[name] = p.data
     for name, b in module.named_buffers(remove_duplicate=False):
         out[name] = b
+    if not attributes:
+        return out
     # Post-processing (quantization, repacking) may attach plain tensors to modules.
     for mod_name, mod in module.named_modules(remove_duplicate=False):
         for attr, value in vars(mod).items():

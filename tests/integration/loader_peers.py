@@ -65,10 +65,7 @@ def target(args: argparse.Namespace) -> None:
     out = {"source": result.source, "attempts": result.attempts, "killed": killed,
            "sha256": {n: sha256_of(t) for n, t in tensors.items()}}
     if isinstance(destination, torch.nn.Module):
-        prompt = torch.tensor([[1, 42, 7, 99, 3]])
-        with torch.no_grad():
-            gen = destination.generate(prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False)
-        out["tokens"] = gen[0, prompt.shape[1]:].tolist()
+        out["tokens"] = hf.greedy_tokens(destination)
     else:
         torch.save({n: t.clone() for n, t in tensors.items()}, Path(args.out).with_suffix(".pt"))
     Path(args.out).write_text(json.dumps(out))

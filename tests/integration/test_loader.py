@@ -4,7 +4,6 @@ into real `transformers` models in separate target processes; bit-exact and toke
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from peerload._process import stop_process, wait_ready_file
 from peerload.adapters import hf
 from peerload.client import CoordinatorClient, SourceStatus
 from peerload.manifest import module_tensors, sha256_of
@@ -46,13 +46,6 @@ def disk_model(model_dir: Path) -> torch.nn.Module:
     return hf.load_model(model_dir)
 
 
-def greedy(model: torch.nn.Module) -> list[int]:
-    prompt = torch.tensor([[1, 42, 7, 99, 3]])
-    with torch.no_grad():
-        out = model.generate(prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False)
-    return out[0, prompt.shape[1]:].tolist()
-
-
 def hashes(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
     return {n: sha256_of(t) for n, t in tensors.items()}
 
@@ -71,27 +64,13 @@ class Seeds:
                                  name, "--coordinator", coordinator, "--ready-file", str(ready), *extra],
                                 stdout=log, stderr=log, cwd=REPO)
         self.procs.append(proc)
-        deadline = time.monotonic() + 90
-        while not ready.exists():
-            assert proc.poll() is None, f"seed exited with {proc.returncode}: {(self.tmp / 'seed.log').name}"
-            assert time.monotonic() < deadline, "seed did not become READY in 90 s"
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
+        info = wait_ready_file(proc, ready, timeout_s=90)
         info["ready_file"] = str(ready)
         info["proc"] = proc
         return info
 
     def stop_all(self) -> list[int | None]:
-        codes = []
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                codes.append(proc.wait(timeout=30))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                codes.append(None)
-        return codes
+        return [stop_process(proc, timeout_s=30) for proc in self.procs]
 
 
 @pytest.fixture
@@ -116,7 +95,7 @@ def test_p2p_load_is_bit_exact_and_generates_like_disk(coordinator, seeds, model
     report = run_target(tmp_path, model_dir, coordinator.address)
     assert report["source"] == seed["worker_id"], report["attempts"]
     assert report["sha256"] == hashes(module_tensors(disk_model))
-    assert report["tokens"] == greedy(disk_model)
+    assert report["tokens"] == hf.greedy_tokens(disk_model)
     assert len(set(report["tokens"])) > 1, "degenerate generation would make the comparison meaningless"
 
 
@@ -153,7 +132,7 @@ def test_seed_sigterm_marks_stale_and_exits_zero(coordinator, seeds, model_dir):
 def test_tensor_parallel_two_ranks(coordinator, seeds, model_dir, disk_model, tmp_path):
     for rank in (0, 1):
         seeds.start(model_dir, coordinator.address, "--tp-size", "2", "--tp-rank", str(rank))
-    full = hf.parameters_and_buffers(disk_model)
+    full = module_tensors(disk_model, attributes=False)
     shards = []
     for rank in (0, 1):
         report = run_target(tmp_path, model_dir, coordinator.address, "--tp-size", "2", "--tp-rank", str(rank))
@@ -164,12 +143,12 @@ def test_tensor_parallel_two_ranks(coordinator, seeds, model_dir, disk_model, tm
     # Rank 0 holds the first half of a column-parallel weight, rank 1 the second: reassembled, the
     # model is the disk model exactly, and generates the same tokens.
     rebuilt = hf.build_empty_model(model_dir)
-    slots = hf.parameters_and_buffers(rebuilt)
+    slots = module_tensors(rebuilt, attributes=False)
     with torch.no_grad():
         for name, tensor in hf.unshard(shards).items():
             slots[name].copy_(tensor)
-    assert hashes(hf.parameters_and_buffers(rebuilt)) == hashes(full)
-    assert greedy(rebuilt) == greedy(disk_model)
+    assert hashes(module_tensors(rebuilt, attributes=False)) == hashes(full)
+    assert hf.greedy_tokens(rebuilt) == hf.greedy_tokens(disk_model)
 
 
 def test_quantized_layout_loads_peer_to_peer(coordinator, seeds, model_dir, tmp_path):
@@ -179,7 +158,7 @@ def test_quantized_layout_loads_peer_to_peer(coordinator, seeds, model_dir, tmp_
     assert report["source"] == seed["worker_id"], report["attempts"]
     assert report["sha256"] == hashes(module_tensors(quantized))
     assert any(t.dtype == torch.int8 for t in module_tensors(quantized).values())
-    assert report["tokens"] == greedy(quantized)
+    assert report["tokens"] == hf.greedy_tokens(quantized)
 
 
 def test_target_without_post_processing_gets_layout_mismatch_then_storage(
@@ -242,10 +221,7 @@ def test_flipped_byte_is_caught_by_checksum(coordinator, model_dir, disk_model, 
     proc = subprocess.Popen([sys.executable, str(PEERS), "corrupt-seed", str(model_dir), NAME, coordinator.address,
                              str(ready), tensor], cwd=REPO)
     try:
-        deadline = time.monotonic() + 90
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_ready_file(proc, ready, timeout_s=90)
         report = run_target(tmp_path, model_dir, coordinator.address)
     finally:
         proc.terminate()

@@ -187,7 +187,7 @@ def seed_tensors(path: str | Path, *, quantize: str | None, tp_size: int, tp_ran
         model = load_model(path, quantize=quantize)
         if tp_size == 1:
             return model, model
-        return shard(parameters_and_buffers(model), tp_size, tp_rank), model
+        return shard(module_tensors(model, attributes=False), tp_size, tp_rank), model
     if quantize:
         raise ConfigError("--quantize needs a model directory with config.json, not a bare safetensors file")
     return shard(read_checkpoint(path), tp_size, tp_rank), None
@@ -205,12 +205,12 @@ def target_tensors(path: str | Path, *, quantize: str | None, tp_size: int, tp_r
             with torch.device("meta"):
                 meta = transformers.AutoModelForCausalLM.from_config(config)
             _post_process(meta, quantize)
-            destination = empty_like_shard(parameters_and_buffers(meta), tp_size, tp_rank)
+            destination = empty_like_shard(module_tensors(meta, attributes=False), tp_size, tp_rank)
 
         def from_storage() -> Mapping[str, torch.Tensor]:
             model = load_model(path, quantize=quantize)
             if tp_size > 1:
-                return shard(parameters_and_buffers(model), tp_size, tp_rank)
+                return shard(module_tensors(model, attributes=False), tp_size, tp_rank)
             return module_tensors(model)
         return destination, from_storage
     if quantize:
@@ -220,8 +220,9 @@ def target_tensors(path: str | Path, *, quantize: str | None, tp_size: int, tp_r
     return empty_like_shard(metas, tp_size, tp_rank), lambda: shard(read_checkpoint(path), tp_size, tp_rank)
 
 
-def parameters_and_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters and buffers by name, aliases included (what tp shards are cut from)."""
-    out = {n: p for n, p in module.named_parameters(remove_duplicate=False)}
-    out.update({n: b for n, b in module.named_buffers(remove_duplicate=False)})
-    return out
+def greedy_tokens(model: torch.nn.Module, n: int = 32) -> list[int]:
+    """`n` greedily generated token ids after a fixed prompt (comparing two loads of a model)."""
+    prompt = torch.tensor([[1, 42, 7, 99, 3]])
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return out[0, prompt.shape[1]:].tolist()

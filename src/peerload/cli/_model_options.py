@@ -47,25 +47,29 @@ def model_options(path: Path, model_name: str, revision: str, tp_size: int, tp_r
     if quantize is not None and quantize != "int8":
         raise ConfigError(f"--quantize {quantize!r} is not supported; the only choice is int8")
     rank = worker_rank(tp_rank, pp_rank, tp_size, pp_size)
+    config = model_config(path)
     identity = SourceIdentity(
         model_name=model_name, revision=revision, tensor_parallel_size=tp_size,
         pipeline_parallel_size=pp_size, expert_parallel_size=ep_size,
         # Runtime post-processing (--quantize) is not part of the identity: a target that forgot
         # it finds the source and is told exactly which tensors differ.
-        dtype=checkpoint_dtype(path), quantization=checkpoint_quantization(path),
+        dtype=checkpoint_dtype(path, config), quantization=checkpoint_quantization(config),
     )
     return ModelOptions(path=path, identity=identity, rank=rank, tp_size=tp_size, tp_rank=tp_rank,
                         quantize=quantize)
 
 
-def checkpoint_dtype(path: Path) -> str:
-    """The model's dtype as configured (config.json), else the commonest one in the checkpoint."""
+def model_config(path: Path) -> dict:
+    """PATH/config.json as a dict ({} for a bare safetensors file)."""
     config = path / "config.json" if path.is_dir() else None
-    if config is not None and config.exists():
-        data = json.loads(config.read_text())
-        value = data.get("dtype") or data.get("torch_dtype")
-        if value:
-            return str(value).replace("torch.", "")
+    return json.loads(config.read_text()) if config is not None and config.exists() else {}
+
+
+def checkpoint_dtype(path: Path, config: dict) -> str:
+    """The model's dtype as configured (config.json), else the commonest one in the checkpoint."""
+    value = config.get("dtype") or config.get("torch_dtype")
+    if value:
+        return str(value).replace("torch.", "")
     from peerload.adapters.hf import checkpoint_layout
 
     try:
@@ -75,13 +79,9 @@ def checkpoint_dtype(path: Path) -> str:
     return counts.most_common(1)[0][0] if counts else ""
 
 
-def checkpoint_quantization(path: Path) -> str:
+def checkpoint_quantization(config: dict) -> str:
     """The checkpoint's own quantization method (config.json quantization_config), or ""."""
-    config = path / "config.json" if path.is_dir() else None
-    if config is None or not config.exists():
-        return ""
-    method = (json.loads(config.read_text()).get("quantization_config") or {}).get("quant_method", "")
-    return str(method)
+    return str((config.get("quantization_config") or {}).get("quant_method", ""))
 
 
 def settings_for(coordinator: str | None, transport: str | None, **more: object) -> Settings:

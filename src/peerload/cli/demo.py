@@ -4,7 +4,6 @@ Embedded coordinator -> a small HF Llama written to a temp dir -> a seed process
 this process loads it peer-to-peer into an empty model -> greedy generation on both -> report.
 """
 
-import json
 import logging
 import os
 import shutil
@@ -13,19 +12,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from peerload._process import stop_process
+from peerload._process import stop_process, wait_ready_file
 from peerload.errors import PeerloadError
 from peerload.identity import SourceIdentity
 from peerload.settings import Settings
-
-if TYPE_CHECKING:
-    import torch
 
 MODEL_NAME = "peerload-demo/tiny-llama"
 
@@ -45,27 +41,6 @@ def write_demo_model(directory: Path, hidden: int = 768, layers: int = 8, seed: 
     model = LlamaForCausalLM(config)
     model.save_pretrained(str(directory))
     return directory
-
-
-def greedy_tokens(model: "torch.nn.Module", n: int = 32) -> list[int]:
-    import torch
-
-    prompt = torch.tensor([[1, 42, 7, 99, 3]])
-    with torch.no_grad():
-        out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    return out[0, prompt.shape[1]:].tolist()
-
-
-def wait_ready(proc: subprocess.Popen, ready: Path, timeout_s: float) -> dict:
-    """Wait for a `peerload seed --ready-file` process to report READY; fail fast if it dies."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ready.exists():
-            return json.loads(ready.read_text())
-        if proc.poll() is not None:
-            raise PeerloadError(f"the seed process exited with code {proc.returncode} before becoming READY")
-        time.sleep(0.05)
-    raise PeerloadError(f"the seed did not become READY within {timeout_s:.0f}s")
 
 
 def demo(
@@ -105,7 +80,7 @@ def demo(
                 [sys.executable, "-m", "peerload.cli.main", "seed", str(model_dir), "--model-name", MODEL_NAME,
                  "--coordinator", coordinator, "--transport", transport, "--ready-file", str(ready)],
                 stdout=subprocess.DEVNULL, stderr=seed_log)
-        seed_info = wait_ready(seed_proc, ready, timeout_s=120)
+        seed_info = wait_ready_file(seed_proc, ready, timeout_s=120)
         console.print(f"[bold]3.[/] seed process {seed_proc.pid} READY as {seed_info['worker_id']}")
 
         identity = SourceIdentity(model_name=MODEL_NAME, dtype="float32")
@@ -123,7 +98,7 @@ def demo(
         disk_s = time.perf_counter() - started
         same_bytes = ({n: sha256_of(t) for n, t in disk_model.state_dict().items()}
                       == {n: sha256_of(t) for n, t in destination.state_dict().items()})
-        tokens_p2p, tokens_disk = greedy_tokens(destination), greedy_tokens(disk_model)
+        tokens_p2p, tokens_disk = hf.greedy_tokens(destination), hf.greedy_tokens(disk_model)
         console.print(f"[bold]5.[/] greedy generation, 32 tokens: peer-loaded {tokens_p2p[:8]}... "
                       f"disk-loaded {tokens_disk[:8]}... identical={tokens_p2p == tokens_disk}")
 
