@@ -29,15 +29,15 @@ __version__ = "0.1.0"
 _LAZY = {
     "publish": "peerload.seed.publisher",
     "Publisher": "peerload.seed.publisher",
-    "load_into": "peerload.target.loader",
-    "LoadResult": "peerload.target.loader",
+    "load_into": "peerload.loader",
+    "LoadResult": "peerload.loader",
     "CoordinatorClient": "peerload.client",
 }
 
 if TYPE_CHECKING:
     from peerload.client import CoordinatorClient
     from peerload.seed.publisher import Publisher, publish
-    from peerload.target.loader import LoadResult, load_into
+    from peerload.loader import LoadResult, load_into
 
 
 def __getattr__(name: str) -> Any:

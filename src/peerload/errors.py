@@ -45,11 +45,17 @@ class NotFound(PeerloadError, LookupError):
     """The requested record does not exist; maps to NOT_FOUND."""
 
 
-# --- coordinator (client side) -----------------------------------------------------------------
+class StoreUnavailable(PeerloadError, ConnectionError):
+    """The coordinator's backing store cannot be reached; maps to UNAVAILABLE."""
 
 
-class CoordinatorError(PeerloadError, ConnectionError):
-    """An RPC to the coordinator failed; carries the RPC name, status code and details."""
+# --- client side of peerload's gRPC services ---------------------------------------------------
+
+
+class ServiceError(PeerloadError, ConnectionError):
+    """An RPC failed; carries the RPC name, status code, details and the server's address."""
+
+    service = "service"  # what the server is, for messages
 
     def __init__(self, rpc: str, code: str, details: str, address: str = "") -> None:
         self.rpc = rpc
@@ -57,11 +63,23 @@ class CoordinatorError(PeerloadError, ConnectionError):
         self.details = details
         self.address = address
         where = f" at {address}" if address else ""
-        super().__init__(f"coordinator{where}: {rpc} failed with {code}: {details}")
+        super().__init__(f"{self.service}{where}: {rpc} failed with {code}: {details}")
+
+
+class CoordinatorError(ServiceError):
+    """An RPC to the coordinator failed."""
+
+    service = "coordinator"
 
 
 class CoordinatorUnavailable(CoordinatorError):
     """The coordinator cannot be reached (UNAVAILABLE / DEADLINE_EXCEEDED after retries)."""
+
+
+class SeedServiceError(ServiceError):
+    """An RPC to a seed's own service (its manifest) failed: that source is unusable."""
+
+    service = "seed"
 
 
 # --- data plane ---------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
@@ -118,3 +121,8 @@ def worker_rank(tp_rank: int = 0, pp_rank: int = 0, tp_size: int = 1, pp_size: i
     if not 0 <= pp_rank < pp_size:
         raise ConfigError(f"pp_rank {pp_rank} is out of range for pp_size {pp_size}")
     return pp_rank * tp_size + tp_rank
+
+
+def new_worker_id(rank: int) -> str:
+    """A readable, unique worker id: host, pid, rank and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-r{rank}-{uuid.uuid4().hex[:8]}"

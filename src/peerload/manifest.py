@@ -1,24 +1,14 @@
 """What a seed serves and a target checks: tensor layouts, the storages behind them, checksums.
 
-Bytes move per *storage region*, not per tensor: tied weights and views that share one storage
-are registered and transferred once, and a non-contiguous tensor travels as its whole storage.
+Pure data, no torch: the local side of it is `peerload.tensors.TensorSet`.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-
-import torch
-import xxhash
-
-from peerload.errors import ConfigError, LayoutMismatch
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 CHECKSUM_ALGORITHM = "xxh3_64"
-# Hashing runs at ~16 GB/s per core, so large regions are split to use every core.
-_HASH_SLICE = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -64,132 +54,6 @@ class Manifest:
         return {r.name: r for r in self.regions}
 
 
-@dataclass
-class TensorSet:
-    """Local tensors grouped by storage: the view of a model that peerload moves."""
-
-    tensors: dict[str, torch.Tensor]
-    entries: list[TensorEntry]
-    # Region name -> a flat uint8 tensor over the whole storage (what gets registered).
-    regions: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(r.numel() for r in self.regions.values())
-
-    def manifest(self, checksums: Mapping[str, str] | None = None, **meta: object) -> Manifest:
-        regions = [
-            RegionEntry(name=n, size=r.numel(), addr=r.data_ptr() if r.numel() else 0,
-                        device_id=_device_index(r), checksum=(checksums or {}).get(n, ""))
-            for n, r in self.regions.items()
-        ]
-        return Manifest(tensors=list(self.entries), regions=regions, **meta)  # type: ignore[arg-type]
-
-
-def module_tensors(module: torch.nn.Module, *, attributes: bool = True) -> dict[str, torch.Tensor]:
-    """Every tensor a forward pass may read: parameters, buffers, and tensor attributes of modules.
-
-    Aliases (tied weights) keep all their names; `collect` folds them onto one region.
-    With `attributes=False`, parameters and buffers only (what tp shards are cut from).
-    """
-    out: dict[str, torch.Tensor] = {}
-    for name, p in module.named_parameters(remove_duplicate=False):
-        out[name] = p.data
-    for name, b in module.named_buffers(remove_duplicate=False):
-        out[name] = b
-    if not attributes:
-        return out
-    # Post-processing (quantization, repacking) may attach plain tensors to modules.
-    for mod_name, mod in module.named_modules(remove_duplicate=False):
-        for attr, value in vars(mod).items():
-            if attr.startswith("_") or not isinstance(value, torch.Tensor) or value.is_meta:
-                continue
-            name = f"{mod_name}.{attr}" if mod_name else attr
-            out.setdefault(name, value)
-    return out
-
-
-def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
-    """Group tensors by the storage they live in; refuse what cannot be moved."""
-    named = module_tensors(tensors) if isinstance(tensors, torch.nn.Module) else dict(tensors)
-    if not named:
-        raise ConfigError("no tensors to publish or load: the model has no parameters or buffers")
-    regions: dict[str, torch.Tensor] = {}
-    region_of_storage: dict[tuple[str, int], str] = {}
-    entries: list[TensorEntry] = []
-    for name in sorted(named):
-        t = named[name]
-        if not isinstance(t, torch.Tensor):
-            raise ConfigError(f"{name!r} is a {type(t).__name__}, not a torch.Tensor")
-        if t.is_meta:
-            raise ConfigError(f"tensor {name!r} is on the meta device: materialise the model "
-                              "(e.g. model.to_empty(device='cpu')) before publishing or loading")
-        if t.is_sparse or t.layout != torch.strided:
-            raise ConfigError(f"tensor {name!r} has layout {t.layout}; only strided tensors can be moved")
-        storage = t.untyped_storage()
-        key = (str(t.device), storage.data_ptr())
-        if key not in region_of_storage or storage.nbytes() == 0:
-            region = name
-            region_of_storage[key] = region
-            regions[region] = _storage_bytes(storage, t.device)
-        entries.append(TensorEntry(
-            name=name, shape=tuple(t.shape), stride=tuple(t.stride()), dtype=str(t.dtype),
-            nbytes=t.numel() * t.element_size(), storage_offset=t.storage_offset(),
-            region=region_of_storage[key] if storage.nbytes() else name,
-        ))
-    return TensorSet(tensors=named, entries=entries, regions=regions)
-
-
-def _storage_bytes(storage: torch.UntypedStorage, device: torch.device) -> torch.Tensor:
-    flat = torch.empty(0, dtype=torch.uint8, device=device)
-    flat.set_(storage, 0, (storage.nbytes(),))
-    return flat
-
-
-def _device_index(t: torch.Tensor) -> int:
-    return t.device.index or 0 if t.device.type != "cpu" else 0
-
-
-def _as_buffer(flat: torch.Tensor) -> memoryview:
-    host = flat if flat.device.type == "cpu" else flat.cpu()
-    return memoryview(host.numpy())
-
-
-def checksum(flat: torch.Tensor) -> str:
-    """xxh3-64 of a region's bytes, hashed in slices and folded so it can run on all cores."""
-    return _fold([xxhash.xxh3_64_hexdigest(s) for s in _slices(flat)])
-
-
-def checksums(regions: Mapping[str, torch.Tensor], workers: int | None = None) -> dict[str, str]:
-    """Checksum every region, spreading slices of large regions over a thread pool."""
-    jobs = [(name, i, s) for name, flat in regions.items() for i, s in enumerate(_slices(flat))]
-    with ThreadPoolExecutor(max_workers=workers or torch.get_num_threads() or 2) as pool:
-        digests = list(pool.map(lambda job: xxhash.xxh3_64_hexdigest(job[2]), jobs))
-    parts: dict[str, list[str]] = {name: [] for name in regions}
-    for (name, _, _), digest in zip(jobs, digests):
-        parts[name].append(digest)
-    return {name: _fold(p) for name, p in parts.items()}
-
-
-def _slices(flat: torch.Tensor) -> list[memoryview]:
-    buf = _as_buffer(flat)
-    if len(buf) <= _HASH_SLICE:
-        return [buf]
-    return [buf[i:i + _HASH_SLICE] for i in range(0, len(buf), _HASH_SLICE)]
-
-
-def _fold(digests: Sequence[str]) -> str:
-    return digests[0] if len(digests) == 1 else xxhash.xxh3_64_hexdigest("".join(digests).encode())
-
-
-def sha256_of(tensor: torch.Tensor) -> str:
-    """sha256 of a tensor's raw bytes in contiguous layout (what `--report` shows)."""
-    t = tensor.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    return hashlib.sha256(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())).hexdigest()
-
-
 def compare_layout(expected: Iterable[TensorEntry], expected_regions: Iterable[RegionEntry],
                    actual: Manifest) -> list[str]:
     """Differences between our layout and a source's, one readable line each (empty = equal)."""
@@ -216,11 +80,3 @@ def compare_layout(expected: Iterable[TensorEntry], expected_regions: Iterable[R
         elif their_regions[name] != size:
             problems.append(f"storage of {name}: {their_regions[name]} bytes at the source, {size} here")
     return problems
-
-
-def check_layout(local: TensorSet, remote: Manifest, source: str = "") -> None:
-    """Raise LayoutMismatch naming every tensor whose layout differs from the source's."""
-    ours = local.manifest()
-    problems = compare_layout(ours.tensors, ours.regions, remote)
-    if problems:
-        raise LayoutMismatch(problems, source=source)

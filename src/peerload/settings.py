@@ -7,17 +7,15 @@ variables MODEL_EXPRESS_URL / MX_SERVER_ADDRESS, then the defaults below.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
+from peerload.components import STORES, TRANSPORTS, choices
 from peerload.errors import ConfigError
 
-TRANSPORTS = ("nixl", "transfer_engine")
-STORES = ("memory", "redis")
 DEFAULT_COORDINATOR = "127.0.0.1:8001"
 
 
@@ -51,7 +49,6 @@ class Settings:
     chunk_bytes: int = 64 << 20
     # Address a seed advertises for its manifest server (the host part).
     advertise_host: str = "127.0.0.1"
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -75,12 +72,6 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**_coerce_all(values))
 
-    def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **_coerce_all(changes))
-
-    @property
-    def coordinator_host_port(self) -> tuple[str, int]:
-        return split_host_port(self.coordinator, what="coordinator")
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
@@ -113,6 +104,15 @@ def parse_bool(name: str, value: str | bool) -> bool:
     raise ConfigError(f"{name}={value!r} is not a boolean: use true/false, 1/0, yes/no or on/off")
 
 
+def debug_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """Whether PEERLOAD_DEBUG asks for tracebacks and debug logs (parsed like every boolean)."""
+    value = (os.environ if env is None else env).get("PEERLOAD_DEBUG", "")
+    try:
+        return parse_bool("PEERLOAD_DEBUG", value)
+    except ConfigError:
+        return True  # a value we cannot read still asks for more output, not less
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name not in _FIELDS:
         known = ", ".join(sorted(_FIELDS))
@@ -141,8 +141,6 @@ def _coerce_all(values: Mapping[str, Any]) -> dict[str, Any]:
 def _from_peerload_env(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in _FIELDS:
-        if name == "extra":
-            continue
         key = "PEERLOAD_" + name.upper()
         if key in env and env[key] != "":
             out[name] = env[key]
@@ -179,21 +177,21 @@ def _from_json_config(config: str | Mapping[str, Any]) -> dict[str, Any]:
             # ModelExpress' "source" names where weights come from when no peer has them; we
             # always fall back to the checkpoint path, so only "disk"/"storage" are meaningful.
             out["storage_fallback"] = str(value).lower() not in ("none", "p2p", "peer")
-        elif name in _FIELDS and name != "extra":
+        elif name in _FIELDS:
             out[name] = value
         else:
             unknown.append(key)
     if unknown:
-        allowed = sorted([*_MX_JSON_KEYS, "source", *(n for n in _FIELDS if n != "extra")])
+        allowed = sorted([*_MX_JSON_KEYS, "source", *_FIELDS])
         raise ConfigError(f"unknown config keys {sorted(unknown)}; allowed keys: {', '.join(allowed)}")
     return out
 
 
 def _validate(s: Settings) -> None:
     if s.transport not in TRANSPORTS:
-        raise ConfigError(f"transport {s.transport!r} is not supported; choose one of {', '.join(TRANSPORTS)}")
+        raise ConfigError(f"transport {s.transport!r} is not supported; choose one of {choices(TRANSPORTS)}")
     if s.store not in STORES:
-        raise ConfigError(f"store {s.store!r} is not supported; choose one of {', '.join(STORES)}")
+        raise ConfigError(f"store {s.store!r} is not supported; choose one of {choices(STORES)}")
     split_host_port(s.coordinator, what="coordinator")
     for name in ("rpc_timeout_s", "heartbeat_interval_s", "heartbeat_timeout_s", "gc_timeout_s",
                  "transfer_timeout_s"):

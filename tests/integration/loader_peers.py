@@ -19,10 +19,10 @@ import torch
 
 from peerload.adapters import hf
 from peerload.cli._model_options import model_options
-from peerload.manifest import sha256_of
+from peerload.tensors import sha256_of
 from peerload.seed.publisher import publish
 from peerload.settings import Settings
-from peerload.target.loader import Progress, load_into
+from peerload.loader import Progress, load_into
 
 
 def corrupt_seed(args: argparse.Namespace) -> None:

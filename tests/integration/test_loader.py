@@ -17,7 +17,7 @@ import torch
 from peerload._process import stop_process, wait_ready_file
 from peerload.adapters import hf
 from peerload.client import CoordinatorClient, SourceStatus
-from peerload.manifest import module_tensors, sha256_of
+from peerload.tensors import module_tensors, sha256_of
 
 REPO = Path(__file__).resolve().parents[2]
 PEERS = Path(__file__).with_name("loader_peers.py")

@@ -24,13 +24,12 @@ from peerload.errors import (  # noqa: E402
     PeerMetadataError,
     TransferCancelled,
 )
-from peerload import transport  # noqa: E402
+from peerload import components  # noqa: E402
+from peerload.components import ComponentSpec  # noqa: E402
 from peerload.transport import (  # noqa: E402
     EndpointInfo,
     ReadOp,
-    TransportSpec,
     create_transport,
-    register_transport,
 )
 
 KINDS = ["nixl", "transfer_engine"]
@@ -228,8 +227,8 @@ def test_in_process_reregister_overlap_cancel_and_deregister(kind):
 def test_unknown_kind_and_missing_package_are_config_errors(monkeypatch):
     with pytest.raises(ConfigError, match="transfer_engine"):
         create_transport("rdma-magic", "x")
-    monkeypatch.setattr(transport, "_REGISTRY", dict(transport._REGISTRY))  # undone after the test
-    register_transport("fake", TransportSpec("peerload_no_such_module", "Fake", "fake-pkg", "fake"))
+    monkeypatch.setitem(components.TRANSPORTS, "fake",  # undone after the test
+                        ComponentSpec("peerload_no_such_module", "Fake", "fake-pkg", "fake"))
     with pytest.raises(MissingExtraError, match=r"peerload\[fake\]"):
         create_transport("fake", "x")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from peerload.coordinator.convert import from_proto, to_proto
+from peerload.wire import identity_from_proto as from_proto
+from peerload.wire import identity_to_proto as to_proto
 from peerload.coordinator.registry import source_id_of
 from peerload.identity import OPTIONAL_HASHED_FIELDS, BackendFramework, SourceIdentity, compute_source_id
 

@@ -12,7 +12,7 @@ from peerload.adapters import hf
 from peerload.adapters.quantize import Int8Linear, quantize_int8
 from peerload.errors import ConfigError
 from peerload.identity import worker_rank
-from peerload.target.selection import order_sources
+from peerload.loader.selection import order_sources
 
 
 @dataclass

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from peerload.errors import ConfigError
-from peerload.transport import ReadOp, prefault, prefault_async, tensor_region
+from peerload.transport import ReadOp, prefault, tensor_region
 from peerload.transport._plan import plan_batches
 
 MiB = 1 << 20
@@ -50,5 +50,3 @@ def test_prefault_keeps_contents_and_counts_bytes():
     before = [t.clone() for t in ts]
     assert prefault(ts, threads=2) >= 20 * MiB
     assert all(torch.equal(a, b) for a, b in zip(ts, before))
-    job = prefault_async([torch.empty(3 * MiB)], threads=1)
-    assert job.wait(10) and job.nbytes >= 3 * MiB

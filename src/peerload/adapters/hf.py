@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from peerload.adapters.quantize import quantize_int8
 from peerload.errors import ConfigError, MissingExtraError
-from peerload.manifest import module_tensors
+from peerload.tensors import module_tensors
 
 # Megatron-style tensor parallelism for Llama/Qwen2-like names: which dim each rank splits.
 _COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "embed_tokens", "lm_head")

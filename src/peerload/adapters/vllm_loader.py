@@ -27,11 +27,11 @@ from vllm.model_executor.model_loader.utils import process_weights_after_loading
 from vllm.model_executor.utils import weights_already_processed
 from vllm.utils.torch_utils import set_default_torch_dtype
 
-from peerload.adapters.vllm import LOAD_FORMAT, live_sources, loader_settings, log
+from peerload.adapters.vllm_support import LOAD_FORMAT, live_sources, loader_settings, log
 from peerload.errors import LoadFailed
 from peerload.identity import BackendFramework, SourceIdentity, worker_rank
-from peerload.manifest import module_tensors
-from peerload.target.loader import LoadResult, TargetLoad
+from peerload.tensors import module_tensors
+from peerload.loader import LoadOptions, LoadResult, TargetLoad
 
 
 @dataclass
@@ -188,8 +188,7 @@ class PeerloadModelLoader(BaseModelLoader):
             log.info("peerload: read %s from disk in %.2fs", model_config.model, time.perf_counter() - started)
             return layout.tensors
 
-        load = TargetLoad(layout.tensors, identity, rank=rank, settings=self.settings, fallback=from_disk,
-                          publish=True, progress=None, worker_id=None)
+        load = TargetLoad(layout.tensors, identity, self.settings, LoadOptions(rank=rank, fallback=from_disk))
         try:
             return load.run()
         except Exception as exc:

@@ -36,7 +36,7 @@ def _specs(args: Args) -> list[TensorSpec]:
 
 
 def _region_sums(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
-    from peerload.manifest import checksums, collect
+    from peerload.tensors import checksums, collect
 
     return checksums(collect(tensors).regions)
 
@@ -166,7 +166,7 @@ def seed(args: Args) -> dict[str, Any]:
 @case
 def target(args: Args) -> dict[str, Any]:
     """A fresh replica: allocate the model, load it from the seed (verified unless told not to)."""
-    from peerload.target.loader import load_into
+    from peerload.loader import load_into
 
     specs = _specs(args)
     started = time.perf_counter()
@@ -183,7 +183,7 @@ def target(args: Args) -> dict[str, Any]:
 def setup(args: Args) -> dict[str, Any]:
     """Setup alone in a fresh process: transport creation, registration, handshake (connect)."""
     from peerload.client import CoordinatorClient, SourceStatus
-    from peerload.manifest import collect
+    from peerload.tensors import collect
     from peerload.seed.publisher import make_transport
     from peerload.transport.base import EndpointInfo
 

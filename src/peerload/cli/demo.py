@@ -52,8 +52,8 @@ def demo(
     # torch-heavy imports per command keep `peerload sources` and friends fast to start.
     from peerload.adapters import hf
     from peerload.coordinator.server import serve
-    from peerload.manifest import collect, sha256_of
-    from peerload.target.loader import copy_into, load_into
+    from peerload.tensors import collect, sha256_of
+    from peerload.loader import PHASES, copy_into, load_into
 
     console = Console()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -105,7 +105,7 @@ def demo(
         table = Table(title="load_into phases")
         table.add_column("phase")
         table.add_column("seconds", justify="right")
-        for phase in ("health", "prepare", "discover", "handshake", "transfer", "verify", "publish", "total"):
+        for phase in (*PHASES, "total"):
             table.add_row(phase, f"{result.seconds.get(phase, 0.0):.3f}")
         console.print(table)
         console.print(f"P2P transfer {result.gbps:.2f} GB/s; empty model + P2P load {p2p_s:.2f}s "

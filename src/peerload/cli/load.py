@@ -16,7 +16,7 @@ from peerload.cli._model_options import (
 )
 
 if TYPE_CHECKING:
-    from peerload.target.loader import LoadResult, Progress
+    from peerload.loader import LoadResult, Progress
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def load(
 ) -> None:
     """Build the model of PATH with empty weights, pull them from a READY peer, verify, publish."""
     from peerload.adapters import hf  # torch-heavy: imported per command to keep the CLI fast
-    from peerload.target.loader import load_into
+    from peerload.loader import load_into
 
     opts = model_options(path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size, quantize)
     settings = settings_for(coordinator, transport, verify_checksums=verify, storage_fallback=fallback,
@@ -70,8 +70,8 @@ def load(
 
 def build_report(result: "LoadResult", transport: str, source_id: str) -> dict:
     """The --report JSON: source, bytes, per-phase seconds, GB/s and per-tensor sha256."""
-    from peerload.manifest import sha256_of
-    from peerload.target.loader import PHASES
+    from peerload.tensors import sha256_of
+    from peerload.loader import PHASES
 
     assert result.tensor_set is not None
     phases = {p: round(result.seconds.get(p, 0.0), 6) for p in (*PHASES, "total")}

@@ -40,8 +40,7 @@ def seed(
     opts = model_options(path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size, quantize)
     settings = settings_for(coordinator, transport)
     # Fail before reading gigabytes from disk if nobody can be told about them.
-    with CoordinatorClient(settings.coordinator, timeout_s=settings.rpc_timeout_s,
-                           retries=settings.rpc_retries) as client:
+    with CoordinatorClient.from_settings(settings) as client:
         client.health_check()
     tensors, _model = hf.seed_tensors(path, quantize=quantize, tp_size=tp_size, tp_rank=tp_rank)
     with publish(tensors, opts.identity, rank=opts.rank, settings=settings, worker_id=worker_id) as pub:

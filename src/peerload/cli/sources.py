@@ -59,8 +59,7 @@ def sources(
 ) -> None:
     """List the source workers the coordinator knows: model, id, worker, rank, status, age, transport."""
     settings = Settings.load(coordinator=coordinator)
-    with CoordinatorClient(settings.coordinator, timeout_s=settings.rpc_timeout_s,
-                           retries=settings.rpc_retries) as client:
+    with CoordinatorClient.from_settings(settings) as client:
         rows = collect(client)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

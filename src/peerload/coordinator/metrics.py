@@ -10,12 +10,8 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from peerload._gen.model_express import p2p_pb2 as pb
 from peerload.coordinator.registry import Registry
-
-
-def _status_name(status: int) -> str:
-    return pb.SourceStatus.Name(status).removeprefix("SOURCE_STATUS_")
+from peerload.wire import status_name
 
 
 class _WorkerCollector(Collector):
@@ -28,7 +24,7 @@ class _WorkerCollector(Collector):
         family = GaugeMetricFamily("peerload_workers", "Workers known to the coordinator, by status",
                                    labels=["model", "status"])
         now = self._registry.now_ms()
-        counts = Counter((e.model_name, _status_name(self._registry.effective_status(e, now)))
+        counts = Counter((e.model_name, status_name(self._registry.effective_status(e, now)))
                          for e in self._registry.store.entries())
         for (model, status), n in sorted(counts.items()):
             family.add_metric([model, status], n)

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 from peerload.coordinator.registry import Registry
-from peerload.coordinator.store.base import StoreUnavailable
+from peerload.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from peerload._gen.model_express import p2p_pb2 as pb
 from peerload.coordinator.store import Heartbeat, Store, WorkerEntry
 from peerload.errors import InvalidRequest
 from peerload.identity import OPTIONAL_HASHED_FIELDS, compute_source_id
+from peerload.wire import SourceStatus
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,9 @@ logger = logging.getLogger(__name__)
 MAX_ID_CHARS = 512
 MAX_NAME_CHARS = 1024
 
-READY = pb.SOURCE_STATUS_READY
-STALE = pb.SOURCE_STATUS_STALE
-INITIALIZING = pb.SOURCE_STATUS_INITIALIZING
+READY = SourceStatus.READY
+STALE = SourceStatus.STALE
+INITIALIZING = SourceStatus.INITIALIZING
 _SETTABLE_STATUSES = (INITIALIZING, READY, STALE)
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from peerload.coordinator.store.base import StoreUnavailable
-from peerload.errors import ConfigError, InvalidRequest, NotFound
+from peerload.errors import ConfigError, InvalidRequest, NotFound, StoreUnavailable
 
 STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,

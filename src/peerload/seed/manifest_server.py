@@ -8,45 +8,8 @@ import grpc
 
 from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
 from peerload.errors import PeerloadError
-from peerload.manifest import Manifest, RegionEntry, TensorEntry
-
-# Manifests of large models (thousands of tensors) exceed gRPC's 4 MiB default.
-MAX_MESSAGE_BYTES = 256 << 20
-
-
-def manifest_to_proto(m: Manifest) -> seed_pb2.Manifest:
-    return seed_pb2.Manifest(
-        worker_id=m.worker_id,
-        mx_source_id=m.source_id,
-        worker_rank=m.worker_rank,
-        checksum_algorithm=m.checksum_algorithm,
-        tensors=[
-            seed_pb2.TensorEntry(name=t.name, shape=t.shape, stride=t.stride, dtype=t.dtype,
-                                 nbytes=t.nbytes, storage_offset=t.storage_offset, region=t.region)
-            for t in m.tensors
-        ],
-        regions=[
-            seed_pb2.RegionEntry(name=r.name, size=r.size, addr=r.addr, device_id=r.device_id,
-                                 checksum=r.checksum)
-            for r in m.regions
-        ],
-    )
-
-
-def manifest_from_proto(p: seed_pb2.Manifest) -> Manifest:
-    return Manifest(
-        worker_id=p.worker_id,
-        source_id=p.mx_source_id,
-        worker_rank=p.worker_rank,
-        checksum_algorithm=p.checksum_algorithm,
-        tensors=[
-            TensorEntry(name=t.name, shape=tuple(t.shape), stride=tuple(t.stride), dtype=t.dtype,
-                        nbytes=t.nbytes, storage_offset=t.storage_offset, region=t.region)
-            for t in p.tensors
-        ],
-        regions=[RegionEntry(name=r.name, size=r.size, addr=r.addr, device_id=r.device_id,
-                             checksum=r.checksum) for r in p.regions],
-    )
+from peerload.manifest import Manifest
+from peerload.wire import MAX_MANIFEST_BYTES, manifest_to_proto
 
 
 class _Servicer(seed_pb2_grpc.SeedServiceServicer):
@@ -67,7 +30,7 @@ class ManifestServer:
     """Serves one manifest on HOST:<free port>; `endpoint` is what goes into WorkerMetadata."""
 
     def __init__(self, manifest: Manifest, host: str = "127.0.0.1", port: int = 0) -> None:
-        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        options = [("grpc.max_send_message_length", MAX_MANIFEST_BYTES),
                    ("grpc.max_receive_message_length", 1 << 20)]
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
         seed_pb2_grpc.add_SeedServiceServicer_to_server(_Servicer(manifest), self._server)
@@ -79,12 +42,3 @@ class ManifestServer:
 
     def stop(self, grace: float = 0.5) -> None:
         self._server.stop(grace).wait()
-
-
-def fetch_manifest(endpoint: str, worker_id: str, timeout_s: float) -> Manifest:
-    """Ask a seed for its manifest; raises grpc.RpcError on failure (the loader wraps it)."""
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-    with grpc.insecure_channel(endpoint, options=options) as channel:
-        stub = seed_pb2_grpc.SeedServiceStub(channel)
-        reply = stub.GetManifest(seed_pb2.GetManifestRequest(worker_id=worker_id), timeout=timeout_s)
-    return manifest_from_proto(reply)

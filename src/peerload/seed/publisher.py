@@ -3,38 +3,23 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 
 import torch
 
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
 from peerload.errors import CoordinatorError
-from peerload.identity import SourceIdentity
-from peerload.manifest import Manifest, TensorSet, checksums, collect
+from peerload.identity import SourceIdentity, new_worker_id
+from peerload.manifest import Manifest
+from peerload.tensors import TensorSet, checksums, collect
 from peerload.seed.manifest_server import ManifestServer
 from peerload.settings import Settings
-from peerload.transport import create_transport
+from peerload.transport import make_transport
 from peerload.transport.base import Transport
 
 log = logging.getLogger(__name__)
-
-
-def new_worker_id(rank: int) -> str:
-    """A readable, unique worker id: host, pid, rank and a random suffix."""
-    return f"{socket.gethostname()}-{os.getpid()}-r{rank}-{uuid.uuid4().hex[:8]}"
-
-
-def make_transport(settings: Settings, name: str) -> Transport:
-    """The configured transport endpoint, reachable at the host peers are told to use."""
-    options: dict[str, object] = {"chunk_bytes": settings.chunk_bytes}
-    if settings.transport == "transfer_engine":
-        options["host"] = settings.advertise_host
-    return create_transport(settings.transport, name=name, **options)
 
 
 class Publisher:
@@ -66,8 +51,7 @@ class Publisher:
         self._closed = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._server: ManifestServer | None = None
-        self._client = CoordinatorClient(settings.coordinator, timeout_s=settings.rpc_timeout_s,
-                                         retries=settings.rpc_retries)
+        self._client = CoordinatorClient.from_settings(settings)
         try:
             self.transport = transport or make_transport(settings, self.worker_id)
             if register:

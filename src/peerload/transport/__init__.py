@@ -1,47 +1,19 @@
 """Transports by name: `create_transport("nixl" | "transfer_engine", name, **options)`.
 
-A third transport is one new module with a `Transport` subclass plus one `_REGISTRY` line.
-Modules are imported only when chosen, so a missing optional package fails at configuration
-time with the pip extra to install, not at `import peerload`.
+A third transport is one new module with a `Transport` subclass plus one line in
+`peerload.components.TRANSPORTS`. Modules are imported only when chosen, so a missing optional
+package fails at configuration time with the pip extra to install, not at `import peerload`.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
 from typing import Any
 
-from peerload.errors import ConfigError, MissingExtraError
-from peerload.transport._memory import Prefault, populate_supported, prefault, prefault_async
+from peerload.components import TRANSPORTS, resolve
+from peerload.errors import ConfigError
+from peerload.settings import Settings
+from peerload.transport._memory import prefault
 from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Region, Transport, tensor_region
-
-
-@dataclass(frozen=True)
-class TransportSpec:
-    """Where a transport lives and what to pip-install when its package is missing."""
-
-    module: str
-    cls: str
-    package: str
-    extra: str
-
-
-_REGISTRY: dict[str, TransportSpec] = {
-    "nixl": TransportSpec("peerload.transport.nixl", "NixlTransport", "nixl-cu12", "nixl"),
-    "transfer_engine": TransportSpec(
-        "peerload.transport.mooncake", "MooncakeTransport", "mooncake-transfer-engine-non-cuda", "mooncake"
-    ),
-}
-
-
-def available_transports() -> list[str]:
-    """Every registered transport kind (installed or not)."""
-    return sorted(_REGISTRY)
-
-
-def register_transport(kind: str, spec: TransportSpec) -> None:
-    """Add or replace a transport kind (plugins, tests)."""
-    _REGISTRY[kind] = spec
 
 
 def transport_class(kind: str) -> type[Transport]:
@@ -51,16 +23,7 @@ def transport_class(kind: str) -> type[Transport]:
         ConfigError: unknown kind.
         MissingExtraError: its package is not installed.
     """
-    spec = _REGISTRY.get(kind)
-    if spec is None:
-        raise ConfigError(f"transport {kind!r} is not supported; choose one of {available_transports()}")
-    try:
-        module = importlib.import_module(spec.module)
-    except MissingExtraError:
-        raise
-    except ImportError as e:
-        raise MissingExtraError(f"the {kind} transport", spec.package, spec.extra) from e
-    return getattr(module, spec.cls)
+    return resolve(TRANSPORTS, kind, "transport")
 
 
 def create_transport(kind: str, name: str, **options: Any) -> Transport:
@@ -80,19 +43,23 @@ def create_transport(kind: str, name: str, **options: Any) -> Transport:
         raise
 
 
+def make_transport(settings: Settings, name: str) -> Transport:
+    """The configured transport endpoint, reachable at the host peers are told to use."""
+    options: dict[str, object] = {"chunk_bytes": settings.chunk_bytes}
+    if settings.transport == "transfer_engine":
+        options["host"] = settings.advertise_host
+    return create_transport(settings.transport, name=name, **options)
+
+
 __all__ = [
     "EndpointInfo",
-    "Prefault",
     "ProgressCallback",
     "ReadOp",
     "Region",
     "Transport",
-    "TransportSpec",
-    "available_transports",
     "create_transport",
-    "populate_supported",
+    "make_transport",
     "prefault",
-    "prefault_async",
-    "register_transport",
     "tensor_region",
+    "transport_class",
 ]

@@ -116,32 +116,3 @@ def prefault(
     for w in workers:
         w.join()
     return total
-
-
-class Prefault:
-    """`prefault` running in the background; `wait()` before reading into the memory."""
-
-    def __init__(self, tensors: Iterable[torch.Tensor], **kwargs: object) -> None:
-        self._tensors = list(tensors)
-        self._error: BaseException | None = None
-        self.nbytes = 0
-        self._thread = threading.Thread(target=self._run, args=(kwargs,), daemon=True)
-        self._thread.start()
-
-    def _run(self, kwargs: dict) -> None:
-        try:
-            self.nbytes = prefault(self._tensors, **kwargs)
-        except BaseException as e:  # re-raised in wait()
-            self._error = e
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until done (True) or `timeout` passes (False); re-raises a failure."""
-        self._thread.join(timeout)
-        if self._error is not None:
-            raise self._error
-        return not self._thread.is_alive()
-
-
-def prefault_async(tensors: Iterable[torch.Tensor], **kwargs: object) -> Prefault:
-    """Start `prefault` in a background thread, e.g. while the agent starts and connects."""
-    return Prefault(tensors, **kwargs)

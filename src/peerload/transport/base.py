@@ -83,9 +83,6 @@ class Transport(ABC):
             TransportError: the peer cannot be reached.
         """
 
-    def forget_peer(self, peer: EndpointInfo) -> None:
-        """Drop cached connection state for `peer` (done automatically after a failed read)."""
-
     @abstractmethod
     def read(
         self,

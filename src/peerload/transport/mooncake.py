@@ -14,12 +14,14 @@ from typing import Any
 import torch
 
 from peerload.errors import (
+    ConfigError,
     MissingExtraError,
     PeerMetadataError,
     TransferCancelled,
     TransferTimeout,
     TransportError,
 )
+from peerload.settings import split_host_port
 from peerload.transport._plan import plan_batches
 from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Region, Transport, tensor_region
 
@@ -58,13 +60,6 @@ def _default_host() -> str:
         return socket.gethostbyname(socket.gethostname())
     except OSError:
         return "127.0.0.1"
-
-
-def _parse_session(session: str) -> tuple[str, int]:
-    host, sep, port = session.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"not a host:port session id: {session!r}")
-    return host, int(port)
 
 
 class MooncakeTransport(Transport):
@@ -169,8 +164,8 @@ class MooncakeTransport(Transport):
         if session is None:
             raise PeerMetadataError(f"peer publishes {peer.transport} metadata, not transfer_engine", who)
         try:
-            _parse_session(session)
-        except ValueError as e:
+            split_host_port(session, what="TransferEngine session id")
+        except ConfigError as e:
             raise PeerMetadataError(str(e), who) from e
         return session
 

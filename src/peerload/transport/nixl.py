@@ -281,10 +281,6 @@ class NixlTransport(Transport):
                 raise TransportError(f"cannot connect over NIXL: {e}", remote) from e
         return remote
 
-    def forget_peer(self, peer: EndpointInfo) -> None:
-        if peer.agent_name:
-            self._drop_peer(peer.agent_name)
-
     def _drop_peer(self, remote: str) -> None:
         if self._peers.pop(remote, None) is None:
             return

@@ -1,22 +1,15 @@
-"""Registry stores: name -> class, built from Settings by `make_store`."""
+"""Registry stores: name -> class (`peerload.components.STORES`), built from Settings by `make_store`."""
 
 from __future__ import annotations
 
-from peerload.coordinator.store.base import Heartbeat, Store, StoreUnavailable, WorkerEntry
+from peerload.components import STORES, resolve
+from peerload.coordinator.store.base import Heartbeat, Store, WorkerEntry
 from peerload.coordinator.store.memory import MemoryStore
-from peerload.errors import ConfigError
-from peerload.settings import STORES, Settings
+from peerload.settings import Settings
 
-__all__ = ["Heartbeat", "MemoryStore", "Store", "StoreUnavailable", "WorkerEntry", "make_store"]
+__all__ = ["Heartbeat", "MemoryStore", "Store", "WorkerEntry", "make_store"]
 
 
 def make_store(settings: Settings) -> Store:
-    """The store named by `settings.store` ("memory" or "redis")."""
-    if settings.store == "memory":
-        return MemoryStore()
-    if settings.store == "redis":
-        # Imported here so the redis client is only needed when chosen.
-        from peerload.coordinator.store.redis import RedisStore
-
-        return RedisStore(settings.redis_url)
-    raise ConfigError(f"store {settings.store!r} is not supported; choose one of {', '.join(STORES)}")
+    """The store named by `settings.store`; each store class takes the settings it needs."""
+    return resolve(STORES, settings.store, "store").from_settings(settings)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from peerload.errors import PeerloadError
+if TYPE_CHECKING:
+    from peerload.settings import Settings
 
-
-class StoreUnavailable(PeerloadError, ConnectionError):
-    """The backing store cannot be reached; maps to UNAVAILABLE."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,11 @@ class Store(ABC):
     @abstractmethod
     def compare_and_delete(self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int) -> bool:
         """Delete only if nothing touched the worker since `expected_updated_at_ms`."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """Build the store from configuration (override when the store needs settings)."""
+        return cls()
 
     def ping(self) -> None:
         """Raise StoreUnavailable if the store cannot serve requests."""

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from peerload.coordinator.store.base import Heartbeat, Store, StoreUnavailable, WorkerEntry
-from peerload.errors import MissingExtraError
+from peerload.coordinator.store.base import Heartbeat, Store, WorkerEntry
+from peerload.errors import MissingExtraError, StoreUnavailable
 
 try:
     import redis
 except ImportError:  # pragma: no cover - depends on the environment
     redis = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from peerload.settings import Settings
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +50,10 @@ return 1
 
 class RedisStore(Store):
     """Entries as Redis hashes; `url` like redis://127.0.0.1:6379/0."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisStore:
+        return cls(settings.redis_url)
 
     def __init__(self, url: str, prefix: str = "peerload", timeout_s: float = 5.0) -> None:
         if redis is None:

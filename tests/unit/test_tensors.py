@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from peerload.errors import ConfigError, LayoutMismatch
-from peerload.manifest import check_layout, checksum, checksums, collect, module_tensors, sha256_of
+from peerload.tensors import check_layout, checksums, collect, module_tensors, sha256_of
 
 
 def test_tied_and_view_tensors_share_one_region():
@@ -44,11 +44,11 @@ def test_module_tensors_include_buffers_and_attached_tensors():
     assert names == {"weight", "bias", "scale", "packed"}
 
 
-def test_checksums_detect_one_flipped_bit_and_agree_with_single():
+def test_checksums_detect_one_flipped_bit_and_agree_across_thread_counts():
     big = torch.randn(300 << 18)  # 300 MiB: several hash slices
     regions = collect({"big": big, "small": torch.arange(5)}).regions
     sums = checksums(regions)
-    assert sums["big"] == checksum(regions["big"]) and sums["small"] == checksum(regions["small"])
+    assert sums == checksums(regions, workers=1)
     regions["big"][123_456_789] ^= 1
     assert checksums(regions)["big"] != sums["big"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from peerload.adapters.vllm import LiveSources, loader_settings
+from peerload.adapters.vllm_support import LiveSources, loader_settings
 from peerload.errors import ConfigError
 
 

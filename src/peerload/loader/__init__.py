@@ -1,0 +1,7 @@
+"""Target side: fill an empty model from peers (or storage), verify it, then publish it."""
+
+from peerload.loader.load import LoadOptions, LoadResult, Progress, TargetLoad, load_into
+from peerload.loader.phases import PHASES
+from peerload.loader.storage import copy_into
+
+__all__ = ["PHASES", "LoadOptions", "LoadResult", "Progress", "TargetLoad", "copy_into", "load_into"]

@@ -1,0 +1,20 @@
+"""The phases of a load, timed into one dict (what `LoadResult.seconds` and reports show)."""
+
+from __future__ import annotations
+
+import time
+
+PHASES = ("health", "prepare", "discover", "handshake", "transfer", "verify", "storage", "publish")
+
+
+class PhaseTimer:
+    """Adds the wall time of a `with` block to `seconds[name]`."""
+
+    def __init__(self, seconds: dict[str, float], name: str) -> None:
+        self.seconds, self.name = seconds, name
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds[self.name] = self.seconds.get(self.name, 0.0) + time.perf_counter() - self.started
