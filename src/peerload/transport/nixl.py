@@ -1,8 +1,7 @@
 """NIXL transport (UCX backend): one-sided READ from a seed's registered memory.
 
-Env this module sets (only where unset) before the first agent exists, see docs/transport.md:
-UCX_MODULES=^ib (else every UCX process segfaults at exit here), NIXL_LOG_LEVEL=WARN (NIXL
-logs INFO to stdout), and UCX_NET_DEVICES=lo when `loopback=True`.
+The UCX environment it needs is set (only where unset) before the first agent exists, by
+`peerload.transport.ucx_env`; see docs/transport.md.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import bisect
 import importlib.util
 import logging
-import os
 import secrets
 import threading
 import time
@@ -29,6 +27,7 @@ from peerload.errors import (
 )
 from peerload.transport._plan import Batch, plan_batches
 from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Region, Transport, tensor_region
+from peerload.transport.ucx_env import apply_ucx_defaults
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +39,6 @@ _NOTIF = b"peerload:"  # prefix of our notifications; b"peerload:done:" ends a r
 # see the env below before it loads.
 if importlib.util.find_spec("nixl_cu12") is None and importlib.util.find_spec("nixl") is None:
     raise ImportError("neither nixl-cu12 nor nixl is installed")
-
-
-def _configure_ucx_env(loopback: bool) -> None:
-    """Set the UCX env these machines need, never overriding what the user set."""
-    os.environ.setdefault("UCX_MODULES", "^ib")
-    # UCX's memory-event hooks cost ~0.4 s per process with torch loaded (they patch every loaded
-    # library); they only serve the registration cache, which we disable with them: NIXL
-    # registers each region once, explicitly, so the cache buys nothing and cannot go stale.
-    os.environ.setdefault("UCX_MEM_EVENTS", "n")
-    os.environ.setdefault("UCX_RCACHE_ENABLE", "n")
-    # NIXL's Python logger prints INFO lines to stdout, which would mix with a program's output.
-    os.environ.setdefault("NIXL_LOG_LEVEL", "WARN")
-    if loopback:
-        os.environ.setdefault("UCX_NET_DEVICES", "lo")
 
 
 def _import_nixl() -> tuple[Any, Any, Any]:
@@ -96,7 +81,7 @@ class NixlTransport(Transport):
         active_linger_s: float = 10.0,
         unique_name: bool = True,
     ) -> None:
-        _configure_ucx_env(loopback)
+        apply_ucx_defaults(loopback=loopback)
         nixl_agent, nixl_agent_config, self._nb = _import_nixl()
         self.name = f"{name}-{secrets.token_hex(4)}" if unique_name else name
         self._chunk_bytes = chunk_bytes

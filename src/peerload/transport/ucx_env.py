@@ -1,0 +1,30 @@
+"""The UCX/NIXL environment these machines need, in one place (the NIXL transport, bench children).
+
+Applied with setdefault before the first agent exists, so what a user set always wins.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+UCX_DEFAULTS = {
+    # Without it every process that made a UCX agent segfaults at exit here (rc 139).
+    "UCX_MODULES": "^ib",
+    # UCX's memory-event hooks cost ~0.4 s per process with torch loaded (they patch every loaded
+    # library); they only serve the registration cache, disabled with them: NIXL registers each
+    # region once, explicitly, so the cache buys nothing and cannot go stale.
+    "UCX_MEM_EVENTS": "n",
+    "UCX_RCACHE_ENABLE": "n",
+    # NIXL's Python logger prints INFO lines to stdout, which would mix with a program's output.
+    "NIXL_LOG_LEVEL": "WARN",
+}
+# Single-host runs: keep UCX on loopback.
+LOOPBACK = {"UCX_NET_DEVICES": "lo"}
+
+
+def apply_ucx_defaults(env: MutableMapping[str, str] | None = None, *, loopback: bool = False) -> None:
+    """Set the defaults (and loopback devices) in `env` (default: os.environ) where unset."""
+    env = os.environ if env is None else env
+    for key, value in {**UCX_DEFAULTS, **(LOOPBACK if loopback else {})}.items():
+        env.setdefault(key, value)
