@@ -9,7 +9,7 @@ VLLM_STAMP := $(VENV_VLLM)/.installed
 # installed without deps next to the few it needs at import time (see shared DESIGN.md).
 MX_DEPS := zstandard huggingface_hub google-crc32c boto3
 
-.PHONY: install system-deps demo test test-fast bench proto vllm-venv clean
+.PHONY: install system-deps demo lint format test test-fast bench proto vllm-venv clean
 
 install: $(STAMP)
 
@@ -34,6 +34,19 @@ $(VLLM_STAMP): pyproject.toml scripts/build_vllm_venv.sh
 
 demo: install
 	$(BIN)/peerload demo
+
+# The quality gate CI runs before the tests: style, formatting, stale stubs, the public API's
+# exports, and the architecture's floors (no upward imports, no cycles; see pyproject.toml).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/gen_proto.py --check
+	$(BIN)/python scripts/check_exports.py
+	$(BIN)/lint-imports
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a silent pass.
 test: install vllm-venv

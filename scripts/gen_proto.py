@@ -36,7 +36,7 @@ def ensure_tools() -> Path:
     if not marker.exists():
         shutil.rmtree(TOOLS_DIR, ignore_errors=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+            [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-warn-conflicts",
              "--target", str(TOOLS_DIR), GRPCIO_TOOLS],
             check=True,
         )

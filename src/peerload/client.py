@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from peerload._gen.model_express import p2p_pb2 as pb
@@ -43,6 +44,7 @@ class CoordinatorClient:
         address: HOST:PORT of the coordinator.
         timeout_s: deadline of each RPC attempt.
         retries: how many times UNAVAILABLE is retried (with backoff 0.2 s, 0.4 s, ... <= 2 s).
+        channel: an already open channel to use instead of one to `address` (tests).
     """
 
     @classmethod
@@ -50,11 +52,12 @@ class CoordinatorClient:
         """A client of `settings.coordinator` with the configured deadline and retries."""
         return cls(settings.coordinator, timeout_s=settings.rpc_timeout_s, retries=settings.rpc_retries)
 
-    def __init__(self, address: str, *, timeout_s: float = 30.0, retries: int = 3) -> None:
+    def __init__(self, address: str, *, timeout_s: float = 30.0, retries: int = 3,
+                 channel: grpc.Channel | None = None) -> None:
         self.address = address
         self._call = Caller(address, timeout_s=timeout_s, retries=retries, error=CoordinatorError,
                             unreachable=CoordinatorUnavailable)
-        self._channel = open_channel(address, MAX_MESSAGE_BYTES)
+        self._channel = channel if channel is not None else open_channel(address, MAX_MESSAGE_BYTES)
         self._stub = pb_grpc.P2pServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

@@ -131,6 +131,14 @@ class ChecksumMismatch(PeerloadError, ValueError):
         super().__init__(f"checksum mismatch from source {source or '?'} in: {shown}{more}")
 
 
+class LeaseRefused(PeerloadError, RuntimeError):
+    """A seed granted no read lease: it is at its reader cap or closing; read from another source."""
+
+    def __init__(self, message: str, *, closing: bool) -> None:
+        self.closing = closing
+        super().__init__(message)
+
+
 class NoSourceAvailable(PeerloadError, LookupError):
     """No READY peer of this identity and rank could provide the weights."""
 

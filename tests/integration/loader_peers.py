@@ -27,7 +27,7 @@ from peerload.loader import Progress, load_into
 
 def corrupt_seed(args: argparse.Namespace) -> None:
     """Publish the model, then flip one byte of one tensor: the target's checksum must catch it."""
-    opts = model_options(Path(args.model_dir), args.name, "", 1, 0, 1, 0, 1, None)
+    opts = model_options(Path(args.model_dir), args.name, None, None, "", 1, 0, 1, 0, 1, None, None)
     tensors, _ = hf.seed_tensors(opts.path, quantize=None, tp_size=1, tp_rank=0)
     settings = Settings.load(env={}, coordinator=args.coord)
     with publish(tensors, opts.identity, settings=settings) as pub:
@@ -43,7 +43,8 @@ def corrupt_seed(args: argparse.Namespace) -> None:
 
 def target(args: argparse.Namespace) -> None:
     """Load in-process; optionally SIGKILL the serving seed on the first bytes; report + generate."""
-    opts = model_options(Path(args.model_dir), args.name, "", args.tp_size, args.tp_rank, 1, 0, 1, args.quantize)
+    opts = model_options(Path(args.model_dir), args.name, None, None, "", args.tp_size, args.tp_rank, 1, 0, 1,
+                         args.quantize, None)
     settings = Settings.load(env={}, coordinator=args.coord, chunk_bytes=args.chunk_bytes,
                              max_source_attempts=3)
     pids = {}

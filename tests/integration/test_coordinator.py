@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
 from peerload.client import CoordinatorClient, SourceStatus, TensorInfo, WorkerInfo
+from peerload.coordinator.server import serve
+from peerload.coordinator.store import MemoryStore
+from peerload.settings import Settings
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import BackendFramework, SourceIdentity
 
@@ -193,6 +196,26 @@ def test_store_outage_is_unavailable_and_not_serving(coordinator_factory: Callab
             client.publish(QWEN, WorkerInfo(rank=0), "w")
         assert url in info.value.details
         assert wait_until(lambda: client.health_check() is False, 3)
+
+
+class _BrokenStore(MemoryStore):
+    """A store with a bug: listing raises an unexpected exception whose text must stay private."""
+
+    def entries(self, mx_source_id: str | None = None) -> list:
+        raise RuntimeError("secret internals: /etc/coordinator/password")
+
+
+def test_internal_errors_give_an_incident_id_not_the_exception_text() -> None:
+    server = serve(Settings.load(env={}, host="127.0.0.1"), port=0, store=_BrokenStore())
+    try:
+        with CoordinatorClient(server.address, timeout_s=5, retries=0) as client:
+            with pytest.raises(CoordinatorError) as info:
+                client.list_sources()
+            assert info.value.code == "INTERNAL" and "incident" in info.value.details
+            assert "secret" not in info.value.details and "RuntimeError" not in info.value.details
+            assert client.health_check()  # one failing RPC does not take the server down
+    finally:
+        server.stop(grace_s=0)
 
 
 def test_hypothesis_random_and_malformed_requests_never_break_the_server(

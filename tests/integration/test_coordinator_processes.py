@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+import socket
+import signal
 import importlib.util
 import json
 import subprocess
@@ -71,7 +74,23 @@ def test_cli_reports_unreachable_coordinator_in_one_line(run_peerload: Callable[
     lines = out.stderr.strip().splitlines()
     assert lines[0].startswith("Error: coordinator at " + address) and "ListSources" in lines[0]
     assert "UNAVAILABLE" in lines[0] and "PEERLOAD_DEBUG=1" in lines[-1]
+    assert f"hint: is `peerload serve` running at {address}?" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_ctrl_c_exits_130_without_a_traceback(free_port: Callable[[], int]) -> None:
+    # A listener that never answers keeps the RPC waiting until SIGINT arrives.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        proc = subprocess.Popen([sys.executable, "-m", "peerload.cli.main", "sources", "--coordinator", address],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
 
 
 def test_two_coordinators_share_redis_and_restart_loses_nothing(redis_url: str,

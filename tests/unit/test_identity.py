@@ -15,7 +15,8 @@ import pytest
 from peerload.wire import identity_from_proto as from_proto
 from peerload.wire import identity_to_proto as to_proto
 from peerload.coordinator.registry import source_id_of
-from peerload.identity import OPTIONAL_HASHED_FIELDS, BackendFramework, SourceIdentity, compute_source_id
+from peerload.errors import ConfigError
+from peerload.identity import OPTIONAL_HASHED_FIELDS, BackendFramework, SourceIdentity, compute_source_id, worker_rank
 
 ORACLE = Path(__file__).resolve().parents[1] / "mx" / "source_ids.py"
 
@@ -124,3 +125,9 @@ def test_proto_round_trip_and_wire_hash(identity: SourceIdentity) -> None:
     message = to_proto(identity)
     assert from_proto(message) == identity
     assert source_id_of(message) == compute_source_id(identity)
+
+
+def test_worker_rank():
+    assert worker_rank(tp_rank=1, pp_rank=2, tp_size=4, pp_size=3) == 9
+    with pytest.raises(ConfigError, match="tp_rank 4"):
+        worker_rank(tp_rank=4, tp_size=4)

@@ -1,14 +1,21 @@
-"""Options shared by `peerload seed` and `peerload load`: identity, parallelism, post-processing."""
+"""Options shared by `peerload seed` and `peerload load`: one definition, one `ModelOptions` value.
+
+`@model_command` adds the shared options to a command's signature (typer reads it) and hands
+the command one validated `ModelOptions` instead of a dozen parameters.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import signal
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -16,32 +23,68 @@ from peerload.errors import ConfigError
 from peerload.identity import SourceIdentity, worker_rank
 from peerload.settings import Settings
 
-PathArg = Annotated[Path, typer.Argument(help="A .safetensors file or a HF-style model directory.")]
-ModelNameOpt = Annotated[str, typer.Option("--model-name", help="Model name of the source identity.")]
-CoordinatorOpt = Annotated[Optional[str], typer.Option("--coordinator", help="Coordinator HOST:PORT.")]
-TransportOpt = Annotated[Optional[str], typer.Option("--transport", help="nixl or transfer_engine.")]
-RevisionOpt = Annotated[str, typer.Option("--revision", help="Model revision (part of the identity).")]
-TpSizeOpt = Annotated[int, typer.Option("--tp-size", min=1, help="Tensor-parallel size.")]
-TpRankOpt = Annotated[int, typer.Option("--tp-rank", min=0, help="This process' tensor-parallel rank.")]
-PpSizeOpt = Annotated[int, typer.Option("--pp-size", min=1, help="Pipeline-parallel size.")]
-PpRankOpt = Annotated[int, typer.Option("--pp-rank", min=0, help="This process' pipeline-parallel rank.")]
-EpSizeOpt = Annotated[int, typer.Option("--ep-size", min=1, help="Expert-parallel size.")]
-QuantizeOpt = Annotated[Optional[str], typer.Option("--quantize", help="Post-processing: int8 (weight-only).")]
-WorkerIdOpt = Annotated[Optional[str], typer.Option("--worker-id", help="Stable worker id (default: generated).")]
-
 
 @dataclass(frozen=True)
 class ModelOptions:
+    """What `seed` and `load` agree on: the checkpoint, its identity and rank, and where to publish."""
+
     path: Path
     identity: SourceIdentity
     rank: int
     tp_size: int
     tp_rank: int
     quantize: str | None
+    coordinator: str | None
+    transport: str | None
+    worker_id: str | None
+
+    def settings(self, **more: Any) -> Settings:
+        """Settings with this command's --coordinator / --transport over env and config."""
+        return Settings.load(coordinator=self.coordinator, transport=self.transport, **more)
 
 
-def model_options(path: Path, model_name: str, revision: str, tp_size: int, tp_rank: int,
-                  pp_size: int, pp_rank: int, ep_size: int, quantize: str | None) -> ModelOptions:
+# name -> (annotation, default); the order is the order of --help.
+_SHARED: dict[str, tuple[Any, Any]] = {
+    "path": (Annotated[Path, typer.Argument(help="A .safetensors file or a HF-style model directory.")],
+             inspect.Parameter.empty),
+    "model_name": (Annotated[str, typer.Option("--model-name", help="Model name of the source identity.")],
+                   inspect.Parameter.empty),
+    "coordinator": (Annotated[Optional[str], typer.Option("--coordinator", help="Coordinator HOST:PORT.")], None),
+    "transport": (Annotated[Optional[str], typer.Option("--transport", help="nixl or transfer_engine.")], None),
+    "revision": (Annotated[str, typer.Option("--revision", help="Model revision (part of the identity).")], ""),
+    "tp_size": (Annotated[int, typer.Option("--tp-size", min=1, help="Tensor-parallel size.")], 1),
+    "tp_rank": (Annotated[int, typer.Option("--tp-rank", min=0, help="This process' tensor-parallel rank.")], 0),
+    "pp_size": (Annotated[int, typer.Option("--pp-size", min=1, help="Pipeline-parallel size.")], 1),
+    "pp_rank": (Annotated[int, typer.Option("--pp-rank", min=0, help="This process' pipeline-parallel rank.")], 0),
+    "ep_size": (Annotated[int, typer.Option("--ep-size", min=1, help="Expert-parallel size.")], 1),
+    "quantize": (Annotated[Optional[str], typer.Option("--quantize", help="Post-processing: int8 (weight-only).")],
+                 None),
+    "worker_id": (Annotated[Optional[str], typer.Option("--worker-id", help="Stable worker id (default: generated).")],
+                  None),
+}
+
+
+def model_command(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command(model: ModelOptions, **own)` the shared options as CLI parameters."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "model"]
+    shared = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=ann)
+              for name, (ann, default) in _SHARED.items()]
+
+    @functools.wraps(command)
+    def run(**values: Any) -> None:
+        command(model=model_options(**{name: values.pop(name) for name in _SHARED}), **values)
+
+    # typer builds the command from the signature: the shared options first, then the command's own.
+    run.__signature__ = inspect.Signature([*shared, *own])  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in (*shared, *own)}
+    del run.__wrapped__  # or inspect.signature would follow it back to `command`
+    return run
+
+
+def model_options(path: Path, model_name: str, coordinator: str | None, transport: str | None, revision: str,
+                  tp_size: int, tp_rank: int, pp_size: int, pp_rank: int, ep_size: int, quantize: str | None,
+                  worker_id: str | None) -> ModelOptions:
+    """Validate the shared options and derive the identity and rank."""
     if not path.exists():
         raise ConfigError(f"{path} does not exist: give a .safetensors file or a model directory")
     if quantize is not None and quantize != "int8":
@@ -56,7 +99,7 @@ def model_options(path: Path, model_name: str, revision: str, tp_size: int, tp_r
         dtype=checkpoint_dtype(path, config), quantization=checkpoint_quantization(config),
     )
     return ModelOptions(path=path, identity=identity, rank=rank, tp_size=tp_size, tp_rank=tp_rank,
-                        quantize=quantize)
+                        quantize=quantize, coordinator=coordinator, transport=transport, worker_id=worker_id)
 
 
 def model_config(path: Path) -> dict:
@@ -82,10 +125,6 @@ def checkpoint_dtype(path: Path, config: dict) -> str:
 def checkpoint_quantization(config: dict) -> str:
     """The checkpoint's own quantization method (config.json quantization_config), or ""."""
     return str((config.get("quantization_config") or {}).get("quant_method", ""))
-
-
-def settings_for(coordinator: str | None, transport: str | None, **more: object) -> Settings:
-    return Settings.load(coordinator=coordinator, transport=transport, **more)
 
 
 def wait_for_signal() -> None:

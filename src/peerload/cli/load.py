@@ -2,18 +2,14 @@
 
 import json
 import logging
-from typing import TYPE_CHECKING
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from peerload.cli._model_options import (
-    CoordinatorOpt, EpSizeOpt, ModelNameOpt, PathArg, PpRankOpt, PpSizeOpt, QuantizeOpt, RevisionOpt,
-    TpRankOpt, TpSizeOpt, TransportOpt, WorkerIdOpt, model_options, settings_for, wait_for_signal,
-)
+from peerload.cli._model_options import ModelOptions, model_command, wait_for_signal
 
 if TYPE_CHECKING:
     from peerload.loader import LoadResult, Progress
@@ -21,19 +17,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@model_command
 def load(
-    path: PathArg,
-    model_name: ModelNameOpt,
-    coordinator: CoordinatorOpt = None,
-    transport: TransportOpt = None,
-    revision: RevisionOpt = "",
-    tp_size: TpSizeOpt = 1,
-    tp_rank: TpRankOpt = 0,
-    pp_size: PpSizeOpt = 1,
-    pp_rank: PpRankOpt = 0,
-    ep_size: EpSizeOpt = 1,
-    quantize: QuantizeOpt = None,
-    worker_id: WorkerIdOpt = None,
+    model: ModelOptions,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write a JSON report here.")] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Verify content checksums.")] = True,
     fallback: Annotated[bool, typer.Option("--fallback/--no-fallback",
@@ -48,18 +34,17 @@ def load(
     from peerload.adapters import hf  # torch-heavy: imported per command to keep the CLI fast
     from peerload.loader import load_into
 
-    opts = model_options(path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size, quantize)
-    settings = settings_for(coordinator, transport, verify_checksums=verify, storage_fallback=fallback,
-                            max_source_attempts=max_sources)
-    destination, from_storage = hf.target_tensors(path, quantize=quantize, tp_size=tp_size, tp_rank=tp_rank)
+    settings = model.settings(verify_checksums=verify, storage_fallback=fallback, max_source_attempts=max_sources)
+    destination, from_storage = hf.target_tensors(model.path, quantize=model.quantize, tp_size=model.tp_size,
+                                                  tp_rank=model.tp_rank)
     console = Console(stderr=True)
     with _progress_bar(console, enabled=progress) as hook:
-        result = load_into(destination, opts.identity, rank=opts.rank, settings=settings,
-                           fallback=from_storage, progress=hook, worker_id=worker_id)
+        result = load_into(destination, model.identity, rank=model.rank, settings=settings,
+                           fallback=from_storage, progress=hook, worker_id=model.worker_id)
     try:
         _print_summary(console, result)
         if report is not None:
-            report.write_text(json.dumps(build_report(result, settings.transport, opts.identity.source_id()),
+            report.write_text(json.dumps(build_report(result, settings.transport, model.identity.source_id()),
                                          indent=2))
         if serve and result.publisher is not None:
             console.print(f"serving as source {result.publisher.worker_id}; SIGTERM to stop")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import typer
 from rich.console import Console
 
+from peerload.cli._errors import hint_for
 from peerload.errors import PeerloadError
+from peerload.settings import debug_enabled
 
 app = typer.Typer(
     name="peerload",
@@ -35,23 +36,30 @@ app.command()(load.load)
 app.command()(bench.bench)
 
 
-def _debug() -> bool:
-    return os.environ.get("PEERLOAD_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; a known peerload error becomes one line on stderr and exit status 1."""
-    logging.basicConfig(level=logging.DEBUG if _debug() else logging.INFO,
+    """Run the CLI; a known peerload error becomes one line and a hint on stderr, exit status 1."""
+    debug = debug_enabled()
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    err = Console(stderr=True, highlight=False)
     try:
         app(args=argv, prog_name="peerload")
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
     except PeerloadError as exc:
-        if _debug():
+        if debug:
             raise
-        err = Console(stderr=True, highlight=False)
         err.print(f"[bold red]Error:[/] {exc}", markup=True, soft_wrap=True)
-        err.print("[dim]hint: set PEERLOAD_DEBUG=1 for the full traceback.[/]")
-        sys.exit(1)
+        hint = hint_for(exc)
+        if hint:
+            err.print(f"[yellow]hint:[/] {hint}", markup=True, soft_wrap=True)
+        err.print("[dim]set PEERLOAD_DEBUG=1 for the full traceback.[/]")
+        sys.exit(EXIT_ERROR)
 
 
 if __name__ == "__main__":

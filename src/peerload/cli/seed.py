@@ -1,35 +1,22 @@
 """`peerload seed PATH`: load a checkpoint from disk and serve it as a READY source until signalled."""
 
 import json
-import os
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from peerload.cli._model_options import ModelOptions, model_command, wait_for_signal
 from peerload.client import CoordinatorClient
-from peerload.cli._model_options import (
-    CoordinatorOpt, EpSizeOpt, ModelNameOpt, PathArg, PpRankOpt, PpSizeOpt, QuantizeOpt, RevisionOpt,
-    TpRankOpt, TpSizeOpt, TransportOpt, WorkerIdOpt, model_options, settings_for, wait_for_signal,
-)
 
 log = logging.getLogger(__name__)
 
 
+@model_command
 def seed(
-    path: PathArg,
-    model_name: ModelNameOpt,
-    coordinator: CoordinatorOpt = None,
-    transport: TransportOpt = None,
-    revision: RevisionOpt = "",
-    tp_size: TpSizeOpt = 1,
-    tp_rank: TpRankOpt = 0,
-    pp_size: PpSizeOpt = 1,
-    pp_rank: PpRankOpt = 0,
-    ep_size: EpSizeOpt = 1,
-    quantize: QuantizeOpt = None,
-    worker_id: WorkerIdOpt = None,
+    model: ModelOptions,
     ready_file: Annotated[Optional[Path], typer.Option(
         "--ready-file", help="Write {worker_id, source_id, rank} as JSON here once READY.")] = None,
 ) -> None:
@@ -37,21 +24,25 @@ def seed(
     from peerload.adapters import hf  # torch-heavy: imported per command to keep the CLI fast
     from peerload.seed.publisher import publish
 
-    opts = model_options(path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size, quantize)
-    settings = settings_for(coordinator, transport)
+    settings = model.settings()
     # Fail before reading gigabytes from disk if nobody can be told about them.
     with CoordinatorClient.from_settings(settings) as client:
         client.health_check()
-    tensors, _model = hf.seed_tensors(path, quantize=quantize, tp_size=tp_size, tp_rank=tp_rank)
-    with publish(tensors, opts.identity, rank=opts.rank, settings=settings, worker_id=worker_id) as pub:
-        typer.echo(f"seeding {model_name} rank {opts.rank}: {len(pub.manifest.tensors)} tensors, "
+    tensors, _model = hf.seed_tensors(model.path, quantize=model.quantize, tp_size=model.tp_size,
+                                      tp_rank=model.tp_rank)
+    with publish(tensors, model.identity, rank=model.rank, settings=settings, worker_id=model.worker_id) as pub:
+        typer.echo(f"seeding {model.identity.model_name} rank {model.rank}: {len(pub.manifest.tensors)} tensors, "
                    f"{pub.manifest.total_bytes / 2**20:.1f} MiB, source {pub.source_id}, "
                    f"worker {pub.worker_id}, transport {pub.transport.kind}, "
                    f"coordinator {settings.coordinator}", err=True)
         if ready_file is not None:
-            tmp = ready_file.with_suffix(ready_file.suffix + ".tmp")
-            tmp.write_text(json.dumps({"worker_id": pub.worker_id, "source_id": pub.source_id,
-                                       "rank": opts.rank, "pid": os.getpid()}))
-            tmp.rename(ready_file)  # atomic: readers never see half a file
+            _write_ready_file(ready_file, {"worker_id": pub.worker_id, "source_id": pub.source_id,
+                                           "rank": model.rank, "pid": os.getpid()})
         wait_for_signal()
         typer.echo("stopping: marking the source STALE", err=True)
+
+
+def _write_ready_file(path: Path, info: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.rename(path)  # atomic: readers never see half a file

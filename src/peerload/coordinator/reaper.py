@@ -22,6 +22,9 @@ class Reaper:
         self._on_health = on_health
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="peerload-reaper", daemon=True)
+
+    def start(self) -> None:
+        """Start reaping every `interval_s` in a background thread."""
         self._thread.start()
 
     def _run(self) -> None:
@@ -46,5 +49,5 @@ class Reaper:
     def close(self) -> None:
         """Stop the thread and wait for it."""
         self._stop.set()
-        if self._thread is not threading.current_thread():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)

@@ -27,22 +27,58 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
 class CoordinatorServer:
-    """A running coordinator. Use `serve(settings)` to build one."""
+    """A coordinator: P2pService, health and metrics over one registry. Use `serve(settings)`."""
 
-    def __init__(self, server: grpc.Server, host: str, port: int, registry: Registry,
-                 health_servicer: health.HealthServicer, reaper: Reaper,
-                 metrics: CoordinatorMetrics | None = None, metrics_port: int | None = None) -> None:
-        self._server = server
-        self.host = host
-        self.port = port
-        self.registry = registry
-        self._health = health_servicer
-        self._reaper = reaper
-        self._metrics = metrics
+    def __init__(self, settings: Settings, store: Store, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 reap_interval_s: float | None = None, max_workers: int = 16) -> None:
+        self.host = settings.host
+        self.port = 0  # bound by start()
         # Port of the Prometheus /metrics endpoint, when one was asked for.
-        self.metrics_port = metrics_port
+        self.metrics_port: int | None = None
+        self.registry = Registry(store, settings.heartbeat_timeout_s, settings.gc_timeout_s)
+        self._metrics = CoordinatorMetrics(self.registry)
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="peerload-rpc"),
+            options=[("grpc.max_receive_message_length", max_message_bytes),
+                     ("grpc.max_send_message_length", max_message_bytes),
+                     # A second server on the same port must fail loudly, not share the port.
+                     ("grpc.so_reuseport", 0)])
+        self._server.add_generic_rpc_handlers(
+            (p2p_handler(P2pServicer(self.registry), observe=self._metrics.observe),))
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        if reap_interval_s is None:
+            reap_interval_s = min(5.0, max(0.05, min(settings.heartbeat_timeout_s, settings.gc_timeout_s) / 4))
+        self._reaper = Reaper(self.registry, reap_interval_s, on_health=self.set_serving)
         self._stopped = threading.Event()
         self._lock = threading.Lock()
+
+    def start(self, port: int, metrics_port: int | None = None) -> None:
+        """Bind HOST:port (0 picks a free one), start serving, reaping and, if asked, /metrics.
+
+        Raises:
+            ConfigError: the address or the metrics port cannot be bound.
+        """
+        self.port = self._bind(port)
+        self._server.start()
+        if metrics_port is not None:
+            try:
+                self.metrics_port = self._metrics.serve_http(self.host, metrics_port)
+            except OSError as exc:
+                raise ConfigError(f"cannot serve metrics on {self.host}:{metrics_port}: {exc}; choose another "
+                                  "--metrics-port") from None
+        self._reaper.start()
+        self.set_serving(True)
+
+    def _bind(self, port: int) -> int:
+        target = f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
+        try:
+            bound = self._server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {target}: {exc}; choose another --port or --host") from None
+        if bound == 0:
+            raise ConfigError(f"cannot listen on {target} (port in use?); choose another --port or --host")
+        return bound
 
     @property
     def address(self) -> str:
@@ -68,8 +104,7 @@ class CoordinatorServer:
             self._health.enter_graceful_shutdown()
             self._server.stop(grace_s).wait()
             self._reaper.close()
-            if self._metrics is not None:
-                self._metrics.close()
+            self._metrics.close()
             self.registry.store.close()
             self._stopped.set()
             logger.info("coordinator on %s stopped", self.address)
@@ -103,49 +138,14 @@ def serve(settings: Settings, *, port: int | None = None, store: Store | None = 
         MissingExtraError: the Redis store was chosen without the `redis` package.
     """
     store_name = settings.store if store is None else type(store).__name__
-    store = store if store is not None else make_store(settings)
-    registry = Registry(store, settings.heartbeat_timeout_s, settings.gc_timeout_s)
-    options = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        # A second server on the same port must fail loudly, not share the port.
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="peerload-rpc"),
-                         options=options)
-    metrics = CoordinatorMetrics(registry)
-    server.add_generic_rpc_handlers((p2p_handler(P2pServicer(registry), observe=metrics.observe),))
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bind_port = settings.port if port is None else port
-    host = settings.host
-    target = f"[{host}]:{bind_port}" if ":" in host else f"{host}:{bind_port}"
+    coordinator = CoordinatorServer(settings, store if store is not None else make_store(settings),
+                                    max_message_bytes=max_message_bytes, reap_interval_s=reap_interval_s,
+                                    max_workers=max_workers)
     try:
-        bound = server.add_insecure_port(target)
-    except RuntimeError as exc:
-        store.close()
-        raise ConfigError(f"cannot listen on {target}: {exc}; choose another --port or --host") from None
-    if bound == 0:
-        store.close()
-        raise ConfigError(f"cannot listen on {target} (port in use?); choose another --port or --host")
-    server.start()
-    bound_metrics = None
-    if metrics_port is not None:
-        try:
-            bound_metrics = metrics.serve_http(host, metrics_port)
-        except OSError as exc:
-            server.stop(0)
-            store.close()
-            raise ConfigError(f"cannot serve metrics on {host}:{metrics_port}: {exc}; choose another "
-                              "--metrics-port") from None
-    if reap_interval_s is None:
-        reap_interval_s = min(5.0, max(0.05, min(settings.heartbeat_timeout_s, settings.gc_timeout_s) / 4))
-    holder: list[CoordinatorServer] = []
-    reaper = Reaper(registry, reap_interval_s, on_health=lambda ok: holder and holder[0].set_serving(ok))
-    coordinator = CoordinatorServer(server, host, bound, registry, health_servicer, reaper, metrics, bound_metrics)
-    holder.append(coordinator)
-    coordinator.set_serving(True)
+        coordinator.start(settings.port if port is None else port, metrics_port)
+    except BaseException:
+        coordinator.stop(grace_s=0)
+        raise
     logger.info("coordinator listening on %s (store=%s, heartbeat_timeout=%ss, gc_timeout=%ss)",
-                coordinator.address, store_name,
-                settings.heartbeat_timeout_s, settings.gc_timeout_s)
+                coordinator.address, store_name, settings.heartbeat_timeout_s, settings.gc_timeout_s)
     return coordinator

@@ -23,6 +23,7 @@ from peerload.errors import (
 )
 from peerload.settings import split_host_port
 from peerload.transport._plan import plan_batches
+from peerload.transport._refcount import RangeUsers
 from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Region, Transport, tensor_region
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,7 @@ class MooncakeTransport(Transport):
         if rc != 0:
             raise TransportError(f"TransferEngine.initialize({self._host!r}, {protocol!r}) returned {rc}")
         self.session_id = f"{self._host}:{self._engine.get_rpc_port()}"
-        self._regs: dict[str, tuple[Region, int]] = {}  # name -> (region, registration address)
-        self._refs: dict[int, int] = {}  # registration address -> names using it
+        self._users: RangeUsers[int] = RangeUsers(self._unregister)  # keyed by registration address
         self._spans: list[tuple[int, int]] = []  # sorted (start, end) of registrations
         self._closed = False
 
@@ -124,32 +124,20 @@ class MooncakeTransport(Transport):
                     f"TransferEngine.batch_register_memory of {len(fresh)} regions returned {rc}"
                 )
         for r in regions:
-            if r.size:
-                self._refs[owner[r.name]] = self._refs.get(owner[r.name], 0) + 1
-            old = self._regs.get(r.name)
-            self._regs[r.name] = (r, owner.get(r.name, 0))
-            if old is not None:  # re-registered name: release its previous range (after the new ref)
-                self._release_range(*old)
+            self._users.use(r.name, owner.get(r.name))
         return regions
 
     def deregister(self, names: Sequence[str]) -> None:
         self._check_open()
         for name in names:
-            entry = self._regs.pop(name, None)
-            if entry is not None:
-                self._release_range(*entry)
+            self._users.forget(name)
 
-    def _release_range(self, r: Region, addr: int) -> None:
-        """Drop one use of the registration at `addr`; unregister it after its last user."""
-        if r.size == 0:
-            return
-        self._refs[addr] -= 1
-        if self._refs[addr] == 0:
-            del self._refs[addr]
-            self._spans = [s for s in self._spans if s[0] != addr]
-            rc = self._engine.unregister_memory(addr)
-            if rc != 0:
-                log.warning("TransferEngine.unregister_memory of %r returned %d", r.name, rc)
+    def _unregister(self, addr: int) -> None:
+        """Unregister the registration starting at `addr` (its last user is gone)."""
+        self._spans = [s for s in self._spans if s[0] != addr]
+        rc = self._engine.unregister_memory(addr)
+        if rc != 0:
+            log.warning("TransferEngine.unregister_memory of 0x%x returned %d", addr, rc)
 
     def endpoint_info(self) -> EndpointInfo:
         self._check_open()
@@ -231,9 +219,8 @@ class MooncakeTransport(Transport):
         if self._closed:
             return
         self._closed = True
-        addrs = list(self._refs)
-        self._regs.clear()
-        self._refs.clear()
+        addrs = self._users.keys()
+        self._users = RangeUsers(self._unregister)
         self._spans = []
         if addrs:
             rc = self._engine.batch_unregister_memory(addrs)

@@ -13,6 +13,7 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from peerload.errors import (
     TransportError,
 )
 from peerload.transport._plan import Batch, plan_batches
+from peerload.transport._refcount import RangeUsers
 from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Region, Transport, tensor_region
 from peerload.transport.ucx_env import apply_ucx_defaults
 
@@ -53,6 +55,36 @@ def _import_nixl() -> tuple[Any, Any, Any]:
         except ImportError as e:
             raise MissingExtraError("the nixl transport", "nixl-cu12", "nixl") from e
     return nixl_agent, nixl_agent_config, _bindings
+
+
+_RangeKey = tuple[int, int, int, bool]  # (addr, size, device_id, is_cuda): one registration
+
+
+def _range_key(region: Region, cuda: bool) -> _RangeKey | None:
+    """The registration a region needs; None for zero bytes (NIXL gains nothing from those)."""
+    return (region.addr, region.size, region.device_id, cuda) if region.size else None
+
+
+@dataclass
+class _ReadState:
+    """One `read` in flight: its batches, the requests posted and not yet done, and its limits."""
+
+    remote: str
+    batches: list[Batch]
+    timeout_s: float
+    deadline: float
+    progress: ProgressCallback | None
+    cancel: threading.Event | None
+    tag: bytes = field(default_factory=lambda: secrets.token_hex(4).encode())  # names this read's notifications
+    next: int = 0  # index of the next batch to post
+    inflight: list[tuple[Any, int]] = field(default_factory=list)  # (handle, bytes)
+
+    def check_alive(self) -> None:
+        """Raise if the caller cancelled or the deadline passed."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise TransferCancelled("read cancelled", self.remote)
+        if time.monotonic() > self.deadline:
+            raise TransferTimeout(f"read not done within {self.timeout_s:g} s", self.remote)
 
 
 class NixlTransport(Transport):
@@ -100,8 +132,7 @@ class NixlTransport(Transport):
             raise TransportError(f"cannot create NIXL agent {self.name!r}: {e}") from e
         if "UCX" not in self._agent.backends:
             raise TransportError(f"NIXL agent {self.name!r} has no UCX backend (plugin missing?)")
-        self._regs: dict[str, tuple[Region, bool]] = {}  # name -> (region, is_cuda)
-        self._reg_refs: dict[tuple[int, int, int, bool], int] = {}  # range -> names using it
+        self._users: RangeUsers[_RangeKey] = RangeUsers(self._deregister_range)
         self._ranges: list[tuple[int, int, bool]] = []  # sorted (start, end, is_cuda)
         self._peers: dict[str, bytes] = {}  # remote agent name -> metadata loaded
         self._serve_thread: threading.Thread | None = None
@@ -113,16 +144,12 @@ class NixlTransport(Transport):
     def register(self, tensors: Mapping[str, torch.Tensor]) -> list[Region]:
         self._check_open()
         regions = [(tensor_region(n, t), t.is_cuda) for n, t in tensors.items()]
+        keys = [_range_key(region, cuda) for region, cuda in regions]
         new: dict[bool, list[tuple[int, int, int]]] = {False: [], True: []}
-        for region, cuda in regions:
-            if region.size == 0:
-                continue  # nothing to read; NIXL gains nothing from a 0-byte registration
-            key = (region.addr, region.size, region.device_id, cuda)
-            if self._reg_refs.get(key, 0) == 0:
-                new[cuda].append(key[:3])
+        for key in dict.fromkeys(k for k in keys if k is not None and not self._users.in_use(k)):
+            new[key[3]].append(key[:3])
         with self._lock:
             for cuda, rows in new.items():
-                rows = list(dict.fromkeys(rows))
                 if not rows:
                     continue
                 descs = self._nb.nixlRegDList(self._mem(cuda), np.array(rows, dtype=np.uint64))
@@ -130,46 +157,27 @@ class NixlTransport(Transport):
                     self._agent.register_memory(descs)
                 except Exception as e:
                     raise TransportError(f"NIXL register_memory of {len(rows)} regions failed: {e}") from e
-        for region, cuda in regions:
-            if region.size:
-                key = (region.addr, region.size, region.device_id, cuda)
-                self._reg_refs[key] = self._reg_refs.get(key, 0) + 1
-            old = self._regs.get(region.name)
-            self._regs[region.name] = (region, cuda)
-            if old is not None:  # re-registered name: release its previous range (after the new ref)
-                self._release_range(*old)
+        for (region, _), key in zip(regions, keys):
+            self._users.use(region.name, key)
         self._rebuild_ranges()
         return [r for r, _ in regions]
 
     def deregister(self, names: Sequence[str]) -> None:
         self._check_open()
         for name in names:
-            self._unref(name)
+            self._users.forget(name)
         self._rebuild_ranges()
 
-    def _unref(self, name: str) -> None:
-        """Forget `name`; deregister its range once no other name uses it."""
-        entry = self._regs.pop(name, None)
-        if entry is not None:
-            self._release_range(*entry)
-
-    def _release_range(self, region: Region, cuda: bool) -> None:
-        if region.size == 0:
-            return
-        key = (region.addr, region.size, region.device_id, cuda)
-        self._reg_refs[key] -= 1
-        if self._reg_refs[key] > 0:
-            return
-        del self._reg_refs[key]
-        descs = self._nb.nixlRegDList(self._mem(cuda), np.array([key[:3]], dtype=np.uint64))
+    def _deregister_range(self, key: _RangeKey) -> None:
+        descs = self._nb.nixlRegDList(self._mem(key[3]), np.array([key[:3]], dtype=np.uint64))
         with self._lock:
             try:
                 self._agent.deregister_memory(descs)
             except Exception as e:
-                log.warning("NIXL deregister of %r failed: %s", region.name, e)
+                log.warning("NIXL deregister of 0x%x+%d failed: %s", key[0], key[1], e)
 
     def _rebuild_ranges(self) -> None:
-        self._ranges = sorted((a, a + n, c) for (a, n, _, c) in self._reg_refs)
+        self._ranges = sorted((a, a + n, c) for (a, n, _, c) in self._users.keys())
 
     def _local_is_cuda(self, addr: int, size: int) -> bool:
         # Walk back from the last range starting at or before `addr`: ranges may overlap.
@@ -293,52 +301,39 @@ class NixlTransport(Transport):
         batches = plan_batches(ops, self._chunk_bytes, key=memory_kinds)
         if not batches:
             return
-        remote = self._connect(peer)
-        tag = secrets.token_hex(4).encode()
-        inflight: list[tuple[Any, int]] = []
+        state = _ReadState(remote=self._connect(peer), batches=batches, timeout_s=timeout_s,
+                           deadline=deadline, progress=progress, cancel=cancel)
         try:
-            self._run_batches(remote, batches, tag, inflight, deadline, timeout_s, progress, cancel)
+            self._run_batches(state)
         except BaseException:
-            self._abort(inflight, remote)
+            self._abort(state.inflight, state.remote)
             raise
 
-    def _run_batches(
-        self,
-        remote: str,
-        batches: list[Batch],
-        tag: bytes,
-        inflight: list[tuple[Any, int]],
-        deadline: float,
-        timeout_s: float,
-        progress: ProgressCallback | None,
-        cancel: threading.Event | None,
-    ) -> None:
-        nxt = 0
-        last = len(batches) - 1
-        while nxt <= last or inflight:
-            if cancel is not None and cancel.is_set():
-                raise TransferCancelled("read cancelled", remote)
-            if time.monotonic() > deadline:
-                raise TransferTimeout(f"read not done within {timeout_s:g} s", remote)
+    def _run_batches(self, read: _ReadState) -> None:
+        last = len(read.batches) - 1
+        while read.next <= last or read.inflight:
+            read.check_alive()
             # The last request carries the "done" notification, so post it only after the rest:
             # a seed may treat that notification as "this reader no longer needs me".
-            while nxt <= last and len(inflight) < self._max_inflight and (nxt < last or not inflight):
-                notif = _NOTIF + (b"done:" if nxt == last else b"xfer:") + tag
-                inflight.append((self._post(remote, batches[nxt], notif), batches[nxt].nbytes))
-                nxt += 1
+            while read.next <= last and len(read.inflight) < self._max_inflight and \
+                    (read.next < last or not read.inflight):
+                notif = _NOTIF + (b"done:" if read.next == last else b"xfer:") + read.tag
+                batch = read.batches[read.next]
+                read.inflight.append((self._post(read.remote, batch, notif), batch.nbytes))
+                read.next += 1
             done: list[int] = []
             with self._lock:
                 pending = []
-                for h, nbytes in inflight:
-                    if self._check(remote, h) == "DONE":
+                for h, nbytes in read.inflight:
+                    if self._check(read.remote, h) == "DONE":
                         h.release()
                         done.append(nbytes)
                     else:
                         pending.append((h, nbytes))
-                inflight[:] = pending
-            if progress is not None:
+                read.inflight[:] = pending
+            if read.progress is not None:
                 for nbytes in done:  # one call per request, outside the lock
-                    progress(nbytes)
+                    read.progress(nbytes)
             if not done:
                 time.sleep(0)  # let the serving thread take the lock between polls
 
@@ -406,8 +401,8 @@ class NixlTransport(Transport):
             self._serve_thread.join(timeout=5)
         for remote in list(self._peers):
             self._drop_peer(remote)
-        for name in list(self._regs):
-            self._unref(name)
+        for name in self._users.names():
+            self._users.forget(name)
         self._ranges = []
         with self._lock:
             self._agent = None  # the agent's destructor releases UCX; must run before exit

@@ -12,15 +12,12 @@ class GetManifestRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
 
 class TensorEntry(_message.Message):
-    __slots__ = ("name", "shape", "stride", "dtype", "nbytes", "addr", "device_id", "checksum", "storage_offset", "region")
+    __slots__ = ("name", "shape", "stride", "dtype", "nbytes", "storage_offset", "region")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     STRIDE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     NBYTES_FIELD_NUMBER: _ClassVar[int]
-    ADDR_FIELD_NUMBER: _ClassVar[int]
-    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
-    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     STORAGE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     name: str
@@ -28,12 +25,9 @@ class TensorEntry(_message.Message):
     stride: _containers.RepeatedScalarFieldContainer[int]
     dtype: str
     nbytes: int
-    addr: int
-    device_id: int
-    checksum: str
     storage_offset: int
     region: str
-    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., nbytes: _Optional[int] = ..., addr: _Optional[int] = ..., device_id: _Optional[int] = ..., checksum: _Optional[str] = ..., storage_offset: _Optional[int] = ..., region: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., nbytes: _Optional[int] = ..., storage_offset: _Optional[int] = ..., region: _Optional[str] = ...) -> None: ...
 
 class RegionEntry(_message.Message):
     __slots__ = ("name", "size", "addr", "device_id", "checksum")
