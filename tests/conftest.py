@@ -48,7 +48,8 @@ def redis_url(redis_server: str) -> str:
 
 @pytest.fixture
 def coordinator_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
-    """make(store="memory"|"redis", port=0, reap_interval_s=None, max_message_bytes=None, metrics_port=None, **settings) -> running CoordinatorServer, stopped after the test."""
+    """make(store="memory"|"redis", port=0, reap_interval_s=None, max_message_bytes=None, metrics_port=None,
+    **settings) -> a running CoordinatorServer, stopped after the test."""
     from peerload.coordinator.server import serve
     from peerload.settings import Settings
 

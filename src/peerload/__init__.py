@@ -36,8 +36,8 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from peerload.client import CoordinatorClient
-    from peerload.seed.publisher import Publisher, publish
     from peerload.loader import LoadResult, load_into
+    from peerload.seed.publisher import Publisher, publish
 
 
 def __getattr__(name: str) -> Any:

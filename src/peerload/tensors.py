@@ -118,7 +118,7 @@ def checksums(regions: Mapping[str, torch.Tensor], workers: int | None = None) -
     with ThreadPoolExecutor(max_workers=workers or torch.get_num_threads() or 2) as pool:
         digests = list(pool.map(lambda job: xxhash.xxh3_64_hexdigest(job[2]), jobs))
     parts: dict[str, list[str]] = {name: [] for name in regions}
-    for (name, _, _), digest in zip(jobs, digests):
+    for (name, _, _), digest in zip(jobs, digests, strict=True):
         parts[name].append(digest)
     return {name: _fold(p) for name, p in parts.items()}
 

@@ -19,10 +19,10 @@ import torch
 
 from peerload.adapters import hf
 from peerload.cli._model_options import model_options
-from peerload.tensors import sha256_of
+from peerload.loader import Progress, load_into
 from peerload.seed.publisher import publish
 from peerload.settings import Settings
-from peerload.loader import Progress, load_into
+from peerload.tensors import sha256_of
 
 
 def corrupt_seed(args: argparse.Namespace) -> None:

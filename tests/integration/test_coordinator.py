@@ -17,9 +17,9 @@ from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
 from peerload.client import CoordinatorClient, SourceStatus, TensorInfo, WorkerInfo
 from peerload.coordinator.server import serve
 from peerload.coordinator.store import MemoryStore
-from peerload.settings import Settings
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import BackendFramework, SourceIdentity
+from peerload.settings import Settings
 
 QWEN = SourceIdentity(model_name="Qwen/Qwen3-0.6B", backend_framework=BackendFramework.VLLM,
                       tensor_parallel_size=2, dtype="bfloat16")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
-import socket
-import signal
 import importlib.util
 import json
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

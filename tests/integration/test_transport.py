@@ -18,14 +18,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # spawned children import the peer bodies by name
 import transport_peers as peers  # noqa: E402
 
+from peerload import components  # noqa: E402
+from peerload.components import ComponentSpec  # noqa: E402
 from peerload.errors import (  # noqa: E402
     ConfigError,
     MissingExtraError,
     PeerMetadataError,
     TransferCancelled,
 )
-from peerload import components  # noqa: E402
-from peerload.components import ComponentSpec  # noqa: E402
 from peerload.transport import (  # noqa: E402
     EndpointInfo,
     ReadOp,
@@ -90,7 +90,7 @@ def test_500_mixed_tensors_arrive_bit_exact_and_large_one_is_chunked(kind, clean
     dst.conn.send({"info": published["info"], "regions": published["regions"]})
     result = dst.recv()
     assert result["ok"], result["tb"]
-    pairs = zip(published["regions"], published["digests"], result["digests"])
+    pairs = zip(published["regions"], published["digests"], result["digests"], strict=True)
     mismatched = [r.name for r, a, b in pairs if a != b]
     assert not mismatched
     total = sum(r.size for r in published["regions"])

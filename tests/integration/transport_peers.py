@@ -105,7 +105,7 @@ def target_main(conn: Connection, kind: str, n: int, seed: int, big_mib: int, op
         got = {"bytes": 0, "calls": 0}
         pause_on_first = msg.get("pause_on_first", False)
 
-        def progress(nbytes: int) -> None:
+        def progress(nbytes: int, got: dict[str, int] = got, pause_on_first: bool = pause_on_first) -> None:
             got["bytes"] += nbytes
             got["calls"] += 1
             if pause_on_first and got["calls"] == 1:  # parent kills the seed mid-transfer here

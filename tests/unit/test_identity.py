@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from peerload.wire import identity_from_proto as from_proto
-from peerload.wire import identity_to_proto as to_proto
 from peerload.coordinator.registry import source_id_of
 from peerload.errors import ConfigError
 from peerload.identity import OPTIONAL_HASHED_FIELDS, BackendFramework, SourceIdentity, compute_source_id, worker_rank
+from peerload.wire import identity_from_proto as from_proto
+from peerload.wire import identity_to_proto as to_proto
 
 ORACLE = Path(__file__).resolve().parents[1] / "mx" / "source_ids.py"
 

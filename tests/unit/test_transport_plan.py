@@ -49,4 +49,4 @@ def test_prefault_keeps_contents_and_counts_bytes():
     ts = [torch.arange(5 * MiB, dtype=torch.int32), torch.empty(0), torch.ones(7, dtype=torch.int8)]
     before = [t.clone() for t in ts]
     assert prefault(ts, threads=2) >= 20 * MiB
-    assert all(torch.equal(a, b) for a, b in zip(ts, before))
+    assert all(torch.equal(a, b) for a, b in zip(ts, before, strict=True))

@@ -30,8 +30,8 @@ from vllm.utils.torch_utils import set_default_torch_dtype
 from peerload.adapters.vllm_support import LOAD_FORMAT, live_sources, loader_settings, log
 from peerload.errors import LoadFailed
 from peerload.identity import BackendFramework, SourceIdentity, worker_rank
-from peerload.tensors import module_tensors
 from peerload.loader import LoadOptions, LoadResult, TargetLoad
+from peerload.tensors import module_tensors
 
 
 @dataclass

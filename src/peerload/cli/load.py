@@ -55,8 +55,8 @@ def load(
 
 def build_report(result: "LoadResult", transport: str, source_id: str) -> dict:
     """The --report JSON: source, bytes, per-phase seconds, GB/s and per-tensor sha256."""
-    from peerload.tensors import sha256_of
     from peerload.loader import PHASES
+    from peerload.tensors import sha256_of
 
     assert result.tensor_set is not None
     phases = {p: round(result.seconds.get(p, 0.0), 6) for p in (*PHASES, "total")}

@@ -8,6 +8,7 @@ import sys
 import typer
 from rich.console import Console
 
+from peerload.cli import bench, demo, load, seed, serve, sources
 from peerload.cli._errors import hint_for
 from peerload.errors import PeerloadError
 from peerload.settings import debug_enabled
@@ -21,13 +22,6 @@ app = typer.Typer(
 )
 
 # One line per command; each module's function of the same name is the command.
-from peerload.cli import serve  # noqa: E402
-from peerload.cli import sources  # noqa: E402
-from peerload.cli import demo  # noqa: E402
-from peerload.cli import seed  # noqa: E402
-from peerload.cli import load  # noqa: E402
-from peerload.cli import bench  # noqa: E402
-
 app.command()(serve.serve)
 app.command()(sources.sources)
 app.command()(demo.demo)

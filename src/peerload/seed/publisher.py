@@ -13,9 +13,9 @@ from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
 from peerload.errors import CoordinatorError
 from peerload.identity import SourceIdentity, new_worker_id
 from peerload.manifest import Manifest
-from peerload.tensors import TensorSet, checksums, collect
 from peerload.seed.manifest_server import ManifestServer
 from peerload.settings import Settings
+from peerload.tensors import TensorSet, checksums, collect
 from peerload.transport import make_transport
 from peerload.transport.base import Transport
 

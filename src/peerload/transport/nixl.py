@@ -157,7 +157,7 @@ class NixlTransport(Transport):
                     self._agent.register_memory(descs)
                 except Exception as e:
                     raise TransportError(f"NIXL register_memory of {len(rows)} regions failed: {e}") from e
-        for (region, _), key in zip(regions, keys):
+        for (region, _), key in zip(regions, keys, strict=True):
             self._users.use(region.name, key)
         self._rebuild_ranges()
         return [r for r, _ in regions]
