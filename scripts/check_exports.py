@@ -17,8 +17,12 @@ def _is_type_checking(node: ast.If) -> bool:
 
 def _imported(nodes: list[ast.stmt]) -> dict[str, str]:
     """name -> module for every `from peerload... import name` among `nodes`."""
-    return {alias.asname or alias.name: node.module or "" for node in nodes if isinstance(node, ast.ImportFrom)
-            and (node.module or "").startswith("peerload") for alias in node.names}
+    return {
+        alias.asname or alias.name: node.module or ""
+        for node in nodes
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("peerload")
+        for alias in node.names
+    }
 
 
 def problems(tree: ast.Module) -> list[str]:
@@ -36,8 +40,10 @@ def problems(tree: ast.Module) -> list[str]:
                 exported = ast.literal_eval(node.value)
     found = []
     if set(exported) != set(eager) | set(lazy):
-        found.append(f"__all__ lacks {sorted(set(eager) | set(lazy) - set(exported))} and has extra "
-                     f"{sorted(set(exported) - set(eager) - set(lazy))}")
+        found.append(
+            f"__all__ lacks {sorted(set(eager) | set(lazy) - set(exported))} and has extra "
+            f"{sorted(set(exported) - set(eager) - set(lazy))}"
+        )
     if typing_only != lazy:
         found.append(f"TYPE_CHECKING imports {typing_only} differ from _LAZY {lazy}")
     if len(exported) != len(set(exported)):

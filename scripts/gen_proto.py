@@ -36,8 +36,18 @@ def ensure_tools() -> Path:
     if not marker.exists():
         shutil.rmtree(TOOLS_DIR, ignore_errors=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-warn-conflicts",
-             "--target", str(TOOLS_DIR), GRPCIO_TOOLS],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-warn-conflicts",
+                "--target",
+                str(TOOLS_DIR),
+                GRPCIO_TOOLS,
+            ],
             check=True,
         )
         marker.touch()
@@ -60,10 +70,19 @@ def generate(out_dir: Path) -> None:
             staged.append(str(target.relative_to(stage_root)))
         env = dict(os.environ, PYTHONPATH=str(tools))
         subprocess.run(
-            [sys.executable, "-m", "grpc_tools.protoc", f"-I{stage_root}",
-             f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}",
-             *staged],
-            check=True, env=env, cwd=stage_root,
+            [
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                f"-I{stage_root}",
+                f"--python_out={out_dir}",
+                f"--pyi_out={out_dir}",
+                f"--grpc_python_out={out_dir}",
+                *staged,
+            ],
+            check=True,
+            env=env,
+            cwd=stage_root,
         )
     gen_root = out_dir / PACKAGE_PREFIX
     for directory in [gen_root, *(p for p in gen_root.rglob("*") if p.is_dir())]:
@@ -71,14 +90,14 @@ def generate(out_dir: Path) -> None:
 
 
 def _tree(root: Path) -> dict[str, Path]:
-    return {str(p.relative_to(root)): p for p in root.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts}
+    return {str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="fail if the committed stubs differ from freshly generated ones")
+    parser.add_argument(
+        "--check", action="store_true", help="fail if the committed stubs differ from freshly generated ones"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -87,8 +106,7 @@ def main() -> int:
         if args.check:
             new, old = _tree(fresh), _tree(GEN_DIR)
             differ = sorted(set(new) ^ set(old))
-            differ += sorted(k for k in set(new) & set(old)
-                             if not filecmp.cmp(new[k], old[k], shallow=False))
+            differ += sorted(k for k in set(new) & set(old) if not filecmp.cmp(new[k], old[k], shallow=False))
             if differ:
                 print("generated stubs are out of date (run `make proto`):", *differ, sep="\n  ")
                 return 1

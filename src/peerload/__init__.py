@@ -47,8 +47,23 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "BackendFramework", "ChecksumMismatch", "ConfigError", "CoordinatorClient", "CoordinatorError",
-    "CoordinatorUnavailable", "LayoutMismatch", "LoadFailed", "LoadResult", "MissingExtraError",
-    "NoSourceAvailable", "PeerloadError", "Publisher", "Settings", "SourceIdentity", "TransportError",
-    "load_into", "publish", "worker_rank",
+    "BackendFramework",
+    "ChecksumMismatch",
+    "ConfigError",
+    "CoordinatorClient",
+    "CoordinatorError",
+    "CoordinatorUnavailable",
+    "LayoutMismatch",
+    "LoadFailed",
+    "LoadResult",
+    "MissingExtraError",
+    "NoSourceAvailable",
+    "PeerloadError",
+    "Publisher",
+    "Settings",
+    "SourceIdentity",
+    "TransportError",
+    "load_into",
+    "publish",
+    "worker_rank",
 ]

@@ -25,8 +25,10 @@ _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 def open_channel(address: str, max_message_bytes: int) -> grpc.Channel:
     """A plaintext channel to `address` whose messages may be up to `max_message_bytes`."""
-    options = [("grpc.max_send_message_length", max_message_bytes),
-               ("grpc.max_receive_message_length", max_message_bytes)]
+    options = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
     return grpc.insecure_channel(address, options=options)
 
 
@@ -42,8 +44,15 @@ class Caller:
             DEADLINE_EXCEEDED); a subclass of `error`, or `error` itself.
     """
 
-    def __init__(self, address: str, *, timeout_s: float, retries: int, error: type[ServiceError],
-                 unreachable: type[ServiceError] | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float,
+        retries: int,
+        error: type[ServiceError],
+        unreachable: type[ServiceError] | None = None,
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
         self.retries = retries
@@ -59,8 +68,14 @@ class Caller:
                 code: grpc.StatusCode = exc.code()
                 details = exc.details() or ""
                 if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
-                    log.debug("%s to %s unavailable (attempt %d), retrying in %.1fs: %s",
-                              rpc, self.address, attempt + 1, delay, details)
+                    log.debug(
+                        "%s to %s unavailable (attempt %d), retrying in %.1fs: %s",
+                        rpc,
+                        self.address,
+                        attempt + 1,
+                        delay,
+                        details,
+                    )
                     time.sleep(delay)
                     delay = min(delay * 2, _BACKOFF_MAX_S)
                     continue

@@ -52,11 +52,13 @@ class CoordinatorClient:
         """A client of `settings.coordinator` with the configured deadline and retries."""
         return cls(settings.coordinator, timeout_s=settings.rpc_timeout_s, retries=settings.rpc_retries)
 
-    def __init__(self, address: str, *, timeout_s: float = 30.0, retries: int = 3,
-                 channel: grpc.Channel | None = None) -> None:
+    def __init__(
+        self, address: str, *, timeout_s: float = 30.0, retries: int = 3, channel: grpc.Channel | None = None
+    ) -> None:
         self.address = address
-        self._call = Caller(address, timeout_s=timeout_s, retries=retries, error=CoordinatorError,
-                            unreachable=CoordinatorUnavailable)
+        self._call = Caller(
+            address, timeout_s=timeout_s, retries=retries, error=CoordinatorError, unreachable=CoordinatorUnavailable
+        )
         self._channel = channel if channel is not None else open_channel(address, MAX_MESSAGE_BYTES)
         self._stub = pb_grpc.P2pServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -79,16 +81,24 @@ class CoordinatorClient:
             CoordinatorError: rejected (e.g. INVALID_ARGUMENT) or failed.
             CoordinatorUnavailable: unreachable after retries.
         """
-        request = pb.PublishMetadataRequest(identity=identity_to_proto(identity), worker=worker_to_proto(worker),
-                                            worker_id=worker_id)
+        request = pb.PublishMetadataRequest(
+            identity=identity_to_proto(identity), worker=worker_to_proto(worker), worker_id=worker_id
+        )
         response = self._call("PublishMetadata", self._stub.PublishMetadata, request)
         if not response.success:
             raise self._call.rejected("PublishMetadata", response.message)
         return response.mx_source_id
 
-    def list_sources(self, identity: SourceIdentity | None = None, *, status: SourceStatus | None = None,
-                     model_name: str | None = None, worker_rank: int | None = None,
-                     min_updated_at: int | None = None, limit: int | None = None) -> list[SourceRef]:
+    def list_sources(
+        self,
+        identity: SourceIdentity | None = None,
+        *,
+        status: SourceStatus | None = None,
+        model_name: str | None = None,
+        worker_rank: int | None = None,
+        min_updated_at: int | None = None,
+        limit: int | None = None,
+    ) -> list[SourceRef]:
         """Workers matching every given filter, newest first (`min_updated_at` in unix ms).
 
         Raises:
@@ -122,15 +132,17 @@ class CoordinatorClient:
             return None
         return record_from_proto(response)
 
-    def update_status(self, source_id: str, worker_id: str, worker_rank: int, status: SourceStatus,
-                      source_load: float | None = None) -> bool:
+    def update_status(
+        self, source_id: str, worker_id: str, worker_rank: int, status: SourceStatus, source_load: float | None = None
+    ) -> bool:
         """Heartbeat; False if the coordinator no longer knows the worker (publish it again).
 
         Raises:
             CoordinatorError, CoordinatorUnavailable: as for `publish`.
         """
-        request = pb.UpdateStatusRequest(mx_source_id=source_id, worker_id=worker_id,
-                                         worker_rank=worker_rank, status=int(status))
+        request = pb.UpdateStatusRequest(
+            mx_source_id=source_id, worker_id=worker_id, worker_rank=worker_rank, status=int(status)
+        )
         if source_load is not None:
             request.source_load = source_load
         response = self._call("UpdateStatus", self._stub.UpdateStatus, request)

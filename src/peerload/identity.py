@@ -105,8 +105,9 @@ def canonical_json(identity: SourceIdentity) -> str:
         "extra_parameters": extra,
         "revision": identity.revision.lower(),
     }
-    payload.update({name: getattr(identity, name).lower() for name in OPTIONAL_HASHED_FIELDS
-                    if getattr(identity, name)})
+    payload.update(
+        {name: getattr(identity, name).lower() for name in OPTIONAL_HASHED_FIELDS if getattr(identity, name)}
+    )
     return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 

@@ -54,8 +54,9 @@ class Manifest:
         return {r.name: r for r in self.regions}
 
 
-def compare_layout(expected: Iterable[TensorEntry], expected_regions: Iterable[RegionEntry],
-                   actual: Manifest) -> list[str]:
+def compare_layout(
+    expected: Iterable[TensorEntry], expected_regions: Iterable[RegionEntry], actual: Manifest
+) -> list[str]:
     """Differences between our layout and a source's, one readable line each (empty = equal)."""
     problems: list[str] = []
     ours = {e.name: e for e in expected}
@@ -70,8 +71,7 @@ def compare_layout(expected: Iterable[TensorEntry], expected_regions: Iterable[R
         a, b = ours[name], theirs[name]
         for attr in ("shape", "stride", "dtype", "nbytes", "storage_offset", "region"):
             if getattr(a, attr) != getattr(b, attr):
-                problems.append(f"{name}: {attr} is {getattr(b, attr)} at the source, "
-                                f"{getattr(a, attr)} here")
+                problems.append(f"{name}: {attr} is {getattr(b, attr)} at the source, {getattr(a, attr)} here")
     our_regions = {r.name: r.size for r in expected_regions}
     their_regions = {r.name: r.size for r in actual.regions}
     for name, size in our_regions.items():

@@ -73,7 +73,6 @@ class Settings:
         return cls(**_coerce_all(values))
 
 
-
 _FIELDS = {f.name: f for f in fields(Settings)}
 # ModelExpress-style JSON keys and what they mean here.
 _MX_JSON_KEYS = {"url": "coordinator", "server_address": "coordinator"}
@@ -84,7 +83,7 @@ def split_host_port(address: str, what: str = "address") -> tuple[str, int]:
     text = address.strip()
     for prefix in ("grpc://", "http://", "dns:///", "dns:", "ipv4:"):
         if text.startswith(prefix):
-            text = text[len(prefix):]
+            text = text[len(prefix) :]
     text = text.rstrip("/")
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -168,7 +167,7 @@ def _from_json_config(config: str | Mapping[str, Any]) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"config is not valid JSON: {exc}") from None
     if not isinstance(config, Mapping):
-        raise ConfigError("config must be a JSON object such as {\"url\": \"host:8001\", \"transport\": \"nixl\"}")
+        raise ConfigError('config must be a JSON object such as {"url": "host:8001", "transport": "nixl"}')
     out: dict[str, Any] = {}
     unknown: list[str] = []
     for key, value in config.items():
@@ -193,8 +192,7 @@ def _validate(s: Settings) -> None:
     if s.store not in STORES:
         raise ConfigError(f"store {s.store!r} is not supported; choose one of {choices(STORES)}")
     split_host_port(s.coordinator, what="coordinator")
-    for name in ("rpc_timeout_s", "heartbeat_interval_s", "heartbeat_timeout_s", "gc_timeout_s",
-                 "transfer_timeout_s"):
+    for name in ("rpc_timeout_s", "heartbeat_interval_s", "heartbeat_timeout_s", "gc_timeout_s", "transfer_timeout_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(s, name)}")
     if s.heartbeat_interval_s >= s.heartbeat_timeout_s:

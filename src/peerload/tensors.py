@@ -36,8 +36,13 @@ class TensorSet:
 
     def manifest(self, checksums: Mapping[str, str] | None = None, **meta: object) -> Manifest:
         regions = [
-            RegionEntry(name=n, size=r.numel(), addr=r.data_ptr() if r.numel() else 0,
-                        device_id=_device_index(r), checksum=(checksums or {}).get(n, ""))
+            RegionEntry(
+                name=n,
+                size=r.numel(),
+                addr=r.data_ptr() if r.numel() else 0,
+                device_id=_device_index(r),
+                checksum=(checksums or {}).get(n, ""),
+            )
             for n, r in self.regions.items()
         ]
         return Manifest(tensors=list(self.entries), regions=regions, **meta)  # type: ignore[arg-type]
@@ -79,8 +84,10 @@ def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
         if not isinstance(t, torch.Tensor):
             raise ConfigError(f"{name!r} is a {type(t).__name__}, not a torch.Tensor")
         if t.is_meta:
-            raise ConfigError(f"tensor {name!r} is on the meta device: materialise the model "
-                              "(e.g. model.to_empty(device='cpu')) before publishing or loading")
+            raise ConfigError(
+                f"tensor {name!r} is on the meta device: materialise the model "
+                "(e.g. model.to_empty(device='cpu')) before publishing or loading"
+            )
         if t.is_sparse or t.layout != torch.strided:
             raise ConfigError(f"tensor {name!r} has layout {t.layout}; only strided tensors can be moved")
         storage = t.untyped_storage()
@@ -89,11 +96,17 @@ def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
             region = name
             region_of_storage[key] = region
             regions[region] = _storage_bytes(storage, t.device)
-        entries.append(TensorEntry(
-            name=name, shape=tuple(t.shape), stride=tuple(t.stride()), dtype=str(t.dtype),
-            nbytes=t.numel() * t.element_size(), storage_offset=t.storage_offset(),
-            region=region_of_storage[key] if storage.nbytes() else name,
-        ))
+        entries.append(
+            TensorEntry(
+                name=name,
+                shape=tuple(t.shape),
+                stride=tuple(t.stride()),
+                dtype=str(t.dtype),
+                nbytes=t.numel() * t.element_size(),
+                storage_offset=t.storage_offset(),
+                region=region_of_storage[key] if storage.nbytes() else name,
+            )
+        )
     return TensorSet(tensors=named, entries=entries, regions=regions)
 
 
@@ -127,7 +140,7 @@ def _slices(flat: torch.Tensor) -> list[memoryview]:
     buf = _as_buffer(flat)
     if len(buf) <= _HASH_SLICE:
         return [buf]
-    return [buf[i:i + _HASH_SLICE] for i in range(0, len(buf), _HASH_SLICE)]
+    return [buf[i : i + _HASH_SLICE] for i in range(0, len(buf), _HASH_SLICE)]
 
 
 def _fold(digests: Sequence[str]) -> str:

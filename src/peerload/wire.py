@@ -21,7 +21,8 @@ from peerload.manifest import Manifest, RegionEntry, TensorEntry
 # A worker's lifecycle status, named after the wire enum `SourceStatus` (SOURCE_STATUS_READY ->
 # READY): the .proto is the one list of statuses.
 SourceStatus = enum.IntEnum(  # type: ignore[misc]
-    "SourceStatus", {name.removeprefix("SOURCE_STATUS_"): value for name, value in pb.SourceStatus.items()})
+    "SourceStatus", {name.removeprefix("SOURCE_STATUS_"): value for name, value in pb.SourceStatus.items()}
+)
 
 
 def status_name(status: int) -> str:
@@ -106,7 +107,7 @@ class WorkerRecord:
 
     @property
     def transport(self) -> str:
-        """"nixl", "transfer_engine" or "" from the backend metadata the worker published."""
+        """ "nixl", "transfer_engine" or "" from the backend metadata the worker published."""
         if self.nixl_metadata is not None:
             return "nixl"
         if self.transfer_engine_session_id is not None:
@@ -120,10 +121,14 @@ class WorkerRecord:
 
 # -- SourceIdentity ----------------------------------------------------------------------------
 
-_STRING_FIELDS = ("mx_version", "model_name", "dtype", "quantization", "revision",
-                  *OPTIONAL_HASHED_FIELDS)
-_INT_FIELDS = ("mx_source_type", "backend_framework", "tensor_parallel_size",
-               "pipeline_parallel_size", "expert_parallel_size")
+_STRING_FIELDS = ("mx_version", "model_name", "dtype", "quantization", "revision", *OPTIONAL_HASHED_FIELDS)
+_INT_FIELDS = (
+    "mx_source_type",
+    "backend_framework",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "expert_parallel_size",
+)
 
 
 def identity_to_proto(identity: SourceIdentity) -> pb.SourceIdentity:
@@ -147,13 +152,19 @@ def identity_from_proto(message: pb.SourceIdentity) -> SourceIdentity:
 
 
 def worker_to_proto(worker: WorkerInfo) -> pb.WorkerMetadata:
-    tensors = [pb.TensorDescriptor(name=t[0], addr=t[1], size=t[2], device_id=t[3], dtype=t[4])
-               for t in (TensorInfo(*t) for t in worker.tensors)]
+    tensors = [
+        pb.TensorDescriptor(name=t[0], addr=t[1], size=t[2], device_id=t[3], dtype=t[4])
+        for t in (TensorInfo(*t) for t in worker.tensors)
+    ]
     message = pb.WorkerMetadata(
-        worker_rank=worker.rank, agent_name=worker.agent_name,
-        worker_grpc_endpoint=worker.worker_grpc_endpoint, metadata_endpoint=worker.metadata_endpoint,
-        accelerator=worker.accelerator, topology=dict(worker.topology),
-        tensor_source=pb.TensorSourceMetadata(tensors=tensors))
+        worker_rank=worker.rank,
+        agent_name=worker.agent_name,
+        worker_grpc_endpoint=worker.worker_grpc_endpoint,
+        metadata_endpoint=worker.metadata_endpoint,
+        accelerator=worker.accelerator,
+        topology=dict(worker.topology),
+        tensor_source=pb.TensorSourceMetadata(tensors=tensors),
+    )
     if worker.nixl_metadata is not None:
         message.nixl_metadata = worker.nixl_metadata
     elif worker.transfer_engine_session_id is not None:
@@ -163,12 +174,17 @@ def worker_to_proto(worker: WorkerInfo) -> pb.WorkerMetadata:
 
 def ref_from_proto(ref: pb.SourceInstanceRef) -> SourceRef:
     return SourceRef(
-        mx_source_id=ref.mx_source_id, worker_id=ref.worker_id, model_name=ref.model_name,
-        worker_rank=ref.worker_rank, accelerator=ref.accelerator, updated_at_ms=ref.updated_at,
+        mx_source_id=ref.mx_source_id,
+        worker_id=ref.worker_id,
+        model_name=ref.model_name,
+        worker_rank=ref.worker_rank,
+        accelerator=ref.accelerator,
+        updated_at_ms=ref.updated_at,
         topology=dict(ref.topology),
         source_load=ref.source_load if ref.HasField("source_load") else None,
         training_step=ref.training_step if ref.HasField("training_step") else None,
-        layout_signature=ref.layout_signature if ref.HasField("layout_signature") else None)
+        layout_signature=ref.layout_signature if ref.HasField("layout_signature") else None,
+    )
 
 
 def record_from_proto(response: pb.GetMetadataResponse) -> WorkerRecord:
@@ -185,15 +201,23 @@ def record_from_proto(response: pb.GetMetadataResponse) -> WorkerRecord:
     except ValueError:
         status = SourceStatus.UNKNOWN
     return WorkerRecord(
-        mx_source_id=response.mx_source_id, worker_id=response.worker_id, rank=worker.worker_rank,
-        status=status, updated_at_ms=worker.updated_at, agent_name=worker.agent_name,
-        worker_grpc_endpoint=worker.worker_grpc_endpoint, metadata_endpoint=worker.metadata_endpoint,
+        mx_source_id=response.mx_source_id,
+        worker_id=response.worker_id,
+        rank=worker.worker_rank,
+        status=status,
+        updated_at_ms=worker.updated_at,
+        agent_name=worker.agent_name,
+        worker_grpc_endpoint=worker.worker_grpc_endpoint,
+        metadata_endpoint=worker.metadata_endpoint,
         accelerator=worker.accelerator,
         nixl_metadata=worker.nixl_metadata if backend == "nixl_metadata" else None,
-        transfer_engine_session_id=(worker.transfer_engine_session_id
-                                    if backend == "transfer_engine_session_id" else None),
+        transfer_engine_session_id=(
+            worker.transfer_engine_session_id if backend == "transfer_engine_session_id" else None
+        ),
         tensors=[TensorInfo(t.name, t.addr, t.size, t.device_id, t.dtype) for t in descriptors],
-        topology=dict(worker.topology), identity=identity)
+        topology=dict(worker.topology),
+        identity=identity,
+    )
 
 
 # -- seed manifest ------------------------------------------------------------------------------
@@ -210,13 +234,19 @@ def manifest_to_proto(m: Manifest) -> seed_pb2.Manifest:
         worker_rank=m.worker_rank,
         checksum_algorithm=m.checksum_algorithm,
         tensors=[
-            seed_pb2.TensorEntry(name=t.name, shape=t.shape, stride=t.stride, dtype=t.dtype,
-                                 nbytes=t.nbytes, storage_offset=t.storage_offset, region=t.region)
+            seed_pb2.TensorEntry(
+                name=t.name,
+                shape=t.shape,
+                stride=t.stride,
+                dtype=t.dtype,
+                nbytes=t.nbytes,
+                storage_offset=t.storage_offset,
+                region=t.region,
+            )
             for t in m.tensors
         ],
         regions=[
-            seed_pb2.RegionEntry(name=r.name, size=r.size, addr=r.addr, device_id=r.device_id,
-                                 checksum=r.checksum)
+            seed_pb2.RegionEntry(name=r.name, size=r.size, addr=r.addr, device_id=r.device_id, checksum=r.checksum)
             for r in m.regions
         ],
     )
@@ -230,10 +260,19 @@ def manifest_from_proto(p: seed_pb2.Manifest) -> Manifest:
         worker_rank=p.worker_rank,
         checksum_algorithm=p.checksum_algorithm,
         tensors=[
-            TensorEntry(name=t.name, shape=tuple(t.shape), stride=tuple(t.stride), dtype=t.dtype,
-                        nbytes=t.nbytes, storage_offset=t.storage_offset, region=t.region)
+            TensorEntry(
+                name=t.name,
+                shape=tuple(t.shape),
+                stride=tuple(t.stride),
+                dtype=t.dtype,
+                nbytes=t.nbytes,
+                storage_offset=t.storage_offset,
+                region=t.region,
+            )
             for t in p.tensors
         ],
-        regions=[RegionEntry(name=r.name, size=r.size, addr=r.addr, device_id=r.device_id,
-                             checksum=r.checksum) for r in p.regions],
+        regions=[
+            RegionEntry(name=r.name, size=r.size, addr=r.addr, device_id=r.device_id, checksum=r.checksum)
+            for r in p.regions
+        ],
     )

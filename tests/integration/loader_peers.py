@@ -43,10 +43,10 @@ def corrupt_seed(args: argparse.Namespace) -> None:
 
 def target(args: argparse.Namespace) -> None:
     """Load in-process; optionally SIGKILL the serving seed on the first bytes; report + generate."""
-    opts = model_options(Path(args.model_dir), args.name, None, None, "", args.tp_size, args.tp_rank, 1, 0, 1,
-                         args.quantize, None)
-    settings = Settings.load(env={}, coordinator=args.coord, chunk_bytes=args.chunk_bytes,
-                             max_source_attempts=3)
+    opts = model_options(
+        Path(args.model_dir), args.name, None, None, "", args.tp_size, args.tp_rank, 1, 0, 1, args.quantize, None
+    )
+    settings = Settings.load(env={}, coordinator=args.coord, chunk_bytes=args.chunk_bytes, max_source_attempts=3)
     pids = {}
     for ready in args.kill_ready:
         info = json.loads(Path(ready).read_text())
@@ -58,13 +58,24 @@ def target(args: argparse.Namespace) -> None:
             os.kill(pids[event.source], signal.SIGKILL)
             killed.append(event.source)
 
-    destination, from_storage = hf.target_tensors(opts.path, quantize=args.quantize, tp_size=args.tp_size,
-                                                  tp_rank=args.tp_rank)
-    result = load_into(destination, opts.identity, rank=opts.rank, settings=settings, fallback=from_storage,
-                       progress=kill_current_source if pids else None)
+    destination, from_storage = hf.target_tensors(
+        opts.path, quantize=args.quantize, tp_size=args.tp_size, tp_rank=args.tp_rank
+    )
+    result = load_into(
+        destination,
+        opts.identity,
+        rank=opts.rank,
+        settings=settings,
+        fallback=from_storage,
+        progress=kill_current_source if pids else None,
+    )
     tensors = result.tensor_set.tensors
-    out = {"source": result.source, "attempts": result.attempts, "killed": killed,
-           "sha256": {n: sha256_of(t) for n, t in tensors.items()}}
+    out = {
+        "source": result.source,
+        "attempts": result.attempts,
+        "killed": killed,
+        "sha256": {n: sha256_of(t) for n, t in tensors.items()},
+    }
     if isinstance(destination, torch.nn.Module):
         out["tokens"] = hf.greedy_tokens(destination)
     else:

@@ -21,11 +21,14 @@ from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import BackendFramework, SourceIdentity
 from peerload.settings import Settings
 
-QWEN = SourceIdentity(model_name="Qwen/Qwen3-0.6B", backend_framework=BackendFramework.VLLM,
-                      tensor_parallel_size=2, dtype="bfloat16")
+QWEN = SourceIdentity(
+    model_name="Qwen/Qwen3-0.6B", backend_framework=BackendFramework.VLLM, tensor_parallel_size=2, dtype="bfloat16"
+)
 LLAMA = SourceIdentity(model_name="meta-llama/Llama-3.1-8B", dtype="bfloat16")
-TENSORS = [TensorInfo("embed.weight", 0x1000, 4096, 0, "torch.bfloat16"),
-           TensorInfo("lm_head.weight", 0x3000, 8192, 0, "torch.bfloat16")]
+TENSORS = [
+    TensorInfo("embed.weight", 0x1000, 4096, 0, "torch.bfloat16"),
+    TensorInfo("lm_head.weight", 0x3000, 8192, 0, "torch.bfloat16"),
+]
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -47,9 +50,15 @@ def test_publish_list_get_update(make: Callable[..., Any]) -> None:
     server = make()
     with CoordinatorClient(server.address, timeout_s=5) as client:
         assert client.health_check()
-        worker = WorkerInfo(rank=1, agent_name="agent-1", nixl_metadata=b"\x00nixl\xff", tensors=TENSORS,
-                            worker_grpc_endpoint="127.0.0.1:9001", accelerator="cpu",
-                            topology={"node": "a"})
+        worker = WorkerInfo(
+            rank=1,
+            agent_name="agent-1",
+            nixl_metadata=b"\x00nixl\xff",
+            tensors=TENSORS,
+            worker_grpc_endpoint="127.0.0.1:9001",
+            accelerator="cpu",
+            topology={"node": "a"},
+        )
         sid = client.publish(QWEN, worker, "w1")
         assert sid == QWEN.source_id()
         (ref,) = client.list_sources()
@@ -118,13 +127,25 @@ def test_bad_input_status_codes_name_the_field(make: Callable[..., Any]) -> None
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.P2pServiceStub(channel)
         cases = [
-            (stub.PublishMetadata, pb.PublishMetadataRequest(identity=pb.SourceIdentity(), worker_id="w",
-                                                             worker=pb.WorkerMetadata()), "identity.model_name"),
-            (stub.PublishMetadata, pb.PublishMetadataRequest(identity=pb.SourceIdentity(model_name="m"),
-                                                             worker=pb.WorkerMetadata()), "worker_id"),
-            (stub.PublishMetadata, pb.PublishMetadataRequest(
-                identity=pb.SourceIdentity(model_name="m", backend_framework=99), worker_id="w",
-                worker=pb.WorkerMetadata()), "identity.backend_framework"),
+            (
+                stub.PublishMetadata,
+                pb.PublishMetadataRequest(identity=pb.SourceIdentity(), worker_id="w", worker=pb.WorkerMetadata()),
+                "identity.model_name",
+            ),
+            (
+                stub.PublishMetadata,
+                pb.PublishMetadataRequest(identity=pb.SourceIdentity(model_name="m"), worker=pb.WorkerMetadata()),
+                "worker_id",
+            ),
+            (
+                stub.PublishMetadata,
+                pb.PublishMetadataRequest(
+                    identity=pb.SourceIdentity(model_name="m", backend_framework=99),
+                    worker_id="w",
+                    worker=pb.WorkerMetadata(),
+                ),
+                "identity.backend_framework",
+            ),
             (stub.ListSources, pb.ListSourcesRequest(status_filter=17), "status_filter"),
             (stub.UpdateStatus, pb.UpdateStatusRequest(mx_source_id="x", worker_id="w", status=8), "status"),
             (stub.GetMetadata, pb.GetMetadataRequest(worker_id="w"), "mx_source_id"),
@@ -172,8 +193,9 @@ def test_client_errors_name_rpc_code_details_and_address(coordinator: Any, free_
             client.health_check()
 
 
-def test_client_retries_until_the_server_comes_up(coordinator_factory: Callable[..., Any],
-                                                  free_port: Callable[[], int]) -> None:
+def test_client_retries_until_the_server_comes_up(
+    coordinator_factory: Callable[..., Any], free_port: Callable[[], int]
+) -> None:
     port = free_port()
     starter = threading.Timer(0.5, lambda: coordinator_factory(port=port))
     starter.start()
@@ -186,8 +208,9 @@ def test_client_retries_until_the_server_comes_up(coordinator_factory: Callable[
         starter.join()
 
 
-def test_store_outage_is_unavailable_and_not_serving(coordinator_factory: Callable[..., Any],
-                                                     free_port: Callable[[], int]) -> None:
+def test_store_outage_is_unavailable_and_not_serving(
+    coordinator_factory: Callable[..., Any], free_port: Callable[[], int]
+) -> None:
     pytest.importorskip("redis")
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     server = coordinator_factory("redis", redis_url=url, heartbeat_timeout_s=0.4, reap_interval_s=0.05)
@@ -219,33 +242,64 @@ def test_internal_errors_give_an_incident_id_not_the_exception_text() -> None:
 
 
 def test_hypothesis_random_and_malformed_requests_never_break_the_server(
-        coordinator_factory: Callable[..., Any]) -> None:
+    coordinator_factory: Callable[..., Any],
+) -> None:
     server = coordinator_factory(max_message_bytes=64 << 10)
     channel = grpc.insecure_channel(server.address)
     stub = pb_grpc.P2pServiceStub(channel)
-    raw = {name: channel.unary_unary(f"/model_express.p2p.P2pService/{name}")
-           for name in ("PublishMetadata", "ListSources", "GetMetadata", "UpdateStatus")}
+    raw = {
+        name: channel.unary_unary(f"/model_express.p2p.P2pService/{name}")
+        for name in ("PublishMetadata", "ListSources", "GetMetadata", "UpdateStatus")
+    }
     allowed = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
     text = st.text(max_size=24)
     enum = st.integers(-3, 12)
-    identities = st.builds(pb.SourceIdentity, model_name=text, mx_version=text, dtype=text,
-                           mx_source_type=enum, backend_framework=enum,
-                           tensor_parallel_size=st.integers(0, 2**32 - 1),
-                           extra_parameters=st.dictionaries(text, text, max_size=3))
-    workers = st.builds(pb.WorkerMetadata, worker_rank=st.integers(0, 2**32 - 1), status=enum,
-                        agent_name=text, nixl_metadata=st.binary(max_size=64),
-                        topology=st.dictionaries(text, text, max_size=2))
+    identities = st.builds(
+        pb.SourceIdentity,
+        model_name=text,
+        mx_version=text,
+        dtype=text,
+        mx_source_type=enum,
+        backend_framework=enum,
+        tensor_parallel_size=st.integers(0, 2**32 - 1),
+        extra_parameters=st.dictionaries(text, text, max_size=3),
+    )
+    workers = st.builds(
+        pb.WorkerMetadata,
+        worker_rank=st.integers(0, 2**32 - 1),
+        status=enum,
+        agent_name=text,
+        nixl_metadata=st.binary(max_size=64),
+        topology=st.dictionaries(text, text, max_size=2),
+    )
     requests = st.one_of(
-        st.tuples(st.just(stub.PublishMetadata), st.builds(pb.PublishMetadataRequest, identity=identities,
-                                                           worker=workers, worker_id=text)),
-        st.tuples(st.just(stub.ListSources), st.builds(
-            pb.ListSourcesRequest, identity=st.one_of(st.none(), identities), status_filter=st.one_of(st.none(), enum),
-            worker_rank_filter=st.one_of(st.none(), st.integers(0, 5)), limit=st.one_of(st.none(), st.integers(0, 3)),
-            min_updated_at=st.one_of(st.none(), st.integers(-2**63, 2**63 - 1)))),
+        st.tuples(
+            st.just(stub.PublishMetadata),
+            st.builds(pb.PublishMetadataRequest, identity=identities, worker=workers, worker_id=text),
+        ),
+        st.tuples(
+            st.just(stub.ListSources),
+            st.builds(
+                pb.ListSourcesRequest,
+                identity=st.one_of(st.none(), identities),
+                status_filter=st.one_of(st.none(), enum),
+                worker_rank_filter=st.one_of(st.none(), st.integers(0, 5)),
+                limit=st.one_of(st.none(), st.integers(0, 3)),
+                min_updated_at=st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+            ),
+        ),
         st.tuples(st.just(stub.GetMetadata), st.builds(pb.GetMetadataRequest, mx_source_id=text, worker_id=text)),
-        st.tuples(st.just(stub.UpdateStatus), st.builds(
-            pb.UpdateStatusRequest, mx_source_id=text, worker_id=text, status=enum,
-            worker_rank=st.integers(0, 9), source_load=st.one_of(st.none(), st.floats(allow_nan=True)))),
+        st.tuples(
+            st.just(stub.UpdateStatus),
+            st.builds(
+                pb.UpdateStatusRequest,
+                mx_source_id=text,
+                worker_id=text,
+                status=enum,
+                worker_rank=st.integers(0, 9),
+                source_load=st.one_of(st.none(), st.floats(allow_nan=True)),
+            ),
+        ),
         st.tuples(st.sampled_from(list(raw.values())), st.binary(max_size=256)),
         st.tuples(st.just(raw["PublishMetadata"]), st.binary(min_size=70 << 10, max_size=70 << 10)),
     )

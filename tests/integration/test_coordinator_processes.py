@@ -27,8 +27,9 @@ def test_official_modelexpress_client_against_peerload_serve(serve_process: Call
         pytest.skip("modelexpress==0.7.0 is not installed; `make install` adds it")
     server = serve_process()
     # The official client runs in its own process: its stubs and ours cannot share one.
-    out = subprocess.run([sys.executable, str(MX_SCENARIO), server.address], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(MX_SCENARIO), server.address], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["published_ids"] == [report["expected_id"]]
@@ -56,9 +57,18 @@ def test_sources_json_and_table(serve_process: Callable[..., Any], run_peerload:
     assert out.returncode == 0, out.stderr
     rows = {row["worker_id"]: row for row in json.loads(out.stdout)}
     assert rows["seed-1"] | {"age_s": 0, "updated_at_ms": 0} == {
-        "model": "Qwen/Qwen3-0.6B", "mx_source_id": sid, "worker_id": "seed-1", "worker_rank": 1,
-        "status": "READY", "updated_at_ms": 0, "age_s": 0, "transport": "nixl", "accelerator": "",
-        "source_load": None, "tensors": 1}
+        "model": "Qwen/Qwen3-0.6B",
+        "mx_source_id": sid,
+        "worker_id": "seed-1",
+        "worker_rank": 1,
+        "status": "READY",
+        "updated_at_ms": 0,
+        "age_s": 0,
+        "transport": "nixl",
+        "accelerator": "",
+        "source_load": None,
+        "tensors": 1,
+    }
     assert rows["seed-0"]["status"] == "INITIALIZING" and rows["seed-0"]["transport"] == "transfer_engine"
     table = run_peerload("sources", env={"PEERLOAD_COORDINATOR": server.address})
     assert table.returncode == 0, table.stderr
@@ -66,8 +76,9 @@ def test_sources_json_and_table(serve_process: Callable[..., Any], run_peerload:
         assert text in table.stdout
 
 
-def test_cli_reports_unreachable_coordinator_in_one_line(run_peerload: Callable[..., Any],
-                                                         free_port: Callable[[], int]) -> None:
+def test_cli_reports_unreachable_coordinator_in_one_line(
+    run_peerload: Callable[..., Any], free_port: Callable[[], int]
+) -> None:
     address = f"127.0.0.1:{free_port()}"
     out = run_peerload("sources", "--coordinator", address, env={"PEERLOAD_RPC_RETRIES": "0"})
     assert out.returncode == 1
@@ -84,8 +95,12 @@ def test_ctrl_c_exits_130_without_a_traceback(free_port: Callable[[], int]) -> N
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         address = f"127.0.0.1:{silent.getsockname()[1]}"
-        proc = subprocess.Popen([sys.executable, "-m", "peerload.cli.main", "sources", "--coordinator", address],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "peerload.cli.main", "sources", "--coordinator", address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(2.0)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -93,8 +108,9 @@ def test_ctrl_c_exits_130_without_a_traceback(free_port: Callable[[], int]) -> N
     assert "Traceback" not in err
 
 
-def test_two_coordinators_share_redis_and_restart_loses_nothing(redis_url: str,
-                                                               serve_process: Callable[..., Any]) -> None:
+def test_two_coordinators_share_redis_and_restart_loses_nothing(
+    redis_url: str, serve_process: Callable[..., Any]
+) -> None:
     args = ("--store", "redis", "--redis-url", redis_url, "--heartbeat-timeout", "30")
     a, b = serve_process(*args), serve_process(*args)
     with CoordinatorClient(a.address, timeout_s=5) as via_a, CoordinatorClient(b.address, timeout_s=5) as via_b:

@@ -28,10 +28,19 @@ def make_llama(directory: Path, *, hidden: int = 64, layers: int = 2, vocab: int
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                         num_attention_heads=max(2, hidden // 32), num_key_value_heads=2, head_dim=32,
-                         max_position_embeddings=256, tie_word_embeddings=True, initializer_range=0.2,
-                         dtype="float32")
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=max(2, hidden // 32),
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+        dtype="float32",
+    )
     LlamaForCausalLM(config).save_pretrained(str(directory))
     return directory
 
@@ -60,9 +69,25 @@ class Seeds:
     def start(self, model: Path, coordinator: str, *extra: str, name: str = NAME) -> dict[str, Any]:
         ready = self.tmp / f"seed-{len(self.procs)}.ready"
         log = open(self.tmp / f"seed-{len(self.procs)}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "peerload.cli.main", "seed", str(model), "--model-name",
-                                 name, "--coordinator", coordinator, "--ready-file", str(ready), *extra],
-                                stdout=log, stderr=log, cwd=REPO)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "peerload.cli.main",
+                "seed",
+                str(model),
+                "--model-name",
+                name,
+                "--coordinator",
+                coordinator,
+                "--ready-file",
+                str(ready),
+                *extra,
+            ],
+            stdout=log,
+            stderr=log,
+            cwd=REPO,
+        )
         self.procs.append(proc)
         info = wait_ready_file(proc, ready, timeout_s=90)
         info["ready_file"] = str(ready)
@@ -82,8 +107,13 @@ def seeds(tmp_path: Path) -> Iterator[Seeds]:
 
 def run_target(tmp: Path, model: Path, coordinator: str, *extra: str, timeout: float = 120) -> dict[str, Any]:
     out = tmp / f"target-{time.monotonic_ns()}.json"
-    proc = subprocess.run([sys.executable, str(PEERS), "target", str(model), NAME, coordinator, str(out), *extra],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, str(PEERS), "target", str(model), NAME, coordinator, str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     report["path"] = out
@@ -102,8 +132,17 @@ def test_p2p_load_is_bit_exact_and_generates_like_disk(coordinator, seeds, model
 def test_cli_load_report_and_new_source(coordinator, seeds, model_dir, disk_model, tmp_path, run_peerload):
     seed = seeds.start(model_dir, coordinator.address)
     report_path = tmp_path / "report.json"
-    proc = run_peerload("load", str(model_dir), "--model-name", NAME, "--coordinator", coordinator.address,
-                        "--report", str(report_path), "--no-progress")
+    proc = run_peerload(
+        "load",
+        str(model_dir),
+        "--model-name",
+        NAME,
+        "--coordinator",
+        coordinator.address,
+        "--report",
+        str(report_path),
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(report_path.read_text())
     assert report["source"] == seed["worker_id"]
@@ -162,7 +201,8 @@ def test_quantized_layout_loads_peer_to_peer(coordinator, seeds, model_dir, tmp_
 
 
 def test_target_without_post_processing_gets_layout_mismatch_then_storage(
-        coordinator, seeds, model_dir, disk_model, tmp_path):
+    coordinator, seeds, model_dir, disk_model, tmp_path
+):
     seeds.start(model_dir, coordinator.address, "--quantize", "int8")
     report = run_target(tmp_path, model_dir, coordinator.address)
     assert report["source"] == "storage"
@@ -190,8 +230,17 @@ def test_coordinator_down(model_dir, tmp_path, free_port, run_peerload):
     address = f"127.0.0.1:{free_port()}"
     report_path = tmp_path / "r.json"
     started = time.monotonic()
-    fell_back = run_peerload("load", str(model_dir), "--model-name", NAME, "--coordinator", address,
-                             "--report", str(report_path), "--no-progress")
+    fell_back = run_peerload(
+        "load",
+        str(model_dir),
+        "--model-name",
+        NAME,
+        "--coordinator",
+        address,
+        "--report",
+        str(report_path),
+        "--no-progress",
+    )
     assert fell_back.returncode == 0, fell_back.stderr
     report = json.loads(report_path.read_text())
     assert report["source"] == "storage" and report["published"] is False
@@ -207,8 +256,17 @@ def test_seed_killed_mid_transfer_completes_from_another(coordinator, seeds, tmp
     big = make_llama(tmp_path / "big", hidden=512, layers=4, vocab=8000)
     a = seeds.start(big, coordinator.address)
     b = seeds.start(big, coordinator.address)
-    report = run_target(tmp_path, big, coordinator.address, "--chunk-bytes", str(1 << 20),
-                        "--kill-ready", a["ready_file"], "--kill-ready", b["ready_file"])
+    report = run_target(
+        tmp_path,
+        big,
+        coordinator.address,
+        "--chunk-bytes",
+        str(1 << 20),
+        "--kill-ready",
+        a["ready_file"],
+        "--kill-ready",
+        b["ready_file"],
+    )
     assert len(report["killed"]) == 1, "the first source should have been killed mid-transfer"
     assert report["source"] not in ("storage", report["killed"][0])
     assert any(report["killed"][0] in a and "TransportError" in a for a in report["attempts"]), report["attempts"]
@@ -218,8 +276,10 @@ def test_seed_killed_mid_transfer_completes_from_another(coordinator, seeds, tmp
 def test_flipped_byte_is_caught_by_checksum(coordinator, model_dir, disk_model, tmp_path):
     ready = tmp_path / "corrupt.ready"
     tensor = "model.layers.0.mlp.up_proj.weight"
-    proc = subprocess.Popen([sys.executable, str(PEERS), "corrupt-seed", str(model_dir), NAME, coordinator.address,
-                             str(ready), tensor], cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, str(PEERS), "corrupt-seed", str(model_dir), NAME, coordinator.address, str(ready), tensor],
+        cwd=REPO,
+    )
     try:
         wait_ready_file(proc, ready, timeout_s=90)
         report = run_target(tmp_path, model_dir, coordinator.address)
@@ -236,14 +296,26 @@ def test_bare_safetensors_file_and_sharded_directory(coordinator, seeds, tmp_pat
     from transformers import LlamaForCausalLM
 
     # A bare file (no config.json): its tensors are the model, names and all.
-    raw = {"a.weight": torch.randn(64, 32), "b.bias": torch.arange(7, dtype=torch.int64),
-           "c": torch.randn(3, 5).to(torch.bfloat16)}
+    raw = {
+        "a.weight": torch.randn(64, 32),
+        "b.bias": torch.arange(7, dtype=torch.int64),
+        "c": torch.randn(3, 5).to(torch.bfloat16),
+    }
     file = tmp_path / "weights.safetensors"
     save_file(raw, str(file))
     seed = seeds.start(file, coordinator.address, name="test/raw")
     report_path = tmp_path / "raw.json"
-    proc = run_peerload("load", str(file), "--model-name", "test/raw", "--coordinator", coordinator.address,
-                        "--report", str(report_path), "--no-progress")
+    proc = run_peerload(
+        "load",
+        str(file),
+        "--model-name",
+        "test/raw",
+        "--coordinator",
+        coordinator.address,
+        "--report",
+        str(report_path),
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(report_path.read_text())
     assert report["source"] == seed["worker_id"] and report["sha256"] == hashes(raw)

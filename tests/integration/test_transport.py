@@ -107,15 +107,23 @@ def test_500_mixed_tensors_arrive_bit_exact_and_large_one_is_chunked(kind, clean
 
 def _failed_read_then_reuse(kind: str, cleanup, *, during: bool) -> None:
     n, seed, big = 60, 11, 32
-    dst = start(cleanup, peers.target_main, kind, n, seed, big, {"chunk_bytes": 1 << 20, "max_inflight": 1}
-                if kind == "nixl" else {"chunk_bytes": 1 << 20})
+    dst = start(
+        cleanup,
+        peers.target_main,
+        kind,
+        n,
+        seed,
+        big,
+        {"chunk_bytes": 1 << 20, "max_inflight": 1} if kind == "nixl" else {"chunk_bytes": 1 << 20},
+    )
     doomed = start(cleanup, peers.seed_main, kind, n, seed, big)
     published = doomed.recv()
     assert dst.recv() == "ready"
     if not during:
         doomed.kill()
-    dst.conn.send({"info": published["info"], "regions": published["regions"], "timeout_s": 20,
-                   "pause_on_first": during})
+    dst.conn.send(
+        {"info": published["info"], "regions": published["regions"], "timeout_s": 20, "pause_on_first": during}
+    )
     if during:
         assert dst.recv() == "paused"
         doomed.kill()
@@ -182,11 +190,14 @@ def test_non_contiguous_refused_and_bad_metadata_rejected(kind):
         a.register({"dst": dst})
         real = b.endpoint_info()
         bad = [
-            EndpointInfo("x", nixl_metadata=b"garbage" * 9) if kind == "nixl"
+            EndpointInfo("x", nixl_metadata=b"garbage" * 9)
+            if kind == "nixl"
             else EndpointInfo("x", transfer_engine_session_id="no-port-here"),
-            EndpointInfo("x", nixl_metadata=b"") if kind == "nixl"
+            EndpointInfo("x", nixl_metadata=b"")
+            if kind == "nixl"
             else EndpointInfo("x", transfer_engine_session_id="127.0.0.1:99999"),
-            EndpointInfo("x", nixl_metadata=b"{}") if other == "nixl"
+            EndpointInfo("x", nixl_metadata=b"{}")
+            if other == "nixl"
             else EndpointInfo("x", transfer_engine_session_id="127.0.0.1:1"),  # other transport's kind
         ]
         if kind == "nixl":
@@ -203,14 +214,16 @@ def test_non_contiguous_refused_and_bad_metadata_rejected(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_in_process_reregister_overlap_cancel_and_deregister(kind):
     src = torch.arange(1 << 20, dtype=torch.int32)  # 4 MiB
-    with create_transport(kind, "seed", loopback=True) as seed, \
-            create_transport(kind, "target", loopback=True, chunk_bytes=1 << 20) as target:
+    with (
+        create_transport(kind, "seed", loopback=True) as seed,
+        create_transport(kind, "target", loopback=True, chunk_bytes=1 << 20) as target,
+    ):
         (region,) = seed.register({"src": src})
         info = seed.endpoint_info()
         flat = torch.zeros(2 << 20, dtype=torch.int32)
         target.register({"flat": flat})
         target.register({"flat": flat})  # same name again: must stay registered
-        view = flat[1 << 20:]
+        view = flat[1 << 20 :]
         (local,) = target.register({"view": view})  # overlaps "flat"
         seen: list[int] = []
         target.read(info, [ReadOp(region.addr, local.addr, region.size)], timeout_s=20, progress=seen.append)
@@ -227,15 +240,19 @@ def test_in_process_reregister_overlap_cancel_and_deregister(kind):
 def test_unknown_kind_and_missing_package_are_config_errors(monkeypatch):
     with pytest.raises(ConfigError, match="transfer_engine"):
         create_transport("rdma-magic", "x")
-    monkeypatch.setitem(components.TRANSPORTS, "fake",  # undone after the test
-                        ComponentSpec("peerload_no_such_module", "Fake", "fake-pkg", "fake"))
+    monkeypatch.setitem(
+        components.TRANSPORTS,
+        "fake",  # undone after the test
+        ComponentSpec("peerload_no_such_module", "Fake", "fake-pkg", "fake"),
+    )
     with pytest.raises(MissingExtraError, match=r"peerload\[fake\]"):
         create_transport("fake", "x")
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(("kind", "shadowed", "extra"), [("transfer_engine", "mooncake", "mooncake"),
-                                                         ("nixl", "nixl_cu12", "nixl")])
+@pytest.mark.parametrize(
+    ("kind", "shadowed", "extra"), [("transfer_engine", "mooncake", "mooncake"), ("nixl", "nixl_cu12", "nixl")]
+)
 def test_missing_package_names_pip_extra(kind, shadowed, extra, tmp_path):
     # A package on PYTHONPATH that fails to import stands in for one that is not installed.
     (tmp_path / shadowed).mkdir()

@@ -29,8 +29,11 @@ SERVED_NAME = "peerload-test/tiny-llama"
 
 pytestmark = [
     pytest.mark.vllm,
-    pytest.mark.skipif(not VLLM_PY.exists(), reason=".venv-vllm is missing: run `make vllm-venv` "
-                       "(bash scripts/build_vllm_venv.sh .venv-vllm); `make test` builds it first"),
+    pytest.mark.skipif(
+        not VLLM_PY.exists(),
+        reason=".venv-vllm is missing: run `make vllm-venv` "
+        "(bash scripts/build_vllm_venv.sh .venv-vllm); `make test` builds it first",
+    ),
 ]
 
 
@@ -38,8 +41,14 @@ def vllm_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PEERLOAD_", "VLLM_"))}
     env.pop("MODEL_EXPRESS_URL", None)
     env.pop("MX_SERVER_ADDRESS", None)
-    env.update(HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0",
-               TOKENIZERS_PARALLELISM="false", UCX_MODULES="^ib", UCX_NET_DEVICES="lo")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        VLLM_CPU_KVCACHE_SPACE="1",
+        VLLM_ENABLE_V1_MULTIPROCESSING="0",
+        TOKENIZERS_PARALLELISM="false",
+        UCX_MODULES="^ib",
+        UCX_NET_DEVICES="lo",
+    )
     env.update(extra)
     return env
 
@@ -65,15 +74,32 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=1000, special_tokens=["<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
-                                                     eos_token="</s>", pad_token="<pad>")
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=1000,
+            special_tokens=["<s>", "</s>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     config = transformers.LlamaConfig(
-        vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=256,
-        bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False, torch_dtype="float32")
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=256,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():
@@ -101,22 +127,30 @@ def hf_tokens(tiny_llama: dict[str, Any]) -> list[list[int]]:
     out = []
     with torch.no_grad():
         for ids in tiny_llama["prompts"]:
-            gen = model.generate(torch.tensor([ids]), max_new_tokens=MAX_TOKENS, min_new_tokens=MAX_TOKENS,
-                                 do_sample=False, pad_token_id=2)
-            out.append(gen[0, len(ids):].tolist())
-    assert len({tuple(t) for t in out}) > 1 and all(len(set(t)) > 2 for t in out), \
+            gen = model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=MAX_TOKENS,
+                min_new_tokens=MAX_TOKENS,
+                do_sample=False,
+                pad_token_id=2,
+            )
+            out.append(gen[0, len(ids) :].tolist())
+    assert len({tuple(t) for t in out}) > 1 and all(len(set(t)) > 2 for t in out), (
         f"degenerate reference output, pick other weights: {out}"
+    )
     return out
 
 
 # -- vLLM processes ------------------------------------------------------------------------------
 
 
-def run_generate(model: Path, prompts: list[list[int]], *, timeout: float = 240, env: dict[str, str],
-                 **args: Any) -> subprocess.CompletedProcess[str]:
+def run_generate(
+    model: Path, prompts: list[list[int]], *, timeout: float = 240, env: dict[str, str], **args: Any
+) -> subprocess.CompletedProcess[str]:
     payload = json.dumps({"model": str(model), "prompts": prompts, "max_tokens": MAX_TOKENS, **args})
-    return subprocess.run([str(VLLM_PY), str(GENERATE), payload], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(
+        [str(VLLM_PY), str(GENERATE), payload], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    )
 
 
 def tokens_of(proc: subprocess.CompletedProcess[str]) -> list[list[int]]:
@@ -128,18 +162,45 @@ def tokens_of(proc: subprocess.CompletedProcess[str]) -> list[list[int]]:
 class ApiServer:
     """`python -m vllm.entrypoints.openai.api_server` as a subprocess (vllm-cpu lacks `vllm serve`)."""
 
-    def __init__(self, model: Path, port: int, extra_config: dict[str, Any], log_path: Path,
-                 env: dict[str, str]) -> None:
+    def __init__(
+        self, model: Path, port: int, extra_config: dict[str, Any], log_path: Path, env: dict[str, str]
+    ) -> None:
         self.port = port
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-             "--served-model-name", SERVED_NAME, "--load-format", "peerload",
-             "--model-loader-extra-config", json.dumps(extra_config), "--dtype", "float32",
-             "--enforce-eager", "--max-model-len", "128", "--max-num-seqs", "4", "--seed", "0",
-             "--host", "127.0.0.1", "--port", str(port)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+            [
+                str(VLLM_PY),
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                str(model),
+                "--served-model-name",
+                SERVED_NAME,
+                "--load-format",
+                "peerload",
+                "--model-loader-extra-config",
+                json.dumps(extra_config),
+                "--dtype",
+                "float32",
+                "--enforce-eager",
+                "--max-model-len",
+                "128",
+                "--max-num-seqs",
+                "4",
+                "--seed",
+                "0",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+            start_new_session=True,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -161,10 +222,19 @@ class ApiServer:
     def complete(self, prompts: list[list[int]]) -> list[list[int]]:
         out = []
         for ids in prompts:
-            body = json.dumps({"model": SERVED_NAME, "prompt": ids, "max_tokens": MAX_TOKENS,
-                               "temperature": 0.0, "ignore_eos": True, "return_token_ids": True}).encode()
-            req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
+            body = json.dumps(
+                {
+                    "model": SERVED_NAME,
+                    "prompt": ids,
+                    "max_tokens": MAX_TOKENS,
+                    "temperature": 0.0,
+                    "ignore_eos": True,
+                    "return_token_ids": True,
+                }
+            ).encode()
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{self.port}/v1/completions", data=body, headers={"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(req, timeout=60) as r:
                 out.append(json.loads(r.read())["choices"][0]["token_ids"])
         return out
@@ -231,8 +301,9 @@ for bad in ({"coordinator": "10.0.0.1:9000", "bogus_key": 1}, {"transport": "car
         raise AssertionError(f"{bad} was accepted")
 print("OK")
 """
-    proc = subprocess.run([str(VLLM_PY), "-c", script], capture_output=True, text=True, timeout=120,
-                          env=vllm_env(), cwd=REPO)
+    proc = subprocess.run(
+        [str(VLLM_PY), "-c", script], capture_output=True, text=True, timeout=120, env=vllm_env(), cwd=REPO
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     errors = [ln for ln in proc.stdout.splitlines() if ln.startswith("ERROR:")]
     assert "--model-loader-extra-config" in errors[0] and "'bogus_key'" in errors[0], errors
@@ -242,17 +313,23 @@ print("OK")
 
 def test_no_weights_and_no_peer_is_one_clear_error(tiny_llama: dict[str, Any], coordinator: Any) -> None:
     """A bare model directory and nobody serving that model: one error naming both causes."""
-    proc = run_generate(tiny_llama["bare"], tiny_llama["prompts"], load_format="peerload",
-                        extra_config={"coordinator": coordinator.address},
-                        served_model_name="peerload-test/nobody-serves-this", env=vllm_env())
+    proc = run_generate(
+        tiny_llama["bare"],
+        tiny_llama["prompts"],
+        load_format="peerload",
+        extra_config={"coordinator": coordinator.address},
+        served_model_name="peerload-test/nobody-serves-this",
+        env=vllm_env(),
+    )
     assert proc.returncode != 0
     message = [ln for ln in proc.stderr.splitlines() if "could not load peerload-test/nobody-serves-this" in ln]
     assert message, proc.stderr[-6000:]
     assert "no usable peer" in message[-1] and "Cannot find any model weights" in message[-1], message[-1]
 
 
-def test_seed_from_disk_then_target_from_peer(tiny_llama: dict[str, Any], hf_tokens: list[list[int]],
-                                             coordinator: Any, api_server: Any, free_port: Any) -> None:
+def test_seed_from_disk_then_target_from_peer(
+    tiny_llama: dict[str, Any], hf_tokens: list[list[int]], coordinator: Any, api_server: Any, free_port: Any
+) -> None:
     """A: API server (multiprocessing on) loads from disk and publishes; B: bare dir, loads from A."""
     from peerload.client import CoordinatorClient, SourceStatus
     from peerload.identity import BackendFramework, SourceIdentity
@@ -261,21 +338,27 @@ def test_seed_from_disk_then_target_from_peer(tiny_llama: dict[str, Any], hf_tok
     seed = api_server(tiny_llama["full"], free_port(), extra, VLLM_ENABLE_V1_MULTIPROCESSING="1")
     seed.wait_ready(timeout=180)
     # Multiprocessing on: the entry point must have registered the loader inside the worker process.
-    assert re.search(r"\((?:VllmWorker|Worker)[^)]*\).*Registered model loader .*`peerload`", seed.log()), \
-        seed.log()[-4000:]
+    assert re.search(r"\((?:VllmWorker|Worker)[^)]*\).*Registered model loader .*`peerload`", seed.log()), seed.log()[
+        -4000:
+    ]
     assert re.search(r"\((?:VllmWorker|Worker)[^)]*\).*peerload: .* from storage .*serving as source", seed.log())
     seed_tokens = seed.complete(tiny_llama["prompts"])
     assert seed_tokens == hf_tokens
 
-    identity = SourceIdentity(model_name=SERVED_NAME, backend_framework=BackendFramework.VLLM,
-                              dtype="float32")
+    identity = SourceIdentity(model_name=SERVED_NAME, backend_framework=BackendFramework.VLLM, dtype="float32")
     with CoordinatorClient(coordinator.address) as client:
         ready = client.list_sources(identity, status=SourceStatus.READY, worker_rank=0)
     assert len(ready) == 1, f"the seed did not publish itself as READY: {ready}\n{seed.log()[-4000:]}"
 
     started = time.monotonic()
-    target = run_generate(tiny_llama["bare"], tiny_llama["prompts"], load_format="peerload",
-                          extra_config=extra, served_model_name=SERVED_NAME, env=vllm_env())
+    target = run_generate(
+        tiny_llama["bare"],
+        tiny_llama["prompts"],
+        load_format="peerload",
+        extra_config=extra,
+        served_model_name=SERVED_NAME,
+        env=vllm_env(),
+    )
     target_tokens = tokens_of(target)
     assert target_tokens == seed_tokens == hf_tokens
     output = target.stdout + target.stderr  # vLLM logs to stdout

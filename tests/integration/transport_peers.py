@@ -99,9 +99,7 @@ def target_main(conn: Connection, kind: str, n: int, seed: int, big_mib: int, op
             break
         for t in dst.values():
             t.view(torch.uint8).zero_()
-        ops = [
-            ReadOp(remote_addr=r.addr, local_addr=local[r.name].addr, size=r.size) for r in msg["regions"]
-        ]
+        ops = [ReadOp(remote_addr=r.addr, local_addr=local[r.name].addr, size=r.size) for r in msg["regions"]]
         got = {"bytes": 0, "calls": 0}
         pause_on_first = msg.get("pause_on_first", False)
 
@@ -117,8 +115,13 @@ def target_main(conn: Connection, kind: str, n: int, seed: int, big_mib: int, op
             tr.read(msg["info"], ops, timeout_s=msg.get("timeout_s", 60), progress=progress)
             result = {"ok": True, "digests": [digest(t) for t in dst.values()]}
         except Exception as e:
-            result = {"ok": False, "error": type(e).__name__, "message": str(e),
-                      "peer": getattr(e, "peer", None), "tb": traceback.format_exc()}
+            result = {
+                "ok": False,
+                "error": type(e).__name__,
+                "message": str(e),
+                "peer": getattr(e, "peer", None),
+                "tb": traceback.format_exc(),
+            }
         result.update(seconds=time.monotonic() - t0, progress_bytes=got["bytes"], progress_calls=got["calls"])
         conn.send(result)
     tr.close()

@@ -14,10 +14,17 @@ def main() -> None:
     args = json.loads(sys.argv[1])
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=args["model"], load_format=args.get("load_format", "auto"),
-              model_loader_extra_config=args.get("extra_config") or {},
-              served_model_name=args.get("served_model_name"), dtype="float32", enforce_eager=True,
-              max_model_len=128, max_num_seqs=4, seed=0)
+    llm = LLM(
+        model=args["model"],
+        load_format=args.get("load_format", "auto"),
+        model_loader_extra_config=args.get("extra_config") or {},
+        served_model_name=args.get("served_model_name"),
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=128,
+        max_num_seqs=4,
+        seed=0,
+    )
     params = SamplingParams(temperature=0.0, max_tokens=args["max_tokens"], ignore_eos=True)
     outputs = llm.generate([{"prompt_token_ids": ids} for ids in args["prompts"]], params)
     print(json.dumps({"tokens": [list(o.outputs[0].token_ids) for o in outputs]}), flush=True)

@@ -10,9 +10,11 @@ from peerload.errors import ConfigError
 
 
 def test_shard_unshard_round_trip():
-    tensors = {"model.layers.0.self_attn.q_proj.weight": torch.randn(8, 4),
-               "model.layers.0.self_attn.o_proj.weight": torch.randn(4, 8),
-               "model.norm.weight": torch.randn(4)}
+    tensors = {
+        "model.layers.0.self_attn.q_proj.weight": torch.randn(8, 4),
+        "model.layers.0.self_attn.o_proj.weight": torch.randn(4, 8),
+        "model.norm.weight": torch.randn(4),
+    }
     shards = [hf.shard(tensors, 2, r) for r in range(2)]
     assert shards[0]["model.layers.0.self_attn.q_proj.weight"].shape == (4, 4)
     assert shards[1]["model.layers.0.self_attn.o_proj.weight"].shape == (4, 4)

@@ -10,17 +10,25 @@ from peerload.errors import ConfigError
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("PEERLOAD_COORDINATOR", "PEERLOAD_CONFIG", "MODEL_EXPRESS_URL", "MX_SERVER_ADDRESS",
-                "PEERLOAD_TRANSPORT"):
+    for key in (
+        "PEERLOAD_COORDINATOR",
+        "PEERLOAD_CONFIG",
+        "MODEL_EXPRESS_URL",
+        "MX_SERVER_ADDRESS",
+        "PEERLOAD_TRANSPORT",
+    ):
         monkeypatch.delenv(key, raising=False)
 
 
-@pytest.mark.parametrize("extra, coordinator", [
-    ({"coordinator": "10.1.2.3:9000"}, "10.1.2.3:9000"),
-    ({"url": "10.1.2.4:9001"}, "10.1.2.4:9001"),  # ModelExpress-style key
-    (None, "127.0.0.1:8001"),
-    ({}, "127.0.0.1:8001"),
-])
+@pytest.mark.parametrize(
+    "extra, coordinator",
+    [
+        ({"coordinator": "10.1.2.3:9000"}, "10.1.2.3:9000"),
+        ({"url": "10.1.2.4:9001"}, "10.1.2.4:9001"),  # ModelExpress-style key
+        (None, "127.0.0.1:8001"),
+        ({}, "127.0.0.1:8001"),
+    ],
+)
 def test_coordinator_from_extra_config(extra: dict | None, coordinator: str) -> None:
     assert loader_settings(extra).coordinator == coordinator
 
@@ -38,12 +46,15 @@ def test_timeouts_and_transport_are_typed() -> None:
     assert (s.transport, s.rpc_timeout_s, s.transfer_timeout_s) == ("transfer_engine", 5.0, 60.0)
 
 
-@pytest.mark.parametrize("extra, named", [
-    ({"coordinator": "127.0.0.1:1", "bogus": 1, "also_bad": 2}, ["'also_bad'", "'bogus'"]),
-    ({"transport": "carrier-pigeon"}, ["carrier-pigeon"]),
-    ({"coordinator": "no-port"}, ["no-port"]),
-    ({"rpc_timeout_s": -1}, ["rpc_timeout_s"]),
-])
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        ({"coordinator": "127.0.0.1:1", "bogus": 1, "also_bad": 2}, ["'also_bad'", "'bogus'"]),
+        ({"transport": "carrier-pigeon"}, ["carrier-pigeon"]),
+        ({"coordinator": "no-port"}, ["no-port"]),
+        ({"rpc_timeout_s": -1}, ["rpc_timeout_s"]),
+    ],
+)
 def test_bad_options_are_named(extra: dict, named: list[str]) -> None:
     with pytest.raises(ConfigError) as err:
         loader_settings(extra)

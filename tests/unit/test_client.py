@@ -33,8 +33,9 @@ class Scripted:
         self.client = CoordinatorClient("test:1", timeout_s=5, retries=retries, channel=self.channel)
         self.requests: list[Any] = []
 
-    def call(self, fn: Callable[[CoordinatorClient], Any],
-             method: Any, replies: list[tuple[Any, grpc.StatusCode, str]]) -> Any:
+    def call(
+        self, fn: Callable[[CoordinatorClient], Any], method: Any, replies: list[tuple[Any, grpc.StatusCode, str]]
+    ) -> Any:
         """Run `fn(client)` in a thread while this thread answers `method` with `replies`."""
         outcome: dict[str, Any] = {}
 
@@ -62,10 +63,18 @@ OK = grpc.StatusCode.OK
 
 def test_publish_sends_the_identity_and_worker_and_returns_the_source_id():
     s = Scripted()
-    worker = WorkerInfo(rank=1, agent_name="agent", nixl_metadata=b"md", tensors=[("w", 4096, 64, 0, "torch.uint8")],
-                        worker_grpc_endpoint="10.0.0.1:5000")
-    sid = s.call(lambda c: c.publish(IDENTITY, worker, worker_id="w-1"), P2P.methods_by_name["PublishMetadata"],
-                 [(pb.PublishMetadataResponse(success=True, mx_source_id="abcd", worker_id="w-1"), OK, "")])
+    worker = WorkerInfo(
+        rank=1,
+        agent_name="agent",
+        nixl_metadata=b"md",
+        tensors=[("w", 4096, 64, 0, "torch.uint8")],
+        worker_grpc_endpoint="10.0.0.1:5000",
+    )
+    sid = s.call(
+        lambda c: c.publish(IDENTITY, worker, worker_id="w-1"),
+        P2P.methods_by_name["PublishMetadata"],
+        [(pb.PublishMetadataResponse(success=True, mx_source_id="abcd", worker_id="w-1"), OK, "")],
+    )
     assert sid == "abcd"
     request = s.requests[0]
     assert request.worker_id == "w-1" and request.identity.model_name == "org/model"
@@ -77,19 +86,24 @@ def test_publish_sends_the_identity_and_worker_and_returns_the_source_id():
 def test_a_rejected_publish_is_an_error_naming_the_reason():
     s = Scripted()
     with pytest.raises(CoordinatorError, match="rejected: quota"):
-        s.call(lambda c: c.publish(IDENTITY, WorkerInfo(rank=0), worker_id="w"),
-               P2P.methods_by_name["PublishMetadata"], [(pb.PublishMetadataResponse(success=False,
-                                                                                   message="quota"), OK, "")])
+        s.call(
+            lambda c: c.publish(IDENTITY, WorkerInfo(rank=0), worker_id="w"),
+            P2P.methods_by_name["PublishMetadata"],
+            [(pb.PublishMetadataResponse(success=False, message="quota"), OK, "")],
+        )
 
 
 def test_unavailable_is_retried_then_succeeds():
     s = Scripted(retries=2)
     method = P2P.methods_by_name["ListSources"]
-    ref = pb.SourceInstanceRef(mx_source_id="abcd", worker_id="w", model_name="org/model", worker_rank=0,
-                               updated_at=1, source_load=0.5)
-    refs = s.call(lambda c: c.list_sources(IDENTITY, status=SourceStatus.READY, worker_rank=0), method,
-                  [(None, grpc.StatusCode.UNAVAILABLE, "down"),
-                   (pb.ListSourcesResponse(instances=[ref]), OK, "")])
+    ref = pb.SourceInstanceRef(
+        mx_source_id="abcd", worker_id="w", model_name="org/model", worker_rank=0, updated_at=1, source_load=0.5
+    )
+    refs = s.call(
+        lambda c: c.list_sources(IDENTITY, status=SourceStatus.READY, worker_rank=0),
+        method,
+        [(None, grpc.StatusCode.UNAVAILABLE, "down"), (pb.ListSourcesResponse(instances=[ref]), OK, "")],
+    )
     assert [(r.worker_id, r.source_load, r.training_step) for r in refs] == [("w", 0.5, None)]
     assert len(s.requests) == 2 and s.requests[1].status_filter == SourceStatus.READY
     assert s.requests[1].worker_rank_filter == 0
@@ -98,16 +112,22 @@ def test_unavailable_is_retried_then_succeeds():
 def test_unavailable_after_every_retry_is_coordinator_unavailable():
     s = Scripted(retries=1)
     with pytest.raises(CoordinatorUnavailable, match="after 2 attempts") as err:
-        s.call(lambda c: c.health_check(), HEALTH.methods_by_name["Check"],
-               [(None, grpc.StatusCode.UNAVAILABLE, "down")] * 2)
+        s.call(
+            lambda c: c.health_check(),
+            HEALTH.methods_by_name["Check"],
+            [(None, grpc.StatusCode.UNAVAILABLE, "down")] * 2,
+        )
     assert err.value.rpc == "Check" and err.value.address == "test:1"
 
 
 def test_other_codes_are_not_retried_and_keep_their_details():
     s = Scripted(retries=3)
     with pytest.raises(CoordinatorError) as err:
-        s.call(lambda c: c.get_metadata("abcd", "w"), P2P.methods_by_name["GetMetadata"],
-               [(None, grpc.StatusCode.INVALID_ARGUMENT, "worker_id: must not be empty")])
+        s.call(
+            lambda c: c.get_metadata("abcd", "w"),
+            P2P.methods_by_name["GetMetadata"],
+            [(None, grpc.StatusCode.INVALID_ARGUMENT, "worker_id: must not be empty")],
+        )
     assert not isinstance(err.value, CoordinatorUnavailable)
     assert (err.value.code, err.value.details) == ("INVALID_ARGUMENT", "worker_id: must not be empty")
     assert len(s.requests) == 1
@@ -116,21 +136,35 @@ def test_other_codes_are_not_retried_and_keep_their_details():
 def test_get_metadata_reads_the_record_and_a_miss_is_none():
     s = Scripted()
     method = P2P.methods_by_name["GetMetadata"]
-    worker = pb.WorkerMetadata(worker_rank=3, status=pb.SOURCE_STATUS_READY, transfer_engine_session_id="h:1",
-                               tensor_source=pb.TensorSourceMetadata(tensors=[pb.TensorDescriptor(name="a", size=8)]))
-    found = pb.GetMetadataResponse(found=True, worker=worker, mx_source_id="abcd", worker_id="w",
-                                   identity=pb.SourceIdentity(model_name="org/model", tensor_parallel_size=1,
-                                                              pipeline_parallel_size=1, expert_parallel_size=1))
+    worker = pb.WorkerMetadata(
+        worker_rank=3,
+        status=pb.SOURCE_STATUS_READY,
+        transfer_engine_session_id="h:1",
+        tensor_source=pb.TensorSourceMetadata(tensors=[pb.TensorDescriptor(name="a", size=8)]),
+    )
+    found = pb.GetMetadataResponse(
+        found=True,
+        worker=worker,
+        mx_source_id="abcd",
+        worker_id="w",
+        identity=pb.SourceIdentity(
+            model_name="org/model", tensor_parallel_size=1, pipeline_parallel_size=1, expert_parallel_size=1
+        ),
+    )
     record = s.call(lambda c: c.get_metadata("abcd", "w"), method, [(found, OK, "")])
     assert (record.rank, record.status, record.transport) == (3, SourceStatus.READY, "transfer_engine")
     assert [t.name for t in record.tensors] == ["a"] and record.identity.model_name == "org/model"
-    assert s.call(lambda c: c.get_metadata("abcd", "gone"), method, [(pb.GetMetadataResponse(found=False), OK, "")]) \
+    assert (
+        s.call(lambda c: c.get_metadata("abcd", "gone"), method, [(pb.GetMetadataResponse(found=False), OK, "")])
         is None
+    )
 
 
 def test_a_refused_heartbeat_returns_false():
     s = Scripted()
-    ok = s.call(lambda c: c.update_status("abcd", "w", 0, SourceStatus.READY, source_load=2.0),
-                P2P.methods_by_name["UpdateStatus"],
-                [(pb.UpdateStatusResponse(success=False, message="unknown worker"), OK, "")])
+    ok = s.call(
+        lambda c: c.update_status("abcd", "w", 0, SourceStatus.READY, source_load=2.0),
+        P2P.methods_by_name["UpdateStatus"],
+        [(pb.UpdateStatusResponse(success=False, message="unknown worker"), OK, "")],
+    )
     assert ok is False and s.requests[0].source_load == 2.0 and s.requests[0].status == SourceStatus.READY

@@ -34,21 +34,29 @@ def registry(clock: Clock) -> Registry:
 
 
 def identity(model: str = "Qwen/Qwen3-0.6B", **fields) -> pb.SourceIdentity:
-    return pb.SourceIdentity(model_name=model, mx_version="1", tensor_parallel_size=2,
-                             pipeline_parallel_size=1, expert_parallel_size=1, **fields)
+    return pb.SourceIdentity(
+        model_name=model,
+        mx_version="1",
+        tensor_parallel_size=2,
+        pipeline_parallel_size=1,
+        expert_parallel_size=1,
+        **fields,
+    )
 
 
-def publish(registry: Registry, worker_id: str, rank: int = 0, ident: pb.SourceIdentity | None = None,
-            **worker) -> str:
-    request = pb.PublishMetadataRequest(identity=ident or identity(), worker_id=worker_id,
-                                        worker=pb.WorkerMetadata(worker_rank=rank, **worker))
+def publish(registry: Registry, worker_id: str, rank: int = 0, ident: pb.SourceIdentity | None = None, **worker) -> str:
+    request = pb.PublishMetadataRequest(
+        identity=ident or identity(), worker_id=worker_id, worker=pb.WorkerMetadata(worker_rank=rank, **worker)
+    )
     return registry.publish(request)
 
 
-def heartbeat(registry: Registry, sid: str, worker_id: str, rank: int = 0,
-              status: int = pb.SOURCE_STATUS_READY, **extra) -> pb.UpdateStatusResponse:
-    return registry.update_status(pb.UpdateStatusRequest(mx_source_id=sid, worker_id=worker_id,
-                                                         worker_rank=rank, status=status, **extra))
+def heartbeat(
+    registry: Registry, sid: str, worker_id: str, rank: int = 0, status: int = pb.SOURCE_STATUS_READY, **extra
+) -> pb.UpdateStatusResponse:
+    return registry.update_status(
+        pb.UpdateStatusRequest(mx_source_id=sid, worker_id=worker_id, worker_rank=rank, status=status, **extra)
+    )
 
 
 def status_of(registry: Registry, sid: str, worker_id: str) -> int:
@@ -83,8 +91,7 @@ def test_two_workers_of_same_identity_and_rank_are_both_listed(registry: Registr
     clock.now += 1
     publish(registry, "b")
     heartbeat(registry, sid, "a")
-    assert listed(registry, identity=identity(), worker_rank_filter=0,
-                  status_filter=pb.SOURCE_STATUS_READY) == ["a"]
+    assert listed(registry, identity=identity(), worker_rank_filter=0, status_filter=pb.SOURCE_STATUS_READY) == ["a"]
     heartbeat(registry, sid, "b")
     assert sorted(listed(registry, worker_rank_filter=0, status_filter=pb.SOURCE_STATUS_READY)) == ["a", "b"]
 
@@ -166,33 +173,72 @@ def test_get_metadata_unknown_is_not_found(registry: Registry) -> None:
     assert not response.found
 
 
-@pytest.mark.parametrize(("call", "field"), [
-    (lambda r: r.publish(pb.PublishMetadataRequest(worker_id="w", worker=pb.WorkerMetadata())), "identity"),
-    (lambda r: r.publish(pb.PublishMetadataRequest(identity=identity(""), worker_id="w",
-                                                   worker=pb.WorkerMetadata())), "identity.model_name"),
-    (lambda r: r.publish(pb.PublishMetadataRequest(identity=identity("  "), worker_id="w",
-                                                   worker=pb.WorkerMetadata())), "identity.model_name"),
-    (lambda r: r.publish(pb.PublishMetadataRequest(identity=identity(), worker_id="",
-                                                   worker=pb.WorkerMetadata())), "worker_id"),
-    (lambda r: r.publish(pb.PublishMetadataRequest(identity=identity(), worker_id="w")), "worker"),
-    (lambda r: r.publish(pb.PublishMetadataRequest(identity=identity(backend_framework=7), worker_id="w",
-                                                   worker=pb.WorkerMetadata())), "identity.backend_framework"),
-    (lambda r: r.publish(pb.PublishMetadataRequest(identity=identity(mx_source_type=42), worker_id="w",
-                                                   worker=pb.WorkerMetadata())), "identity.mx_source_type"),
-    (lambda r: r.publish(pb.PublishMetadataRequest(identity=identity(), worker_id="w",
-                                                   worker=pb.WorkerMetadata(status=9))), "worker.status"),
-    (lambda r: r.publish(pb.PublishMetadataRequest(identity=identity(), worker_id="w" * 600,
-                                                   worker=pb.WorkerMetadata())), "worker_id"),
-    (lambda r: r.list_sources(pb.ListSourcesRequest(status_filter=5)), "status_filter"),
-    (lambda r: r.list_sources(pb.ListSourcesRequest(identity=pb.SourceIdentity())), "identity.model_name"),
-    (lambda r: r.get_metadata(pb.GetMetadataRequest(mx_source_id="", worker_id="w")), "mx_source_id"),
-    (lambda r: r.get_metadata(pb.GetMetadataRequest(mx_source_id="abc", worker_id="")), "worker_id"),
-    (lambda r: r.update_status(pb.UpdateStatusRequest(mx_source_id="a", worker_id="w", status=0)), "status"),
-    (lambda r: r.update_status(pb.UpdateStatusRequest(mx_source_id="a", worker_id="w", status=12)), "status"),
-    (lambda r: r.update_status(pb.UpdateStatusRequest(mx_source_id="a", worker_id="w", status=2,
-                                                      source_load=float("nan"))), "source_load"),
-    (lambda r: r.update_status(pb.UpdateStatusRequest(mx_source_id="a", worker_id="", status=2)), "worker_id"),
-])
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda r: r.publish(pb.PublishMetadataRequest(worker_id="w", worker=pb.WorkerMetadata())), "identity"),
+        (
+            lambda r: r.publish(
+                pb.PublishMetadataRequest(identity=identity(""), worker_id="w", worker=pb.WorkerMetadata())
+            ),
+            "identity.model_name",
+        ),
+        (
+            lambda r: r.publish(
+                pb.PublishMetadataRequest(identity=identity("  "), worker_id="w", worker=pb.WorkerMetadata())
+            ),
+            "identity.model_name",
+        ),
+        (
+            lambda r: r.publish(
+                pb.PublishMetadataRequest(identity=identity(), worker_id="", worker=pb.WorkerMetadata())
+            ),
+            "worker_id",
+        ),
+        (lambda r: r.publish(pb.PublishMetadataRequest(identity=identity(), worker_id="w")), "worker"),
+        (
+            lambda r: r.publish(
+                pb.PublishMetadataRequest(
+                    identity=identity(backend_framework=7), worker_id="w", worker=pb.WorkerMetadata()
+                )
+            ),
+            "identity.backend_framework",
+        ),
+        (
+            lambda r: r.publish(
+                pb.PublishMetadataRequest(
+                    identity=identity(mx_source_type=42), worker_id="w", worker=pb.WorkerMetadata()
+                )
+            ),
+            "identity.mx_source_type",
+        ),
+        (
+            lambda r: r.publish(
+                pb.PublishMetadataRequest(identity=identity(), worker_id="w", worker=pb.WorkerMetadata(status=9))
+            ),
+            "worker.status",
+        ),
+        (
+            lambda r: r.publish(
+                pb.PublishMetadataRequest(identity=identity(), worker_id="w" * 600, worker=pb.WorkerMetadata())
+            ),
+            "worker_id",
+        ),
+        (lambda r: r.list_sources(pb.ListSourcesRequest(status_filter=5)), "status_filter"),
+        (lambda r: r.list_sources(pb.ListSourcesRequest(identity=pb.SourceIdentity())), "identity.model_name"),
+        (lambda r: r.get_metadata(pb.GetMetadataRequest(mx_source_id="", worker_id="w")), "mx_source_id"),
+        (lambda r: r.get_metadata(pb.GetMetadataRequest(mx_source_id="abc", worker_id="")), "worker_id"),
+        (lambda r: r.update_status(pb.UpdateStatusRequest(mx_source_id="a", worker_id="w", status=0)), "status"),
+        (lambda r: r.update_status(pb.UpdateStatusRequest(mx_source_id="a", worker_id="w", status=12)), "status"),
+        (
+            lambda r: r.update_status(
+                pb.UpdateStatusRequest(mx_source_id="a", worker_id="w", status=2, source_load=float("nan"))
+            ),
+            "source_load",
+        ),
+        (lambda r: r.update_status(pb.UpdateStatusRequest(mx_source_id="a", worker_id="", status=2)), "worker_id"),
+    ],
+)
 def test_bad_input_names_the_field_and_writes_nothing(registry: Registry, call, field: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         call(registry)

@@ -49,12 +49,24 @@ IDENTITIES = [
     SourceIdentity(model_name="m", gpu_arch="SM90"),
     SourceIdentity(model_name="m", compile_config_digest="ABCDEF0123"),
     SourceIdentity(  # every field at once
-        model_name="DeepSeek-AI/DeepSeek-V3", mx_version="1", mx_source_type=3,
-        backend_framework=BackendFramework.SGLANG, tensor_parallel_size=8, pipeline_parallel_size=2,
-        expert_parallel_size=16, dtype="bfloat16", quantization="fp8", revision="v1.0",
+        model_name="DeepSeek-AI/DeepSeek-V3",
+        mx_version="1",
+        mx_source_type=3,
+        backend_framework=BackendFramework.SGLANG,
+        tensor_parallel_size=8,
+        pipeline_parallel_size=2,
+        expert_parallel_size=16,
+        dtype="bfloat16",
+        quantization="fp8",
+        revision="v1.0",
         extra_parameters={"Speculative": "EAGLE", "max_num_seqs": "256"},
-        backend_framework_version="0.5.0", torch_version="2.8.0", cuda_version="12.9",
-        triton_version="3.4.0", gpu_arch="sm100", compile_config_digest="deadBEEF"),
+        backend_framework_version="0.5.0",
+        torch_version="2.8.0",
+        cuda_version="12.9",
+        triton_version="3.4.0",
+        gpu_arch="sm100",
+        compile_config_digest="deadBEEF",
+    ),
     SourceIdentity(model_name="m", mx_version="", dtype="", extra_parameters={"": ""}),
     SourceIdentity(model_name="模型/ünïcode", dtype="Bf16", extra_parameters={"ÄÖ": "Ü"}),
 ]
@@ -73,8 +85,14 @@ def official_ids(identities: list[SourceIdentity]) -> list[str]:
     # find_spec, not import: importing modelexpress here would clash with peerload's stubs.
     if importlib.util.find_spec("modelexpress") is None:
         pytest.skip("modelexpress==0.7.0 (the oracle) is not installed; `make install` adds it")
-    out = subprocess.run([sys.executable, str(ORACLE)], input=json.dumps([_wire_fields(i) for i in identities]),
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, str(ORACLE)],
+        input=json.dumps([_wire_fields(i) for i in identities]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return out.stdout.split()
 
 
@@ -106,12 +124,22 @@ def _random_identities(count: int, seed: int = 2024) -> list[SourceIdentity]:
     for _ in range(count):
         keys = [text(6) for _ in range(rng.randint(0, 4))]
         keys += [k.upper() for k in keys[: rng.randint(0, len(keys))]]
-        out.append(SourceIdentity(
-            model_name=text(20) + "m", mx_version=text(), mx_source_type=rng.randint(0, 9),
-            backend_framework=rng.randint(0, 3), tensor_parallel_size=rng.randint(1, 64),
-            pipeline_parallel_size=rng.randint(1, 16), expert_parallel_size=rng.randint(1, 64),
-            dtype=text(), quantization=text(), extra_parameters={k: text() for k in keys},
-            revision=text(), **{f: rng.choice(["", text()]) for f in OPTIONAL_HASHED_FIELDS}))
+        out.append(
+            SourceIdentity(
+                model_name=text(20) + "m",
+                mx_version=text(),
+                mx_source_type=rng.randint(0, 9),
+                backend_framework=rng.randint(0, 3),
+                tensor_parallel_size=rng.randint(1, 64),
+                pipeline_parallel_size=rng.randint(1, 16),
+                expert_parallel_size=rng.randint(1, 64),
+                dtype=text(),
+                quantization=text(),
+                extra_parameters={k: text() for k in keys},
+                revision=text(),
+                **{f: rng.choice(["", text()]) for f in OPTIONAL_HASHED_FIELDS},
+            )
+        )
     return out
 
 

@@ -34,24 +34,32 @@ def test_modelexpress_json_string_and_file(tmp_path):
     assert Settings.load(env={"PEERLOAD_CONFIG": text}).coordinator == "10.0.0.1:8001"
 
 
-@pytest.mark.parametrize("config, fragment", [
-    ({"url": "h:1", "colour": "red"}, "colour"),
-    ('{"url": ', "not valid JSON"),
-    ("/no/such/file.json", "neither JSON nor a readable file"),
-    ({"transport": "carrier-pigeon"}, "carrier-pigeon"),
-    ({"url": "no-port"}, "no-port"),
-    ({"heartbeat_interval_s": 20}, "heartbeat_interval_s"),
-    ({"verify_checksums": "maybe"}, "verify_checksums"),
-    ({"rpc_timeout_s": "soon"}, "rpc_timeout_s"),
-])
+@pytest.mark.parametrize(
+    "config, fragment",
+    [
+        ({"url": "h:1", "colour": "red"}, "colour"),
+        ('{"url": ', "not valid JSON"),
+        ("/no/such/file.json", "neither JSON nor a readable file"),
+        ({"transport": "carrier-pigeon"}, "carrier-pigeon"),
+        ({"url": "no-port"}, "no-port"),
+        ({"heartbeat_interval_s": 20}, "heartbeat_interval_s"),
+        ({"verify_checksums": "maybe"}, "verify_checksums"),
+        ({"rpc_timeout_s": "soon"}, "rpc_timeout_s"),
+    ],
+)
 def test_bad_config_is_named(config, fragment):
     with pytest.raises(ConfigError, match=fragment):
         Settings.load(config=config, env={})
 
 
 def test_env_booleans_and_numbers():
-    s = Settings.load(env={"PEERLOAD_VERIFY_CHECKSUMS": "off", "PEERLOAD_CHUNK_BYTES": "1048576",
-                           "PEERLOAD_TRANSFER_TIMEOUT_S": "2.5"})
+    s = Settings.load(
+        env={
+            "PEERLOAD_VERIFY_CHECKSUMS": "off",
+            "PEERLOAD_CHUNK_BYTES": "1048576",
+            "PEERLOAD_TRANSFER_TIMEOUT_S": "2.5",
+        }
+    )
     assert s.verify_checksums is False and s.chunk_bytes == 1 << 20 and s.transfer_timeout_s == 2.5
     assert parse_bool("x", "YES") is True
     with pytest.raises(ConfigError, match="PEERLOAD_X"):

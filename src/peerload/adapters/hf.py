@@ -62,9 +62,18 @@ def checkpoint_layout(path: str | Path) -> dict[str, tuple[tuple[int, ...], torc
 
 
 def _safetensors_dtype(code: str) -> torch.dtype:
-    table = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-             "U8": torch.uint8, "BOOL": torch.bool}
+    table = {
+        "F64": torch.float64,
+        "F32": torch.float32,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "I64": torch.int64,
+        "I32": torch.int32,
+        "I16": torch.int16,
+        "I8": torch.int8,
+        "U8": torch.uint8,
+        "BOOL": torch.bool,
+    }
     if code not in table:
         raise ConfigError(f"safetensors dtype {code} is not supported")
     return table[code]
@@ -158,8 +167,9 @@ def unshard(shards: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]
     out = {}
     for name in shards[0]:
         dim = shard_dim(name)
-        out[name] = shards[0][name] if dim is None or len(shards) == 1 else \
-            torch.cat([s[name] for s in shards], dim=dim)
+        out[name] = (
+            shards[0][name] if dim is None or len(shards) == 1 else torch.cat([s[name] for s in shards], dim=dim)
+        )
     return out
 
 
@@ -180,8 +190,9 @@ def empty_like_shard(tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank:
 # -- what the CLI uses: destination + fallback for a checkpoint path ------------------------------
 
 
-def seed_tensors(path: str | Path, *, quantize: str | None, tp_size: int, tp_rank: int
-                 ) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, torch.nn.Module | None]:
+def seed_tensors(
+    path: str | Path, *, quantize: str | None, tp_size: int, tp_rank: int
+) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, torch.nn.Module | None]:
     """What a seed publishes for `path`: (tensors or model, the model if one was built)."""
     if has_model_config(path):
         model = load_model(path, quantize=quantize)
@@ -193,8 +204,9 @@ def seed_tensors(path: str | Path, *, quantize: str | None, tp_size: int, tp_ran
     return shard(read_checkpoint(path), tp_size, tp_rank), None
 
 
-def target_tensors(path: str | Path, *, quantize: str | None, tp_size: int, tp_rank: int
-                   ) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, Callable[[], Mapping[str, torch.Tensor]]]:
+def target_tensors(
+    path: str | Path, *, quantize: str | None, tp_size: int, tp_rank: int
+) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, Callable[[], Mapping[str, torch.Tensor]]]:
     """What a target allocates for `path` (empty, final layout) and how storage would fill it."""
     if has_model_config(path):
         if tp_size == 1:
@@ -212,6 +224,7 @@ def target_tensors(path: str | Path, *, quantize: str | None, tp_size: int, tp_r
             if tp_size > 1:
                 return shard(module_tensors(model, attributes=False), tp_size, tp_rank)
             return module_tensors(model)
+
         return destination, from_storage
     if quantize:
         raise ConfigError("--quantize needs a model directory with config.json, not a bare safetensors file")
@@ -225,4 +238,4 @@ def greedy_tokens(model: torch.nn.Module, n: int = 32) -> list[int]:
     prompt = torch.tensor([[1, 42, 7, 99, 3]])
     with torch.no_grad():
         out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    return out[0, prompt.shape[1]:].tolist()
+    return out[0, prompt.shape[1] :].tolist()

@@ -10,14 +10,23 @@ import torch.nn.functional as F
 class Int8Linear(torch.nn.Module):
     """y = x @ (weight * weight_scale[:, None]).T + bias, with int8 weight and per-row scale."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, scale_dtype: torch.dtype,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        scale_dtype: torch.dtype,
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.empty(out_features, dtype=scale_dtype, device=device))
-        self.bias = torch.nn.Parameter(torch.empty(out_features, dtype=scale_dtype, device=device),
-                                       requires_grad=False) if bias else None
+        self.bias = (
+            torch.nn.Parameter(torch.empty(out_features, dtype=scale_dtype, device=device), requires_grad=False)
+            if bias
+            else None
+        )
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> Int8Linear:
@@ -37,8 +46,11 @@ class Int8Linear(torch.nn.Module):
 
 def quantize_int8(model: torch.nn.Module, skip: tuple[str, ...] = ()) -> int:
     """Replace every nn.Linear (except names ending in `skip`) by Int8Linear; returns the count."""
-    targets = [(name, mod) for name, mod in model.named_modules()
-               if isinstance(mod, torch.nn.Linear) and not name.endswith(skip)]
+    targets = [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear) and not name.endswith(skip)
+    ]
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -46,8 +46,11 @@ class RuntimeLayout:
 
 def runtime_layout(model: nn.Module, model_config: ModelConfig, device: torch.device) -> RuntimeLayout:
     """Post-process `model` (vLLM's own step) and return the tensors that define it afterwards."""
-    before = [(mod_name, mod, attr, p) for mod_name, mod in model.named_modules()
-              for attr, p in mod.named_parameters(recurse=False)]
+    before = [
+        (mod_name, mod, attr, p)
+        for mod_name, mod in model.named_modules()
+        for attr, p in mod.named_parameters(recurse=False)
+    ]
     process_weights_after_loading(model, model_config, device)
     tensors = module_tensors(model)
     consumed = []
@@ -61,8 +64,9 @@ def runtime_layout(model: nn.Module, model_config: ModelConfig, device: torch.de
     return RuntimeLayout(tensors=tensors, consumed=consumed)
 
 
-def rebuild_derived_state(model: nn.Module, layout: RuntimeLayout, model_config: ModelConfig,
-                          device: torch.device) -> None:
+def rebuild_derived_state(
+    model: nn.Module, layout: RuntimeLayout, model_config: ModelConfig, device: torch.device
+) -> None:
     """Re-derive vLLM's kernel state from tensors that arrived in their runtime layout."""
     for mod, attr, original in layout.consumed:
         setattr(mod, attr, original)
@@ -74,9 +78,12 @@ def rebuild_derived_state(model: nn.Module, layout: RuntimeLayout, model_config:
 
 def unsupported_layers(model: nn.Module) -> list[str]:
     """Layers whose quant method cannot rebuild its state from already-processed weights."""
-    return [f"{name or '<root>'} ({type(m.quant_method).__name__})" for name, m in model.named_modules()
-            if isinstance(getattr(m, "quant_method", None), QuantizeMethodBase)
-            and not m.quant_method.supports_pre_processed_weights]
+    return [
+        f"{name or '<root>'} ({type(m.quant_method).__name__})"
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "quant_method", None), QuantizeMethodBase)
+        and not m.quant_method.supports_pre_processed_weights
+    ]
 
 
 def vllm_identity(vllm_config: VllmConfig) -> SourceIdentity:
@@ -85,8 +92,11 @@ def vllm_identity(vllm_config: VllmConfig) -> SourceIdentity:
     parallel = vllm_config.parallel_config
     ep_size = 1
     if parallel.enable_expert_parallel:
-        ep_size = parallel.tensor_parallel_size * parallel.data_parallel_size * \
-            getattr(parallel, "prefill_context_parallel_size", 1)
+        ep_size = (
+            parallel.tensor_parallel_size
+            * parallel.data_parallel_size
+            * getattr(parallel, "prefill_context_parallel_size", 1)
+        )
     # served_model_name defaults to the model path/id, and lets two instances whose local
     # directories differ (a seed with weights, a target without) name the same model.
     name = model_config.served_model_name
@@ -106,8 +116,12 @@ def vllm_identity(vllm_config: VllmConfig) -> SourceIdentity:
 
 def vllm_worker_rank(vllm_config: VllmConfig) -> int:
     parallel = vllm_config.parallel_config
-    return worker_rank(tp_rank=get_tensor_model_parallel_rank(), pp_rank=get_pp_group().rank_in_group,
-                       tp_size=parallel.tensor_parallel_size, pp_size=parallel.pipeline_parallel_size)
+    return worker_rank(
+        tp_rank=get_tensor_model_parallel_rank(),
+        pp_rank=get_pp_group().rank_in_group,
+        tp_size=parallel.tensor_parallel_size,
+        pp_size=parallel.pipeline_parallel_size,
+    )
 
 
 class PeerloadModelLoader(BaseModelLoader):
@@ -139,8 +153,11 @@ class PeerloadModelLoader(BaseModelLoader):
             unsupported = unsupported_layers(model)
             if unsupported:
                 # Without a way to rebuild their state, received bytes could not serve: use disk.
-                log.warning("peerload: %d layer(s) cannot take already-processed weights, loading "
-                            "from disk without peers: %s", len(unsupported), ", ".join(unsupported[:5]))
+                log.warning(
+                    "peerload: %d layer(s) cannot take already-processed weights, loading from disk without peers: %s",
+                    len(unsupported),
+                    ", ".join(unsupported[:5]),
+                )
                 return self._load_from_disk_only(model, model_config, device)
             # The final layout exists before any byte moves, so it matches what seeds serve.
             layout = runtime_layout(model, model_config, device)
@@ -148,9 +165,16 @@ class PeerloadModelLoader(BaseModelLoader):
             rebuild_derived_state(model, layout, model_config, device)
         if result.publisher is not None:
             live_sources.keep(result.publisher)
-        log.info("peerload: %s rank %d: %.1f MiB from %s in %.2fs (%.2f GB/s)%s", identity.model_name,
-                 rank, result.bytes / 2**20, result.source, result.seconds.get("total", 0.0), result.gbps,
-                 f", serving as source {result.worker_id}" if result.publisher else ", not published")
+        log.info(
+            "peerload: %s rank %d: %.1f MiB from %s in %.2fs (%.2f GB/s)%s",
+            identity.model_name,
+            rank,
+            result.bytes / 2**20,
+            result.source,
+            result.seconds.get("total", 0.0),
+            result.gbps,
+            f", serving as source {result.worker_id}" if result.publisher else ", not published",
+        )
         return model.eval()
 
     def _load_from_disk_only(self, model: nn.Module, model_config: ModelConfig, device: torch.device) -> nn.Module:
@@ -162,8 +186,9 @@ class PeerloadModelLoader(BaseModelLoader):
         process_weights_after_loading(model, model_config, device)
         return model.eval()
 
-    def _fill(self, model: nn.Module, layout: RuntimeLayout, identity: SourceIdentity, rank: int,
-              model_config: ModelConfig) -> LoadResult:
+    def _fill(
+        self, model: nn.Module, layout: RuntimeLayout, identity: SourceIdentity, rank: int, model_config: ModelConfig
+    ) -> LoadResult:
         storage_errors: list[BaseException] = []
 
         def from_disk() -> dict[str, torch.Tensor]:
@@ -199,4 +224,5 @@ class PeerloadModelLoader(BaseModelLoader):
                 f"load format `{LOAD_FORMAT}` could not load {identity.model_name} (source id "
                 f"{identity.source_id()}, rank {rank}): no usable peer at coordinator "
                 f"{self.settings.coordinator}, and loading from disk failed: {storage_errors[0]}",
-                load.attempts) from exc
+                load.attempts,
+            ) from exc

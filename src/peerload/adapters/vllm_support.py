@@ -24,7 +24,8 @@ def loader_settings(extra_config: Any) -> Settings:
     if extra_config is not None and not isinstance(extra_config, Mapping):
         raise ConfigError(
             f"--model-loader-extra-config for load format `{LOAD_FORMAT}` must be a JSON object such "
-            f"as {{\"coordinator\": \"127.0.0.1:8001\"}}, got {type(extra_config).__name__}")
+            f'as {{"coordinator": "127.0.0.1:8001"}}, got {type(extra_config).__name__}'
+        )
     try:
         # An empty dict would hide PEERLOAD_CONFIG from Settings.load, so pass None instead.
         return Settings.load(config=dict(extra_config) if extra_config else None)

@@ -21,12 +21,15 @@ from peerload.errors import (
 _HINTS: dict[type[PeerloadError], Callable[[PeerloadError], str]] = {
     CoordinatorUnavailable: lambda e: (
         f"is `peerload serve` running at {getattr(e, 'address', '') or 'that address'}? "
-        "See --coordinator (or PEERLOAD_COORDINATOR)."),
+        "See --coordinator (or PEERLOAD_COORDINATOR)."
+    ),
     CoordinatorError: lambda e: "the coordinator refused the request; the message above names the field.",
     SeedServiceError: lambda e: "that seed is unreachable or is not a peerload seed; `peerload sources` lists seeds.",
     MissingExtraError: lambda e: f"install the extra: pip install 'peerload[{getattr(e, 'extra', '')}]'.",
-    LayoutMismatch: lambda e: ("the seed's tensors differ from this model's: use the same checkpoint and the same "
-                               "--quantize / --tp-size as the seed."),
+    LayoutMismatch: lambda e: (
+        "the seed's tensors differ from this model's: use the same checkpoint and the same "
+        "--quantize / --tp-size as the seed."
+    ),
     ChecksumMismatch: lambda e: "the bytes read differ from what the seed published; the load was rolled back.",
     TransportError: lambda e: "the data plane failed; check that seed and target can reach each other.",
     LoadFailed: lambda e: "every way to load failed; each attempt is listed above.",

@@ -45,10 +45,14 @@ class ModelOptions:
 
 # name -> (annotation, default); the order is the order of --help.
 _SHARED: dict[str, tuple[Any, Any]] = {
-    "path": (Annotated[Path, typer.Argument(help="A .safetensors file or a HF-style model directory.")],
-             inspect.Parameter.empty),
-    "model_name": (Annotated[str, typer.Option("--model-name", help="Model name of the source identity.")],
-                   inspect.Parameter.empty),
+    "path": (
+        Annotated[Path, typer.Argument(help="A .safetensors file or a HF-style model directory.")],
+        inspect.Parameter.empty,
+    ),
+    "model_name": (
+        Annotated[str, typer.Option("--model-name", help="Model name of the source identity.")],
+        inspect.Parameter.empty,
+    ),
     "coordinator": (Annotated[Optional[str], typer.Option("--coordinator", help="Coordinator HOST:PORT.")], None),
     "transport": (Annotated[Optional[str], typer.Option("--transport", help="nixl or transfer_engine.")], None),
     "revision": (Annotated[str, typer.Option("--revision", help="Model revision (part of the identity).")], ""),
@@ -57,18 +61,24 @@ _SHARED: dict[str, tuple[Any, Any]] = {
     "pp_size": (Annotated[int, typer.Option("--pp-size", min=1, help="Pipeline-parallel size.")], 1),
     "pp_rank": (Annotated[int, typer.Option("--pp-rank", min=0, help="This process' pipeline-parallel rank.")], 0),
     "ep_size": (Annotated[int, typer.Option("--ep-size", min=1, help="Expert-parallel size.")], 1),
-    "quantize": (Annotated[Optional[str], typer.Option("--quantize", help="Post-processing: int8 (weight-only).")],
-                 None),
-    "worker_id": (Annotated[Optional[str], typer.Option("--worker-id", help="Stable worker id (default: generated).")],
-                  None),
+    "quantize": (
+        Annotated[Optional[str], typer.Option("--quantize", help="Post-processing: int8 (weight-only).")],
+        None,
+    ),
+    "worker_id": (
+        Annotated[Optional[str], typer.Option("--worker-id", help="Stable worker id (default: generated).")],
+        None,
+    ),
 }
 
 
 def model_command(command: Callable[..., None]) -> Callable[..., None]:
     """Give `command(model: ModelOptions, **own)` the shared options as CLI parameters."""
     own = [p for p in inspect.signature(command).parameters.values() if p.name != "model"]
-    shared = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=ann)
-              for name, (ann, default) in _SHARED.items()]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=ann)
+        for name, (ann, default) in _SHARED.items()
+    ]
 
     @functools.wraps(command)
     def run(**values: Any) -> None:
@@ -81,9 +91,20 @@ def model_command(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
-def model_options(path: Path, model_name: str, coordinator: str | None, transport: str | None, revision: str,
-                  tp_size: int, tp_rank: int, pp_size: int, pp_rank: int, ep_size: int, quantize: str | None,
-                  worker_id: str | None) -> ModelOptions:
+def model_options(
+    path: Path,
+    model_name: str,
+    coordinator: str | None,
+    transport: str | None,
+    revision: str,
+    tp_size: int,
+    tp_rank: int,
+    pp_size: int,
+    pp_rank: int,
+    ep_size: int,
+    quantize: str | None,
+    worker_id: str | None,
+) -> ModelOptions:
     """Validate the shared options and derive the identity and rank."""
     if not path.exists():
         raise ConfigError(f"{path} does not exist: give a .safetensors file or a model directory")
@@ -92,14 +113,27 @@ def model_options(path: Path, model_name: str, coordinator: str | None, transpor
     rank = worker_rank(tp_rank, pp_rank, tp_size, pp_size)
     config = model_config(path)
     identity = SourceIdentity(
-        model_name=model_name, revision=revision, tensor_parallel_size=tp_size,
-        pipeline_parallel_size=pp_size, expert_parallel_size=ep_size,
+        model_name=model_name,
+        revision=revision,
+        tensor_parallel_size=tp_size,
+        pipeline_parallel_size=pp_size,
+        expert_parallel_size=ep_size,
         # Runtime post-processing (--quantize) is not part of the identity: a target that forgot
         # it finds the source and is told exactly which tensors differ.
-        dtype=checkpoint_dtype(path, config), quantization=checkpoint_quantization(config),
+        dtype=checkpoint_dtype(path, config),
+        quantization=checkpoint_quantization(config),
     )
-    return ModelOptions(path=path, identity=identity, rank=rank, tp_size=tp_size, tp_rank=tp_rank,
-                        quantize=quantize, coordinator=coordinator, transport=transport, worker_id=worker_id)
+    return ModelOptions(
+        path=path,
+        identity=identity,
+        rank=rank,
+        tp_size=tp_size,
+        tp_rank=tp_rank,
+        quantize=quantize,
+        coordinator=coordinator,
+        transport=transport,
+        worker_id=worker_id,
+    )
 
 
 def model_config(path: Path) -> dict:

@@ -39,12 +39,19 @@ def write_demo_model(directory: Path, hidden: int = 768, layers: int = 8, seed: 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=8000, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 64 * 64,
-                         num_hidden_layers=layers, num_attention_heads=hidden // 64,
-                         num_key_value_heads=max(1, hidden // 256), max_position_embeddings=512,
-                         tie_word_embeddings=True, dtype="float32",
-                         # A wide init makes greedy output vary, so equal tokens mean something.
-                         initializer_range=0.2)
+    config = LlamaConfig(
+        vocab_size=8000,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3 // 64 * 64,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=max(1, hidden // 256),
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        dtype="float32",
+        # A wide init makes greedy output vary, so equal tokens mean something.
+        initializer_range=0.2,
+    )
     model = LlamaForCausalLM(config)
     model.save_pretrained(str(directory))
     return directory
@@ -73,8 +80,10 @@ def demo(
         seed_proc, seed_info = _start_seed(model_dir, settings, workdir)
         console.print(f"[bold]3.[/] seed process {seed_proc.pid} READY as {seed_info['worker_id']}")
         result, destination, p2p_s = _load_from_peer(model_dir, settings)
-        console.print(f"[bold]4.[/] built an empty model and loaded {result.bytes / 2**20:.0f} MiB into it from "
-                      f"{result.source} in {p2p_s:.2f}s")
+        console.print(
+            f"[bold]4.[/] built an empty model and loaded {result.bytes / 2**20:.0f} MiB into it from "
+            f"{result.source} in {p2p_s:.2f}s"
+        )
         _compare_with_disk(console, model_dir, result, destination, p2p_s)
     finally:
         if result is not None:
@@ -83,8 +92,10 @@ def demo(
             stop_process(seed_proc, timeout_s=30)
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    console.print("On one host both paths are memory copies; P2P pays off against storage that is not in "
-                  "memory (cold disks, network filesystems, S3, a hub) and over RDMA between hosts.")
+    console.print(
+        "On one host both paths are memory copies; P2P pays off against storage that is not in "
+        "memory (cold disks, network filesystems, S3, a hub) and over RDMA between hosts."
+    )
     console.print("[bold green]demo OK[/]: coordinator, seed and temp files cleaned up")
 
 
@@ -102,9 +113,24 @@ def _start_seed(model_dir: Path, settings: Settings, workdir: Path) -> tuple[sub
     ready = workdir / "seed.ready"
     with open(workdir / "seed.log", "wb") as seed_log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "peerload.cli.main", "seed", str(model_dir), "--model-name", MODEL_NAME,
-             "--coordinator", settings.coordinator, "--transport", settings.transport, "--ready-file", str(ready)],
-            stdout=subprocess.DEVNULL, stderr=seed_log)
+            [
+                sys.executable,
+                "-m",
+                "peerload.cli.main",
+                "seed",
+                str(model_dir),
+                "--model-name",
+                MODEL_NAME,
+                "--coordinator",
+                settings.coordinator,
+                "--transport",
+                settings.transport,
+                "--ready-file",
+                str(ready),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=seed_log,
+        )
     try:
         return proc, wait_ready_file(proc, ready, timeout_s=120)
     except BaseException:
@@ -119,13 +145,15 @@ def _load_from_peer(model_dir: Path, settings: Settings) -> tuple[LoadResult, to
 
     started = time.perf_counter()
     destination, from_storage = hf.target_tensors(model_dir, quantize=None, tp_size=1, tp_rank=0)
-    result = load_into(destination, SourceIdentity(model_name=MODEL_NAME, dtype="float32"), settings=settings,
-                       fallback=from_storage)
+    result = load_into(
+        destination, SourceIdentity(model_name=MODEL_NAME, dtype="float32"), settings=settings, fallback=from_storage
+    )
     return result, destination, time.perf_counter() - started
 
 
-def _compare_with_disk(console: Console, model_dir: Path, result: LoadResult, destination: torch.nn.Module,
-                       p2p_s: float) -> None:
+def _compare_with_disk(
+    console: Console, model_dir: Path, result: LoadResult, destination: torch.nn.Module, p2p_s: float
+) -> None:
     """Load the same model from disk; compare bytes and greedy tokens, print the phases."""
     from peerload.adapters import hf
     from peerload.loader import PHASES, copy_into
@@ -135,20 +163,27 @@ def _compare_with_disk(console: Console, model_dir: Path, result: LoadResult, de
     disk_model, from_disk = hf.target_tensors(model_dir, quantize=None, tp_size=1, tp_rank=0)
     copy_into(collect(disk_model), from_disk())
     disk_s = time.perf_counter() - started
-    same_bytes = ({n: sha256_of(t) for n, t in disk_model.state_dict().items()}
-                  == {n: sha256_of(t) for n, t in destination.state_dict().items()})
+    same_bytes = {n: sha256_of(t) for n, t in disk_model.state_dict().items()} == {
+        n: sha256_of(t) for n, t in destination.state_dict().items()
+    }
     tokens_p2p, tokens_disk = hf.greedy_tokens(destination), hf.greedy_tokens(disk_model)
-    console.print(f"[bold]5.[/] greedy generation, 32 tokens: peer-loaded {tokens_p2p[:8]}... "
-                  f"disk-loaded {tokens_disk[:8]}... identical={tokens_p2p == tokens_disk}")
+    console.print(
+        f"[bold]5.[/] greedy generation, 32 tokens: peer-loaded {tokens_p2p[:8]}... "
+        f"disk-loaded {tokens_disk[:8]}... identical={tokens_p2p == tokens_disk}"
+    )
     table = Table(title="load_into phases")
     table.add_column("phase")
     table.add_column("seconds", justify="right")
     for phase in (*PHASES, "total"):
         table.add_row(phase, f"{result.seconds.get(phase, 0.0):.3f}")
     console.print(table)
-    console.print(f"P2P transfer {result.gbps:.2f} GB/s; empty model + P2P load {p2p_s:.2f}s "
-                  f"vs empty model + load from disk (warm page cache) {disk_s:.2f}s; "
-                  f"tensors bit-identical: {same_bytes}; the target now serves as source {result.worker_id}")
+    console.print(
+        f"P2P transfer {result.gbps:.2f} GB/s; empty model + P2P load {p2p_s:.2f}s "
+        f"vs empty model + load from disk (warm page cache) {disk_s:.2f}s; "
+        f"tensors bit-identical: {same_bytes}; the target now serves as source {result.worker_id}"
+    )
     if not (same_bytes and tokens_p2p == tokens_disk and result.source != "storage"):
-        raise PeerloadError("demo check failed: the peer-loaded model differs from the disk-loaded one "
-                            f"(source={result.source}, attempts={result.attempts})")
+        raise PeerloadError(
+            "demo check failed: the peer-loaded model differs from the disk-loaded one "
+            f"(source={result.source}, attempts={result.attempts})"
+        )

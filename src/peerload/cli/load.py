@@ -22,12 +22,15 @@ def load(
     model: ModelOptions,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write a JSON report here.")] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Verify content checksums.")] = True,
-    fallback: Annotated[bool, typer.Option("--fallback/--no-fallback",
-                                           help="Load from PATH when no peer works.")] = True,
-    max_sources: Annotated[Optional[int], typer.Option("--max-sources", min=1,
-                                                      help="Peers to try before storage.")] = None,
-    serve: Annotated[bool, typer.Option("--serve/--no-serve",
-                                        help="Keep serving the loaded weights as a source until SIGTERM.")] = False,
+    fallback: Annotated[
+        bool, typer.Option("--fallback/--no-fallback", help="Load from PATH when no peer works.")
+    ] = True,
+    max_sources: Annotated[
+        Optional[int], typer.Option("--max-sources", min=1, help="Peers to try before storage.")
+    ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Keep serving the loaded weights as a source until SIGTERM.")
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Build the model of PATH with empty weights, pull them from a READY peer, verify, publish."""
@@ -35,17 +38,26 @@ def load(
     from peerload.loader import load_into
 
     settings = model.settings(verify_checksums=verify, storage_fallback=fallback, max_source_attempts=max_sources)
-    destination, from_storage = hf.target_tensors(model.path, quantize=model.quantize, tp_size=model.tp_size,
-                                                  tp_rank=model.tp_rank)
+    destination, from_storage = hf.target_tensors(
+        model.path, quantize=model.quantize, tp_size=model.tp_size, tp_rank=model.tp_rank
+    )
     console = Console(stderr=True)
     with _progress_bar(console, enabled=progress) as hook:
-        result = load_into(destination, model.identity, rank=model.rank, settings=settings,
-                           fallback=from_storage, progress=hook, worker_id=model.worker_id)
+        result = load_into(
+            destination,
+            model.identity,
+            rank=model.rank,
+            settings=settings,
+            fallback=from_storage,
+            progress=hook,
+            worker_id=model.worker_id,
+        )
     try:
         _print_summary(console, result)
         if report is not None:
-            report.write_text(json.dumps(build_report(result, settings.transport, model.identity.source_id()),
-                                         indent=2))
+            report.write_text(
+                json.dumps(build_report(result, settings.transport, model.identity.source_id()), indent=2)
+            )
         if serve and result.publisher is not None:
             console.print(f"serving as source {result.publisher.worker_id}; SIGTERM to stop")
             wait_for_signal()
@@ -76,8 +88,9 @@ def build_report(result: "LoadResult", transport: str, source_id: str) -> dict:
 
 def _print_summary(console: Console, result: "LoadResult") -> None:
     where = "storage" if result.source == "storage" else f"peer {result.source}"
-    console.print(f"loaded {result.bytes / 2**20:.1f} MiB from {where} in {result.seconds['total']:.2f}s "
-                  f"({result.gbps:.2f} GB/s)")
+    console.print(
+        f"loaded {result.bytes / 2**20:.1f} MiB from {where} in {result.seconds['total']:.2f}s ({result.gbps:.2f} GB/s)"
+    )
     for attempt in result.attempts:
         console.print(f"  note: {attempt}")
 
@@ -87,8 +100,15 @@ class _progress_bar:
 
     def __init__(self, console: Console, enabled: bool) -> None:
         self.enabled = enabled
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                            TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True)
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
         self.tasks: dict[str, int] = {}
 
     def __enter__(self):

@@ -37,8 +37,9 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a known peerload error becomes one line and a hint on stderr, exit status 1."""
     debug = debug_enabled()
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     err = Console(stderr=True, highlight=False)
     try:
         app(args=argv, prog_name="peerload")

@@ -17,8 +17,9 @@ log = logging.getLogger(__name__)
 @model_command
 def seed(
     model: ModelOptions,
-    ready_file: Annotated[Optional[Path], typer.Option(
-        "--ready-file", help="Write {worker_id, source_id, rank} as JSON here once READY.")] = None,
+    ready_file: Annotated[
+        Optional[Path], typer.Option("--ready-file", help="Write {worker_id, source_id, rank} as JSON here once READY.")
+    ] = None,
 ) -> None:
     """Load PATH from disk, post-process, publish it, and heartbeat READY until SIGINT/SIGTERM."""
     from peerload.adapters import hf  # torch-heavy: imported per command to keep the CLI fast
@@ -28,16 +29,20 @@ def seed(
     # Fail before reading gigabytes from disk if nobody can be told about them.
     with CoordinatorClient.from_settings(settings) as client:
         client.health_check()
-    tensors, _model = hf.seed_tensors(model.path, quantize=model.quantize, tp_size=model.tp_size,
-                                      tp_rank=model.tp_rank)
+    tensors, _model = hf.seed_tensors(model.path, quantize=model.quantize, tp_size=model.tp_size, tp_rank=model.tp_rank)
     with publish(tensors, model.identity, rank=model.rank, settings=settings, worker_id=model.worker_id) as pub:
-        typer.echo(f"seeding {model.identity.model_name} rank {model.rank}: {len(pub.manifest.tensors)} tensors, "
-                   f"{pub.manifest.total_bytes / 2**20:.1f} MiB, source {pub.source_id}, "
-                   f"worker {pub.worker_id}, transport {pub.transport.kind}, "
-                   f"coordinator {settings.coordinator}", err=True)
+        typer.echo(
+            f"seeding {model.identity.model_name} rank {model.rank}: {len(pub.manifest.tensors)} tensors, "
+            f"{pub.manifest.total_bytes / 2**20:.1f} MiB, source {pub.source_id}, "
+            f"worker {pub.worker_id}, transport {pub.transport.kind}, "
+            f"coordinator {settings.coordinator}",
+            err=True,
+        )
         if ready_file is not None:
-            _write_ready_file(ready_file, {"worker_id": pub.worker_id, "source_id": pub.source_id,
-                                           "rank": model.rank, "pid": os.getpid()})
+            _write_ready_file(
+                ready_file,
+                {"worker_id": pub.worker_id, "source_id": pub.source_id, "rank": model.rank, "pid": os.getpid()},
+            )
         wait_for_signal()
         typer.echo("stopping: marking the source STALE", err=True)
 

@@ -20,17 +20,21 @@ def serve(
     store: Optional[str] = typer.Option(None, help="Registry store: memory or redis [default: memory]."),
     redis_url: Optional[str] = typer.Option(None, help="Redis URL for --store redis."),
     heartbeat_timeout: Optional[float] = typer.Option(
-        None, help="Seconds without heartbeat before a READY worker is STALE [default: 10]."),
+        None, help="Seconds without heartbeat before a READY worker is STALE [default: 10]."
+    ),
     gc_timeout: Optional[float] = typer.Option(
-        None, help="Seconds without heartbeat before a STALE worker is deleted [default: 60]."),
+        None, help="Seconds without heartbeat before a STALE worker is deleted [default: 60]."
+    ),
     metrics_port: Optional[int] = typer.Option(
-        None, help="Serve Prometheus /metrics on this port (0 picks a free one) [default: off]."),
+        None, help="Serve Prometheus /metrics on this port (0 picks a free one) [default: off]."
+    ),
 ) -> None:
     """Run the coordinator (ModelExpress-compatible P2P metadata service)."""
     from peerload.coordinator.server import serve as start
 
-    overrides = dict(host=host, store=store, redis_url=redis_url, heartbeat_timeout_s=heartbeat_timeout,
-                     gc_timeout_s=gc_timeout)
+    overrides = dict(
+        host=host, store=store, redis_url=redis_url, heartbeat_timeout_s=heartbeat_timeout, gc_timeout_s=gc_timeout
+    )
     if heartbeat_timeout is not None:
         # Keep the settings' interval < timeout rule satisfiable when only the timeout is given.
         base = Settings.load()

@@ -21,19 +21,21 @@ def collect(client: CoordinatorClient) -> list[dict[str, Any]]:
         record = client.get_metadata(ref.mx_source_id, ref.worker_id)
         if record is None:  # deleted between the two calls
             continue
-        rows.append({
-            "model": ref.model_name,
-            "mx_source_id": ref.mx_source_id,
-            "worker_id": ref.worker_id,
-            "worker_rank": ref.worker_rank,
-            "status": record.status.name,
-            "updated_at_ms": ref.updated_at_ms,
-            "age_s": round(ref.age_s, 3),
-            "transport": record.transport,
-            "accelerator": ref.accelerator,
-            "source_load": ref.source_load,
-            "tensors": len(record.tensors),
-        })
+        rows.append(
+            {
+                "model": ref.model_name,
+                "mx_source_id": ref.mx_source_id,
+                "worker_id": ref.worker_id,
+                "worker_rank": ref.worker_rank,
+                "status": record.status.name,
+                "updated_at_ms": ref.updated_at_ms,
+                "age_s": round(ref.age_s, 3),
+                "transport": record.transport,
+                "accelerator": ref.accelerator,
+                "source_load": ref.source_load,
+                "tensors": len(record.tensors),
+            }
+        )
     return rows
 
 
@@ -45,16 +47,23 @@ def render(rows: list[dict[str, Any]], console: Console | None = None) -> None:
     colors = {"READY": "green", "INITIALIZING": "yellow", "STALE": "red"}
     for row in rows:
         status = row["status"]
-        table.add_row(row["model"], row["mx_source_id"], row["worker_id"], str(row["worker_rank"]),
-                      f"[{colors.get(status, 'white')}]{status}[/]", f"{row['age_s']:.1f}s",
-                      row["transport"] or "-")
+        table.add_row(
+            row["model"],
+            row["mx_source_id"],
+            row["worker_id"],
+            str(row["worker_rank"]),
+            f"[{colors.get(status, 'white')}]{status}[/]",
+            f"{row['age_s']:.1f}s",
+            row["transport"] or "-",
+        )
     # Piped output has no terminal width; do not truncate ids to 80 columns.
     (console or Console(width=None if sys.stdout.isatty() else 160)).print(table)
 
 
 def sources(
     coordinator: Optional[str] = typer.Option(
-        None, help="Coordinator HOST:PORT [default: PEERLOAD_COORDINATOR, MX_SERVER_ADDRESS or 127.0.0.1:8001]."),
+        None, help="Coordinator HOST:PORT [default: PEERLOAD_COORDINATOR, MX_SERVER_ADDRESS or 127.0.0.1:8001]."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the source workers the coordinator knows: model, id, worker, rank, status, age, transport."""

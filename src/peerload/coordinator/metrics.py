@@ -21,11 +21,13 @@ class _WorkerCollector(Collector):
         self._registry = registry
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("peerload_workers", "Workers known to the coordinator, by status",
-                                   labels=["model", "status"])
+        family = GaugeMetricFamily(
+            "peerload_workers", "Workers known to the coordinator, by status", labels=["model", "status"]
+        )
         now = self._registry.now_ms()
-        counts = Counter((e.model_name, status_name(self._registry.effective_status(e, now)))
-                         for e in self._registry.store.entries())
+        counts = Counter(
+            (e.model_name, status_name(self._registry.effective_status(e, now))) for e in self._registry.store.entries()
+        )
         for (model, status), n in sorted(counts.items()):
             family.add_metric([model, status], n)
         yield family
@@ -36,9 +38,13 @@ class CoordinatorMetrics:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = CollectorRegistry()
-        self._rpc = Histogram("peerload_rpc_seconds", "P2pService RPC latency by method and status code",
-                              ["method", "code"], registry=self.registry,
-                              buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0))
+        self._rpc = Histogram(
+            "peerload_rpc_seconds",
+            "P2pService RPC latency by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
+        )
         self.registry.register(_WorkerCollector(registry))
         self._http = None
 

@@ -15,8 +15,7 @@ logger = logging.getLogger(__name__)
 class Reaper:
     """Expire READY workers to STALE and delete old ones; `on_health(bool)` follows the store."""
 
-    def __init__(self, registry: Registry, interval_s: float,
-                 on_health: Callable[[bool], None] | None = None) -> None:
+    def __init__(self, registry: Registry, interval_s: float, on_health: Callable[[bool], None] | None = None) -> None:
         self._registry = registry
         self._interval_s = interval_s
         self._on_health = on_health

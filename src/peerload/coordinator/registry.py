@@ -54,8 +54,9 @@ def source_id_of(identity: pb.SourceIdentity) -> str:
 class Registry:
     """Publish / list / get / heartbeat over a Store; `clock` returns unix seconds."""
 
-    def __init__(self, store: Store, heartbeat_timeout_s: float, gc_timeout_s: float,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: Store, heartbeat_timeout_s: float, gc_timeout_s: float, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.heartbeat_timeout_ms = int(heartbeat_timeout_s * 1000)
         self.gc_timeout_ms = int(gc_timeout_s * 1000)
@@ -86,12 +87,25 @@ class Registry:
         stored.worker.status = INITIALIZING
         now = self.now_ms()
         stored.worker.updated_at = now
-        self.store.put(WorkerEntry(
-            mx_source_id=sid, worker_id=worker_id, worker_rank=request.worker.worker_rank,
-            model_name=request.identity.model_name.lower(), status=INITIALIZING, updated_at_ms=now,
-            source_load=None, payload=stored.SerializeToString()))
-        logger.info("published worker %s rank %d of %s (%s)", worker_id, request.worker.worker_rank,
-                    request.identity.model_name, sid)
+        self.store.put(
+            WorkerEntry(
+                mx_source_id=sid,
+                worker_id=worker_id,
+                worker_rank=request.worker.worker_rank,
+                model_name=request.identity.model_name.lower(),
+                status=INITIALIZING,
+                updated_at_ms=now,
+                source_load=None,
+                payload=stored.SerializeToString(),
+            )
+        )
+        logger.info(
+            "published worker %s rank %d of %s (%s)",
+            worker_id,
+            request.worker.worker_rank,
+            request.identity.model_name,
+            sid,
+        )
         return sid
 
     def list_sources(self, request: pb.ListSourcesRequest) -> list[pb.SourceInstanceRef]:
@@ -135,8 +149,9 @@ class Registry:
         worker = published.worker
         worker.status = self.effective_status(entry, self.now_ms())
         worker.updated_at = entry.updated_at_ms
-        return pb.GetMetadataResponse(found=True, worker=worker, mx_source_id=sid, worker_id=wid,
-                                      identity=published.identity)
+        return pb.GetMetadataResponse(
+            found=True, worker=worker, mx_source_id=sid, worker_id=wid, identity=published.identity
+        )
 
     def update_status(self, request: pb.UpdateStatusRequest) -> pb.UpdateStatusResponse:
         """Heartbeat; success=false (not an error) for an unknown worker, so clients re-publish."""
@@ -151,13 +166,14 @@ class Registry:
         outcome = self.store.heartbeat(sid, wid, request.worker_rank, request.status, self.now_ms(), load)
         if outcome is Heartbeat.MISSING:
             return pb.UpdateStatusResponse(
-                success=False, message=f"unknown worker {wid!r} of source {sid}: publish it first")
+                success=False, message=f"unknown worker {wid!r} of source {sid}: publish it first"
+            )
         if outcome is Heartbeat.RANK_MISMATCH:
             entry = self.store.get(sid, wid)
             published = entry.worker_rank if entry else "another rank"
-            raise InvalidRequest("worker_rank",
-                                 f"{request.worker_rank} does not match the published rank {published}"
-                                 f" of worker {wid!r}")
+            raise InvalidRequest(
+                "worker_rank", f"{request.worker_rank} does not match the published rank {published} of worker {wid!r}"
+            )
         return pb.UpdateStatusResponse(success=True, message="")
 
     # -- reaper -------------------------------------------------------------------------------
@@ -172,14 +188,18 @@ class Registry:
             if status != READY and age > self.gc_timeout_ms:
                 if self.store.compare_and_delete(entry.mx_source_id, entry.worker_id, entry.updated_at_ms):
                     deleted += 1
-                    logger.info("deleted worker %s of %s (silent %.1fs)", entry.worker_id,
-                                entry.mx_source_id, age / 1000)
+                    logger.info(
+                        "deleted worker %s of %s (silent %.1fs)", entry.worker_id, entry.mx_source_id, age / 1000
+                    )
             elif status == STALE and entry.status != STALE:
-                if self.store.compare_and_set_status(entry.mx_source_id, entry.worker_id,
-                                                     entry.updated_at_ms, STALE):
+                if self.store.compare_and_set_status(entry.mx_source_id, entry.worker_id, entry.updated_at_ms, STALE):
                     stale += 1
-                    logger.info("worker %s of %s is STALE (no heartbeat for %.1fs)", entry.worker_id,
-                                entry.mx_source_id, age / 1000)
+                    logger.info(
+                        "worker %s of %s is STALE (no heartbeat for %.1fs)",
+                        entry.worker_id,
+                        entry.mx_source_id,
+                        age / 1000,
+                    )
         return ReapResult(marked_stale=stale, deleted=deleted)
 
 
@@ -195,10 +215,14 @@ def _published(entry: WorkerEntry) -> pb.PublishMetadataRequest:
 def _instance_ref(entry: WorkerEntry) -> pb.SourceInstanceRef:
     worker = _published(entry)
     ref = pb.SourceInstanceRef(
-        mx_source_id=entry.mx_source_id, worker_id=entry.worker_id,
-        model_name=worker.identity.model_name or entry.model_name, worker_rank=entry.worker_rank,
-        accelerator=worker.worker.accelerator, updated_at=entry.updated_at_ms,
-        topology=dict(worker.worker.topology))
+        mx_source_id=entry.mx_source_id,
+        worker_id=entry.worker_id,
+        model_name=worker.identity.model_name or entry.model_name,
+        worker_rank=entry.worker_rank,
+        accelerator=worker.worker.accelerator,
+        updated_at=entry.updated_at_ms,
+        topology=dict(worker.worker.topology),
+    )
     if entry.source_load is not None:
         ref.source_load = entry.source_load
     return ref

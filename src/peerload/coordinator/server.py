@@ -29,8 +29,15 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 class CoordinatorServer:
     """A coordinator: P2pService, health and metrics over one registry. Use `serve(settings)`."""
 
-    def __init__(self, settings: Settings, store: Store, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 reap_interval_s: float | None = None, max_workers: int = 16) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        reap_interval_s: float | None = None,
+        max_workers: int = 16,
+    ) -> None:
         self.host = settings.host
         self.port = 0  # bound by start()
         # Port of the Prometheus /metrics endpoint, when one was asked for.
@@ -39,12 +46,14 @@ class CoordinatorServer:
         self._metrics = CoordinatorMetrics(self.registry)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="peerload-rpc"),
-            options=[("grpc.max_receive_message_length", max_message_bytes),
-                     ("grpc.max_send_message_length", max_message_bytes),
-                     # A second server on the same port must fail loudly, not share the port.
-                     ("grpc.so_reuseport", 0)])
-        self._server.add_generic_rpc_handlers(
-            (p2p_handler(P2pServicer(self.registry), observe=self._metrics.observe),))
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                # A second server on the same port must fail loudly, not share the port.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self._server.add_generic_rpc_handlers((p2p_handler(P2pServicer(self.registry), observe=self._metrics.observe),))
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if reap_interval_s is None:
@@ -65,8 +74,9 @@ class CoordinatorServer:
             try:
                 self.metrics_port = self._metrics.serve_http(self.host, metrics_port)
             except OSError as exc:
-                raise ConfigError(f"cannot serve metrics on {self.host}:{metrics_port}: {exc}; choose another "
-                                  "--metrics-port") from None
+                raise ConfigError(
+                    f"cannot serve metrics on {self.host}:{metrics_port}: {exc}; choose another --metrics-port"
+                ) from None
         self._reaper.start()
         self.set_serving(True)
 
@@ -120,9 +130,16 @@ class CoordinatorServer:
         self.stop()
 
 
-def serve(settings: Settings, *, port: int | None = None, store: Store | None = None,
-          max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, reap_interval_s: float | None = None,
-          max_workers: int = 16, metrics_port: int | None = None) -> CoordinatorServer:
+def serve(
+    settings: Settings,
+    *,
+    port: int | None = None,
+    store: Store | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    reap_interval_s: float | None = None,
+    max_workers: int = 16,
+    metrics_port: int | None = None,
+) -> CoordinatorServer:
     """Start a coordinator on settings.host:settings.port and return it running.
 
     Args:
@@ -138,14 +155,23 @@ def serve(settings: Settings, *, port: int | None = None, store: Store | None = 
         MissingExtraError: the Redis store was chosen without the `redis` package.
     """
     store_name = settings.store if store is None else type(store).__name__
-    coordinator = CoordinatorServer(settings, store if store is not None else make_store(settings),
-                                    max_message_bytes=max_message_bytes, reap_interval_s=reap_interval_s,
-                                    max_workers=max_workers)
+    coordinator = CoordinatorServer(
+        settings,
+        store if store is not None else make_store(settings),
+        max_message_bytes=max_message_bytes,
+        reap_interval_s=reap_interval_s,
+        max_workers=max_workers,
+    )
     try:
         coordinator.start(settings.port if port is None else port, metrics_port)
     except BaseException:
         coordinator.stop(grace_s=0)
         raise
-    logger.info("coordinator listening on %s (store=%s, heartbeat_timeout=%ss, gc_timeout=%ss)",
-                coordinator.address, store_name, settings.heartbeat_timeout_s, settings.gc_timeout_s)
+    logger.info(
+        "coordinator listening on %s (store=%s, heartbeat_timeout=%ss, gc_timeout=%ss)",
+        coordinator.address,
+        store_name,
+        settings.heartbeat_timeout_s,
+        settings.gc_timeout_s,
+    )
     return coordinator

@@ -29,8 +29,9 @@ class P2pServicer:
 
     def PublishMetadata(self, request: pb.PublishMetadataRequest) -> pb.PublishMetadataResponse:
         sid = self._registry.publish(request)
-        return pb.PublishMetadataResponse(success=True, message="published", mx_source_id=sid,
-                                          worker_id=request.worker_id)
+        return pb.PublishMetadataResponse(
+            success=True, message="published", mx_source_id=sid, worker_id=request.worker_id
+        )
 
     def ListSources(self, request: pb.ListSourcesRequest) -> pb.ListSourcesResponse:
         return pb.ListSourcesResponse(instances=self._registry.list_sources(request))
@@ -45,8 +46,9 @@ class P2pServicer:
 Observer = Callable[[str, str, float], None]  # (method, status code name, perf_counter at start)
 
 
-def _unary(name: str, request_type: type[Message], call: Callable[[Any], Message],
-           observe: Observer | None = None) -> grpc.RpcMethodHandler:
+def _unary(
+    name: str, request_type: type[Message], call: Callable[[Any], Message], observe: Observer | None = None
+) -> grpc.RpcMethodHandler:
     """Parse the request ourselves (undecodable bytes -> INVALID_ARGUMENT, not INTERNAL), map errors."""
 
     @functools.wraps(call)
@@ -67,8 +69,9 @@ def _unary(name: str, request_type: type[Message], call: Callable[[Any], Message
                 incident = uuid.uuid4().hex[:12]
                 logger.exception("%s failed (incident %s)", name, incident)
                 code_name = grpc.StatusCode.INTERNAL.name
-                context.abort(grpc.StatusCode.INTERNAL,
-                              f"{name}: internal error (incident {incident}); see the coordinator's log")
+                context.abort(
+                    grpc.StatusCode.INTERNAL, f"{name}: internal error (incident {incident}); see the coordinator's log"
+                )
             code_name = code.name
             context.abort(code, str(exc))
         finally:

@@ -37,8 +37,7 @@ class Faulting:
     def __init__(self, waves: list[list[torch.Tensor]]) -> None:
         self._done = [threading.Event() for _ in waves]
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(waves,), name="peerload-prefault",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(waves,), name="peerload-prefault", daemon=True)
         self._thread.start()
 
     def _run(self, waves: list[list[torch.Tensor]]) -> None:

@@ -110,8 +110,13 @@ class PeerPlan:
 class TargetLoad:
     """One load of `destination` for `identity`; `run()` does it once."""
 
-    def __init__(self, destination: Mapping[str, torch.Tensor] | torch.nn.Module, identity: SourceIdentity,
-                 settings: Settings, options: LoadOptions = LoadOptions()) -> None:
+    def __init__(
+        self,
+        destination: Mapping[str, torch.Tensor] | torch.nn.Module,
+        identity: SourceIdentity,
+        settings: Settings,
+        options: LoadOptions = LoadOptions(),
+    ) -> None:
         self.destination = destination
         self.identity = identity
         self.settings = settings
@@ -143,9 +148,15 @@ class TargetLoad:
             raise
         self._finish(keep_transport=publisher is not None)
         self.seconds["total"] = time.perf_counter() - started
-        return LoadResult(source=source, bytes=tensor_set.total_bytes, seconds=self.seconds,
-                          attempts=self.attempts, worker_id=self.worker_id, publisher=publisher,
-                          tensor_set=tensor_set)
+        return LoadResult(
+            source=source,
+            bytes=tensor_set.total_bytes,
+            seconds=self.seconds,
+            attempts=self.attempts,
+            worker_id=self.worker_id,
+            publisher=publisher,
+            tensor_set=tensor_set,
+        )
 
     def _health(self) -> bool:
         with self._phase("health"):
@@ -191,8 +202,9 @@ class TargetLoad:
                 return []
             candidates = order_sources(refs, exclude={self.worker_id})
         if not candidates:
-            reason = (f"no READY source of {self.identity.model_name} "
-                      f"(id {self.identity.source_id()}) at rank {self.rank}")
+            reason = (
+                f"no READY source of {self.identity.model_name} (id {self.identity.source_id()}) at rank {self.rank}"
+            )
             self.attempts.append(reason)
             log.info("%s; loading from storage", reason)
         return candidates
@@ -209,11 +221,15 @@ class TargetLoad:
                 raise NoSourceAvailable(f"source {worker_id} serves no manifest endpoint (not a peerload seed?)")
             manifest = fetch_manifest(record.worker_grpc_endpoint, worker_id, self.settings.rpc_timeout_s)
             check_layout(tensor_set, manifest, source=worker_id)
-            peer = EndpointInfo(agent_name=record.agent_name, nixl_metadata=record.nixl_metadata,
-                                transfer_engine_session_id=record.transfer_engine_session_id)
+            peer = EndpointInfo(
+                agent_name=record.agent_name,
+                nixl_metadata=record.nixl_metadata,
+                transfer_engine_session_id=record.transfer_engine_session_id,
+            )
             if peer.transport != self.transport.kind:
-                raise LayoutMismatch([f"source uses transport {peer.transport}, we use {self.transport.kind}"],
-                                     source=worker_id)
+                raise LayoutMismatch(
+                    [f"source uses transport {peer.transport}, we use {self.transport.kind}"], source=worker_id
+                )
         expected = {r.name: r.checksum for r in manifest.regions}
         usable = manifest.checksum_algorithm == "xxh3_64" and all(expected.values())
         if self.settings.verify_checksums and not usable:
@@ -234,8 +250,9 @@ class TargetLoad:
             raise ChecksumMismatch(bad, source=plan.worker_id)
         return actual
 
-    def _transfer(self, plan: PeerPlan, tensor_set: TensorSet,
-                  hashing: ThreadPoolExecutor) -> list[Future[dict[str, str]]]:
+    def _transfer(
+        self, plan: PeerPlan, tensor_set: TensorSet, hashing: ThreadPoolExecutor
+    ) -> list[Future[dict[str, str]]]:
         assert self.transport is not None
         timeout_s = self.settings.transfer_timeout_s
         deadline = time.monotonic() + timeout_s
@@ -246,8 +263,9 @@ class TargetLoad:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TransferTimeout(f"read not done within {timeout_s:g} s", plan.worker_id)
-            self.transport.read(plan.peer, _read_ops(tensor_set, plan.manifest, wave), timeout_s=left,
-                                progress=progress)
+            self.transport.read(
+                plan.peer, _read_ops(tensor_set, plan.manifest, wave), timeout_s=left, progress=progress
+            )
             if self.settings.verify_checksums:
                 hashed.append(hashing.submit(checksums, {n: tensor_set.regions[n] for n in wave}, 1))
         return hashed
@@ -256,7 +274,9 @@ class TargetLoad:
         if self.fallback is None:
             raise LoadFailed(
                 f"no peer could provide {self.identity.model_name} at rank {self.rank} and no storage "
-                "fallback is configured; the destination was rolled back", self.attempts)
+                "fallback is configured; the destination was rolled back",
+                self.attempts,
+            )
         with self._phase("storage"):
             self._faulting.join()
             try:
@@ -269,8 +289,15 @@ class TargetLoad:
     def _publish(self, tensor_set: TensorSet, sums: dict[str, str] | None) -> Publisher | None:
         with self._phase("publish"):
             try:
-                return Publisher(tensor_set, self.identity, rank=self.rank, settings=self.settings,
-                                 worker_id=self.worker_id, transport=self.transport, region_checksums=sums)
+                return Publisher(
+                    tensor_set,
+                    self.identity,
+                    rank=self.rank,
+                    settings=self.settings,
+                    worker_id=self.worker_id,
+                    transport=self.transport,
+                    region_checksums=sums,
+                )
             except PeerloadError as exc:
                 # The model is loaded and verified; failing to become a seed must not lose it.
                 self.attempts.append(f"publish as a new source failed: {exc}")
@@ -294,6 +321,7 @@ class TargetLoad:
             nonlocal done
             done += delta
             hook(Progress(source=source, done=done, total=total))
+
         return report
 
     def _phase(self, name: str) -> PhaseTimer:
@@ -317,8 +345,15 @@ def _read_ops(tensor_set: TensorSet, manifest: Manifest, names: list[str]) -> li
         if flat.numel() == 0:
             continue
         r = remote[name]
-        ops.append(ReadOp(remote_addr=r.addr, local_addr=flat.data_ptr(), size=r.size,
-                          remote_device=r.device_id, local_device=flat.device.index or 0))
+        ops.append(
+            ReadOp(
+                remote_addr=r.addr,
+                local_addr=flat.data_ptr(),
+                size=r.size,
+                remote_device=r.device_id,
+                local_device=flat.device.index or 0,
+            )
+        )
     return ops
 
 

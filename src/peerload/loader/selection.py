@@ -17,8 +17,9 @@ class _Candidate(Protocol):
 C = TypeVar("C", bound=_Candidate)
 
 
-def order_sources(candidates: Sequence[C], *, exclude: set[str] | frozenset[str] = frozenset(),
-                  rng: random.Random | None = None) -> list[C]:
+def order_sources(
+    candidates: Sequence[C], *, exclude: set[str] | frozenset[str] = frozenset(), rng: random.Random | None = None
+) -> list[C]:
     """Candidates sorted by load (unknown load counts as 0), random among equals."""
     rng = rng or random.Random()
     pool = [c for c in candidates if c.worker_id not in exclude]

@@ -21,8 +21,9 @@ def copy_into(tensor_set: TensorSet, loaded: Mapping[str, torch.Tensor]) -> None
         if src is None:
             continue
         if tuple(src.shape) != tuple(dst.shape) or src.dtype != dst.dtype:
-            problems.append(f"{name}: storage has {tuple(src.shape)} {src.dtype}, "
-                            f"model expects {tuple(dst.shape)} {dst.dtype}")
+            problems.append(
+                f"{name}: storage has {tuple(src.shape)} {src.dtype}, model expects {tuple(dst.shape)} {dst.dtype}"
+            )
     if problems:
         raise LayoutMismatch(problems, source="storage")
     with torch.no_grad():

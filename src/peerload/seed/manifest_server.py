@@ -17,12 +17,12 @@ class _Servicer(seed_pb2_grpc.SeedServiceServicer):
         self._manifest = manifest
         self._reply = manifest_to_proto(manifest)
 
-    def GetManifest(self, request: seed_pb2.GetManifestRequest, context: grpc.ServicerContext
-                    ) -> seed_pb2.Manifest:
+    def GetManifest(self, request: seed_pb2.GetManifestRequest, context: grpc.ServicerContext) -> seed_pb2.Manifest:
         if request.worker_id and request.worker_id != self._manifest.worker_id:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"worker_id {request.worker_id!r} is not served here "
-                          f"(this seed is {self._manifest.worker_id!r})")
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"worker_id {request.worker_id!r} is not served here (this seed is {self._manifest.worker_id!r})",
+            )
         return self._reply
 
 
@@ -30,8 +30,7 @@ class ManifestServer:
     """Serves one manifest on HOST:<free port>; `endpoint` is what goes into WorkerMetadata."""
 
     def __init__(self, manifest: Manifest, host: str = "127.0.0.1", port: int = 0) -> None:
-        options = [("grpc.max_send_message_length", MAX_MANIFEST_BYTES),
-                   ("grpc.max_receive_message_length", 1 << 20)]
+        options = [("grpc.max_send_message_length", MAX_MANIFEST_BYTES), ("grpc.max_receive_message_length", 1 << 20)]
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
         seed_pb2_grpc.add_SeedServiceServicer_to_server(_Servicer(manifest), self._server)
         bound = self._server.add_insecure_port(f"{host}:{port}")

@@ -58,14 +58,14 @@ class Publisher:
                 self.transport.register(tensor_set.regions)
             sums = dict(region_checksums) if region_checksums else checksums(tensor_set.regions)
             self.manifest: Manifest = tensor_set.manifest(
-                sums, worker_id=self.worker_id, source_id=self.source_id, worker_rank=rank)
+                sums, worker_id=self.worker_id, source_id=self.source_id, worker_rank=rank
+            )
             self._server = ManifestServer(self.manifest, host=settings.advertise_host)
             self._publish()
         except BaseException:
             self._release()
             raise
-        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"peerload-heartbeat-{rank}",
-                                           daemon=True)
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"peerload-heartbeat-{rank}", daemon=True)
         self._heartbeat.start()
 
     def _publish(self) -> None:
@@ -84,9 +84,15 @@ class Publisher:
             log.warning("coordinator computed source id %s, we computed %s", published_id, self.source_id)
             self.source_id = published_id
         self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.READY)
-        log.info("published %d tensors (%.1f MiB) as %s/%s rank %d via %s", len(self.manifest.tensors),
-                 self.manifest.total_bytes / 2**20, self.source_id, self.worker_id, self.rank,
-                 self.transport.kind)
+        log.info(
+            "published %d tensors (%.1f MiB) as %s/%s rank %d via %s",
+            len(self.manifest.tensors),
+            self.manifest.total_bytes / 2**20,
+            self.source_id,
+            self.worker_id,
+            self.rank,
+            self.transport.kind,
+        )
 
     def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval_s

@@ -79,9 +79,7 @@ def _fault(addr: int, length: int) -> None:
         _touch(addr, length)
 
 
-def prefault(
-    tensors: Iterable[torch.Tensor], *, threads: int | None = None, huge_pages: bool = False
-) -> int:
+def prefault(tensors: Iterable[torch.Tensor], *, threads: int | None = None, huge_pages: bool = False) -> int:
     """Fault in every page of the given CPU tensors using `threads` threads; returns bytes.
 
     Page contents are preserved with MADV_POPULATE_WRITE, so it may overlap a transfer into the
@@ -105,6 +103,7 @@ def prefault(
         for addr, n in pieces:
             _fault(addr, n)
         return total
+
     # Interleaved assignment keeps every thread near the front, where a transfer reads first.
     def work(i: int) -> None:
         for addr, n in pieces[i::n_threads]:

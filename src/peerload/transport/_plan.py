@@ -26,8 +26,12 @@ def split_op(op: ReadOp, chunk_bytes: int) -> Iterator[ReadOp]:
     for off in range(0, op.size, chunk_bytes):
         n = min(chunk_bytes, op.size - off)
         yield ReadOp(
-            op.remote_addr + off, op.local_addr + off, n,
-            op.remote_device, op.local_device, op.remote_memory,
+            op.remote_addr + off,
+            op.local_addr + off,
+            n,
+            op.remote_device,
+            op.local_device,
+            op.remote_memory,
         )
 
 

@@ -120,9 +120,7 @@ class MooncakeTransport(Transport):
             rc = self._engine.batch_register_memory(list(fresh), list(fresh.values()))
             if rc != 0:
                 self._spans = [s for s in self._spans if s[0] not in fresh]
-                raise TransportError(
-                    f"TransferEngine.batch_register_memory of {len(fresh)} regions returned {rc}"
-                )
+                raise TransportError(f"TransferEngine.batch_register_memory of {len(fresh)} regions returned {rc}")
         for r in regions:
             self._users.use(r.name, owner.get(r.name))
         return regions
@@ -182,9 +180,7 @@ class MooncakeTransport(Transport):
             if progress is not None:
                 progress(batch.nbytes)
 
-    def _read_batch(
-        self, session: str, ops: list[ReadOp], budget_s: float, timeout_s: float, who: str
-    ) -> int:
+    def _read_batch(self, session: str, ops: list[ReadOp], budget_s: float, timeout_s: float, who: str) -> int:
         """One blocking batch read, in a helper thread so a stalled peer cannot outlast the timeout."""
         result: list[int] = []
 

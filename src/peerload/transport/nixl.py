@@ -295,14 +295,21 @@ class NixlTransport(Transport):
         self._check_open()
         deadline = time.monotonic() + timeout_s
         self._check_metadata(peer)
+
         def memory_kinds(op: ReadOp) -> tuple[bool, str]:
             return self._local_is_cuda(op.local_addr, op.size), op.remote_memory
 
         batches = plan_batches(ops, self._chunk_bytes, key=memory_kinds)
         if not batches:
             return
-        state = _ReadState(remote=self._connect(peer), batches=batches, timeout_s=timeout_s,
-                           deadline=deadline, progress=progress, cancel=cancel)
+        state = _ReadState(
+            remote=self._connect(peer),
+            batches=batches,
+            timeout_s=timeout_s,
+            deadline=deadline,
+            progress=progress,
+            cancel=cancel,
+        )
         try:
             self._run_batches(state)
         except BaseException:
@@ -315,8 +322,11 @@ class NixlTransport(Transport):
             read.check_alive()
             # The last request carries the "done" notification, so post it only after the rest:
             # a seed may treat that notification as "this reader no longer needs me".
-            while read.next <= last and len(read.inflight) < self._max_inflight and \
-                    (read.next < last or not read.inflight):
+            while (
+                read.next <= last
+                and len(read.inflight) < self._max_inflight
+                and (read.next < last or not read.inflight)
+            ):
                 notif = _NOTIF + (b"done:" if read.next == last else b"xfer:") + read.tag
                 batch = read.batches[read.next]
                 read.inflight.append((self._post(read.remote, batch, notif), batch.nbytes))
@@ -351,9 +361,7 @@ class NixlTransport(Transport):
                     notif,
                 )
             except Exception as e:
-                raise TransportError(
-                    f"NIXL could not prepare a READ of {batch.nbytes} bytes: {e}", remote
-                ) from e
+                raise TransportError(f"NIXL could not prepare a READ of {batch.nbytes} bytes: {e}", remote) from e
             try:
                 state = self._agent.transfer(h)
             except Exception as e:

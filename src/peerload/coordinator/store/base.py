@@ -11,7 +11,6 @@ if TYPE_CHECKING:
     from peerload.settings import Settings
 
 
-
 @dataclass(frozen=True)
 class WorkerEntry:
     """One published worker as stored: indexed fields plus the published request bytes."""
@@ -50,13 +49,21 @@ class Store(ABC):
         """All entries, or those of one source id."""
 
     @abstractmethod
-    def heartbeat(self, mx_source_id: str, worker_id: str, worker_rank: int, status: int,
-                  updated_at_ms: int, source_load: float | None) -> Heartbeat:
+    def heartbeat(
+        self,
+        mx_source_id: str,
+        worker_id: str,
+        worker_rank: int,
+        status: int,
+        updated_at_ms: int,
+        source_load: float | None,
+    ) -> Heartbeat:
         """Set status, time and load of an existing worker whose rank matches."""
 
     @abstractmethod
-    def compare_and_set_status(self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int,
-                               status: int) -> bool:
+    def compare_and_set_status(
+        self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int, status: int
+    ) -> bool:
         """Set status only if nothing touched the worker since `expected_updated_at_ms`."""
 
     @abstractmethod

@@ -25,11 +25,17 @@ class MemoryStore(Store):
 
     def entries(self, mx_source_id: str | None = None) -> list[WorkerEntry]:
         with self._lock:
-            return [e for e in self._entries.values()
-                    if mx_source_id is None or e.mx_source_id == mx_source_id]
+            return [e for e in self._entries.values() if mx_source_id is None or e.mx_source_id == mx_source_id]
 
-    def heartbeat(self, mx_source_id: str, worker_id: str, worker_rank: int, status: int,
-                  updated_at_ms: int, source_load: float | None) -> Heartbeat:
+    def heartbeat(
+        self,
+        mx_source_id: str,
+        worker_id: str,
+        worker_rank: int,
+        status: int,
+        updated_at_ms: int,
+        source_load: float | None,
+    ) -> Heartbeat:
         key = (mx_source_id, worker_id)
         with self._lock:
             entry = self._entries.get(key)
@@ -38,11 +44,13 @@ class MemoryStore(Store):
             if entry.worker_rank != worker_rank:
                 return Heartbeat.RANK_MISMATCH
             self._entries[key] = dataclasses.replace(
-                entry, status=status, updated_at_ms=updated_at_ms, source_load=source_load)
+                entry, status=status, updated_at_ms=updated_at_ms, source_load=source_load
+            )
             return Heartbeat.OK
 
-    def compare_and_set_status(self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int,
-                               status: int) -> bool:
+    def compare_and_set_status(
+        self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int, status: int
+    ) -> bool:
         key = (mx_source_id, worker_id)
         with self._lock:
             entry = self._entries.get(key)

@@ -60,8 +60,7 @@ class RedisStore(Store):
             raise MissingExtraError("Redis store", "redis", "redis")
         self.url = url
         self._prefix = prefix
-        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s,
-                                            socket_connect_timeout=timeout_s)
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._heartbeat = self._client.register_script(_HEARTBEAT)
         self._cas_status = self._client.register_script(_CAS_STATUS)
         self._cas_delete = self._client.register_script(_CAS_DELETE)
@@ -106,8 +105,7 @@ class RedisStore(Store):
                 members = [m.decode() for m in self._client.smembers(self._all())]
                 keys = [f"{self._prefix}:w:{m}" for m in members]
             else:
-                keys = [self._key(mx_source_id, w.decode())
-                        for w in self._client.smembers(self._src(mx_source_id))]
+                keys = [self._key(mx_source_id, w.decode()) for w in self._client.smembers(self._src(mx_source_id))]
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
                 pipe.hgetall(key)
@@ -116,24 +114,44 @@ class RedisStore(Store):
         # A hash deleted between SMEMBERS and HGETALL comes back empty: skip it.
         return [_decode(raw) for raw in self._call("list", run) if raw]
 
-    def heartbeat(self, mx_source_id: str, worker_id: str, worker_rank: int, status: int,
-                  updated_at_ms: int, source_load: float | None) -> Heartbeat:
+    def heartbeat(
+        self,
+        mx_source_id: str,
+        worker_id: str,
+        worker_rank: int,
+        status: int,
+        updated_at_ms: int,
+        source_load: float | None,
+    ) -> Heartbeat:
         load = "" if source_load is None else repr(float(source_load))
-        result = self._call("heartbeat", lambda: self._heartbeat(
-            keys=[self._key(mx_source_id, worker_id)],
-            args=[str(worker_rank), str(status), str(updated_at_ms), load]))
+        result = self._call(
+            "heartbeat",
+            lambda: self._heartbeat(
+                keys=[self._key(mx_source_id, worker_id)],
+                args=[str(worker_rank), str(status), str(updated_at_ms), load],
+            ),
+        )
         return {1: Heartbeat.OK, 0: Heartbeat.MISSING}.get(int(result), Heartbeat.RANK_MISMATCH)
 
-    def compare_and_set_status(self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int,
-                               status: int) -> bool:
-        result = self._call("set status", lambda: self._cas_status(
-            keys=[self._key(mx_source_id, worker_id)], args=[str(expected_updated_at_ms), str(status)]))
+    def compare_and_set_status(
+        self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int, status: int
+    ) -> bool:
+        result = self._call(
+            "set status",
+            lambda: self._cas_status(
+                keys=[self._key(mx_source_id, worker_id)], args=[str(expected_updated_at_ms), str(status)]
+            ),
+        )
         return bool(result)
 
     def compare_and_delete(self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int) -> bool:
-        result = self._call("delete", lambda: self._cas_delete(
-            keys=[self._key(mx_source_id, worker_id), self._all(), self._src(mx_source_id)],
-            args=[str(expected_updated_at_ms), f"{mx_source_id}:{worker_id}", worker_id]))
+        result = self._call(
+            "delete",
+            lambda: self._cas_delete(
+                keys=[self._key(mx_source_id, worker_id), self._all(), self._src(mx_source_id)],
+                args=[str(expected_updated_at_ms), f"{mx_source_id}:{worker_id}", worker_id],
+            ),
+        )
         return bool(result)
 
     def ping(self) -> None:
