@@ -6,7 +6,9 @@ Pure data, no torch: the local side of it is `peerload.tensors.TensorSet`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from peerload.parts import Part, plan_parts
 
 CHECKSUM_ALGORITHM = "xxh3_64"
 
@@ -45,10 +47,19 @@ class Manifest:
     source_id: str = ""
     worker_rank: int = 0
     checksum_algorithm: str = CHECKSUM_ALGORITHM
+    # The part plan's size and one checksum per part (see `peerload.parts`); 0 / empty: none.
+    part_bytes: int = 0
+    part_checksums: list[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
         return sum(r.size for r in self.regions)
+
+    def parts(self) -> list[Part]:
+        """The part plan this manifest's checksums refer to (empty when it publishes none)."""
+        if not self.part_bytes:
+            return []
+        return plan_parts(((r.name, r.size) for r in self.regions), self.part_bytes)
 
     def region_map(self) -> dict[str, RegionEntry]:
         return {r.name: r for r in self.regions}

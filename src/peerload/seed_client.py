@@ -1,23 +1,78 @@
-"""SeedClient: typed calls to a seed's own `peerload.v1.SeedService` (its manifest)."""
+"""SeedClient: typed calls to a seed's own `peerload.v1.SeedService` (manifest, read leases)."""
 
 from __future__ import annotations
 
 from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
 from peerload._grpc import Caller, open_channel
-from peerload.errors import SeedServiceError
+from peerload.errors import LeaseRefused, SeedServiceError
 from peerload.manifest import Manifest
 from peerload.wire import MAX_MANIFEST_BYTES, manifest_from_proto
 
+# A seed at its reader cap answers RESOURCE_EXHAUSTED; one shutting down answers UNAVAILABLE.
+_REFUSED = {"RESOURCE_EXHAUSTED": False, "UNAVAILABLE": True}
+
+
+class SeedClient:
+    """One channel to the seed at `endpoint` serving worker `worker_id`; `close()` when done."""
+
+    def __init__(self, endpoint: str, worker_id: str, timeout_s: float) -> None:
+        self.endpoint = endpoint
+        self.worker_id = worker_id
+        self._call = Caller(endpoint, timeout_s=timeout_s, retries=0, error=SeedServiceError)
+        self._channel = open_channel(endpoint, MAX_MANIFEST_BYTES)
+        self._stub = seed_pb2_grpc.SeedServiceStub(self._channel)
+
+    def manifest(self) -> Manifest:
+        """The seed's manifest.
+
+        Raises:
+            SeedServiceError: the seed cannot be reached, serves another worker, or is not a
+                peerload seed (UNIMPLEMENTED).
+        """
+        request = seed_pb2.GetManifestRequest(worker_id=self.worker_id)
+        return manifest_from_proto(self._call("GetManifest", self._stub.GetManifest, request))
+
+    def acquire_lease(self, reader: str) -> str | None:
+        """A read lease id, or None when the seed grants no leases (an older seed: read anyway).
+
+        Raises:
+            LeaseRefused: the seed is at its reader cap, or shutting down.
+            SeedServiceError: any other failure.
+        """
+        request = seed_pb2.AcquireLeaseRequest(worker_id=self.worker_id, reader=reader)
+        try:
+            return self._call("AcquireLease", self._stub.AcquireLease, request).lease_id
+        except SeedServiceError as exc:
+            if exc.code == "UNIMPLEMENTED":
+                return None
+            if exc.code in _REFUSED:
+                raise LeaseRefused(f"seed {self.worker_id}: {exc.details}", closing=_REFUSED[exc.code]) from None
+            raise
+
+    def release_lease(self, lease_id: str) -> bool:
+        """End a lease; False if the seed no longer knew it.
+
+        Raises:
+            SeedServiceError: the seed cannot be reached.
+        """
+        request = seed_pb2.ReleaseLeaseRequest(lease_id=lease_id)
+        return self._call("ReleaseLease", self._stub.ReleaseLease, request).released
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> SeedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def fetch_manifest(endpoint: str, worker_id: str, timeout_s: float) -> Manifest:
-    """Ask the seed at `endpoint` for worker `worker_id`'s manifest.
+    """Ask the seed at `endpoint` for worker `worker_id`'s manifest (one call, one channel).
 
     Raises:
-        SeedServiceError: the seed cannot be reached, serves another worker, or is not a peerload
-            seed (UNIMPLEMENTED).
+        SeedServiceError: see `SeedClient.manifest`.
     """
-    call = Caller(endpoint, timeout_s=timeout_s, retries=0, error=SeedServiceError)
-    with open_channel(endpoint, MAX_MANIFEST_BYTES) as channel:
-        stub = seed_pb2_grpc.SeedServiceStub(channel)
-        reply = call("GetManifest", stub.GetManifest, seed_pb2.GetManifestRequest(worker_id=worker_id))
-    return manifest_from_proto(reply)
+    with SeedClient(endpoint, worker_id, timeout_s) as seed:
+        return seed.manifest()

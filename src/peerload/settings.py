@@ -45,8 +45,17 @@ class Settings:
     max_source_attempts: int = 3
     verify_checksums: bool = True
     storage_fallback: bool = True
-    # Tensors larger than this are moved as several chunks (pipelines page faulting with transfer).
+    # Tensors larger than this are moved as several chunks (pipelines page faulting with transfer);
+    # a seed also cuts its model into verified parts of about this size (the part plan).
     chunk_bytes: int = 64 << 20
+    # Striping: sources one load reads from at once, and how long one part may take from one
+    # source before that source counts as stalled (dropped; its parts go to the others).
+    max_parallel_sources: int = 4
+    part_timeout_s: float = 60.0
+    # Seed side: concurrent readers one seed serves (0 = no cap), and how long a read lease
+    # lasts when a reader never releases it (a reader that died).
+    seed_max_readers: int = 8
+    lease_timeout_s: float = 600.0
     # Address a seed advertises for its manifest server (the host part).
     advertise_host: str = "127.0.0.1"
 
@@ -192,7 +201,15 @@ def _validate(s: Settings) -> None:
     if s.store not in STORES:
         raise ConfigError(f"store {s.store!r} is not supported; choose one of {choices(STORES)}")
     split_host_port(s.coordinator, what="coordinator")
-    for name in ("rpc_timeout_s", "heartbeat_interval_s", "heartbeat_timeout_s", "gc_timeout_s", "transfer_timeout_s"):
+    for name in (
+        "rpc_timeout_s",
+        "heartbeat_interval_s",
+        "heartbeat_timeout_s",
+        "gc_timeout_s",
+        "transfer_timeout_s",
+        "part_timeout_s",
+        "lease_timeout_s",
+    ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(s, name)}")
     if s.heartbeat_interval_s >= s.heartbeat_timeout_s:
@@ -202,6 +219,10 @@ def _validate(s: Settings) -> None:
         )
     if s.rpc_retries < 0 or s.max_source_attempts < 1:
         raise ConfigError("rpc_retries must be >= 0 and max_source_attempts >= 1")
+    if s.max_parallel_sources < 1:
+        raise ConfigError(f"max_parallel_sources must be >= 1, got {s.max_parallel_sources}")
+    if s.seed_max_readers < 0:
+        raise ConfigError(f"seed_max_readers must be >= 0 (0 = no cap), got {s.seed_max_readers}")
     if s.chunk_bytes < 4096:
         raise ConfigError(f"chunk_bytes must be >= 4096, got {s.chunk_bytes}")
     if not 0 <= s.port < 65536:

@@ -16,6 +16,7 @@ import xxhash
 
 from peerload.errors import ConfigError, LayoutMismatch
 from peerload.manifest import Manifest, RegionEntry, TensorEntry, compare_layout
+from peerload.parts import Part
 
 # Hashing runs at ~16 GB/s per core, so large regions are split to use every core.
 _HASH_SLICE = 256 << 20
@@ -134,6 +135,20 @@ def checksums(regions: Mapping[str, torch.Tensor], workers: int | None = None) -
     for (name, _, _), digest in zip(jobs, digests, strict=True):
         parts[name].append(digest)
     return {name: _fold(p) for name, p in parts.items()}
+
+
+def part_checksum(regions: Mapping[str, torch.Tensor], part: Part) -> str:
+    """xxh3_64 of a part's bytes: its pieces, in order, as one stream."""
+    digest = xxhash.xxh3_64()
+    for piece in part.pieces:
+        digest.update(_as_buffer(regions[piece.region])[piece.offset : piece.offset + piece.size])
+    return digest.hexdigest()
+
+
+def part_checksums(regions: Mapping[str, torch.Tensor], parts: Sequence[Part], workers: int | None = None) -> list[str]:
+    """One checksum per part, in plan order, over a thread pool."""
+    with ThreadPoolExecutor(max_workers=workers or torch.get_num_threads() or 2) as pool:
+        return list(pool.map(lambda part: part_checksum(regions, part), parts))
 
 
 def _slices(flat: torch.Tensor) -> list[memoryview]:

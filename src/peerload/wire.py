@@ -249,6 +249,8 @@ def manifest_to_proto(m: Manifest) -> seed_pb2.Manifest:
             seed_pb2.RegionEntry(name=r.name, size=r.size, addr=r.addr, device_id=r.device_id, checksum=r.checksum)
             for r in m.regions
         ],
+        part_bytes=m.part_bytes,
+        part_checksums=m.part_checksums,
     )
 
 
@@ -275,4 +277,6 @@ def manifest_from_proto(p: seed_pb2.Manifest) -> Manifest:
             RegionEntry(name=r.name, size=r.size, addr=r.addr, device_id=r.device_id, checksum=r.checksum)
             for r in p.regions
         ],
+        part_bytes=p.part_bytes,
+        part_checksums=list(p.part_checksums),
     )

@@ -3,5 +3,6 @@
 from peerload.loader.load import LoadOptions, LoadResult, Progress, TargetLoad, load_into
 from peerload.loader.phases import PHASES
 from peerload.loader.storage import copy_into
+from peerload.loader.striping import SourceStats
 
-__all__ = ["PHASES", "LoadOptions", "LoadResult", "Progress", "TargetLoad", "copy_into", "load_into"]
+__all__ = ["PHASES", "LoadOptions", "LoadResult", "Progress", "SourceStats", "TargetLoad", "copy_into", "load_into"]

@@ -1,15 +1,17 @@
 """Target side: health-check, prepare, discover, transfer, verify, fall back, then publish.
 
-The whole sequence lives in `TargetLoad.run`; every failure of one source rolls the destination
-back before the next source (or storage) is tried, so a half-loaded model is never returned.
+The whole sequence lives in `TargetLoad.run`. Bytes come in verified parts from up to
+`max_parallel_sources` peers at once (`striping`); a failed source's unfinished parts go to the
+others, storage fills only what no peer delivered, and if that fails too everything is rolled
+back, so a half-loaded model is never returned.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -23,33 +25,31 @@ from peerload.errors import (
     LoadFailed,
     NoSourceAvailable,
     PeerloadError,
-    ServiceError,
-    TransferTimeout,
-    TransportError,
 )
 from peerload.identity import SourceIdentity, new_worker_id
 from peerload.loader.faulting import Faulting, waves
+from peerload.loader.network import describe_path
 from peerload.loader.phases import PhaseTimer
 from peerload.loader.selection import order_sources
-from peerload.loader.storage import copy_into
-from peerload.manifest import Manifest
+from peerload.loader.storage import copy_into, fill_parts
+from peerload.loader.striping import SOURCE_FAILURES, PeerPlan, SourceStats, StripedRead, StripeOptions
+from peerload.manifest import CHECKSUM_ALGORITHM, Manifest
+from peerload.parts import Part, plan_parts
 from peerload.seed.publisher import Publisher
-from peerload.seed_client import fetch_manifest
-from peerload.settings import Settings
-from peerload.tensors import TensorSet, check_layout, checksums, collect
-from peerload.transport import make_transport
-from peerload.transport.base import EndpointInfo, ReadOp, Transport
+from peerload.seed_client import SeedClient
+from peerload.settings import Settings, split_host_port
+from peerload.tensors import TensorSet, check_layout, collect
+from peerload.transport import make_transport, populate_supported
+from peerload.transport.base import EndpointInfo, Transport
 
 log = logging.getLogger(__name__)
 
 Fallback = Callable[[], Mapping[str, torch.Tensor]]
-# What makes one source unusable (the loader rolls back and tries the next one).
-SOURCE_FAILURES = (TransportError, LayoutMismatch, ChecksumMismatch, ServiceError, NoSourceAvailable)
 
 
 @dataclass(frozen=True)
 class Progress:
-    """Bytes moved so far from `source` out of `total`."""
+    """Bytes moved so far from `source` (`done`) out of the whole load's `total`."""
 
     source: str
     done: int
@@ -78,13 +78,16 @@ class LoadOptions:
 class LoadResult:
     """What a load did: where the bytes came from, how long each phase took, what was tried."""
 
-    source: str  # the peer's worker id, or "storage"
+    source: str  # the peer that delivered most bytes, or "storage" when storage filled any
     bytes: int
     seconds: dict[str, float]
     attempts: list[str]
     worker_id: str
     publisher: Publisher | None = None
     tensor_set: TensorSet | None = field(default=None, repr=False)
+    sources: list[SourceStats] = field(default_factory=list)  # every peer read from, in start order
+    restarted_bytes: int = 0  # bytes read again after a source failed mid-part
+    storage_bytes: int = 0  # bytes storage filled (all of them when no peer worked)
 
     @property
     def gbps(self) -> float:
@@ -97,14 +100,14 @@ class LoadResult:
             self.publisher.close()
 
 
-@dataclass(frozen=True)
-class PeerPlan:
-    """What the handshake with one source established: where to read and what to expect."""
+@dataclass
+class _PeerOutcome:
+    """What the peers delivered: parts still missing and the verified plan (for publishing)."""
 
-    worker_id: str
-    peer: EndpointInfo
-    manifest: Manifest
-    expected: dict[str, str]  # region -> checksum
+    parts: list[Part]
+    missing: list[Part]
+    part_bytes: int
+    sums: list[str]
 
 
 class TargetLoad:
@@ -130,6 +133,10 @@ class TargetLoad:
         self.transport: Transport | None = None
         self._waves: list[list[str]] = []
         self._faulting = Faulting([])
+        self._used: list[PeerPlan] = []  # sources handshaken and read from (their leases are ours)
+        self._candidates_lock = threading.Lock()  # readers replace dropped sources concurrently
+        self._restarted_bytes = 0
+        self._storage_bytes = 0
 
     # -- the sequence --------------------------------------------------------------------------
 
@@ -138,24 +145,26 @@ class TargetLoad:
         try:
             coordinator_up = self._health()
             tensor_set = self._prepare()
-            source, sums = self._from_peers(tensor_set) if coordinator_up else (None, None)
-            if source is None:
-                sums = self._from_storage(tensor_set)
-                source = "storage"
-            publisher = self._publish(tensor_set, sums) if self.options.publish and coordinator_up else None
+            outcome = self._from_peers(tensor_set) if coordinator_up else None
+            if outcome is None or outcome.missing:
+                self._from_storage(tensor_set, outcome)
+            publisher = self._publish(tensor_set, outcome) if self.options.publish and coordinator_up else None
         except BaseException:
             self._finish(keep_transport=False)
             raise
         self._finish(keep_transport=publisher is not None)
         self.seconds["total"] = time.perf_counter() - started
         return LoadResult(
-            source=source,
+            source=self._main_source(),
             bytes=tensor_set.total_bytes,
             seconds=self.seconds,
             attempts=self.attempts,
             worker_id=self.worker_id,
             publisher=publisher,
             tensor_set=tensor_set,
+            sources=[plan.stats for plan in self._used],
+            restarted_bytes=self._restarted_bytes,
+            storage_bytes=self._storage_bytes,
         )
 
     def _health(self) -> bool:
@@ -179,17 +188,58 @@ class TargetLoad:
             self.transport.register(tensor_set.regions)
         return tensor_set
 
-    def _from_peers(self, tensor_set: TensorSet) -> tuple[str | None, dict[str, str] | None]:
-        candidates = self._discover()
-        for ref in candidates[: self.settings.max_source_attempts]:
-            try:
-                plan = self._handshake(ref, tensor_set)
-                return ref.worker_id, self._transfer_and_verify(plan, tensor_set)
-            except SOURCE_FAILURES as exc:
-                self.attempts.append(f"source {ref.worker_id}: {type(exc).__name__}: {exc}")
-                log.warning("source %s failed (%s: %s); rolling back", ref.worker_id, type(exc).__name__, exc)
-                self._rollback(tensor_set)
-        return None, None
+    def _from_peers(self, tensor_set: TensorSet) -> _PeerOutcome | None:
+        """Stripe the load over the READY peers; None when no peer was usable at all."""
+        candidates = iter(
+            self._discover()[: max(self.settings.max_source_attempts, self.settings.max_parallel_sources)]
+        )
+        first = self._next_usable(candidates, tensor_set)
+        if first is None:
+            return None
+        parts = first.manifest.parts() or self._fallback_plan(tensor_set)
+        expected = list(first.manifest.part_checksums)
+        sources = [first]
+        while len(sources) < self.settings.max_parallel_sources:
+            more = self._next_usable(candidates, tensor_set, parts_of=first)
+            if more is None:
+                break
+            sources.append(more)
+        reading = StripedRead(
+            self.transport,
+            tensor_set,
+            parts,
+            expected,
+            StripeOptions(
+                part_timeout_s=self.settings.part_timeout_s,
+                deadline=time.monotonic() + self.settings.transfer_timeout_s,
+                verify=self.settings.verify_checksums,
+                wait_faulted=None if populate_supported() else self._wait_faulted(tensor_set, parts),
+                on_bytes=self._progress_hook(tensor_set.total_bytes),
+                on_drop=lambda name, exc: self.attempts.append(f"source {name}: {type(exc).__name__}: {exc}"),
+            ),
+        )
+        with self._phase("transfer"):
+            reading.run(sources, lambda: self._next_usable(candidates, tensor_set, parts_of=first))
+        self.seconds["verify"] = reading.verify_seconds
+        self._restarted_bytes = reading.scheduler.restarted_bytes
+        missing = [parts[i] for i in reading.scheduler.missing()]
+        return _PeerOutcome(parts=parts, missing=missing, part_bytes=first.manifest.part_bytes, sums=expected)
+
+    def _next_usable(
+        self, candidates: Iterator[SourceRef], tensor_set: TensorSet, parts_of: PeerPlan | None = None
+    ) -> PeerPlan | None:
+        """Handshake candidates until one is usable (same layout and part plan, lease granted)."""
+        with self._candidates_lock:
+            for ref in candidates:
+                try:
+                    plan = self._handshake(ref, tensor_set, parts_of)
+                except SOURCE_FAILURES as exc:
+                    self.attempts.append(f"source {ref.worker_id}: {type(exc).__name__}: {exc}")
+                    log.warning("source %s refused (%s: %s)", ref.worker_id, type(exc).__name__, exc)
+                    continue
+                self._used.append(plan)
+                return plan
+        return None
 
     def _discover(self) -> list[SourceRef]:
         with self._phase("discover"):
@@ -209,8 +259,8 @@ class TargetLoad:
             log.info("%s; loading from storage", reason)
         return candidates
 
-    def _handshake(self, ref: SourceRef, tensor_set: TensorSet) -> PeerPlan:
-        """Fetch the source's record and manifest; refuse it before any byte moves if it differs."""
+    def _handshake(self, ref: SourceRef, tensor_set: TensorSet, parts_of: PeerPlan | None) -> PeerPlan:
+        """Fetch the source's record and manifest, refuse it if it differs, then take a read lease."""
         assert self.transport is not None
         worker_id = ref.worker_id
         with self._phase("handshake"):
@@ -219,74 +269,80 @@ class TargetLoad:
                 raise NoSourceAvailable(f"source {worker_id} vanished before the transfer")
             if not record.worker_grpc_endpoint:
                 raise NoSourceAvailable(f"source {worker_id} serves no manifest endpoint (not a peerload seed?)")
-            manifest = fetch_manifest(record.worker_grpc_endpoint, worker_id, self.settings.rpc_timeout_s)
-            check_layout(tensor_set, manifest, source=worker_id)
-            peer = EndpointInfo(
-                agent_name=record.agent_name,
-                nixl_metadata=record.nixl_metadata,
-                transfer_engine_session_id=record.transfer_engine_session_id,
-            )
-            if peer.transport != self.transport.kind:
-                raise LayoutMismatch(
-                    [f"source uses transport {peer.transport}, we use {self.transport.kind}"], source=worker_id
+            seed = SeedClient(record.worker_grpc_endpoint, worker_id, self.settings.rpc_timeout_s)
+            try:
+                manifest = seed.manifest()
+                peer = EndpointInfo(
+                    agent_name=record.agent_name,
+                    nixl_metadata=record.nixl_metadata,
+                    transfer_engine_session_id=record.transfer_engine_session_id,
                 )
-        expected = {r.name: r.checksum for r in manifest.regions}
-        usable = manifest.checksum_algorithm == "xxh3_64" and all(expected.values())
-        if self.settings.verify_checksums and not usable:
-            raise ChecksumMismatch(["(source published no usable checksums)"], source=worker_id)
-        return PeerPlan(worker_id=worker_id, peer=peer, manifest=manifest, expected=expected)
+                self._check_source(tensor_set, manifest, peer, worker_id, parts_of)
+                lease = seed.acquire_lease(self.worker_id)
+            except BaseException:
+                seed.close()
+                raise
+        host = split_host_port(record.worker_grpc_endpoint)[0]
+        stats = SourceStats(worker_id, peer.transport, describe_path(peer.transport, host))
+        return PeerPlan(worker_id=worker_id, peer=peer, manifest=manifest, seed=seed, lease=lease, stats=stats)
 
-    def _transfer_and_verify(self, plan: PeerPlan, tensor_set: TensorSet) -> dict[str, str]:
-        """Read every wave once it is faulted in, hashing wave i while wave i+1 is read."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="peerload-verify") as hashing:
-            with self._phase("transfer"):
-                hashed = self._transfer(plan, tensor_set, hashing)
-            if not self.settings.verify_checksums:
-                return plan.expected
-            with self._phase("verify"):
-                actual = {name: digest for f in hashed for name, digest in f.result().items()}
-        bad = sorted(n for n in plan.expected if actual.get(n) != plan.expected[n])
-        if bad:
-            raise ChecksumMismatch(bad, source=plan.worker_id)
-        return actual
-
-    def _transfer(
-        self, plan: PeerPlan, tensor_set: TensorSet, hashing: ThreadPoolExecutor
-    ) -> list[Future[dict[str, str]]]:
+    def _check_source(
+        self, tensor_set: TensorSet, manifest: Manifest, peer: EndpointInfo, worker_id: str, parts_of: PeerPlan | None
+    ) -> None:
+        """Raise unless the source has our layout, our transport and usable part checksums."""
         assert self.transport is not None
-        timeout_s = self.settings.transfer_timeout_s
-        deadline = time.monotonic() + timeout_s
-        progress = self._progress_for(plan.worker_id, plan.manifest.total_bytes)
-        hashed = []
-        for i, wave in enumerate(self._waves):
-            self._faulting.wait(i)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TransferTimeout(f"read not done within {timeout_s:g} s", plan.worker_id)
-            self.transport.read(
-                plan.peer, _read_ops(tensor_set, plan.manifest, wave), timeout_s=left, progress=progress
+        check_layout(tensor_set, manifest, source=worker_id)
+        if peer.transport != self.transport.kind:
+            raise LayoutMismatch([f"source uses transport {peer.transport}, we use {self.transport.kind}"], worker_id)
+        if parts_of is not None and manifest.part_bytes != parts_of.manifest.part_bytes:
+            raise LayoutMismatch(
+                [
+                    f"source cuts parts of {manifest.part_bytes} bytes, this load reads parts of "
+                    f"{parts_of.manifest.part_bytes} (give every seed the same chunk_bytes)"
+                ],
+                worker_id,
             )
-            if self.settings.verify_checksums:
-                hashed.append(hashing.submit(checksums, {n: tensor_set.regions[n] for n in wave}, 1))
-        return hashed
+        usable = (
+            manifest.checksum_algorithm == CHECKSUM_ALGORITHM
+            and manifest.part_bytes > 0
+            and len(manifest.part_checksums) == len(manifest.parts())
+            and all(manifest.part_checksums)
+        )
+        if self.settings.verify_checksums and not usable:
+            raise ChecksumMismatch(["(source published no usable part checksums)"], source=worker_id)
 
-    def _from_storage(self, tensor_set: TensorSet) -> dict[str, str]:
+    def _fallback_plan(self, tensor_set: TensorSet) -> list[Part]:
+        """A plan of our own when the source publishes none (only allowed without verification)."""
+        return plan_parts(((n, r.numel()) for n, r in tensor_set.regions.items()), self.settings.chunk_bytes)
+
+    def _from_storage(self, tensor_set: TensorSet, outcome: _PeerOutcome | None) -> None:
+        """Fill what no peer delivered (everything when no peer worked) from storage."""
+        missing_bytes = tensor_set.total_bytes if outcome is None else sum(p.nbytes for p in outcome.missing)
         if self.fallback is None:
+            self._rollback(tensor_set)
             raise LoadFailed(
-                f"no peer could provide {self.identity.model_name} at rank {self.rank} and no storage "
-                "fallback is configured; the destination was rolled back",
+                f"no peer could provide {self.identity.model_name} at rank {self.rank} ({missing_bytes} bytes "
+                "missing) and no storage fallback is configured; the destination was rolled back",
                 self.attempts,
             )
+        if outcome is not None:
+            log.warning("peers left %d bytes undelivered; reading them from storage", missing_bytes)
         with self._phase("storage"):
             self._faulting.join()
             try:
-                copy_into(tensor_set, self.fallback())
+                loaded = self.fallback()
+                if outcome is None:
+                    copy_into(tensor_set, loaded)
+                    self._storage_bytes = tensor_set.total_bytes
+                else:
+                    self._storage_bytes = fill_parts(tensor_set, loaded, outcome.missing)
             except BaseException:
                 self._rollback(tensor_set)
                 raise
-        return checksums(tensor_set.regions)
 
-    def _publish(self, tensor_set: TensorSet, sums: dict[str, str] | None) -> Publisher | None:
+    def _publish(self, tensor_set: TensorSet, outcome: _PeerOutcome | None) -> Publisher | None:
+        # Checksums verified from peers are reused; after storage filled bytes they are recomputed.
+        reuse = outcome is not None and not outcome.missing and outcome.sums
         with self._phase("publish"):
             try:
                 return Publisher(
@@ -296,7 +352,7 @@ class TargetLoad:
                     settings=self.settings,
                     worker_id=self.worker_id,
                     transport=self.transport,
-                    region_checksums=sums,
+                    part_sums=(outcome.part_bytes, outcome.sums) if reuse and outcome else None,
                 )
             except PeerloadError as exc:
                 # The model is loaded and verified; failing to become a seed must not lose it.
@@ -306,21 +362,35 @@ class TargetLoad:
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _main_source(self) -> str:
+        """'storage' when storage filled anything, else the peer that delivered most bytes."""
+        delivered = [s for s in (p.stats for p in self._used) if s.bytes]
+        if self._storage_bytes or not delivered:
+            return "storage"
+        return max(delivered, key=lambda s: s.bytes).worker_id
+
     def _rollback(self, tensor_set: TensorSet) -> None:
         self._faulting.join()  # the page-touching fallback must not race these writes
         for flat in tensor_set.regions.values():
             flat.zero_()
 
-    def _progress_for(self, source: str, total: int) -> Callable[[int], None] | None:
+    def _wait_faulted(self, tensor_set: TensorSet, parts: list[Part]) -> Callable[[Part], None]:
+        """Blocks a reader until the wave holding a part's last region is faulted in."""
+        wave_of = {name: i for i, wave in enumerate(self._waves) for name in wave}
+        return lambda part: self._faulting.wait(max(wave_of[r] for r in part.regions))
+
+    def _progress_hook(self, total: int) -> Callable[[str, int], None] | None:
         hook = self.options.progress
         if hook is None:
             return None
-        done = 0
+        done: dict[str, int] = {}
+        lock = threading.Lock()
 
-        def report(delta: int) -> None:
-            nonlocal done
-            done += delta
-            hook(Progress(source=source, done=done, total=total))
+        def report(source: str, delta: int) -> None:
+            with lock:
+                done[source] = done.get(source, 0) + delta
+                event = Progress(source=source, done=done[source], total=total)
+            hook(event)
 
         return report
 
@@ -328,33 +398,14 @@ class TargetLoad:
         return PhaseTimer(self.seconds, name)
 
     def _finish(self, keep_transport: bool) -> None:
-        """Wait for the prefault thread; close what a publisher did not take over."""
+        """Wait for the prefault thread; release leases; close what a publisher did not take over."""
         self._faulting.join()
+        for plan in self._used:
+            plan.release()
         if not keep_transport and self.transport is not None:
             self.transport.close()
         self.transport = None
         self.client.close()
-
-
-def _read_ops(tensor_set: TensorSet, manifest: Manifest, names: list[str]) -> list[ReadOp]:
-    """One READ per non-empty region: the source's bytes into ours."""
-    remote = manifest.region_map()
-    ops = []
-    for name in names:
-        flat = tensor_set.regions[name]
-        if flat.numel() == 0:
-            continue
-        r = remote[name]
-        ops.append(
-            ReadOp(
-                remote_addr=r.addr,
-                local_addr=flat.data_ptr(),
-                size=r.size,
-                remote_device=r.device_id,
-                local_device=flat.device.index or 0,
-            )
-        )
-    return ops
 
 
 def load_into(
@@ -368,7 +419,11 @@ def load_into(
     progress: ProgressHook | None = None,
     worker_id: str | None = None,
 ) -> LoadResult:
-    """Fill `destination` in place from a READY peer, else from `fallback`, then publish it.
+    """Fill `destination` in place from READY peers, else from `fallback`, then publish it.
+
+    Bytes come in verified parts from up to `settings.max_parallel_sources` peers at once; a
+    peer that fails mid-load is dropped and only its unfinished parts are read again elsewhere;
+    storage fills only what no peer delivered.
 
     Args:
         destination: the model (or name->tensor map) with allocated, possibly uninitialised
@@ -380,7 +435,7 @@ def load_into(
             peer works (and when the coordinator is down). None: raise instead.
         publish: after loading, serve these tensors as a new source (keep `result.publisher`
             alive, or call `result.close()` when the instance stops).
-        progress: called with `Progress` as bytes arrive from a peer.
+        progress: called with `Progress` as bytes arrive from a peer (from reader threads).
         worker_id: this worker's id as a source; generated when omitted.
 
     Raises:

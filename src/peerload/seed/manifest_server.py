@@ -1,38 +1,63 @@
-"""A seed's small gRPC server answering `peerload.v1.SeedService/GetManifest`."""
+"""A seed's small gRPC server: `peerload.v1.SeedService` (the manifest and read leases)."""
 
 from __future__ import annotations
 
+import logging
 from concurrent import futures
 
 import grpc
 
 from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
-from peerload.errors import PeerloadError
+from peerload.errors import LeaseRefused, PeerloadError
 from peerload.manifest import Manifest
+from peerload.seed.leases import LeaseTable
 from peerload.wire import MAX_MANIFEST_BYTES, manifest_to_proto
+
+log = logging.getLogger(__name__)
 
 
 class _Servicer(seed_pb2_grpc.SeedServiceServicer):
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, leases: LeaseTable) -> None:
         self._manifest = manifest
         self._reply = manifest_to_proto(manifest)
+        self._leases = leases
 
-    def GetManifest(self, request: seed_pb2.GetManifestRequest, context: grpc.ServicerContext) -> seed_pb2.Manifest:
-        if request.worker_id and request.worker_id != self._manifest.worker_id:
+    def _check_worker(self, worker_id: str, context: grpc.ServicerContext) -> None:
+        if worker_id and worker_id != self._manifest.worker_id:
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"worker_id {request.worker_id!r} is not served here (this seed is {self._manifest.worker_id!r})",
+                f"worker_id {worker_id!r} is not served here (this seed is {self._manifest.worker_id!r})",
             )
+
+    def GetManifest(self, request: seed_pb2.GetManifestRequest, context: grpc.ServicerContext) -> seed_pb2.Manifest:
+        self._check_worker(request.worker_id, context)
         return self._reply
+
+    def AcquireLease(
+        self, request: seed_pb2.AcquireLeaseRequest, context: grpc.ServicerContext
+    ) -> seed_pb2.AcquireLeaseResponse:
+        self._check_worker(request.worker_id, context)
+        try:
+            lease = self._leases.acquire(request.reader)
+        except LeaseRefused as exc:
+            code = grpc.StatusCode.UNAVAILABLE if exc.closing else grpc.StatusCode.RESOURCE_EXHAUSTED
+            context.abort(code, f"{exc}; read from another source")
+        log.debug("lease %s granted to %s", lease.lease_id, request.reader)
+        return seed_pb2.AcquireLeaseResponse(lease_id=lease.lease_id, ttl_ms=int(self._leases.timeout_s * 1000))
+
+    def ReleaseLease(
+        self, request: seed_pb2.ReleaseLeaseRequest, context: grpc.ServicerContext
+    ) -> seed_pb2.ReleaseLeaseResponse:
+        return seed_pb2.ReleaseLeaseResponse(released=self._leases.release(request.lease_id))
 
 
 class ManifestServer:
-    """Serves one manifest on HOST:<free port>; `endpoint` is what goes into WorkerMetadata."""
+    """Serves one manifest and its leases on HOST:<free port>; `endpoint` goes into WorkerMetadata."""
 
-    def __init__(self, manifest: Manifest, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, manifest: Manifest, leases: LeaseTable, host: str = "127.0.0.1", port: int = 0) -> None:
         options = [("grpc.max_send_message_length", MAX_MANIFEST_BYTES), ("grpc.max_receive_message_length", 1 << 20)]
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
-        seed_pb2_grpc.add_SeedServiceServicer_to_server(_Servicer(manifest), self._server)
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
+        seed_pb2_grpc.add_SeedServiceServicer_to_server(_Servicer(manifest, leases), self._server)
         bound = self._server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
             raise PeerloadError(f"manifest server could not bind {host}:{port}")

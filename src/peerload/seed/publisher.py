@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -13,13 +13,18 @@ from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
 from peerload.errors import CoordinatorError
 from peerload.identity import SourceIdentity, new_worker_id
 from peerload.manifest import Manifest
+from peerload.parts import plan_parts
+from peerload.seed.leases import LeaseTable
 from peerload.seed.manifest_server import ManifestServer
 from peerload.settings import Settings
-from peerload.tensors import TensorSet, checksums, collect
+from peerload.tensors import TensorSet, collect, part_checksums
 from peerload.transport import make_transport
 from peerload.transport.base import Transport
 
 log = logging.getLogger(__name__)
+
+# How long a closing seed waits for open read leases before it lets its memory go.
+CLOSE_WAIT_S = 10.0
 
 
 class Publisher:
@@ -28,6 +33,8 @@ class Publisher:
     Keep it alive as long as the tensors serve; `close()` marks the worker STALE and releases all.
     A `transport` passed in must already have `tensor_set.regions` registered (a target that
     becomes a seed hands over its endpoint); the Publisher owns and closes it either way.
+    `part_sums` = (part_bytes, one checksum per part) reuses checksums a target just verified.
+    `leases` caps concurrent readers; its count of open leases is the load reported in heartbeats.
     """
 
     def __init__(
@@ -40,6 +47,7 @@ class Publisher:
         worker_id: str | None = None,
         transport: Transport | None = None,
         region_checksums: Mapping[str, str] | None = None,
+        part_sums: tuple[int, Sequence[str]] | None = None,
     ) -> None:
         self.identity = identity
         self.rank = rank
@@ -52,15 +60,24 @@ class Publisher:
         self._heartbeat: threading.Thread | None = None
         self._server: ManifestServer | None = None
         self._client = CoordinatorClient.from_settings(settings)
+        self.leases = LeaseTable(settings.seed_max_readers, settings.lease_timeout_s)
         try:
             self.transport = transport or make_transport(settings, self.worker_id)
             if register:
                 self.transport.register(tensor_set.regions)
-            sums = dict(region_checksums) if region_checksums else checksums(tensor_set.regions)
+            part_bytes, sums = part_sums or (settings.chunk_bytes, [])
+            if not sums:
+                plan = plan_parts(((n, r.numel()) for n, r in tensor_set.regions.items()), part_bytes)
+                sums = part_checksums(tensor_set.regions, plan)
             self.manifest: Manifest = tensor_set.manifest(
-                sums, worker_id=self.worker_id, source_id=self.source_id, worker_rank=rank
+                region_checksums,
+                worker_id=self.worker_id,
+                source_id=self.source_id,
+                worker_rank=rank,
+                part_bytes=part_bytes,
+                part_checksums=list(sums),
             )
-            self._server = ManifestServer(self.manifest, host=settings.advertise_host)
+            self._server = ManifestServer(self.manifest, self.leases, host=settings.advertise_host)
             self._publish()
         except BaseException:
             self._release()
@@ -83,7 +100,7 @@ class Publisher:
         if published_id != self.source_id:
             log.warning("coordinator computed source id %s, we computed %s", published_id, self.source_id)
             self.source_id = published_id
-        self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.READY)
+        self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.READY, 0.0)
         log.info(
             "published %d tensors (%.1f MiB) as %s/%s rank %d via %s",
             len(self.manifest.tensors),
@@ -98,7 +115,8 @@ class Publisher:
         interval = self.settings.heartbeat_interval_s
         while not self._closed.wait(interval):
             try:
-                self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.READY)
+                load = float(self.leases.active())  # readers now: targets prefer idle seeds
+                self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.READY, load)
             except CoordinatorError as exc:
                 # Keep serving: the coordinator may come back, and the next beat re-marks us READY.
                 log.warning("heartbeat failed, will retry in %.1fs: %s", interval, exc)
@@ -114,6 +132,9 @@ class Publisher:
             self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.STALE)
         except CoordinatorError as exc:
             log.warning("could not mark %s STALE (the reaper will): %s", self.worker_id, exc)
+        still_open = self.leases.close(CLOSE_WAIT_S)
+        if still_open:
+            log.warning("closing with %d read lease(s) still open after %.0fs", still_open, CLOSE_WAIT_S)
         self._release()
 
     def _release(self) -> None:

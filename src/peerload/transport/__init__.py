@@ -12,7 +12,7 @@ from typing import Any
 from peerload.components import TRANSPORTS, resolve
 from peerload.errors import ConfigError
 from peerload.settings import Settings
-from peerload.transport._memory import prefault
+from peerload.transport._memory import populate_supported, prefault
 from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Region, Transport, tensor_region
 
 
@@ -59,6 +59,7 @@ __all__ = [
     "Transport",
     "create_transport",
     "make_transport",
+    "populate_supported",
     "prefault",
     "tensor_region",
     "transport_class",

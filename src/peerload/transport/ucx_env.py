@@ -28,3 +28,16 @@ def apply_ucx_defaults(env: MutableMapping[str, str] | None = None, *, loopback:
     env = os.environ if env is None else env
     for key, value in {**UCX_DEFAULTS, **(LOOPBACK if loopback else {})}.items():
         env.setdefault(key, value)
+
+
+# The knobs that decide which path UCX takes (what load reports name per source).
+UCX_PATH_KEYS = ("UCX_TLS", "UCX_NET_DEVICES")
+
+
+def cross_host_env(device: str) -> dict[str, str]:
+    """UCX settings for hosts that share a kernel but must talk over `device` (emulated hosts).
+
+    Shared-memory and cross-memory-attach transports would bypass the emulated NIC, so UCX is
+    held to TCP (plus `self` for loopback within one process) on that one interface.
+    """
+    return {"UCX_TLS": "tcp,self", "UCX_NET_DEVICES": device}

@@ -44,17 +44,49 @@ class RegionEntry(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., addr: _Optional[int] = ..., device_id: _Optional[int] = ..., checksum: _Optional[str] = ...) -> None: ...
 
 class Manifest(_message.Message):
-    __slots__ = ("worker_id", "mx_source_id", "worker_rank", "tensors", "checksum_algorithm", "regions")
+    __slots__ = ("worker_id", "mx_source_id", "worker_rank", "tensors", "checksum_algorithm", "regions", "part_bytes", "part_checksums")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MX_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_RANK_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     REGIONS_FIELD_NUMBER: _ClassVar[int]
+    PART_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PART_CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     mx_source_id: str
     worker_rank: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorEntry]
     checksum_algorithm: str
     regions: _containers.RepeatedCompositeFieldContainer[RegionEntry]
-    def __init__(self, worker_id: _Optional[str] = ..., mx_source_id: _Optional[str] = ..., worker_rank: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorEntry, _Mapping]]] = ..., checksum_algorithm: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[RegionEntry, _Mapping]]] = ...) -> None: ...
+    part_bytes: int
+    part_checksums: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., mx_source_id: _Optional[str] = ..., worker_rank: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorEntry, _Mapping]]] = ..., checksum_algorithm: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[RegionEntry, _Mapping]]] = ..., part_bytes: _Optional[int] = ..., part_checksums: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AcquireLeaseRequest(_message.Message):
+    __slots__ = ("worker_id", "reader")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    READER_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    reader: str
+    def __init__(self, worker_id: _Optional[str] = ..., reader: _Optional[str] = ...) -> None: ...
+
+class AcquireLeaseResponse(_message.Message):
+    __slots__ = ("lease_id", "ttl_ms")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    ttl_ms: int
+    def __init__(self, lease_id: _Optional[str] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
+
+class ReleaseLeaseRequest(_message.Message):
+    __slots__ = ("lease_id",)
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    def __init__(self, lease_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseLeaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: bool = ...) -> None: ...

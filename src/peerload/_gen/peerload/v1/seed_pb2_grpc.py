@@ -39,12 +39,36 @@ class SeedServiceStub(object):
                 request_serializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.GetManifestRequest.SerializeToString,
                 response_deserializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.Manifest.FromString,
                 _registered_method=True)
+        self.AcquireLease = channel.unary_unary(
+                '/peerload.v1.SeedService/AcquireLease',
+                request_serializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.AcquireLeaseRequest.SerializeToString,
+                response_deserializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.AcquireLeaseResponse.FromString,
+                _registered_method=True)
+        self.ReleaseLease = channel.unary_unary(
+                '/peerload.v1.SeedService/ReleaseLease',
+                request_serializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.ReleaseLeaseRequest.SerializeToString,
+                response_deserializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.ReleaseLeaseResponse.FromString,
+                _registered_method=True)
 
 
 class SeedServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def GetManifest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcquireLease(self, request, context):
+        """A read slot: RESOURCE_EXHAUSTED when the seed serves its maximum of readers, UNAVAILABLE
+        when it is shutting down; either way the target reads another source.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLease(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +81,16 @@ def add_SeedServiceServicer_to_server(servicer, server):
                     servicer.GetManifest,
                     request_deserializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.GetManifestRequest.FromString,
                     response_serializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.Manifest.SerializeToString,
+            ),
+            'AcquireLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireLease,
+                    request_deserializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.AcquireLeaseRequest.FromString,
+                    response_serializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.AcquireLeaseResponse.SerializeToString,
+            ),
+            'ReleaseLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLease,
+                    request_deserializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.ReleaseLeaseRequest.FromString,
+                    response_serializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.ReleaseLeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +120,60 @@ class SeedService(object):
             '/peerload.v1.SeedService/GetManifest',
             peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.GetManifestRequest.SerializeToString,
             peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.Manifest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerload.v1.SeedService/AcquireLease',
+            peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.AcquireLeaseRequest.SerializeToString,
+            peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.AcquireLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerload.v1.SeedService/ReleaseLease',
+            peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.ReleaseLeaseRequest.SerializeToString,
+            peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.ReleaseLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

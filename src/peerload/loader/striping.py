@@ -1,0 +1,265 @@
+"""The I/O side of a striped load: one reader thread per active source, parts verified on arrival.
+
+The policy (who reads which part next) is `PartScheduler`; this module only runs it: each
+reader asks for a part, READs it, checks its checksum, and reports it done. A source that fails
+(dies, stalls past `part_timeout_s`, sends a bad part) is dropped: its unfinished parts go back
+to the others and a spare source, if any, takes its place.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from peerload.errors import (
+    ChecksumMismatch,
+    LayoutMismatch,
+    LeaseRefused,
+    NoSourceAvailable,
+    ServiceError,
+    TransferTimeout,
+    TransportError,
+)
+from peerload.loader.schedule import PartScheduler
+from peerload.manifest import Manifest
+from peerload.parts import Part
+from peerload.seed_client import SeedClient
+from peerload.tensors import TensorSet, part_checksum
+from peerload.transport.base import EndpointInfo, ReadOp, Transport
+
+log = logging.getLogger(__name__)
+
+# What makes one source unusable: it is dropped, and the others (or storage) take over its parts.
+SOURCE_FAILURES = (TransportError, LayoutMismatch, ChecksumMismatch, ServiceError, NoSourceAvailable, LeaseRefused)
+# A reader with nothing to take re-checks this often whether a failed source left parts behind.
+_IDLE_WAIT_S = 0.05
+
+
+@dataclass
+class SourceStats:
+    """What one source delivered to a load (the `sources` entries of a LoadResult)."""
+
+    worker_id: str
+    transport: str
+    network: dict[str, str] = field(default_factory=dict)  # the path the bytes took, as configured
+    bytes: int = 0
+    parts: int = 0
+    seconds: float = 0.0  # from this source's first READ to its last delivered part
+    error: str = ""  # why it was dropped, if it was
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "worker_id": self.worker_id,
+            "transport": self.transport,
+            "network": dict(self.network),
+            "bytes": self.bytes,
+            "parts": self.parts,
+            "seconds": round(self.seconds, 6),
+            "gbps": round(self.gbps, 4),
+            "error": self.error,
+        }
+
+
+@dataclass
+class PeerPlan:
+    """What the handshake with one source established: where to read, what to expect, its lease."""
+
+    worker_id: str
+    peer: EndpointInfo
+    manifest: Manifest
+    seed: SeedClient
+    lease: str | None
+    stats: SourceStats
+
+    def release(self) -> None:
+        """Give the read lease back and close the seed channel (best effort: the lease lapses anyway)."""
+        try:
+            if self.lease is not None:
+                self.seed.release_lease(self.lease)
+        except ServiceError as exc:
+            log.debug("releasing the lease on %s failed: %s", self.worker_id, exc)
+        finally:
+            self.lease = None
+            self.seed.close()
+
+
+NextSource = Callable[[], "PeerPlan | None"]  # handshakes the next spare source, None when none is left
+BytesHook = Callable[[str, int], None]  # (source, bytes just arrived)
+
+
+@dataclass
+class StripeOptions:
+    """Limits and hooks of one striped read."""
+
+    part_timeout_s: float
+    deadline: float  # monotonic time by which the whole transfer must be done
+    verify: bool = True
+    wait_faulted: Callable[[Part], None] | None = None  # blocks until a part's pages are resident
+    on_bytes: BytesHook | None = None
+    on_drop: Callable[[str, BaseException], None] | None = None
+
+
+class StripedRead:
+    """Reads `parts` of `tensor_set` from several sources at once; `run()` once."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        tensor_set: TensorSet,
+        parts: list[Part],
+        expected: list[str],
+        options: StripeOptions,
+    ) -> None:
+        self.transport = transport
+        self.tensor_set = tensor_set
+        self.parts = parts
+        self.expected = expected
+        self.options = options
+        self.scheduler = PartScheduler([p.nbytes for p in parts])
+        self.verify_seconds = 0.0
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._fatal: BaseException | None = None
+        self._started: dict[str, float] = {}
+
+    def run(self, sources: list[PeerPlan], next_source: NextSource) -> None:
+        """Read until every part is verified or no source is left; re-raises a reader's bug."""
+        self._next_source = next_source
+        with self._cond:
+            self.scheduler.add_sources([s.worker_id for s in sources])
+        for plan in sources:
+            self._start(plan)
+        while True:
+            with self._cond:
+                threads = [t for t in self._threads if t.is_alive()]
+            if not threads:
+                break
+            for t in threads:
+                t.join()
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _start(self, plan: PeerPlan) -> None:
+        thread = threading.Thread(
+            target=self._reader, args=(plan,), name=f"peerload-read-{plan.worker_id}", daemon=True
+        )
+        with self._cond:
+            self._threads.append(thread)
+        thread.start()
+
+    # -- one source ----------------------------------------------------------------------------
+
+    def _reader(self, plan: PeerPlan) -> None:
+        try:
+            self._read_from(plan)
+        except SOURCE_FAILURES as exc:
+            self._drop(plan, exc)
+        except BaseException as exc:  # a bug, or an interrupt: stop every reader, re-raise in run()
+            with self._cond:
+                self._fatal = self._fatal or exc
+                for name in self.scheduler.alive:
+                    self.scheduler.drop(name)
+                self._cond.notify_all()
+            plan.release()
+        else:
+            plan.release()
+
+    def _read_from(self, plan: PeerPlan) -> None:
+        name = plan.worker_id
+        while True:
+            index = self._take(name)
+            if index is None:
+                return
+            part = self.parts[index]
+            if self.options.wait_faulted is not None:
+                self.options.wait_faulted(part)
+            left = self.options.deadline - time.monotonic()
+            if left <= 0:
+                raise TransferTimeout("the load's transfer timeout passed", name)
+            self._started.setdefault(name, time.perf_counter())
+            self.transport.read(
+                plan.peer,
+                self._ops(plan.manifest, part),
+                timeout_s=min(self.options.part_timeout_s, left),
+                progress=self._progress(name),
+            )
+            if self.options.verify:
+                began = time.perf_counter()
+                digest = part_checksum(self.tensor_set.regions, part)
+                self.verify_seconds += time.perf_counter() - began
+                if digest != self.expected[index]:
+                    raise ChecksumMismatch(part.regions, source=name)
+            with self._cond:
+                self.scheduler.done(name, index)
+                plan.stats.bytes += part.nbytes
+                plan.stats.parts += 1
+                plan.stats.seconds = time.perf_counter() - self._started[name]
+                self._cond.notify_all()
+
+    def _take(self, name: str) -> int | None:
+        """The next part for `name`; waits while other sources' reads may still fail; None: stop."""
+        with self._cond:
+            while True:
+                if self._fatal is not None:
+                    return None
+                index = self.scheduler.next_for(name)
+                if index is not None:
+                    return index
+                if self.scheduler.finished or not self.scheduler.waiting_is_useful():
+                    return None
+                self._cond.wait(_IDLE_WAIT_S)
+
+    def _drop(self, plan: PeerPlan, exc: BaseException) -> None:
+        with self._cond:
+            requeued = self.scheduler.drop(plan.worker_id)
+            self._cond.notify_all()
+        plan.stats.error = f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "source %s dropped (%s); %d part(s) go to the other sources",
+            plan.worker_id,
+            plan.stats.error,
+            len(requeued),
+        )
+        if self.options.on_drop is not None:
+            self.options.on_drop(plan.worker_id, exc)
+        plan.release()
+        if self.scheduler.finished or self._fatal is not None:
+            return
+        spare = self._next_source()
+        if spare is not None:
+            with self._cond:
+                self.scheduler.add_sources([spare.worker_id])
+            self._start(spare)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _ops(self, manifest: Manifest, part: Part) -> list[ReadOp]:
+        """One READ per piece: the source's bytes into ours, at the same offsets."""
+        remote = manifest.region_map()
+        ops = []
+        for piece in part.pieces:
+            flat = self.tensor_set.regions[piece.region]
+            r = remote[piece.region]
+            ops.append(
+                ReadOp(
+                    remote_addr=r.addr + piece.offset,
+                    local_addr=flat.data_ptr() + piece.offset,
+                    size=piece.size,
+                    remote_device=r.device_id,
+                    local_device=flat.device.index or 0,
+                )
+            )
+        return ops
+
+    def _progress(self, name: str) -> Callable[[int], None] | None:
+        hook = self.options.on_bytes
+        if hook is None:
+            return None
+        return lambda delta: hook(name, delta)

@@ -1,0 +1,82 @@
+"""The part plan: a model's regions cut into parts of about `part_bytes` (pure, no torch).
+
+Seed and target compute the same plan from the manifest (regions in manifest order, the seed's
+`part_bytes`), so the seed can publish one checksum per part and a target can verify, re-read
+and stripe parts independently of each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from peerload.errors import ConfigError
+
+# Cuts inside a region fall on page boundaries, so two parts never share a page.
+PART_ALIGN = 4096
+
+
+@dataclass(frozen=True)
+class Piece:
+    """`size` bytes of region `region` starting at byte `offset`."""
+
+    region: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Part:
+    """One unit that is read from one source and verified on its own."""
+
+    index: int
+    pieces: tuple[Piece, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.size for p in self.pieces)
+
+    @property
+    def regions(self) -> list[str]:
+        return list(dict.fromkeys(p.region for p in self.pieces))
+
+
+def plan_parts(regions: Iterable[tuple[str, int]], part_bytes: int) -> list[Part]:
+    """Cut (name, size) regions, in order, into parts of about `part_bytes`.
+
+    A region larger than `part_bytes` is cut into near-equal page-aligned parts; consecutive
+    smaller regions are grouped into one part until it would exceed `part_bytes`. Zero-byte
+    regions belong to no part.
+
+    Raises:
+        ConfigError: part_bytes < PART_ALIGN.
+    """
+    if part_bytes < PART_ALIGN:
+        raise ConfigError(f"part_bytes must be >= {PART_ALIGN}, got {part_bytes}")
+    parts: list[tuple[Piece, ...]] = []
+    group: list[Piece] = []
+    group_bytes = 0
+    for name, size in regions:
+        if size <= 0:
+            continue
+        if size > part_bytes:
+            if group:
+                parts.append(tuple(group))
+                group, group_bytes = [], 0
+            parts.extend((piece,) for piece in _cut(name, size, part_bytes))
+            continue
+        if group and group_bytes + size > part_bytes:
+            parts.append(tuple(group))
+            group, group_bytes = [], 0
+        group.append(Piece(name, 0, size))
+        group_bytes += size
+    if group:
+        parts.append(tuple(group))
+    return [Part(i, pieces) for i, pieces in enumerate(parts)]
+
+
+def _cut(name: str, size: int, part_bytes: int) -> list[Piece]:
+    count = -(-size // part_bytes)
+    per_part = -(-size // count)
+    step = -(-per_part // PART_ALIGN) * PART_ALIGN  # ceil(size / count), page-aligned
+    return [Piece(name, off, min(step, size - off)) for off in range(0, size, step)]
