@@ -24,6 +24,10 @@ LABELS = {
 }
 
 
+# Cases that time one part of a load (setup, or the read alone), not a whole load from a fresh start.
+_PARTS = ("setup_", "wire_")
+
+
 def label(name: str) -> str:
     return LABELS.get(name, name)
 
@@ -43,10 +47,10 @@ def table(results: dict[str, Any]) -> Table:
         if "median" not in c:
             t.add_row(label(name), "[red]failed[/]", "", "", "", c.get("error", "")[:60])
             continue
-        setup = name.startswith("setup_")
+        setup, part = name.startswith("setup_"), name.startswith(_PARTS)
         t.add_row(label(name), f"{c['median']:.3f}", f"{c['min']:.3f}", f"{c['max']:.3f}",
                   "" if setup else f"{c['gbps']:.2f}",
-                  "" if setup or not limit else f"{limit / c['median']:.2f}")
+                  "" if part or not limit else f"{limit / c['median']:.2f}")
     return t
 
 
@@ -69,7 +73,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(n, c) for n, c in _rows(results) if "median" in c and not n.startswith("setup_")]
+    rows = [(n, c) for n, c in _rows(results) if "median" in c and not n.startswith(_PARTS)]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4), dpi=90)
     ys = range(len(rows))
     med = [c["median"] for _, c in rows]
