@@ -22,7 +22,7 @@ import torch
 
 from peerload._process import write_ready_file
 from peerload.bench.checkpoint import TensorSpec, empty_like_specs, make_tensors
-from peerload.transport.ucx_env import apply_ucx_defaults
+from peerload.transport.ucx_env import UCX_DEFAULTS
 
 Args = dict[str, Any]
 CASES: dict[str, Callable[[Args], dict[str, Any]]] = {}
@@ -314,7 +314,9 @@ def mx_target(args: Args) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     name, args_path, out_path = argv
     args = json.loads(Path(args_path).read_text())
-    apply_ucx_defaults()  # before any agent: ModelExpress' cases make theirs without peerload's transport
+    # ModelExpress runs as shipped but for this one setting: without it every UCX process
+    # segfaults at exit here. peerload's transports apply all of UCX_DEFAULTS themselves.
+    os.environ.setdefault("UCX_MODULES", UCX_DEFAULTS["UCX_MODULES"])
     result = CASES[name](args)
     Path(out_path).write_text(json.dumps(result))
     return 0

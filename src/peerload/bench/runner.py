@@ -24,7 +24,7 @@ from peerload._process import log_tail, spawn, stop_process, wait_ready_file
 from peerload.bench.checkpoint import TensorSpec, inventory, write_checkpoint
 from peerload.components import TRANSPORTS
 from peerload.errors import PeerloadError
-from peerload.transport.ucx_env import apply_ucx_defaults
+from peerload.transport.ucx_env import LOOPBACK
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,9 @@ class Harness:
     def __init__(self, scratch: Path, timeout_s: float) -> None:
         self.scratch = scratch
         self.timeout_s = timeout_s
-        self.env = dict(os.environ)
-        apply_ucx_defaults(self.env, loopback=True)
+        # One host: UCX on loopback unless the user chose devices. peerload's transports add the
+        # other UCX defaults themselves; ModelExpress runs with its own (see cases.main).
+        self.env = {**LOOPBACK, **os.environ}
         self._n = 0
 
     def _paths(self, case: str) -> tuple[Path, Path, Path]:
