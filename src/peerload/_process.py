@@ -30,8 +30,14 @@ def peerload_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "peerload.cli.main", *args]
 
 
-def spawn(cmd: list[str], log: Path, *, env: Mapping[str, str] | None = None, stdin: Any = subprocess.DEVNULL,
-          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    cmd: list[str],
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: Any = subprocess.DEVNULL,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
     """Start `cmd` with its stdout and stderr written to `log`."""
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, stdin=stdin, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
@@ -112,8 +118,14 @@ class ServeProcess:
         return stop_process(self.proc, timeout_s)
 
 
-def start_serve(*args: str, log: Path, port: int | None = None, timeout_s: float = 30,
-                env: Mapping[str, str] | None = None, cwd: Path | None = None) -> ServeProcess:
+def start_serve(
+    *args: str,
+    log: Path,
+    port: int | None = None,
+    timeout_s: float = 30,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> ServeProcess:
     """`peerload serve --host 127.0.0.1 --port PORT ARGS` in its own process, once it listens."""
     port = port or free_port()
     proc = spawn(peerload_cmd("serve", "--host", "127.0.0.1", "--port", str(port), *args), log, env=env, cwd=cwd)
@@ -132,14 +144,33 @@ def redis_server() -> Iterator[str]:
     """A throwaway redis-server (no persistence) on a free loopback port; yields its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise FileNotFoundError("redis-server is not installed (Debian: apt-get install redis-server; "
-                                "`make install` runs scripts/install_system_deps.sh)")
+        raise FileNotFoundError(
+            "redis-server is not installed (Debian: apt-get install redis-server; "
+            "`make install` runs scripts/install_system_deps.sh)"
+        )
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="peerload-redis-") as workdir:
-        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", workdir, "--daemonize", "no",
-                                 "--loglevel", "warning"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_port(port, proc, "redis-server", timeout_s=10)
             yield f"redis://127.0.0.1:{port}/0"
