@@ -63,12 +63,12 @@ class PartScheduler:
             return
         todo = sorted(self.pool)
         self.pool.clear()
-        total = sum(self.sizes[i] for i in todo)
-        share, held, k = total / len(fresh), 0, 0
+        share = sum(self.sizes[i] for i in todo) / len(fresh)
+        held, k = 0, 0
         for i in todo:
             # Move to the next source once this one holds its share (by bytes, not by count).
-            while k < len(fresh) - 1 and held >= share * (k + 1):
-                k += 1
+            if k < len(fresh) - 1 and held >= share:
+                k, held = k + 1, 0
             self.sources[fresh[k]].queue.append(i)
             held += self.sizes[i]
 
