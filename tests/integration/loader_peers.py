@@ -2,7 +2,8 @@
 
 python loader_peers.py corrupt-seed MODEL_DIR NAME COORD READY_FILE TENSOR
 python loader_peers.py target MODEL_DIR NAME COORD OUT_JSON [--tp-size N --tp-rank R]
-                                [--kill-ready FILE ...] [--chunk-bytes B] [--quantize int8]
+                                [--kill-ready FILE ...] [--kill-after-bytes B] [--chunk-bytes B]
+                                [--quantize int8] [--model-name-is-file]
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def target(args: argparse.Namespace) -> None:
     killed: list[str] = []
 
     def kill_current_source(event: Progress) -> None:
-        if not killed and event.source in pids and event.done < event.total:
+        if not killed and event.source in pids and args.kill_after_bytes <= event.done < event.total:
             os.kill(pids[event.source], signal.SIGKILL)
             killed.append(event.source)
 
@@ -74,6 +75,10 @@ def target(args: argparse.Namespace) -> None:
         "source": result.source,
         "attempts": result.attempts,
         "killed": killed,
+        "bytes": result.bytes,
+        "sources": [s.as_dict() for s in result.sources],
+        "restarted_bytes": result.restarted_bytes,
+        "storage_bytes": result.storage_bytes,
         "sha256": {n: sha256_of(t) for n, t in tensors.items()},
     }
     if isinstance(destination, torch.nn.Module):
@@ -98,6 +103,7 @@ def main() -> None:
     t.add_argument("--quantize", default=None)
     t.add_argument("--chunk-bytes", type=int, default=64 << 20)
     t.add_argument("--kill-ready", action="append", default=[])
+    t.add_argument("--kill-after-bytes", type=int, default=0)
     args = parser.parse_args()
     {"corrupt-seed": corrupt_seed, "target": target}[args.cmd](args)
 
