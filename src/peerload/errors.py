@@ -150,3 +150,10 @@ class LoadFailed(PeerloadError, RuntimeError):
         self.attempts = list(attempts)
         detail = "".join(f"\n  - {a}" for a in self.attempts)
         super().__init__(message + detail)
+
+
+# --- emulated hosts -----------------------------------------------------------------------------
+
+
+class FleetUnavailable(PeerloadError, OSError):
+    """Emulated hosts cannot be made here (not root, no `ip`, or namespaces refused); says why."""

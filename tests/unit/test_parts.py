@@ -19,8 +19,11 @@ K = PART_ALIGN
         ([("a", 4 * K)], 2 * K, [[("a", 0, 2 * K)], [("a", 2 * K, 2 * K)]]),
         ([("a", 5 * K)], 2 * K, [[("a", 0, 2 * K)], [("a", 2 * K, 2 * K)], [("a", 4 * K, K)]]),
         # a large region ends the group before it; zero-byte regions belong to no part
-        ([("s", 10), ("z", 0), ("big", 3 * K), ("t", 7)], 2 * K,
-         [[("s", 0, 10)], [("big", 0, 2 * K)], [("big", 2 * K, K)], [("t", 0, 7)]]),
+        (
+            [("s", 10), ("z", 0), ("big", 3 * K), ("t", 7)],
+            2 * K,
+            [[("s", 0, 10)], [("big", 0, 2 * K)], [("big", 2 * K, K)], [("t", 0, 7)]],
+        ),
         # a region of exactly part_bytes is one part
         ([("a", 2 * K), ("b", 1)], 2 * K, [[("a", 0, 2 * K)], [("b", 0, 1)]]),
         ([], K, []),

@@ -66,7 +66,7 @@ def load(
 
 
 def build_report(result: "LoadResult", transport: str, source_id: str) -> dict:
-    """The --report JSON: source, bytes, per-phase seconds, GB/s and per-tensor sha256."""
+    """The --report JSON: source(s), bytes, per-phase seconds, GB/s and per-tensor sha256."""
     from peerload.loader import PHASES
     from peerload.tensors import sha256_of
 
@@ -81,6 +81,10 @@ def build_report(result: "LoadResult", transport: str, source_id: str) -> dict:
         "seconds": phases,
         "gbps": round(result.gbps, 4),
         "attempts": result.attempts,
+        # per peer: bytes, seconds, GB/s, transport and the network path it took
+        "sources": [s.as_dict() for s in result.sources],
+        "restarted_bytes": result.restarted_bytes,
+        "storage_bytes": result.storage_bytes,
         "published": result.publisher is not None,
         "sha256": {name: sha256_of(t) for name, t in sorted(result.tensor_set.tensors.items())},
     }
@@ -91,6 +95,12 @@ def _print_summary(console: Console, result: "LoadResult") -> None:
     console.print(
         f"loaded {result.bytes / 2**20:.1f} MiB from {where} in {result.seconds['total']:.2f}s ({result.gbps:.2f} GB/s)"
     )
+    if len(result.sources) > 1 or result.restarted_bytes:
+        for s in result.sources:
+            status = f" (dropped: {s.error})" if s.error else ""
+            console.print(f"  from {s.worker_id}: {s.bytes / 2**20:.1f} MiB at {s.gbps:.2f} GB/s{status}")
+        if result.restarted_bytes:
+            console.print(f"  re-read after a failure: {result.restarted_bytes / 2**20:.1f} MiB")
     for attempt in result.attempts:
         console.print(f"  note: {attempt}")
 
