@@ -81,9 +81,11 @@ def test_plan_has_one_seed_per_transport_and_honours_groups_and_skip() -> None:
         "peerload_transfer_engine",
         "wire_transfer_engine",
     ]
-    assert [s["model_name"] for s in harness.seeds] == ["m-nixl", "m-transfer_engine"]
+    # the limit copies from a shared-memory holder's resident bytes; one seed per transport
+    assert [s["model_name"] for s in harness.seeds] == ["m", "m-nixl", "m-transfer_engine"]
+    assert {name: args for name, _, args in plan}["limit"]["holder_ready"] == "/ready/1"
     target = {name: args for name, _, args in plan}["peerload_nixl_noverify"]
-    assert target["verify"] is False and target["transport"] == "nixl" and target["seed_ready"] == "/ready/1"
+    assert target["verify"] is False and target["transport"] == "nixl" and target["seed_ready"] == "/ready/2"
     m.config.repeats = 2
     m.run_rounds(plan, progress=lambda s: None)
     assert [len(m.raw[name].runs) for name, _, _ in plan] == [2] * len(plan)

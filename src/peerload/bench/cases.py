@@ -75,19 +75,58 @@ def _serve(args: Args, ready: dict[str, Any], close: Callable[[], None]) -> dict
 
 
 @case
+def shm_holder(args: Args) -> dict[str, Any]:
+    """Holds the inventory's bytes in shared memory (resident, like a seed's tensors) until stdin closes."""
+    tensors = make_tensors(_specs(args))
+    total = sum(t.nbytes for t in tensors.values())
+    path = Path("/dev/shm") / f"peerload-bench-{os.getpid()}"
+    with open(path, "w+b") as fh:
+        fh.truncate(total)
+        mm = mmap.mmap(fh.fileno(), total)
+    flat = torch.frombuffer(mm, dtype=torch.uint8)
+    offset = 0
+    for t in tensors.values():
+        flat[offset : offset + t.nbytes].copy_(t.reshape(-1).view(torch.uint8))
+        offset += t.nbytes
+    del tensors
+
+    def close() -> None:
+        nonlocal flat
+        del flat
+        mm.close()
+        path.unlink(missing_ok=True)
+
+    return _serve(args, {"shm": str(path), "bytes": total}, close)
+
+
+@case
 def limit(args: Args) -> dict[str, Any]:
-    """Allocate fresh memory and copy the same bytes in, one process; `prefault` first: a stricter bound."""
+    """A fresh process copies the holder's resident bytes into fresh tensors of the same inventory.
+
+    Exactly a P2P target minus the transport: the source pages are mapped before the clock
+    starts (a seed's are resident too); the clock covers allocation, page faults and the copy.
+    With `prefault`, peerload's parallel prefault runs first: a stricter bound.
+    """
     from peerload.transport import prefault
 
     specs = _specs(args)
-    src = make_tensors(specs)
+    holder = json.loads(Path(args["holder_ready"]).read_text())
+    with open(holder["shm"], "r+b") as fh:
+        mm = mmap.mmap(fh.fileno(), holder["bytes"])
+    src = torch.frombuffer(mm, dtype=torch.uint8)
+    src[:: mmap.PAGESIZE].sum()  # map every source page now, outside the clock
     started = time.perf_counter()
     dst = empty_like_specs(specs)
     if args.get("prefault"):
         prefault(dst.values())
-    for name, t in src.items():
-        dst[name].copy_(t)
-    return {"seconds": time.perf_counter() - started}
+    offset = 0
+    for t in dst.values():
+        t.reshape(-1).view(torch.uint8).copy_(src[offset : offset + t.nbytes])
+        offset += t.nbytes
+    seconds = time.perf_counter() - started
+    del src
+    mm.close()
+    return {"seconds": seconds}
 
 
 # -- storage ----------------------------------------------------------------------------------
@@ -146,6 +185,21 @@ def safetensors_load(args: Args) -> dict[str, Any]:
         for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
             dst[name].copy_(f.get_tensor(name))
     return {"seconds": time.perf_counter() - started, "resident_before": resident}
+
+
+@case
+def http_storage(args: Args) -> dict[str, Any]:
+    """Storage over the network: GET the safetensors file over HTTP and build fresh tensors from it."""
+    import urllib.request
+
+    from safetensors.torch import load
+
+    started = time.perf_counter()
+    with urllib.request.urlopen(args["url"], timeout=args.get("timeout_s", 300)) as response:  # noqa: S310
+        body = response.read()
+    tensors = load(body)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "bytes": len(body), "tensors": len(tensors)}
 
 
 # -- peerload ---------------------------------------------------------------------------------

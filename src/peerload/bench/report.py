@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 
 LABELS = {
-    "limit": "limit: fresh alloc + copy (1 process)",
+    "limit": "limit: fresh process copies shared memory",
     "limit_prefault": "limit + parallel prefault",
     "safetensors_warm": "safetensors, warm page cache",
     "safetensors_cold": "safetensors, cold page cache",

@@ -145,7 +145,14 @@ class _Measurement:
         groups = set(self.config.groups)
         items: list[PlanItem] = []
         if "limit" in groups:
-            items += [("limit", "limit", {}), ("limit_prefault", "limit", {"prefault": True})]
+            # The limit is a P2P target minus the transport: a fresh process copies another
+            # process's resident bytes (shared memory) into fresh tensors of the same inventory.
+            holder = self._seed("shm_holder", self.base, "limit")
+            if holder is not None:
+                items += [
+                    ("limit", "limit", {"holder_ready": str(holder)}),
+                    ("limit_prefault", "limit", {"holder_ready": str(holder), "prefault": True}),
+                ]
         if "storage" in groups:
             items += [
                 ("safetensors_warm", "safetensors_load", {"cold": False}),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -22,7 +22,9 @@ def _split(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
 
 
 def bench(
-    size_gib: Annotated[float, typer.Option(help="Checkpoint size in GiB.", min=0.001)] = 2.0,
+    size_gib: Annotated[
+        Optional[float], typer.Option(help="Checkpoint size in GiB [default: 2, or 1 with --fleet].", min=0.001)
+    ] = None,
     tensors: Annotated[int, typer.Option(help="About this many tensors (Llama-like mix).", min=12)] = 500,
     transport: Annotated[str, typer.Option(help="nixl, transfer_engine, a comma list, or all.")] = "all",
     repeats: Annotated[int, typer.Option(help="Fresh processes per case.", min=1)] = 3,
@@ -31,6 +33,15 @@ def bench(
         str,
         typer.Option(help="Comma list of GiB sizes: cold-load scaling curve (limit, cold safetensors, P2P verified)."),
     ] = "",
+    fleet: Annotated[
+        bool, typer.Option("--fleet", help="Striping, resume and storage over capped NICs on emulated hosts (root).")
+    ] = False,
+    nic_gbit: Annotated[
+        float, typer.Option(help="--fleet: NIC cap of seed and storage hosts, Gbit/s.", min=0.01)
+    ] = 2.0,
+    target_nic_gbit: Annotated[
+        Optional[float], typer.Option(help="--fleet: the target's NIC cap [default: 4 x --nic-gbit].", min=0.01)
+    ] = None,
     control_plane: Annotated[
         bool, typer.Option("--control-plane", help="Benchmark the coordinator (memory and Redis stores) instead.")
     ] = False,
@@ -49,6 +60,23 @@ def bench(
     console = Console(stderr=json_out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    if fleet:
+        from peerload.bench.fleet import FleetBenchConfig, fleet_table, plot_fleet, run_fleet
+
+        fleet_config = FleetBenchConfig(
+            size_gib=size_gib or 1.0,
+            nic_gbit=nic_gbit,
+            target_nic_gbit=target_nic_gbit,
+            repeats=repeats,
+            transports=_split(transport, tuple(TRANSPORTS), "--transport"),
+            out=out,
+        )
+        results = run_fleet(fleet_config, progress=lambda s: console.log(s))
+        path = out / "fleet.json"
+        path.write_text(json.dumps(results, indent=2))
+        paths = [path, *([plot_fleet(results, out / "fleet.png")] if plot and results["per_transport"] else [])]
+        _emit(console, json_out, results, [fleet_table(results)], paths, started)
+        return
     if control_plane:
         from peerload.bench.control_plane import ControlPlaneConfig, run_control_plane, table
 
@@ -60,7 +88,7 @@ def bench(
         _emit(console, json_out, results, [table(results)], [path], started)
         return
     config = BenchConfig(
-        size_gib=size_gib,
+        size_gib=size_gib or 2.0,
         tensors=tensors,
         repeats=repeats,
         out=out,

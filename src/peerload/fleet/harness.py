@@ -58,7 +58,8 @@ class Fleet:
 
     Args:
         hosts: how many hosts (2..MAX_HOSTS).
-        nic_gbit: per-host NIC cap in Gbit/s, both directions (None: uncapped).
+        nic_gbit: NIC cap in Gbit/s, both directions: one for every host, or one per host
+            (None: uncapped).
         delay_ms: added one-way delay on each host's egress (None: none).
         max_seconds: the watchdog removes everything after this long, whatever is running.
 
@@ -70,17 +71,18 @@ class Fleet:
         self,
         hosts: int,
         *,
-        nic_gbit: float | None = None,
+        nic_gbit: float | Sequence[float | None] | None = None,
         delay_ms: float | None = None,
         max_seconds: float = 900.0,
     ) -> None:
         if not 2 <= hosts <= MAX_HOSTS:
             raise ConfigError(f"a fleet has 2..{MAX_HOSTS} hosts, got {hosts}")
-        if (nic_gbit is not None and nic_gbit <= 0) or (delay_ms is not None and delay_ms < 0):
-            raise ConfigError(f"nic_gbit must be > 0 and delay_ms >= 0, got {nic_gbit}, {delay_ms}")
+        caps = list(nic_gbit) if isinstance(nic_gbit, Sequence) else [nic_gbit] * hosts
+        if len(caps) != hosts or any(c is not None and c <= 0 for c in caps) or (delay_ms or 0) < 0:
+            raise ConfigError(f"nic_gbit must be > 0 (one value, or one per host) and delay_ms >= 0, got {nic_gbit}")
         self.prefix = f"{PREFIX}{os.getpid()}x{next(_counter)}"
         self.hub = f"{self.prefix}hub"
-        self.nic_gbit = nic_gbit
+        self.nic_gbit = caps
         self.delay_ms = delay_ms
         self.hosts = [Host(i, f"{self.prefix}h{i}", f"{SUBNET}.{i + 1}", f"v{i}") for i in range(hosts)]
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -110,9 +112,11 @@ class Fleet:
             run("ip", "-n", host.netns, "addr", "add", f"{host.address}/24", "dev", DEVICE)
             run("ip", "-n", host.netns, "link", "set", DEVICE, "up")
             run("ip", "-n", host.netns, "link", "set", "lo", "up")
-            if self.nic_gbit or self.delay_ms:
-                netns.cap(host.netns, DEVICE, self.nic_gbit, self.delay_ms)
-                netns.cap(self.hub, host.port_name, self.nic_gbit, None)
+            gbit = self.nic_gbit[host.index]
+            if gbit or self.delay_ms:
+                netns.cap(host.netns, DEVICE, gbit, self.delay_ms)
+                if gbit:
+                    netns.cap(self.hub, host.port_name, gbit, None)
         log.info(
             "fleet %s: %d hosts on %s.0/24, NIC cap %s Gbit/s", self.prefix, len(self.hosts), SUBNET, self.nic_gbit
         )

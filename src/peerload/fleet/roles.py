@@ -44,6 +44,7 @@ def start_seed(
     """`peerload seed MODEL` on host `host`; returns the process and its ready-file JSON once READY."""
     ready = workdir / f"seed-h{host}.ready"
     log = workdir / f"seed-h{host}.log"
+    ready.unlink(missing_ok=True)  # a seed restarted on the same host must not find the old one's
     cmd = peerload_cmd(
         "seed", str(model), "--model-name", model_name, "--coordinator", coordinator, "--ready-file", str(ready), *args
     )
