@@ -180,14 +180,18 @@ def _measure_transport(
             for k in STRIPES:
                 report = run.load(k, config.timeout_s)
                 _check(report, k)
-                raw.setdefault(f"{kind}_k{k}", {}).setdefault("seconds", []).append(load_seconds(report))
+                entry = raw.setdefault(f"{kind}_k{k}", {})
+                entry.setdefault("seconds", []).append(load_seconds(report))
+                entry.setdefault("transfer", []).append(report["seconds"]["transfer"])
                 progress(f"{kind} k={k} {rep + 1}/{config.repeats}: {load_seconds(report):.2f} s")
             killed: list[int] = []
             victim = SEED_HOSTS[rep % len(SEED_HOSTS)]
             report = run.load(4, config.timeout_s, _kill_at(run, config.kill_at, config.total_bytes, victim, killed))
             _check(report, 4 if not killed else 3)
             if killed:
-                raw.setdefault(f"{kind}_k4_killed", {}).setdefault("seconds", []).append(load_seconds(report))
+                entry = raw.setdefault(f"{kind}_k4_killed", {})
+                entry.setdefault("seconds", []).append(load_seconds(report))
+                entry.setdefault("transfer", []).append(report["seconds"]["transfer"])
                 restarted.setdefault(kind, []).append(report["restarted_bytes"])
                 progress(f"{kind} k=4, one killed, {rep + 1}/{config.repeats}: {load_seconds(report):.2f} s")
                 run.seeds[victim].wait()
@@ -223,8 +227,15 @@ def summarise_fleet(
     nbytes: int,
 ) -> dict[str, Any]:
     """Medians and the issue's ratios, per transport (the first transport that ran is the headline)."""
-    cases = {name: {**_stats(r["seconds"]), "gbps": nbytes / statistics.median(r["seconds"]) / 1e9}
-             for name, r in raw.items() if r.get("seconds")}  # fmt: skip
+    cases = {
+        name: {
+            **_stats(r["seconds"]),
+            "gbps": nbytes / statistics.median(r["seconds"]) / 1e9,
+            **({"transfer_median": statistics.median(r["transfer"])} if r.get("transfer") else {}),
+        }
+        for name, r in raw.items()
+        if r.get("seconds")
+    }
     storage = cases.get("storage_over_nic", {}).get("median")
     per_transport: dict[str, Any] = {}
     for kind in config.transports:
@@ -234,8 +245,13 @@ def summarise_fleet(
         speedup = {str(k): one / cases[f"{kind}_k{k}"]["median"] for k in STRIPES if f"{kind}_k{k}" in cases}
         killed = cases.get(f"{kind}_k4_killed", {}).get("median")
         four = cases.get(f"{kind}_k4", {}).get("median")
+        transfer = {k: cases[f"{kind}_k{k}"].get("transfer_median") for k in STRIPES if f"{kind}_k{k}" in cases}
         per_transport[kind] = {
             "striping_speedup": speedup,
+            # the same ratio over the transfer phase alone (no process-local setup)
+            "striping_speedup_transfer": {
+                str(k): transfer[1] / v for k, v in transfer.items() if v and transfer.get(1)
+            },
             "resume_overhead": killed / four if killed and four else None,
             "restarted_bytes": statistics.median(restarted[kind]) if restarted.get(kind) else None,
             "restarted_bytes_runs": restarted.get(kind, []),
