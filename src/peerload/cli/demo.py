@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from peerload._process import peerload_cmd, spawn, stop_process, wait_ready_file
-from peerload.errors import PeerloadError
+from peerload.errors import ConfigError, PeerloadError
 from peerload.identity import SourceIdentity
 from peerload.settings import Settings, debug_enabled
 
@@ -60,12 +60,31 @@ def demo(
     transport: Annotated[str, typer.Option("--transport", help="nixl or transfer_engine.")] = "nixl",
     hidden: Annotated[int, typer.Option("--hidden", min=64, help="Hidden size of the demo model.")] = 768,
     layers: Annotated[int, typer.Option("--layers", min=1, help="Layers of the demo model.")] = 8,
+    hosts: Annotated[
+        int,
+        typer.Option(
+            "--hosts", min=0, help="Run on N emulated hosts (root): each new replica stripes from all before it."
+        ),
+    ] = 0,
+    nic_gbit: Annotated[float, typer.Option("--nic-gbit", min=0.01, help="--hosts: NIC cap per host, Gbit/s.")] = 2.0,
 ) -> None:
     """Seed a small model and load it peer-to-peer into a fresh one; compare with disk."""
     from peerload.coordinator.server import serve  # torch-heavy imports per command keep the CLI fast
 
     console = Console()
     _quiet_components()
+    if hosts:
+        if hosts < 3:
+            raise ConfigError(f"--hosts needs at least 3 hosts (coordinator, seed, a replica), got {hosts}")
+        from peerload.cli._demo_fleet import fleet_demo
+
+        workdir = Path(tempfile.mkdtemp(prefix="peerload-demo-"))
+        try:
+            model_dir = write_demo_model(workdir / "model", hidden=hidden, layers=layers)
+            fleet_demo(console, MODEL_NAME, model_dir, hosts, nic_gbit, transport)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
     workdir = Path(tempfile.mkdtemp(prefix="peerload-demo-"))
     server = serve(Settings.load(), port=0)
     seed_proc: subprocess.Popen | None = None

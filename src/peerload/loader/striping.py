@@ -189,6 +189,7 @@ class StripedRead:
                 self._ops(plan.manifest, part),
                 timeout_s=min(self.options.part_timeout_s, left),
                 progress=self._progress(name),
+                last=False,  # more parts follow; the seed's fast polling lingers after the last one
             )
             if self.options.verify:
                 began = time.perf_counter()

@@ -92,11 +92,13 @@ class Transport(ABC):
         timeout_s: float,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        last: bool = True,
     ) -> None:
         """READ every op from `peer` in batches of about `chunk_bytes`; zero-byte ops are skipped.
 
         `progress` is called after each completed batch with its byte count. Local ranges must
-        lie in memory registered on this endpoint.
+        lie in memory registered on this endpoint. `last=False` says more reads from `peer` follow
+        soon (a striped load reads part by part): the seed keeps serving it at full speed.
 
         Raises:
             PeerMetadataError: the peer's metadata is corrupt or for another transport.

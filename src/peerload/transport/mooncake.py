@@ -163,6 +163,7 @@ class MooncakeTransport(Transport):
         timeout_s: float,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        last: bool = True,  # the engine's own threads serve peers: nothing to tell the seed
     ) -> None:
         self._check_open()
         deadline = time.monotonic() + timeout_s

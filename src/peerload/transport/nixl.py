@@ -75,6 +75,7 @@ class _ReadState:
     deadline: float
     progress: ProgressCallback | None
     cancel: threading.Event | None
+    last: bool = True  # the final request tells the seed this reader is done with it
     tag: bytes = field(default_factory=lambda: secrets.token_hex(4).encode())  # names this read's notifications
     next: int = 0  # index of the next batch to post
     inflight: list[tuple[Any, int]] = field(default_factory=list)  # (handle, bytes)
@@ -291,6 +292,7 @@ class NixlTransport(Transport):
         timeout_s: float,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        last: bool = True,
     ) -> None:
         self._check_open()
         deadline = time.monotonic() + timeout_s
@@ -309,6 +311,7 @@ class NixlTransport(Transport):
             deadline=deadline,
             progress=progress,
             cancel=cancel,
+            last=last,
         )
         try:
             self._run_batches(state)
@@ -327,7 +330,8 @@ class NixlTransport(Transport):
                 and len(read.inflight) < self._max_inflight
                 and (read.next < last or not read.inflight)
             ):
-                notif = _NOTIF + (b"done:" if read.next == last else b"xfer:") + read.tag
+                # Only the last request of a reader's last read lets the seed stop polling fast.
+                notif = _NOTIF + (b"done:" if read.next == last and read.last else b"xfer:") + read.tag
                 batch = read.batches[read.next]
                 read.inflight.append((self._post(read.remote, batch, notif), batch.nbytes))
                 read.next += 1
