@@ -125,3 +125,14 @@ def test_harness_cleans_up_on_sigterm(tmp_path):
     proc.terminate()
     assert proc.wait(timeout=30) != 0
     assert fleet_netns.namespaces(prefix) == []
+
+
+def test_demo_on_emulated_hosts_grows_a_striping_fleet(run_peerload):
+    make_fleet(2).close()  # skips here when namespaces cannot be made
+    proc = run_peerload("demo", "--hosts", "4", "--hidden", "128", "--layers", "2", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert "fleet demo OK" in proc.stdout
+    # the replica on host 3 read from the seed and the replica on host 2: two sources
+    row = next(line for line in proc.stdout.splitlines() if line.lstrip("│ ").startswith("3 ("))
+    assert "│ 2 " in row and "True" in row, row
+    assert "none left" in proc.stdout

@@ -9,7 +9,9 @@ from peerload.errors import (
     ConfigError,
     CoordinatorError,
     CoordinatorUnavailable,
+    FleetUnavailable,
     LayoutMismatch,
+    LeaseRefused,
     LoadFailed,
     MissingExtraError,
     PeerloadError,
@@ -33,6 +35,12 @@ _HINTS: dict[type[PeerloadError], Callable[[PeerloadError], str]] = {
     ChecksumMismatch: lambda e: "the bytes read differ from what the seed published; the load was rolled back.",
     TransportError: lambda e: "the data plane failed; check that seed and target can reach each other.",
     LoadFailed: lambda e: "every way to load failed; each attempt is listed above.",
+    LeaseRefused: lambda e: (
+        "that seed serves its maximum of readers (PEERLOAD_SEED_MAX_READERS); try again or add seeds."
+    ),
+    FleetUnavailable: lambda e: (
+        "emulated hosts need root and iproute2 (ip, tc); run as root, or without --hosts/--fleet."
+    ),
     ConfigError: lambda e: "see `peerload COMMAND --help` for the options and their values.",
 }
 
