@@ -116,3 +116,26 @@ def test_a_source_added_later_steals():
 def test_max_reading_must_be_positive():
     with pytest.raises(ValueError):
         PartScheduler([1], max_reading=0)
+
+
+def test_parts_read_before_a_drop_are_kept_once_verified():
+    s = PartScheduler([10] * 4, max_reading=2)
+    s.add_sources(["a", "b"])  # a: 0-1, b: 2-3
+    assert s.next_for("a") == 0
+    s.read_done("a", 0)  # bytes in place, checksum pending
+    assert s.next_for("a") == 1  # the next read overlaps the check
+    assert s.next_for("a") is None  # at its bound: one read, one check
+    assert s.drop("a") == [1]  # only the part being read goes back
+    assert s.restarted_bytes == 10 and s.waiting_is_useful()
+    s.done("a", 0)  # the check passed after the drop: kept
+    assert s.state[0] is PartState.DONE and s.sources["a"].delivered == [0]
+    assert s.next_for("b") == 1
+
+
+def test_a_part_failing_its_check_is_read_again():
+    s = PartScheduler([10, 10], max_reading=2)
+    s.add_sources(["a"])
+    assert s.next_for("a") == 0
+    s.read_done("a", 0)
+    s.failed("a", 0)
+    assert s.restarted_bytes == 10 and s.pool[0] == 0

@@ -18,6 +18,7 @@ from enum import Enum
 class PartState(Enum):
     TODO = "todo"
     READING = "reading"
+    VERIFYING = "verifying"
     DONE = "done"
 
 
@@ -28,6 +29,7 @@ class SourceProgress:
     name: str
     queue: deque[int] = field(default_factory=deque)  # dealt or stolen, not started
     reading: set[int] = field(default_factory=set)
+    verifying: set[int] = field(default_factory=set)  # read, checksum not checked yet
     delivered: list[int] = field(default_factory=list)
     delivered_bytes: int = 0
     alive: bool = True
@@ -38,7 +40,7 @@ class PartScheduler:
 
     Args:
         sizes: bytes of each part, in plan order.
-        max_reading: parts one source may have in flight at once.
+        max_reading: parts one source may have in flight at once (being read or verified).
     """
 
     def __init__(self, sizes: Sequence[int], *, max_reading: int = 1) -> None:
@@ -73,7 +75,11 @@ class PartScheduler:
             held += self.sizes[i]
 
     def drop(self, name: str) -> list[int]:
-        """Stop using `name`; its unfinished parts go back to the pool. Returns them."""
+        """Stop using `name`; the parts it was reading or had queued go back to the pool.
+
+        Parts it finished reading stay its own until their check ends (`done` or `failed`):
+        bytes already in place are not read again unless they turn out bad. Returns the re-queued.
+        """
         src = self.sources[name]
         src.alive = False
         back = sorted(src.reading) + list(src.queue)
@@ -94,7 +100,7 @@ class PartScheduler:
     def next_for(self, name: str) -> int | None:
         """The part `name` should read now, or None (at its bound, or nothing left to take)."""
         src = self.sources[name]
-        if not src.alive or len(src.reading) >= self.max_reading:
+        if not src.alive or len(src.reading) + len(src.verifying) >= self.max_reading:
             return None
         if self.pool:
             part = self.pool.popleft()
@@ -119,17 +125,26 @@ class PartScheduler:
                 best, best_bytes = s, queued
         return best
 
+    def read_done(self, name: str, part: int) -> None:
+        """`name`'s bytes of `part` are in place; their checksum is being checked."""
+        src = self.sources[name]
+        src.reading.discard(part)
+        src.verifying.add(part)
+        self.state[part] = PartState.VERIFYING
+
     def done(self, name: str, part: int) -> None:
         """`name` delivered `part`, verified."""
         src = self.sources[name]
         src.reading.discard(part)
+        src.verifying.discard(part)
         self.state[part] = PartState.DONE
         src.delivered.append(part)
         src.delivered_bytes += self.sizes[part]
 
     def failed(self, name: str, part: int) -> None:
-        """`name`'s read of `part` failed (the source stays; callers usually `drop` it)."""
+        """`name`'s read or check of `part` failed (the source stays; callers usually `drop` it)."""
         self.sources[name].reading.discard(part)
+        self.sources[name].verifying.discard(part)
         self.state[part] = PartState.TODO
         self.restarted_bytes += self.sizes[part]
         self.pool.appendleft(part)
@@ -141,8 +156,10 @@ class PartScheduler:
         return all(s is PartState.DONE for s in self.state)
 
     def waiting_is_useful(self) -> bool:
-        """Whether a source with nothing to take should wait (others still read parts that may fail)."""
-        return any(s.reading for s in self.sources.values() if s.alive)
+        """Whether a source with nothing to take should wait (parts in flight may still fail)."""
+        return any(s.reading for s in self.sources.values() if s.alive) or any(
+            s.verifying for s in self.sources.values()
+        )
 
     def missing(self) -> list[int]:
         """Parts no source delivered, in plan order."""
@@ -150,4 +167,4 @@ class PartScheduler:
 
     def stranded(self) -> bool:
         """Parts remain but no live source is left to read them."""
-        return not self.finished and not self.alive
+        return not self.finished and not self.alive and not any(s.verifying for s in self.sources.values())

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from peerload.errors import (
@@ -77,6 +78,7 @@ class PeerPlan:
     seed: SeedClient
     lease: str | None
     stats: SourceStats
+    bad: ChecksumMismatch | None = None  # set by the hashing pool: the source sent a bad part
 
     def release(self) -> None:
         """Give the read lease back and close the seed channel (best effort: the lease lapses anyway)."""
@@ -122,7 +124,8 @@ class StripedRead:
         self.parts = parts
         self.expected = expected
         self.options = options
-        self.scheduler = PartScheduler([p.nbytes for p in parts])
+        # Per source: one part being read while the previous one is hashed.
+        self.scheduler = PartScheduler([p.nbytes for p in parts], max_reading=2)
         self.verify_seconds = 0.0
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -134,15 +137,16 @@ class StripedRead:
         self._next_source = next_source
         with self._cond:
             self.scheduler.add_sources([s.worker_id for s in sources])
-        for plan in sources:
-            self._start(plan)
-        while True:
-            with self._cond:
-                threads = [t for t in self._threads if t.is_alive()]
-            if not threads:
-                break
-            for t in threads:
-                t.join()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="peerload-verify") as self._hashing:
+            for plan in sources:
+                self._start(plan)
+            while True:
+                with self._cond:
+                    threads = [t for t in self._threads if t.is_alive()]
+                if not threads:
+                    break
+                for t in threads:
+                    t.join()
         if self._fatal is not None:
             raise self._fatal
 
@@ -172,11 +176,17 @@ class StripedRead:
             plan.release()
 
     def _read_from(self, plan: PeerPlan) -> None:
+        """Read part after part; each is hashed on the pool while the next one is read."""
         name = plan.worker_id
+        pending: list[Future[None]] = []
         while True:
+            if plan.bad is not None:
+                raise plan.bad
             index = self._take(name)
             if index is None:
-                return
+                break
+            if plan.bad is not None:  # condemned while it waited for a part
+                raise plan.bad
             part = self.parts[index]
             if self.options.wait_faulted is not None:
                 self.options.wait_faulted(part)
@@ -192,17 +202,41 @@ class StripedRead:
                 last=False,  # more parts follow; the seed's fast polling lingers after the last one
             )
             if self.options.verify:
-                began = time.perf_counter()
-                digest = part_checksum(self.tensor_set.regions, part)
-                self.verify_seconds += time.perf_counter() - began
-                if digest != self.expected[index]:
-                    raise ChecksumMismatch(part.regions, source=name)
-            with self._cond:
-                self.scheduler.done(name, index)
-                plan.stats.bytes += part.nbytes
+                with self._cond:
+                    self.scheduler.read_done(name, index)
+                pending = [f for f in pending if not f.done()]
+                pending.append(self._hashing.submit(self._verify, plan, index))
+            else:
+                self._delivered(plan, index)
+        for f in pending:
+            f.result()
+        if plan.bad is not None:
+            raise plan.bad
+
+    def _verify(self, plan: PeerPlan, index: int) -> None:
+        """Check one part's checksum (on the hashing pool); a mismatch condemns its source."""
+        part = self.parts[index]
+        began = time.perf_counter()
+        digest = part_checksum(self.tensor_set.regions, part)
+        self.verify_seconds += time.perf_counter() - began
+        if digest == self.expected[index]:
+            self._delivered(plan, index)
+            return
+        plan.bad = ChecksumMismatch(part.regions, source=plan.worker_id)
+        with self._cond:
+            self.scheduler.failed(plan.worker_id, index)
+            self._cond.notify_all()
+
+    def _delivered(self, plan: PeerPlan, index: int) -> None:
+        with self._cond:
+            # Verified bytes count even if their source was dropped while they were checked.
+            src = self.scheduler.sources[plan.worker_id]
+            if index in src.reading or index in src.verifying:
+                self.scheduler.done(plan.worker_id, index)
+                plan.stats.bytes += self.parts[index].nbytes
                 plan.stats.parts += 1
-                plan.stats.seconds = time.perf_counter() - self._started[name]
-                self._cond.notify_all()
+                plan.stats.seconds = time.perf_counter() - self._started[plan.worker_id]
+            self._cond.notify_all()
 
     def _take(self, name: str) -> int | None:
         """The next part for `name`; waits while other sources' reads may still fail; None: stop."""
