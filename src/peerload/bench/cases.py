@@ -105,10 +105,14 @@ def limit(args: Args) -> dict[str, Any]:
 
     Exactly a P2P target minus the transport: the source pages are mapped before the clock
     starts (a seed's are resident too); the clock covers allocation, page faults and the copy.
+    One copy stream, like the kernel's cross-memory copy a P2P read is: torch's OpenMP copy on
+    2 threads spins at its barriers when the cores are shared and then runs 3x slower (measured
+    here: 4.5-5.2 s against 1.6-1.9 s for 2 GiB at load 3.5), which made the old limit bimodal.
     With `prefault`, peerload's parallel prefault runs first: a stricter bound.
     """
     from peerload.transport import prefault
 
+    torch.set_num_threads(1)
     specs = _specs(args)
     holder = json.loads(Path(args["holder_ready"]).read_text())
     with open(holder["shm"], "r+b") as fh:
