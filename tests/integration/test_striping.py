@@ -124,7 +124,8 @@ def test_seed_at_its_reader_cap_makes_the_target_use_another(coordinator, seeds,
         record = client.get_metadata(capped["source_id"], capped["worker_id"])
         assert record is not None
         with SeedClient(record.worker_grpc_endpoint, capped["worker_id"], timeout_s=10) as seed:
-            assert seed.acquire_lease("test-holder")  # the capped seed's one reader slot is taken
+            lease = seed.acquire_lease("test-holder")  # the capped seed's one reader slot is taken
+            assert lease
             # its heartbeats now report one reader
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
@@ -134,6 +135,7 @@ def test_seed_at_its_reader_cap_makes_the_target_use_another(coordinator, seeds,
                 time.sleep(0.2)
             assert loads.get(capped["worker_id"]) == 1.0 and not loads.get(free["worker_id"]), loads
             report = run_target(tmp_path, model, coordinator.address)
+            assert seed.release_lease(lease)
     assert report["sha256"] == expected
     assert [s["worker_id"] for s in report["sources"]] == [free["worker_id"]]
     refused = [a for a in report["attempts"] if capped["worker_id"] in a]
