@@ -331,9 +331,10 @@ def plot_fleet(results: dict[str, Any], path: Path) -> Path:
     if storage:
         ax.axhline(storage, color="#c44e52", linestyle="--", linewidth=1, label="storage over the same NIC")
     ax.set_xticks([i + width * (len(kinds) - 1) / 2 for i in range(len(labels))], labels)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
     ax.set_ylabel("seconds (median, fresh target process)")
     ax.set_title(f"{results['config']['size_gib']} GiB, seed NICs {results['config']['seed_nic_gbit']} Gbit/s")
-    ax.legend()
+    ax.legend(loc="upper right", fontsize=8, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
