@@ -74,12 +74,21 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
     def certificate(subject: str, key: Any, issuer: tuple[str, Any] | None, server: bool) -> x509.Certificate:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        issuer_name, issuer_key = (name, key) if issuer is None else (x509.Name(
-            [x509.NameAttribute(NameOID.COMMON_NAME, issuer[0])]), issuer[1])
-        builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=not server, path_length=None), critical=True))
+        issuer_name, issuer_key = (
+            (name, key)
+            if issuer is None
+            else (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer[0])]), issuer[1])
+        )
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=not server, path_length=None), critical=True)
+        )
         if server:
             names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
@@ -96,8 +105,12 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     other = certificate("some other CA", other_key, None, server=False)
     server = certificate("localhost", server_key, ("peerload test CA", ca_key), server=True)
     key_bytes = server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return TlsFiles(ca=write("ca.pem", ca.public_bytes(pem)), cert=write("server.pem", server.public_bytes(pem)),
-                    key=write("server.key", key_bytes), other_ca=write("other-ca.pem", other.public_bytes(pem)))
+    return TlsFiles(
+        ca=write("ca.pem", ca.public_bytes(pem)),
+        cert=write("server.pem", server.public_bytes(pem)),
+        key=write("server.key", key_bytes),
+        other_ca=write("other-ca.pem", other.public_bytes(pem)),
+    )
 
 
 @pytest.fixture

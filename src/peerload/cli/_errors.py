@@ -65,8 +65,8 @@ _HINTS: dict[type[PeerloadError], Callable[[PeerloadError], str]] = {
     CoordinatorError: _refused,
     SeedServiceError: _seed_failed,
     CheckpointError: lambda e: (
-        "PATH must be a .safetensors file or a Hugging Face model directory (config.json, *.safetensors and, "
-        "when sharded, model.safetensors.index.json naming every shard); re-download or re-save the named file."
+        "PATH is a .safetensors file or a Hugging Face model directory (config.json and *.safetensors, "
+        "plus model.safetensors.index.json when sharded)."
     ),
     MissingExtraError: lambda e: f"install the extra: pip install 'peerload[{getattr(e, 'extra', '')}]'.",
     LayoutMismatch: lambda e: (
