@@ -237,3 +237,19 @@ def test_load_report_must_be_writable(run_peerload: Run, tmp_path: Path) -> None
     proc = run_peerload("load", str(path), "--model-name", "m", "--no-fallback", "--max-sources", "0")
     assert proc.returncode == 2 and "Invalid value for '--max-sources'" in proc.stderr, proc.stderr
     usage_error(run_peerload("seed", str(tmp_path / "absent.safetensors"), "--model-name", "m"), "does not exist")
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["bench", "--scaling", "1,two"], ["--scaling '1,two' is not a comma list of sizes in GiB > 0"]),
+        (["bench", "--scaling", "0"], ["--scaling '0'"]),
+        (["bench", "--out", "{file}"], ["--out", "is a file; give a directory"]),
+        (["bench", "--cases", "fastest"], ["--cases 'fastest' is not valid"]),
+        (["demo", "--transport", "carrier-pigeon"], ["transport 'carrier-pigeon' is not supported"]),
+        (["sources", "--coordinator", "host:99999"], ["coordinator 'host:99999' is not HOST:PORT"]),
+    ],
+)
+def test_other_commands_check_their_options(run_peerload: Run, tmp_path: Path, args: list[str], fragments: list[str]):
+    (tmp_path / "file").write_text("")
+    usage_error(run_peerload(*[a.format(file=tmp_path / "file") for a in args]), *fragments)
