@@ -2,7 +2,8 @@
 
 Precedence (highest first): explicit keyword overrides, a JSON config (ModelExpress style
 `{"url", "transport", "source"}` or peerload keys), PEERLOAD_* variables, the ModelExpress
-variables MODEL_EXPRESS_URL / MX_SERVER_ADDRESS, then the defaults below.
+variables MODEL_EXPRESS_URL / MX_SERVER_ADDRESS and MX_AUTH_TOKEN_PATH (its default token file
+too, when present), then the defaults below.
 """
 
 from __future__ import annotations

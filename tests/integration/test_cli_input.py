@@ -152,54 +152,50 @@ def empty_directory(tmp: Path) -> Path:
     return tmp / "model"
 
 
-def missing_shard(tmp: Path) -> Path:
-    good_file(tmp / "model-00001-of-00002.safetensors")
-    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "c": "model-00002-of-00002.safetensors"}}
-    (tmp / "model.safetensors.index.json").write_text(json.dumps(index))
-    return tmp
+def directory_with(weights: str, name: str, text: str) -> Callable[[Path], Path]:
+    """A builder of a directory holding a good safetensors file `weights` and a file `name` with `text`."""
+
+    def make(tmp: Path) -> Path:
+        good_file(tmp / weights)
+        (tmp / name).write_text(text)
+        return tmp
+
+    return make
 
 
-def index_not_json(tmp: Path) -> Path:
-    good_file(tmp / "model-00001-of-00001.safetensors")
-    (tmp / "model.safetensors.index.json").write_text('{"weight_map": ')
-    return tmp
-
-
-def index_without_weight_map(tmp: Path) -> Path:
-    good_file(tmp / "model-00001-of-00001.safetensors")
-    (tmp / "model.safetensors.index.json").write_text('{"metadata": {}}')
-    return tmp
-
-
-def config_not_json(tmp: Path) -> Path:
-    good_file(tmp / "model.safetensors")
-    (tmp / "config.json").write_text("{'model_type': 'llama'}")
-    return tmp
-
-
-def config_without_model_type(tmp: Path) -> Path:
-    good_file(tmp / "model.safetensors")
-    (tmp / "config.json").write_text("{}")
-    return tmp
+INDEX = "model.safetensors.index.json"
+SHARD = "model-00001-of-00002.safetensors"
+missing_shard = directory_with(
+    SHARD, INDEX, json.dumps({"weight_map": {"a": SHARD, "c": "model-00002-of-00002.safetensors"}})
+)
+index_not_json = directory_with(SHARD, INDEX, '{"weight_map": ')
+index_without_weight_map = directory_with(SHARD, INDEX, '{"metadata": {}}')
+config_not_json = directory_with("model.safetensors", "config.json", "{'model_type': 'llama'}")
+config_without_model_type = directory_with("model.safetensors", "config.json", "{}")
 
 
 @pytest.mark.parametrize(
     "make, fragments",
     [
-        (not_safetensors, ["model.safetensors: not a safetensors file (header too large)"]),
-        (truncated, ["model.safetensors: truncated"]),
-        (corrupt_header, ["model.safetensors: corrupt safetensors file"]),
-        (unknown_dtype, ["model.safetensors: corrupt header: unknown dtype Q9"]),
-        (unsupported_dtype, ["model.safetensors: tensor 'a' has dtype F6_E2M3, which peerload cannot load"]),
-        (wrong_suffix, ["pytorch_model.bin: not a .safetensors file"]),
-        (empty_directory, ["has no *.safetensors files"]),
-        (missing_shard, ["model.safetensors.index.json: names shard(s) missing", "model-00002-of-00002"]),
-        (index_not_json, ["model.safetensors.index.json: invalid JSON"]),
-        (index_without_weight_map, ['model.safetensors.index.json: has no "weight_map"']),
-        (config_not_json, ["config.json: invalid JSON"]),
-        (config_without_model_type, ["config.json: not a usable model config", "model_type"]),
+        pytest.param(not_safetensors, ["model.safetensors: not a safetensors file (header too large)"], id="text"),
+        pytest.param(truncated, ["model.safetensors: truncated"], id="truncated"),
+        pytest.param(corrupt_header, ["model.safetensors: corrupt safetensors file"], id="corrupt-header"),
+        pytest.param(unknown_dtype, ["model.safetensors: corrupt header: unknown dtype Q9"], id="unknown-dtype"),
+        pytest.param(
+            unsupported_dtype,
+            ["model.safetensors: tensor 'a' has dtype F6_E2M3, which peerload cannot load"],
+            id="unsupported-dtype",
+        ),
+        pytest.param(wrong_suffix, ["pytorch_model.bin: not a .safetensors file"], id="bin-file"),
+        pytest.param(empty_directory, ["has no *.safetensors files"], id="empty-dir"),
+        pytest.param(missing_shard, [f"{INDEX}: names shard(s) missing", "model-00002-of-00002"], id="missing-shard"),
+        pytest.param(index_not_json, [f"{INDEX}: invalid JSON"], id="index-not-json"),
+        pytest.param(index_without_weight_map, [f'{INDEX}: has no "weight_map"'], id="index-no-weight-map"),
+        pytest.param(config_not_json, ["config.json: invalid JSON"], id="config-not-json"),
+        pytest.param(
+            config_without_model_type, ["config.json: not a usable model config", "model_type"], id="config-no-type"
+        ),
     ],
-    ids=lambda v: v.__name__ if callable(v) else "",
 )
 def test_bad_checkpoint_is_one_line_naming_the_file(
     run_peerload: Run, tmp_path: Path, make: Callable[[Path], Path], fragments: list[str]
