@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
-from peerload._grpc import Caller, open_channel
+from peerload._grpc import PLAINTEXT, Caller, ChannelSecurity, open_channel
 from peerload.errors import LeaseRefused, SeedServiceError
 from peerload.manifest import Manifest
 from peerload.wire import MAX_MANIFEST_BYTES, manifest_from_proto
@@ -13,13 +13,13 @@ _REFUSED = {"RESOURCE_EXHAUSTED": False, "UNAVAILABLE": True}
 
 
 class SeedClient:
-    """One channel to the seed at `endpoint` serving worker `worker_id`; `close()` when done."""
+    """One channel (TLS / token per `security`) to the seed at `endpoint` serving `worker_id`; `close()` it."""
 
-    def __init__(self, endpoint: str, worker_id: str, timeout_s: float) -> None:
+    def __init__(self, endpoint: str, worker_id: str, timeout_s: float, security: ChannelSecurity = PLAINTEXT) -> None:
         self.endpoint = endpoint
         self.worker_id = worker_id
         self._call = Caller(endpoint, timeout_s=timeout_s, retries=0, error=SeedServiceError)
-        self._channel = open_channel(endpoint, MAX_MANIFEST_BYTES)
+        self._channel = open_channel(endpoint, MAX_MANIFEST_BYTES, security)
         self._stub = seed_pb2_grpc.SeedServiceStub(self._channel)
 
     def manifest(self) -> Manifest:
@@ -68,11 +68,11 @@ class SeedClient:
         self.close()
 
 
-def fetch_manifest(endpoint: str, worker_id: str, timeout_s: float) -> Manifest:
-    """Ask the seed at `endpoint` for worker `worker_id`'s manifest (one call, one channel).
+def fetch_manifest(endpoint: str, worker_id: str, timeout_s: float, security: ChannelSecurity = PLAINTEXT) -> Manifest:
+    """Ask the seed at `endpoint` for worker `worker_id`'s manifest (over TLS / with a token per `security`).
 
     Raises:
         SeedServiceError: see `SeedClient.manifest`.
     """
-    with SeedClient(endpoint, worker_id, timeout_s) as seed:
+    with SeedClient(endpoint, worker_id, timeout_s, security) as seed:
         return seed.manifest()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from peerload._grpc import ChannelSecurity
 from peerload.client import CoordinatorClient, SourceRef, SourceStatus
 from peerload.errors import (
     ChecksumMismatch,
@@ -129,7 +130,10 @@ class TargetLoad:
         self.worker_id = options.worker_id or new_worker_id(options.rank)
         self.seconds: dict[str, float] = {}
         self.attempts: list[str] = []
-        self.client = CoordinatorClient.from_settings(settings)
+        self.security = ChannelSecurity.from_settings(settings)
+        self.client = CoordinatorClient(
+            settings.coordinator, timeout_s=settings.rpc_timeout_s, retries=settings.rpc_retries, security=self.security
+        )
         self.transport: Transport | None = None
         self._waves: list[list[str]] = []
         self._faulting = Faulting([])
@@ -269,7 +273,7 @@ class TargetLoad:
                 raise NoSourceAvailable(f"source {worker_id} vanished before the transfer")
             if not record.worker_grpc_endpoint:
                 raise NoSourceAvailable(f"source {worker_id} serves no manifest endpoint (not a peerload seed?)")
-            seed = SeedClient(record.worker_grpc_endpoint, worker_id, self.settings.rpc_timeout_s)
+            seed = SeedClient(record.worker_grpc_endpoint, worker_id, self.settings.rpc_timeout_s, self.security)
             try:
                 manifest = seed.manifest()
                 peer = EndpointInfo(

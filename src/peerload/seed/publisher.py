@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from peerload._grpc_server import ServerSecurity
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
 from peerload.errors import CoordinatorError
 from peerload.identity import SourceIdentity, new_worker_id
@@ -77,7 +78,8 @@ class Publisher:
                 part_bytes=part_bytes,
                 part_checksums=list(sums),
             )
-            self._server = ManifestServer(self.manifest, self.leases, host=settings.advertise_host)
+            security = ServerSecurity.from_settings(settings)
+            self._server = ManifestServer(self.manifest, self.leases, host=settings.advertise_host, security=security)
             self._publish()
         except BaseException:
             self._release()
