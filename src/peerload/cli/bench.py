@@ -70,8 +70,9 @@ def bench(
     from peerload.components import TRANSPORTS
 
     # Every option is checked before the first measurement, which may take minutes.
-    for option, value in (("--size-gib", size_gib), ("--duration", duration)):
-        if not math.isfinite(value):
+    numbers = (("--size-gib", size_gib), ("--duration", duration), ("--nic-gbit", nic_gbit))
+    for option, value in (*numbers, ("--target-nic-gbit", target_nic_gbit)):
+        if value is not None and not math.isfinite(value):
             raise ConfigError(f"{option} must be a finite number, got {value}")
     transports = _split(transport, tuple(TRANSPORTS), "--transport")
     groups = _split(cases, GROUPS, "--cases")
@@ -89,7 +90,7 @@ def bench(
             nic_gbit=nic_gbit,
             target_nic_gbit=target_nic_gbit,
             repeats=repeats,
-            transports=_split(transport, tuple(TRANSPORTS), "--transport"),
+            transports=transports,
             out=out,
         )
         results = run_fleet(fleet_config, progress=lambda s: console.log(s))
