@@ -56,19 +56,20 @@ def test_two_hosts_cross_the_emulated_nic_bit_exact(transport, checkpoint, tmp_p
         assert source["network"]["UCX_TLS"] == "tcp,self" and source["network"]["UCX_NET_DEVICES"] == "eth0"
 
 
-def test_five_hosts_stripe_over_three_seeds(checkpoint, tmp_path):
+@pytest.mark.parametrize("transport", ["nixl", "transfer_engine"])
+def test_five_hosts_stripe_over_three_seeds(transport, checkpoint, tmp_path):
     model, expected = checkpoint
-    env = {"PEERLOAD_CHUNK_BYTES": str(PART)}
+    env = {"PEERLOAD_CHUNK_BYTES": str(PART), "PEERLOAD_TRANSPORT": transport}
     with make_fleet(5, nic_gbit=2) as fleet:
         coordinator = start_coordinator(fleet, 0, tmp_path)
         seeds = [start_seed(fleet, h, model, NAME, coordinator, tmp_path, env=env)[1]["worker_id"] for h in (1, 2, 3)]
         sent_before = [fleet.nic_bytes(h)[1] for h in (1, 2, 3)]
-        report = run_target(fleet, 4, model, NAME, coordinator, tmp_path, "--no-fallback")
+        report = run_target(fleet, 4, model, NAME, coordinator, tmp_path, "--no-fallback", env=env)
         sent = [fleet.nic_bytes(h)[1] - before for h, before in zip((1, 2, 3), sent_before, strict=True)]
     assert fleet.leftovers() == []
     assert report["sha256"] == expected
     by_source = {s["worker_id"]: s for s in report["sources"]}
-    assert set(by_source) == set(seeds)
+    assert set(by_source) == set(seeds) and {s["transport"] for s in by_source.values()} == {transport}
     for host, worker, nic in zip((1, 2, 3), seeds, sent, strict=True):
         assert by_source[worker]["bytes"] > 0 and nic >= by_source[worker]["bytes"], (host, by_source, sent)
         assert by_source[worker]["network"]["peer_host"] == fleet.hosts[host].address

@@ -94,6 +94,11 @@ class MooncakeTransport(Transport):
         self.session_id = f"{self._host}:{self._engine.get_rpc_port()}"
         self._users: RangeUsers[int] = RangeUsers(self._unregister)  # keyed by registration address
         self._spans: list[tuple[int, int]] = []  # sorted (start, end) of registrations
+        self._protocol = protocol
+        # One engine serialises the batches of concurrent reads, so each further peer read at
+        # the same time (a striped load) gets an engine of its own, with the same registrations.
+        self._readers: dict[str, Any] = {}  # peer session -> the engine that reads from it
+        self._readers_lock = threading.Lock()
         self._closed = False
 
     def register(self, tensors: Mapping[str, torch.Tensor]) -> list[Region]:
@@ -117,7 +122,9 @@ class MooncakeTransport(Transport):
             fresh[r.addr] = r.size
             owner[r.name] = r.addr
         if fresh:
-            rc = self._engine.batch_register_memory(list(fresh), list(fresh.values()))
+            rc = 0
+            for engine in self._engines():
+                rc = rc or engine.batch_register_memory(list(fresh), list(fresh.values()))
             if rc != 0:
                 self._spans = [s for s in self._spans if s[0] not in fresh]
                 raise TransportError(f"TransferEngine.batch_register_memory of {len(fresh)} regions returned {rc}")
@@ -133,9 +140,33 @@ class MooncakeTransport(Transport):
     def _unregister(self, addr: int) -> None:
         """Unregister the registration starting at `addr` (its last user is gone)."""
         self._spans = [s for s in self._spans if s[0] != addr]
-        rc = self._engine.unregister_memory(addr)
-        if rc != 0:
-            log.warning("TransferEngine.unregister_memory of 0x%x returned %d", addr, rc)
+        for engine in self._engines():
+            rc = engine.unregister_memory(addr)
+            if rc != 0:
+                log.warning("TransferEngine.unregister_memory of 0x%x returned %d", addr, rc)
+
+    def _engines(self) -> list[Any]:
+        """The serving engine and every extra reading engine."""
+        return [self._engine, *(e for e in self._readers.values() if e is not self._engine)]
+
+    def _reader_for(self, session: str) -> Any:
+        """The engine that reads from `session`: the main one first, then one per extra peer."""
+        with self._readers_lock:
+            engine = self._readers.get(session)
+            if engine is not None:
+                return engine
+            if self._engine not in self._readers.values():
+                engine = self._engine
+            else:
+                engine = TransferEngine()
+                rc = engine.initialize(self._host, "P2PHANDSHAKE", self._protocol, "")
+                spans = [(a, b - a) for a, b in self._spans]
+                if rc == 0 and spans:
+                    rc = engine.batch_register_memory([a for a, _ in spans], [n for _, n in spans])
+                if rc != 0:
+                    raise TransportError(f"an extra TransferEngine for reading {session} failed to start ({rc})")
+            self._readers[session] = engine
+            return engine
 
     def endpoint_info(self) -> EndpointInfo:
         self._check_open()
@@ -184,11 +215,12 @@ class MooncakeTransport(Transport):
     def _read_batch(self, session: str, ops: list[ReadOp], budget_s: float, timeout_s: float, who: str) -> int:
         """One blocking batch read, in a helper thread so a stalled peer cannot outlast the timeout."""
         result: list[int] = []
+        engine = self._reader_for(session)
 
         def run() -> None:
             try:
                 result.append(
-                    self._engine.batch_transfer_sync_read(
+                    engine.batch_transfer_sync_read(
                         session,
                         [op.local_addr for op in ops],
                         [op.remote_addr for op in ops],
@@ -220,7 +252,9 @@ class MooncakeTransport(Transport):
         self._users = RangeUsers(self._unregister)
         self._spans = []
         if addrs:
-            rc = self._engine.batch_unregister_memory(addrs)
-            if rc != 0:
-                log.warning("TransferEngine.batch_unregister_memory returned %d", rc)
+            for engine in self._engines():
+                rc = engine.batch_unregister_memory(addrs)
+                if rc != 0:
+                    log.warning("TransferEngine.batch_unregister_memory returned %d", rc)
+        self._readers.clear()
         self._engine = None
