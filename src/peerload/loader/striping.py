@@ -140,15 +140,29 @@ class StripedRead:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="peerload-verify") as self._hashing:
             for plan in sources:
                 self._start(plan)
-            while True:
-                with self._cond:
-                    threads = [t for t in self._threads if t.is_alive()]
-                if not threads:
-                    break
-                for t in threads:
-                    t.join()
+            try:
+                self._join_readers()
+            except BaseException as exc:  # e.g. Ctrl-C: readers stop after the part in hand
+                self._stop_all(exc)
+                raise
         if self._fatal is not None:
             raise self._fatal
+
+    def _join_readers(self) -> None:
+        while True:
+            with self._cond:
+                threads = [t for t in self._threads if t.is_alive()]
+            if not threads:
+                return
+            for t in threads:
+                t.join()
+
+    def _stop_all(self, exc: BaseException) -> None:
+        with self._cond:
+            self._fatal = self._fatal or exc
+            for name in self.scheduler.alive:
+                self.scheduler.drop(name)
+            self._cond.notify_all()
 
     def _start(self, plan: PeerPlan) -> None:
         thread = threading.Thread(
@@ -166,11 +180,7 @@ class StripedRead:
         except SOURCE_FAILURES as exc:
             self._drop(plan, exc)
         except BaseException as exc:  # a bug, or an interrupt: stop every reader, re-raise in run()
-            with self._cond:
-                self._fatal = self._fatal or exc
-                for name in self.scheduler.alive:
-                    self.scheduler.drop(name)
-                self._cond.notify_all()
+            self._stop_all(exc)
             plan.release()
         else:
             plan.release()
