@@ -2,7 +2,7 @@
 
 Precedence (highest first): explicit keyword overrides, a JSON config (ModelExpress style
 `{"url", "transport", "source"}` or peerload keys), PEERLOAD_* variables, the ModelExpress
-variables MODEL_EXPRESS_URL / MX_SERVER_ADDRESS, then the defaults below.
+variables MODEL_EXPRESS_URL / MX_SERVER_ADDRESS / MX_P2P_METADATA, then the defaults below.
 """
 
 from __future__ import annotations
@@ -49,6 +49,18 @@ class Settings:
     chunk_bytes: int = 64 << 20
     # Address a seed advertises for its manifest server (the host part).
     advertise_host: str = "127.0.0.1"
+    # Seed side: concurrent readers one seed serves (0 = no cap), how long a read lease lasts when
+    # a reader never releases it (a reader that died), and how long a closing seed waits for open
+    # leases before it deregisters its memory.
+    seed_max_readers: int = 8
+    lease_timeout_s: float = 600.0
+    lease_close_wait_s: float = 10.0
+    # How a seed publishes itself to ModelExpress readers: True = P2P metadata (its WorkerService
+    # serves the descriptors, its NIXL listen thread the agent metadata), False = centralized (the
+    # coordinator record carries NIXL metadata and descriptors), like MX_P2P_METADATA=1/0.
+    mx_p2p_metadata: bool = True
+    # Port of the NIXL agent's listen thread, which serves its metadata to peers (0 = a free port).
+    metadata_port: int = 0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -147,10 +159,14 @@ def _from_peerload_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _from_mx_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for key in ("MX_SERVER_ADDRESS", "MODEL_EXPRESS_URL"):
         if env.get(key):
-            return {"coordinator": env[key]}
-    return {}
+            out["coordinator"] = env[key]
+            break
+    if env.get("MX_P2P_METADATA"):
+        out["mx_p2p_metadata"] = parse_bool("MX_P2P_METADATA", env["MX_P2P_METADATA"])
+    return out
 
 
 def _from_json_config(config: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -192,7 +208,14 @@ def _validate(s: Settings) -> None:
     if s.store not in STORES:
         raise ConfigError(f"store {s.store!r} is not supported; choose one of {choices(STORES)}")
     split_host_port(s.coordinator, what="coordinator")
-    for name in ("rpc_timeout_s", "heartbeat_interval_s", "heartbeat_timeout_s", "gc_timeout_s", "transfer_timeout_s"):
+    for name in (
+        "rpc_timeout_s",
+        "heartbeat_interval_s",
+        "heartbeat_timeout_s",
+        "gc_timeout_s",
+        "transfer_timeout_s",
+        "lease_timeout_s",
+    ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(s, name)}")
     if s.heartbeat_interval_s >= s.heartbeat_timeout_s:
@@ -204,5 +227,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError("rpc_retries must be >= 0 and max_source_attempts >= 1")
     if s.chunk_bytes < 4096:
         raise ConfigError(f"chunk_bytes must be >= 4096, got {s.chunk_bytes}")
-    if not 0 <= s.port < 65536:
-        raise ConfigError(f"port must be in 0..65535 (0 picks a free port), got {s.port}")
+    for name in ("port", "metadata_port"):
+        if not 0 <= getattr(s, name) < 65536:
+            raise ConfigError(f"{name} must be in 0..65535 (0 picks a free port), got {getattr(s, name)}")
+    if s.seed_max_readers < 0:
+        raise ConfigError(f"seed_max_readers must be >= 0 (0 = no cap), got {s.seed_max_readers}")
+    if s.lease_close_wait_s < 0:
+        raise ConfigError(f"lease_close_wait_s must be >= 0, got {s.lease_close_wait_s}")

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # spawned children import the pe
 import transport_peers as peers  # noqa: E402
 
 from peerload import components  # noqa: E402
+from peerload._process import free_port  # noqa: E402
 from peerload.components import ComponentSpec  # noqa: E402
 from peerload.errors import (  # noqa: E402
     ConfigError,
@@ -103,6 +104,35 @@ def test_500_mixed_tensors_arrive_bit_exact_and_large_one_is_chunked(kind, clean
         assert src.recv() < 0.1
     assert dst.finish() == 0
     assert src.finish() == 0
+
+
+@pytest.mark.timeout(120)
+def test_nixl_metadata_fetched_from_the_seeds_listen_thread(cleanup):
+    """ModelExpress P2P metadata mode: no blob, the target asks the seed's NIXL listen thread."""
+    n, seed, big = 40, 5, 8
+    src = start(cleanup, peers.seed_main, "nixl", n, seed, big, {"listen_port": 0})
+    dst = start(cleanup, peers.target_main, "nixl", n, seed, big, {"listen_port": 0, "connect_timeout_s": 3})
+    plain = start(cleanup, peers.target_main, "nixl", n, seed, big, {})
+    published = src.recv()
+    assert dst.recv() == "ready" and plain.recv() == "ready"
+    assert published["metadata_port"] > 0
+    info = EndpointInfo(published["info"].agent_name, metadata_endpoint=f"127.0.0.1:{published['metadata_port']}")
+    assert info.transport == "nixl"
+    dst.conn.send({"info": info, "regions": published["regions"]})
+    result = dst.recv()
+    assert result["ok"], result["tb"]
+    assert result["digests"] == published["digests"]
+    # Nobody listens there: the fetch gives up within its bound, naming the endpoint.
+    dead = EndpointInfo("nobody", metadata_endpoint=f"127.0.0.1:{free_port()}")
+    dst.conn.send({"info": dead, "regions": published["regions"][:1], "timeout_s": 20})
+    result = dst.recv()
+    assert not result["ok"] and result["error"] == "TransportError", result
+    assert "listen thread" in result["message"] and result["peer"] == "nobody"
+    # An endpoint without its own listen thread cannot fetch, and says how to fix it.
+    plain.conn.send({"info": info, "regions": published["regions"][:1]})
+    result = plain.recv()
+    assert not result["ok"] and "listen_port" in result["message"], result
+    assert plain.finish() == 0 and dst.finish() == 0 and src.finish() == 0
 
 
 def _failed_read_then_reuse(kind: str, cleanup, *, during: bool) -> None:
