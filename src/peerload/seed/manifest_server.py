@@ -1,4 +1,5 @@
-"""A seed's small gRPC server answering `peerload.v1.SeedService/GetManifest`."""
+"""The seed's gRPC server: `peerload.v1.SeedService` (the manifest with checksums) and, on the
+same server and port, `model_express.p2p.WorkerService` (what official ModelExpress readers call)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from concurrent import futures
 
 import grpc
 
+from peerload._gen.model_express import p2p_pb2_grpc
 from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
 from peerload.errors import PeerloadError
 from peerload.manifest import Manifest
+from peerload.seed.worker_service import WorkerServicer
 from peerload.wire import MAX_MANIFEST_BYTES, manifest_to_proto
 
 
@@ -27,12 +30,26 @@ class _Servicer(seed_pb2_grpc.SeedServiceServicer):
 
 
 class ManifestServer:
-    """Serves one manifest on HOST:<free port>; `endpoint` is what goes into WorkerMetadata."""
+    """Serves one worker's manifests on HOST:<free port>; `endpoint` is what goes into WorkerMetadata.
 
-    def __init__(self, manifest: Manifest, host: str = "127.0.0.1", port: int = 0) -> None:
+    Args:
+        manifest: the peerload manifest (SeedService).
+        worker_service: the ModelExpress WorkerService of the same worker, or None.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        worker_service: WorkerServicer | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         options = [("grpc.max_send_message_length", MAX_MANIFEST_BYTES), ("grpc.max_receive_message_length", 1 << 20)]
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
+        self.worker_service = worker_service
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
         seed_pb2_grpc.add_SeedServiceServicer_to_server(_Servicer(manifest), self._server)
+        if worker_service is not None:
+            p2p_pb2_grpc.add_WorkerServiceServicer_to_server(worker_service, self._server)
         bound = self._server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
             raise PeerloadError(f"manifest server could not bind {host}:{port}")
