@@ -16,9 +16,7 @@ ORACLE = Path(__file__).resolve().parents[1] / "mx" / "proto_fields.py"
 
 def proto_shape(which: str) -> dict:
     """The shape of one side's p2p.proto, read in its own process (the two cannot share a pool)."""
-    out = subprocess.run(
-        [sys.executable, str(ORACLE), which], capture_output=True, text=True, timeout=120, check=True
-    )
+    out = subprocess.run([sys.executable, str(ORACLE), which], capture_output=True, text=True, timeout=120, check=True)
     return json.loads(out.stdout)
 
 
