@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from peerload._process import peerload_cmd, spawn, stop_process, wait_ready_file
 from peerload.adapters import hf
