@@ -214,3 +214,35 @@ def test_peerload_seed_closed_while_an_official_target_holds_a_lease(fleet, coor
     assert report["sha256"] == disk_hashes
     assert seed["proc"].wait(timeout=30) == 0  # the lease ended: it closed well before its 120 s bound
     assert "still open" not in seed["log"].read_text()
+
+
+# -- peerload targets read official seeds -------------------------------------------------------
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("mode", ["p2p", "centralized"])
+def test_peerload_load_reads_an_official_seed_then_serves_verified(fleet, coordinator, disk_hashes, mode):
+    official = fleet.mx_seed(mode)
+    target, report = fleet.load(serve=True)
+    assert report["source"] == official["worker_id"], report["attempts"]
+    assert report["sha256"] == disk_hashes
+    assert report["verified"] is False and "publish no checksums" in report["unverified_reason"]
+    assert report["published"] is True
+    with CoordinatorClient(coordinator.address) as client:
+        record = client.get_metadata(report["source_id"], report["worker_id"])
+    assert record is not None and record.kind == "peerload"
+    # The official seed goes; the new peerload source serves the next target, checksums verified.
+    assert stop_process(official["proc"], timeout_s=30, close_stdin=True) == 0
+    second = fleet.load("--no-fallback")
+    assert second["source"] == report["worker_id"], second["attempts"]
+    assert second["verified"] is True and second["sha256"] == disk_hashes
+    assert stop_process(target, timeout_s=30) == 0
+
+
+@pytest.mark.timeout(400)
+def test_target_prefers_the_peerload_seed_of_a_mixed_set(fleet, disk_hashes):
+    official = fleet.mx_seed("p2p")
+    seed = fleet.peerload_seed()
+    report = fleet.load("--no-fallback")
+    assert report["source"] == seed["worker_id"] != official["worker_id"], report["attempts"]
+    assert report["verified"] is True and report["sha256"] == disk_hashes

@@ -66,7 +66,7 @@ def load(
 
 
 def build_report(result: "LoadResult", transport: str, source_id: str) -> dict:
-    """The --report JSON: source, bytes, per-phase seconds, GB/s and per-tensor sha256."""
+    """The --report JSON: source, bytes, per-phase seconds, GB/s, verification and per-tensor sha256."""
     from peerload.loader import PHASES
     from peerload.tensors import sha256_of
 
@@ -80,6 +80,9 @@ def build_report(result: "LoadResult", transport: str, source_id: str) -> dict:
         "bytes": result.bytes,
         "seconds": phases,
         "gbps": round(result.gbps, 4),
+        # Were the peer's bytes checked against its checksums (null: loaded from storage)?
+        "verified": result.verified,
+        "unverified_reason": result.unverified_reason,
         "attempts": result.attempts,
         "published": result.publisher is not None,
         "sha256": {name: sha256_of(t) for name, t in sorted(result.tensor_set.tensors.items())},
@@ -91,6 +94,8 @@ def _print_summary(console: Console, result: "LoadResult") -> None:
     console.print(
         f"loaded {result.bytes / 2**20:.1f} MiB from {where} in {result.seconds['total']:.2f}s ({result.gbps:.2f} GB/s)"
     )
+    if result.verified is False:
+        console.print(f"  not content-verified: {result.unverified_reason}")
     for attempt in result.attempts:
         console.print(f"  note: {attempt}")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from peerload.client import CoordinatorClient, SourceRef, SourceStatus
+from peerload.client import CoordinatorClient, SourceRef, SourceStatus, WorkerRecord
 from peerload.errors import (
     ChecksumMismatch,
     ConfigError,
@@ -28,6 +28,7 @@ from peerload.errors import (
     TransportError,
 )
 from peerload.identity import SourceIdentity, new_worker_id
+from peerload.loader import mx_source
 from peerload.loader.faulting import Faulting, waves
 from peerload.loader.phases import PhaseTimer
 from peerload.loader.selection import order_sources
@@ -39,6 +40,7 @@ from peerload.settings import Settings
 from peerload.tensors import TensorSet, check_layout, checksums, collect
 from peerload.transport import make_transport
 from peerload.transport.base import EndpointInfo, ReadOp, Transport
+from peerload.wire import MODELEXPRESS
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,10 @@ class LoadResult:
     seconds: dict[str, float]
     attempts: list[str]
     worker_id: str
+    # Whether the bytes from a peer were checked against its checksums (None: from storage), and
+    # if not, why.
+    verified: bool | None = None
+    unverified_reason: str = ""
     publisher: Publisher | None = None
     tensor_set: TensorSet | None = field(default=None, repr=False)
 
@@ -103,8 +109,14 @@ class PeerPlan:
 
     worker_id: str
     peer: EndpointInfo
-    manifest: Manifest
-    expected: dict[str, str]  # region -> checksum
+    reads: dict[str, list[ReadOp]]  # region -> the READs that fill it
+    expected: dict[str, str]  # region -> checksum; empty: the source publishes none
+    unverified: str = ""  # why this load cannot be content-verified ("" = it is)
+    release: Callable[[], None] = lambda: None  # ends the source's read lease, if any
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(op.size for ops in self.reads.values() for op in ops)
 
 
 class TargetLoad:
@@ -126,6 +138,7 @@ class TargetLoad:
         self.worker_id = options.worker_id or new_worker_id(options.rank)
         self.seconds: dict[str, float] = {}
         self.attempts: list[str] = []
+        self.unverified = ""  # why the bytes from the chosen peer were not content-verified
         self.client = CoordinatorClient.from_settings(settings)
         self.transport: Transport | None = None
         self._waves: list[list[str]] = []
@@ -154,6 +167,8 @@ class TargetLoad:
             seconds=self.seconds,
             attempts=self.attempts,
             worker_id=self.worker_id,
+            verified=None if source == "storage" else not self.unverified,
+            unverified_reason=self.unverified,
             publisher=publisher,
             tensor_set=tensor_set,
         )
@@ -184,7 +199,14 @@ class TargetLoad:
         for ref in candidates[: self.settings.max_source_attempts]:
             try:
                 plan = self._handshake(ref, tensor_set)
-                return ref.worker_id, self._transfer_and_verify(plan, tensor_set)
+                try:
+                    sums = self._transfer_and_verify(plan, tensor_set)
+                finally:
+                    plan.release()
+                if plan.unverified:
+                    self.unverified = plan.unverified
+                    log.warning("loaded from %s without content verification: %s", ref.worker_id, plan.unverified)
+                return ref.worker_id, sums
             except SOURCE_FAILURES as exc:
                 self.attempts.append(f"source {ref.worker_id}: {type(exc).__name__}: {exc}")
                 log.warning("source %s failed (%s: %s); rolling back", ref.worker_id, type(exc).__name__, exc)
@@ -211,38 +233,53 @@ class TargetLoad:
 
     def _handshake(self, ref: SourceRef, tensor_set: TensorSet) -> PeerPlan:
         """Fetch the source's record and manifest; refuse it before any byte moves if it differs."""
-        assert self.transport is not None
         worker_id = ref.worker_id
         with self._phase("handshake"):
             record = self.client.get_metadata(ref.mx_source_id, worker_id)
             if record is None:
                 raise NoSourceAvailable(f"source {worker_id} vanished before the transfer")
-            if not record.worker_grpc_endpoint:
-                raise NoSourceAvailable(f"source {worker_id} serves no manifest endpoint (not a peerload seed?)")
-            manifest = fetch_manifest(record.worker_grpc_endpoint, worker_id, self.settings.rpc_timeout_s)
+            if record.kind == MODELEXPRESS:
+                return self._modelexpress_plan(record, tensor_set)
+            manifest = fetch_manifest(record.manifest_endpoint, worker_id, self.settings.rpc_timeout_s)
             check_layout(tensor_set, manifest, source=worker_id)
             peer = EndpointInfo(
                 agent_name=record.agent_name,
                 nixl_metadata=record.nixl_metadata,
                 transfer_engine_session_id=record.transfer_engine_session_id,
             )
-            if peer.transport != self.transport.kind:
-                raise LayoutMismatch(
-                    [f"source uses transport {peer.transport}, we use {self.transport.kind}"], source=worker_id
-                )
+            self._check_transport(peer, worker_id)
         expected = {r.name: r.checksum for r in manifest.regions}
         usable = manifest.checksum_algorithm == "xxh3_64" and all(expected.values())
         if self.settings.verify_checksums and not usable:
             raise ChecksumMismatch(["(source published no usable checksums)"], source=worker_id)
-        return PeerPlan(worker_id=worker_id, peer=peer, manifest=manifest, expected=expected)
+        reads = _region_reads(tensor_set, manifest)
+        unverified = "" if self.settings.verify_checksums else "checksum verification is turned off"
+        return PeerPlan(worker_id, peer, reads, expected, unverified)
 
-    def _transfer_and_verify(self, plan: PeerPlan, tensor_set: TensorSet) -> dict[str, str]:
+    def _modelexpress_plan(self, record: WorkerRecord, tensor_set: TensorSet) -> PeerPlan:
+        """An official ModelExpress seed: descriptors by name (and a lease), no checksums."""
+        read = mx_source.prepare(record, tensor_set, self.settings.rpc_timeout_s)
+        try:
+            self._check_transport(read.peer, record.worker_id)
+            assert self.transport is not None
+            self.transport.connect(read.peer)  # P2P mode: fetches its metadata from the listen thread
+        except BaseException:
+            read.release()
+            raise
+        return PeerPlan(record.worker_id, read.peer, read.reads, {}, mx_source.UNVERIFIED, read.release)
+
+    def _check_transport(self, peer: EndpointInfo, worker_id: str) -> None:
+        assert self.transport is not None
+        if peer.transport != self.transport.kind:
+            raise LayoutMismatch([f"source uses transport {peer.transport}, we use {self.transport.kind}"], worker_id)
+
+    def _transfer_and_verify(self, plan: PeerPlan, tensor_set: TensorSet) -> dict[str, str] | None:
         """Read every wave once it is faulted in, hashing wave i while wave i+1 is read."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="peerload-verify") as hashing:
             with self._phase("transfer"):
                 hashed = self._transfer(plan, tensor_set, hashing)
-            if not self.settings.verify_checksums:
-                return plan.expected
+            if not self._verifying(plan):  # the publisher reuses the source's sums, or computes ours
+                return plan.expected or None
             with self._phase("verify"):
                 actual = {name: digest for f in hashed for name, digest in f.result().items()}
         bad = sorted(n for n in plan.expected if actual.get(n) != plan.expected[n])
@@ -256,19 +293,21 @@ class TargetLoad:
         assert self.transport is not None
         timeout_s = self.settings.transfer_timeout_s
         deadline = time.monotonic() + timeout_s
-        progress = self._progress_for(plan.worker_id, plan.manifest.total_bytes)
+        progress = self._progress_for(plan.worker_id, plan.total_bytes)
         hashed = []
         for i, wave in enumerate(self._waves):
             self._faulting.wait(i)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TransferTimeout(f"read not done within {timeout_s:g} s", plan.worker_id)
-            self.transport.read(
-                plan.peer, _read_ops(tensor_set, plan.manifest, wave), timeout_s=left, progress=progress
-            )
-            if self.settings.verify_checksums:
+            ops = [op for name in wave for op in plan.reads.get(name, [])]
+            self.transport.read(plan.peer, ops, timeout_s=left, progress=progress)
+            if self._verifying(plan):
                 hashed.append(hashing.submit(checksums, {n: tensor_set.regions[n] for n in wave}, 1))
         return hashed
+
+    def _verifying(self, plan: PeerPlan) -> bool:
+        return self.settings.verify_checksums and bool(plan.expected)
 
     def _from_storage(self, tensor_set: TensorSet) -> dict[str, str]:
         if self.fallback is None:
@@ -336,25 +375,17 @@ class TargetLoad:
         self.client.close()
 
 
-def _read_ops(tensor_set: TensorSet, manifest: Manifest, names: list[str]) -> list[ReadOp]:
+def _region_reads(tensor_set: TensorSet, manifest: Manifest) -> dict[str, list[ReadOp]]:
     """One READ per non-empty region: the source's bytes into ours."""
     remote = manifest.region_map()
-    ops = []
-    for name in names:
-        flat = tensor_set.regions[name]
+    reads: dict[str, list[ReadOp]] = {}
+    for name, flat in tensor_set.regions.items():
         if flat.numel() == 0:
             continue
         r = remote[name]
-        ops.append(
-            ReadOp(
-                remote_addr=r.addr,
-                local_addr=flat.data_ptr(),
-                size=r.size,
-                remote_device=r.device_id,
-                local_device=flat.device.index or 0,
-            )
-        )
-    return ops
+        op = ReadOp(r.addr, flat.data_ptr(), r.size, remote_device=r.device_id, local_device=flat.device.index or 0)
+        reads[name] = [op]
+    return reads
 
 
 def load_into(
