@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -26,6 +27,7 @@ from peerload.errors import (  # noqa: E402
     MissingExtraError,
     PeerMetadataError,
     TransferCancelled,
+    TransportError,
 )
 from peerload.transport import (  # noqa: E402
     EndpointInfo,
@@ -133,6 +135,18 @@ def test_nixl_metadata_fetched_from_the_seeds_listen_thread(cleanup):
     result = plain.recv()
     assert not result["ok"] and "listen_port" in result["message"], result
     assert plain.finish() == 0 and dst.finish() == 0 and src.finish() == 0
+
+
+@pytest.mark.timeout(60)
+def test_nixl_listen_port_taken_is_named():
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(TransportError, match=f"listen port {port}"):
+            create_transport("nixl", "taken", loopback=True, listen_port=port)
+    with create_transport("nixl", "free", loopback=True, listen_port=0) as tr:
+        assert tr.metadata_port and tr.metadata_port != port
 
 
 def _failed_read_then_reuse(kind: str, cleanup, *, during: bool) -> None:

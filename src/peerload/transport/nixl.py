@@ -131,21 +131,11 @@ class NixlTransport(Transport):
         self._active_poll_s = active_poll_s
         self._active_linger_s = active_linger_s
         self._connect_timeout_s = connect_timeout_s
-        # The port is picked here, not by NIXL: its listen thread cannot report a port it chose.
-        self.metadata_port = None if listen_port is None else listen_port or free_port()
         # One lock around every agent call: the serving thread and the reading thread share the
         # agent, and NIXL's default sync mode is not safe for concurrent posting.
         self._lock = threading.RLock()
-        try:
-            # No progress thread: the wrapper's spins a core (pthrDelay=0); we poll instead. With a
-            # listen thread NIXL defaults to its strict (internally locked) sync mode.
-            listen = (
-                {} if self.metadata_port is None else {"enable_listen_thread": True, "listen_port": self.metadata_port}
-            )
-            conf = nixl_agent_config(enable_prog_thread=False, backends=["UCX"], **listen)
-            self._agent = nixl_agent(self.name, conf)
-        except Exception as e:
-            raise TransportError(f"cannot create NIXL agent {self.name!r}: {e}") from e
+        self.metadata_port: int | None = None
+        self._agent = self._create_agent(nixl_agent, nixl_agent_config, listen_port)
         if "UCX" not in self._agent.backends:
             raise TransportError(f"NIXL agent {self.name!r} has no UCX backend (plugin missing?)")
         self._users: RangeUsers[_RangeKey] = RangeUsers(self._deregister_range)
@@ -154,6 +144,27 @@ class NixlTransport(Transport):
         self._serve_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._closed = False
+
+    def _create_agent(self, nixl_agent: Any, nixl_agent_config: Any, listen_port: int | None) -> Any:
+        """The agent, with its listen thread on `listen_port` (0: a free port) unless that is None."""
+        # No progress thread: the wrapper's spins a core (pthrDelay=0); we poll instead. With a
+        # listen thread NIXL defaults to its strict (internally locked) sync mode.
+        tries = 3 if listen_port == 0 else 1
+        for attempt in range(tries):
+            # A port 0 is picked here, not by NIXL: its listen thread cannot report a port it chose;
+            # another process may take ours before NIXL binds it, so a free one is tried again.
+            port = None if listen_port is None else listen_port or free_port()
+            listen = {} if port is None else {"enable_listen_thread": True, "listen_port": port}
+            try:
+                agent = nixl_agent(self.name, nixl_agent_config(enable_prog_thread=False, backends=["UCX"], **listen))
+            except Exception as e:
+                if "bind" in str(e).lower() and attempt + 1 < tries:
+                    continue
+                where = f" (listen port {port})" if port is not None else ""
+                raise TransportError(f"cannot create NIXL agent {self.name!r}{where}: {e}") from e
+            self.metadata_port = port
+            return agent
+        raise AssertionError("unreachable")
 
     # --- registration ---------------------------------------------------------------------
 
