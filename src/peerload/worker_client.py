@@ -8,25 +8,28 @@ from __future__ import annotations
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
-from peerload._grpc import Caller, open_channel
+from peerload._grpc import PLAINTEXT, Caller, ChannelSecurity, open_channel
 from peerload.errors import SeedServiceError
 from peerload.wire import MAX_MANIFEST_BYTES, TensorManifest, tensor_manifest_from_proto
 
 
 class WorkerClient:
-    """One channel to the WorkerService at `endpoint` for worker `worker_id` of `source_id`.
+    """One channel to the WorkerService at `endpoint` for worker `worker_id` of `source_id` (TLS and
+    a bearer token per `security`).
 
     Every method raises SeedServiceError when the seed cannot be reached, refuses (e.g.
     UNAVAILABLE while it shuts down, RESOURCE_EXHAUSTED at its reader cap), or answers for
     another source or worker.
     """
 
-    def __init__(self, endpoint: str, source_id: str, worker_id: str, timeout_s: float) -> None:
+    def __init__(
+        self, endpoint: str, source_id: str, worker_id: str, timeout_s: float, security: ChannelSecurity = PLAINTEXT
+    ) -> None:
         self.endpoint = endpoint
         self.source_id = source_id
         self.worker_id = worker_id
         self._call = Caller(endpoint, timeout_s=timeout_s, retries=0, error=SeedServiceError)
-        self._channel = open_channel(endpoint, MAX_MANIFEST_BYTES)
+        self._channel = open_channel(endpoint, MAX_MANIFEST_BYTES, security)
         self._stub = pb_grpc.WorkerServiceStub(self._channel)
 
     def manifest(self) -> TensorManifest:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from peerload._grpc import ChannelSecurity
 from peerload.client import CoordinatorClient, SourceRef, SourceStatus, WorkerRecord
 from peerload.errors import (
     ChecksumMismatch,
@@ -139,7 +140,10 @@ class TargetLoad:
         self.seconds: dict[str, float] = {}
         self.attempts: list[str] = []
         self.unverified = ""  # why the bytes from the chosen peer were not content-verified
-        self.client = CoordinatorClient.from_settings(settings)
+        self.security = ChannelSecurity.from_settings(settings)
+        self.client = CoordinatorClient(
+            settings.coordinator, timeout_s=settings.rpc_timeout_s, retries=settings.rpc_retries, security=self.security
+        )
         self.transport: Transport | None = None
         self._waves: list[list[str]] = []
         self._faulting = Faulting([])
@@ -240,7 +244,9 @@ class TargetLoad:
                 raise NoSourceAvailable(f"source {worker_id} vanished before the transfer")
             if record.kind == MODELEXPRESS:
                 return self._modelexpress_plan(record, tensor_set)
-            manifest = fetch_manifest(record.manifest_endpoint, worker_id, self.settings.rpc_timeout_s)
+            manifest = fetch_manifest(
+                record.manifest_endpoint, worker_id, self.settings.rpc_timeout_s, security=self.security
+            )
             check_layout(tensor_set, manifest, source=worker_id)
             peer = EndpointInfo(
                 agent_name=record.agent_name,
@@ -258,7 +264,7 @@ class TargetLoad:
 
     def _modelexpress_plan(self, record: WorkerRecord, tensor_set: TensorSet) -> PeerPlan:
         """An official ModelExpress seed: descriptors by name (and a lease), no checksums."""
-        read = mx_source.prepare(record, tensor_set, self.settings.rpc_timeout_s)
+        read = mx_source.prepare(record, tensor_set, self.settings.rpc_timeout_s, self.security)
         try:
             self._check_transport(read.peer, record.worker_id)
             assert self.transport is not None

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from peerload._grpc import PLAINTEXT, ChannelSecurity
 from peerload.errors import LayoutMismatch, SeedServiceError
 from peerload.tensors import TensorSet
 from peerload.transport.base import EndpointInfo, ReadOp
@@ -37,7 +38,9 @@ class MxRead:
         return sum(op.size for ops in self.reads.values() for op in ops)
 
 
-def prepare(record: WorkerRecord, tensor_set: TensorSet, timeout_s: float) -> MxRead:
+def prepare(
+    record: WorkerRecord, tensor_set: TensorSet, timeout_s: float, security: ChannelSecurity = PLAINTEXT
+) -> MxRead:
     """Descriptors (and a lease, in P2P mode) from the official seed of `record`, matched to ours.
 
     Raises:
@@ -52,7 +55,7 @@ def prepare(record: WorkerRecord, tensor_set: TensorSet, timeout_s: float) -> Mx
         )
         reads = match(tensor_set, record.tensors, _memory(record.accelerator), source=record.worker_id)
         return MxRead(peer, reads, release=lambda: None)
-    client = WorkerClient(record.worker_grpc_endpoint, record.mx_source_id, record.worker_id, timeout_s)
+    client = WorkerClient(record.worker_grpc_endpoint, record.mx_source_id, record.worker_id, timeout_s, security)
     try:
         lease_id, manifest = client.prepare_read()
     except BaseException:

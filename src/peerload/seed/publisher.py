@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import torch
 
+from peerload._grpc_server import ServerSecurity
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
 from peerload.errors import CoordinatorError
 from peerload.identity import SourceIdentity, new_worker_id
@@ -69,7 +70,10 @@ class Publisher:
                 sums, worker_id=self.worker_id, source_id=self.source_id, worker_rank=rank
             )
             self.descriptors = named_descriptors(tensor_set)
-            self._server = ManifestServer(self.manifest, self._worker_service(), host=settings.advertise_host)
+            security = ServerSecurity.from_settings(settings)
+            self._server = ManifestServer(
+                self.manifest, self._worker_service(), host=settings.advertise_host, security=security
+            )
             self._publish()
         except BaseException:
             self._release()
