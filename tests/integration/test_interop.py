@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -87,7 +88,7 @@ class Fleet:
         info = wait_ready_file(proc, path.with_suffix(".ready"), timeout_s=120)
         return {**info, "proc": proc, "log": path.with_suffix(".log")}
 
-    def mx_seed(self, mode: str) -> dict[str, Any]:
+    def mx_seed(self, mode: str, env: dict[str, str] | None = None) -> dict[str, Any]:
         path = self._path("mx-seed")
         args = {
             "coordinator": self.coordinator,
@@ -97,12 +98,12 @@ class Fleet:
         }
         path.with_suffix(".args").write_text(json.dumps(args))
         cmd = [sys.executable, str(MX_PEER), "seed", str(path.with_suffix(".args")), str(path.with_suffix(".ready"))]
-        proc = spawn(cmd, path.with_suffix(".log"), env=_env(), stdin=subprocess.PIPE, cwd=REPO)
+        proc = spawn(cmd, path.with_suffix(".log"), env={**_env(), **(env or {})}, stdin=subprocess.PIPE, cwd=REPO)
         self.procs.append(proc)
         info = wait_ready_file(proc, path.with_suffix(".ready"), timeout_s=120, what="the official seed")
         return {**info, "proc": proc}
 
-    def mx_target(self, hold: Path | None = None, wait: bool = True) -> Any:
+    def mx_target(self, hold: Path | None = None, wait: bool = True, env: dict[str, str] | None = None) -> Any:
         path = self._path("mx-target")
         args = {
             "coordinator": self.coordinator,
@@ -112,21 +113,25 @@ class Fleet:
         }
         path.with_suffix(".args").write_text(json.dumps(args))
         cmd = [sys.executable, str(MX_PEER), "target", str(path.with_suffix(".args")), str(path.with_suffix(".json"))]
-        proc = spawn(cmd, path.with_suffix(".log"), env=_env(), cwd=REPO)
+        proc = spawn(cmd, path.with_suffix(".log"), env={**_env(), **(env or {})}, cwd=REPO)
         self.procs.append(proc)
         if not wait:
             return proc, path.with_suffix(".json")
         assert proc.wait(timeout=180) == 0, path.with_suffix(".log").read_text()[-4000:]
         return json.loads(path.with_suffix(".json").read_text())
 
-    def load(self, *extra: str, serve: bool = False) -> Any:
-        """`peerload load` with a report; with `serve`, (proc, report path) of a target that keeps serving."""
+    def load(self, *extra: str, serve: bool = False, env: dict[str, str] | None = None, ok: bool = True) -> Any:
+        """`peerload load` with a report; with `serve`, (proc, report) of a target that keeps serving;
+        with `ok=False`, the log of a load expected to fail."""
         path = self._path("load")
         report = path.with_suffix(".json")
         args = ("load", str(self.model_dir), "--model-name", NAME, "--coordinator", self.coordinator)
         cmd = peerload_cmd(*args, "--report", str(report), "--no-progress", *extra, *(["--serve"] if serve else []))
-        proc = spawn(cmd, path.with_suffix(".log"), env=_env(), cwd=REPO)
+        proc = spawn(cmd, path.with_suffix(".log"), env={**_env(), **(env or {})}, cwd=REPO)
         self.procs.append(proc)
+        if not ok:
+            assert proc.wait(timeout=180) == 1
+            return path.with_suffix(".log").read_text()
         if serve:
             wait_until_file(proc, report, path.with_suffix(".log"))
             return proc, json.loads(report.read_text())
@@ -139,9 +144,8 @@ class Fleet:
 
 
 def _env() -> dict[str, str]:
-    import os
-
-    return {**os.environ, "PEERLOAD_HEARTBEAT_INTERVAL_S": "1", "UCX_NET_DEVICES": "lo"}
+    env = {k: v for k, v in os.environ.items() if k != "MX_AUTH_TOKEN_PATH"}
+    return {**env, "PEERLOAD_HEARTBEAT_INTERVAL_S": "1", "UCX_NET_DEVICES": "lo"}
 
 
 def wait_until_file(proc: subprocess.Popen, path: Path, log: Path, timeout_s: float = 180) -> None:
@@ -246,3 +250,48 @@ def test_target_prefers_the_peerload_seed_of_a_mixed_set(fleet, disk_hashes):
     report = fleet.load("--no-fallback")
     assert report["source"] == seed["worker_id"] != official["worker_id"], report["attempts"]
     assert report["verified"] is True and report["sha256"] == disk_hashes
+
+
+# -- bearer tokens ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(500)
+def test_official_target_and_tokens(serve_process, model_dir, disk_hashes, tmp_path):
+    """A token-protected coordinator: the official client sends MX_AUTH_TOKEN_PATH's token to it,
+    but 0.7.0 opens plain channels without the token to a seed's WorkerService. So a peerload seed
+    whose server demands the token (it covers WorkerService too) refuses official readers, and
+    one whose server accepts any caller serves them."""
+    token = tmp_path / "fleet-token"
+    token.write_text("fleet-token\n")
+    server = serve_process("--auth-token-file", str(token))
+    fleet = Fleet(tmp_path, model_dir, server.address)
+    with_token = {"MX_AUTH_TOKEN_PATH": str(token)}
+    try:
+        member = {"PEERLOAD_AUTH_TOKEN_FILE": str(token)}
+        secured = fleet.peerload_seed(env={**member, "PEERLOAD_ACCEPT_TOKENS_FILE": str(token)})
+        assert fleet.mx_target() == {"refused": "UNAUTHENTICATED", "by": "coordinator"}
+        assert fleet.mx_target(env=with_token) == {"refused": "UNAUTHENTICATED", "by": "seed"}
+        assert stop_process(secured["proc"], timeout_s=30) == 0
+        fleet.peerload_seed(env=member)  # its own server requires no token
+        report = fleet.mx_target(env=with_token)
+        assert report["mode"] == "p2p" and report["sha256"] == disk_hashes
+        assert fleet.mx_target() == {"refused": "UNAUTHENTICATED", "by": "coordinator"}
+    finally:
+        fleet.stop()
+
+
+@pytest.mark.timeout(500)
+def test_peerload_load_of_an_official_seed_and_tokens(serve_process, model_dir, disk_hashes, tmp_path):
+    token = tmp_path / "fleet-token"
+    token.write_text("fleet-token\n")
+    server = serve_process("--auth-token-file", str(token))
+    fleet = Fleet(tmp_path, model_dir, server.address)
+    try:
+        official = fleet.mx_seed("p2p", env={"MX_AUTH_TOKEN_PATH": str(token)})
+        log = fleet.load("--no-fallback", ok=False)
+        assert "UNAUTHENTICATED" in log and "Traceback" not in log
+        report = fleet.load("--no-fallback", env={"PEERLOAD_AUTH_TOKEN_FILE": str(token)})
+        assert report["source"] == official["worker_id"] and report["sha256"] == disk_hashes
+        assert report["verified"] is False
+    finally:
+        fleet.stop()

@@ -91,13 +91,24 @@ def seed(args: dict, out: Path) -> None:
 
 
 def target(args: dict, out: Path) -> None:
+    """Load once; a refused RPC is reported as {"refused": code, "by": "coordinator" | "seed"}."""
     client = MxClient(server_url=args["coordinator"])
     identity = p2p_pb2.SourceIdentity(**args["identity"])
-    refs = client.list_sources(identity=identity, status_filter=p2p_pb2.SOURCE_STATUS_READY).instances
+    try:
+        refs = client.list_sources(identity=identity, status_filter=p2p_pb2.SOURCE_STATUS_READY).instances
+    except grpc.RpcError as exc:
+        write_ready_file(out, {"refused": exc.code().name, "by": "coordinator"})
+        return
     if len(refs) != 1:
         raise SystemExit(f"expected one READY worker, found {[r.worker_id for r in refs]}")
     ref = refs[0]
     worker = client.get_metadata(ref.mx_source_id, ref.worker_id).worker
+    if worker.worker_grpc_endpoint:
+        try:
+            fetch_tensor_manifest(worker.worker_grpc_endpoint, ref.mx_source_id, worker_id=ref.worker_id)
+        except grpc.RpcError as exc:
+            write_ready_file(out, {"refused": exc.code().name, "by": "seed"})
+            return
     destination, _ = hf.target_tensors(args["model_dir"], quantize=None, tp_size=1, tp_rank=0)
     tensors = module_tensors(destination)
     nixl = manager("target", listen=True)
