@@ -115,3 +115,63 @@ def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
         if server.proc.poll() is None:
             server.proc.kill()
             server.proc.wait(timeout=10)
+
+
+# -- tiny Hugging Face models, one per architecture family (random weights, save_pretrained) ----
+
+_LAYERS = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+_TINY_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "bert": ("BertModel", "BertConfig", {**_LAYERS, "vocab_size": 128, "max_position_embeddings": 64}),
+    "gpt2": (
+        "GPT2LMHeadModel",
+        "GPT2Config",
+        {
+            "vocab_size": 128,
+            "n_embd": 32,
+            "n_layer": 2,
+            "n_head": 2,
+            "n_positions": 64,
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+        },
+    ),
+    "llama": (
+        "LlamaForCausalLM",
+        "LlamaConfig",
+        {
+            **_LAYERS,
+            "vocab_size": 128,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 64,
+            "tie_word_embeddings": True,
+        },
+    ),
+    "t5": (
+        "T5ForConditionalGeneration",
+        "T5Config",
+        {"vocab_size": 128, "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 2, "num_heads": 2},
+    ),
+    "vit": ("ViTForImageClassification", "ViTConfig", {**_LAYERS, "image_size": 32, "patch_size": 8, "num_labels": 3}),
+}
+TINY_MODEL_KINDS = tuple(_TINY_MODELS)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """tiny_model(kind) -> a save_pretrained directory of a small random fp32 model (kinds: TINY_MODEL_KINDS)."""
+    made: dict[str, Path] = {}
+
+    def make(kind: str) -> Path:
+        if kind not in made:
+            import torch
+            import transformers
+
+            class_name, config_name, options = _TINY_MODELS[kind]
+            config = getattr(transformers, config_name)(dtype="float32", **options)
+            torch.manual_seed(len(made))
+            directory = tmp_path_factory.mktemp(kind) / "model"
+            getattr(transformers, class_name)(config).save_pretrained(str(directory))
+            made[kind] = directory
+        return made[kind]
+
+    return make

@@ -38,9 +38,7 @@ def load(
     from peerload.loader import load_into
 
     settings = model.settings(verify_checksums=verify, storage_fallback=fallback, max_source_attempts=max_sources)
-    destination, from_storage = hf.target_tensors(
-        model.path, quantize=model.quantize, tp_size=model.tp_size, tp_rank=model.tp_rank
-    )
+    destination, from_storage = hf.target_tensors(model.path, **model.hf_options())
     console = Console(stderr=True)
     with _progress_bar(console, enabled=progress) as hook:
         result = load_into(
