@@ -153,12 +153,11 @@ _TINY_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     ),
     "vit": ("ViTForImageClassification", "ViTConfig", {**_LAYERS, "image_size": 32, "patch_size": 8, "num_labels": 3}),
 }
-TINY_MODEL_KINDS = tuple(_TINY_MODELS)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """tiny_model(kind) -> a save_pretrained directory of a small random fp32 model (kinds: TINY_MODEL_KINDS)."""
+    """tiny_model(kind) -> save_pretrained directory of a small random fp32 model (bert, gpt2, llama, t5, vit)."""
     made: dict[str, Path] = {}
 
     def make(kind: str) -> Path:
@@ -175,3 +174,30 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
         return made[kind]
 
     return make
+
+
+@pytest.fixture
+def seed_process(tmp_path: Path) -> Iterator[Callable[..., dict[str, Any]]]:
+    """start(path, coordinator, *args, name=...) -> the ready file of a `peerload seed` child (plus "proc", "log");
+    every seed is stopped (SIGTERM) after the test."""
+    from peerload._process import peerload_cmd, spawn, stop_process, wait_ready_file
+
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(path: Path, coordinator: str, *args: str, name: str, timeout_s: float = 120) -> dict[str, Any]:
+        ready = tmp_path / f"seed-{len(started)}.ready"
+        log = tmp_path / f"seed-{len(started)}.log"
+        cmd = peerload_cmd(
+            "seed", str(path), "--model-name", name, "--coordinator", coordinator, "--ready-file", str(ready), *args
+        )
+        proc = spawn(cmd, log, cwd=REPO)
+        started.append(proc)
+        try:
+            info = wait_ready_file(proc, ready, timeout_s=timeout_s)
+        except Exception as exc:
+            raise AssertionError(f"{exc}:\n{log.read_text(errors='replace')[-3000:]}") from None
+        return {**info, "proc": proc, "log": log}
+
+    yield start
+    for proc in started:
+        stop_process(proc, timeout_s=30)
