@@ -178,9 +178,6 @@ def model_options(
         raise ConfigError(f"--quantize {quantize!r} is not supported; the only choice is int8")
     identity, rank = identity_options(path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size)
     return ModelOptions(
-        model_class=model_class,
-        allow_missing=allow_missing,
-        allow_unused=allow_unused,
         path=path,
         identity=identity,
         rank=rank,
@@ -190,6 +187,9 @@ def model_options(
         coordinator=coordinator,
         transport=transport,
         worker_id=worker_id,
+        model_class=model_class,
+        allow_missing=allow_missing,
+        allow_unused=allow_unused,
     )
 
 

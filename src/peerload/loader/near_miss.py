@@ -81,7 +81,7 @@ class NearMiss:
         """One line naming the source, its workers and what differs."""
         if self.kind == "identity":
             what = "; ".join(f"{d.field} is {d.theirs} there, {d.ours} here" for d in self.differences)
-            return f"source {self.source_id} ({_workers(self.workers)}) differs in {what}"
+            return f"source {self.source_id} ({_workers(self.workers)}) differs: {what}"
         worker = self.workers[0]
         where = f"worker {worker.worker_id} of this identity (source {self.source_id})"
         if self.kind == "rank":
