@@ -152,28 +152,33 @@ def model_names(model: torch.nn.Module, checkpoint_names: Iterable[str]) -> dict
     Covers transformers' key renames and the base-model prefix (`bert.`, `model.`); a name that
     transformers merges with others (e.g. fused experts) or drops has no entry.
     """
+    own = dict(model.state_dict(keep_vars=True))
+    rename = _renamer(model, own)
+    out = {}
+    for name in checkpoint_names:
+        renamed, merged = rename(name)
+        if not merged and renamed in own:
+            out[name] = renamed
+    return out
+
+
+def _renamer(model: torch.nn.Module, own: Mapping[str, object]) -> Callable[[str], tuple[str, bool]]:
+    """transformers' own renaming of checkpoint keys: name -> (model name, merged with others)."""
+    prefix = getattr(model, "base_model_prefix", "") or None
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
-    except ImportError:  # transformers 4.x: names are kept, only the base-model prefix moves
-        get_model_conversion_mapping = None
-    own = dict(model.state_dict(keep_vars=True))
-    renamings: list = []
-    converters: list = []
-    if get_model_conversion_mapping is not None:
-        conversions = get_model_conversion_mapping(model)
-        renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
-        converters = [c for c in conversions if isinstance(c, WeightConverter)]
-    prefix = getattr(model, "base_model_prefix", "") or None
-    out = {}
-    for name in checkpoint_names:
-        if get_model_conversion_mapping is not None:
-            renamed, converted = rename_source_key(name, renamings, converters, prefix, own)
-        else:
-            renamed, converted = _with_prefix(name, prefix, own), None
-        if converted is None and renamed in own:
-            out[name] = renamed
-    return out
+    except ImportError:  # transformers 4.x has no conversion mapping to ask: only the base-model prefix moves
+        return lambda name: (_with_prefix(name, prefix, own), False)
+    conversions = get_model_conversion_mapping(model)
+    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
+    converters = [c for c in conversions if isinstance(c, WeightConverter)]
+
+    def rename(name: str) -> tuple[str, bool]:
+        renamed, converter = rename_source_key(name, renamings, converters, prefix, own)
+        return renamed, converter is not None
+
+    return rename
 
 
 def _with_prefix(name: str, prefix: str | None, own: Mapping[str, object]) -> str:
