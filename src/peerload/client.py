@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
-from peerload._grpc import Caller, open_channel
+from peerload._grpc import PLAINTEXT, Caller, ChannelSecurity, open_channel
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import SourceIdentity
 from peerload.settings import Settings
@@ -45,21 +45,37 @@ class CoordinatorClient:
         timeout_s: deadline of each RPC attempt.
         retries: how many times UNAVAILABLE is retried (with backoff 0.2 s, 0.4 s, ... <= 2 s).
         channel: an already open channel to use instead of one to `address` (tests).
+        security: TLS roots and bearer token (default: plaintext, no token).
     """
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CoordinatorClient:
-        """A client of `settings.coordinator` with the configured deadline and retries."""
-        return cls(settings.coordinator, timeout_s=settings.rpc_timeout_s, retries=settings.rpc_retries)
+        """A client of `settings.coordinator` with the configured deadline, retries, TLS and token.
+
+        Raises:
+            ConfigError: the CA or token file named in the settings is unusable.
+        """
+        return cls(
+            settings.coordinator,
+            timeout_s=settings.rpc_timeout_s,
+            retries=settings.rpc_retries,
+            security=ChannelSecurity.from_settings(settings),
+        )
 
     def __init__(
-        self, address: str, *, timeout_s: float = 30.0, retries: int = 3, channel: grpc.Channel | None = None
+        self,
+        address: str,
+        *,
+        timeout_s: float = 30.0,
+        retries: int = 3,
+        channel: grpc.Channel | None = None,
+        security: ChannelSecurity = PLAINTEXT,
     ) -> None:
         self.address = address
         self._call = Caller(
             address, timeout_s=timeout_s, retries=retries, error=CoordinatorError, unreachable=CoordinatorUnavailable
         )
-        self._channel = channel if channel is not None else open_channel(address, MAX_MESSAGE_BYTES)
+        self._channel = channel if channel is not None else open_channel(address, MAX_MESSAGE_BYTES, security)
         self._stub = pb_grpc.P2pServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

@@ -16,6 +16,15 @@ class ConfigError(PeerloadError, ValueError):
     """A setting, option or argument is invalid; the message names it and the fix."""
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint file (safetensors, index or config.json) is missing or unreadable; names the file."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
 class MissingExtraError(ConfigError, ImportError):
     """An optional component was chosen but its package is not installed."""
 
@@ -131,7 +140,7 @@ class ChecksumMismatch(PeerloadError, ValueError):
         super().__init__(f"checksum mismatch from source {source or '?'} in: {shown}{more}")
 
 
-class CheckpointMismatch(PeerloadError, ValueError):
+class CheckpointMismatch(ConfigError):
     """A checkpoint and the model class built for it disagree on tensors (strict disk loading)."""
 
     def __init__(self, path: str, model_class: str, missing: Sequence[str], unused: Sequence[str]) -> None:

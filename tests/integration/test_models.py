@@ -100,13 +100,13 @@ def test_strict_checkpoint_and_tp_errors_through_the_cli(tiny_model, coordinator
         "--model-class",
         "BertForMaskedLM",
     )
-    assert wrong.returncode == 1
+    assert wrong.returncode == 2  # a ConfigError: the checkpoint does not fit the class
     assert "does not fit BertForMaskedLM" in wrong.stderr and "pooler.dense.weight" in wrong.stderr, wrong.stderr
     assert "cls.predictions" in wrong.stderr and "--allow-missing" in wrong.stderr
     tp = run_peerload(
         "seed", str(gpt2), "--model-name", "t/gpt2", "--coordinator", coordinator.address, "--tp-size", "2"
     )
-    assert tp.returncode == 1
+    assert tp.returncode == 2
     assert "no tensor-parallel sharding rules for GPT2LMHeadModel" in tp.stderr, tp.stderr
     unknown = run_peerload(
         "load",
@@ -118,4 +118,4 @@ def test_strict_checkpoint_and_tp_errors_through_the_cli(tiny_model, coordinator
         "--model-class",
         "NoSuchModel",
     )
-    assert unknown.returncode == 1 and "--model-class NoSuchModel" in unknown.stderr, unknown.stderr
+    assert unknown.returncode == 2 and "--model-class NoSuchModel" in unknown.stderr, unknown.stderr

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from concurrent import futures
-
 import grpc
 
 from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
-from peerload.errors import PeerloadError
+from peerload._grpc_server import OPEN, ServerSecurity, bind, new_server
 from peerload.manifest import Manifest
 from peerload.wire import MAX_MANIFEST_BYTES, manifest_to_proto
 
@@ -27,16 +25,20 @@ class _Servicer(seed_pb2_grpc.SeedServiceServicer):
 
 
 class ManifestServer:
-    """Serves one manifest on HOST:<free port>; `endpoint` is what goes into WorkerMetadata."""
+    """Serves one manifest on HOST:<free port>; `endpoint` is what goes into WorkerMetadata.
 
-    def __init__(self, manifest: Manifest, host: str = "127.0.0.1", port: int = 0) -> None:
+    Raises:
+        ConfigError: HOST cannot be bound (see the advertise_host setting).
+    """
+
+    def __init__(
+        self, manifest: Manifest, host: str = "127.0.0.1", port: int = 0, security: ServerSecurity = OPEN
+    ) -> None:
         options = [("grpc.max_send_message_length", MAX_MANIFEST_BYTES), ("grpc.max_receive_message_length", 1 << 20)]
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
+        self._server = new_server(security, max_workers=2, options=options, thread_name_prefix="peerload-seed-rpc")
         seed_pb2_grpc.add_SeedServiceServicer_to_server(_Servicer(manifest), self._server)
-        bound = self._server.add_insecure_port(f"{host}:{port}")
-        if bound == 0:
-            raise PeerloadError(f"manifest server could not bind {host}:{port}")
-        self.endpoint = f"{host}:{bound}"
+        bound = bind(self._server, host, port, security, what="seed", fix="check the advertise_host setting")
+        self.endpoint = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
         self._server.start()
 
     def stop(self, grace: float = 0.5) -> None:
