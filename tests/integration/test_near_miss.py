@@ -125,3 +125,29 @@ def test_each_kind_of_near_miss(tiny_model, registry, run_peerload):
     ):
         assert expected in err, refused.stderr
     assert "three-fields" not in err and "hint:" in err
+
+
+def test_survey_reads_a_bounded_number_of_identities(registry):
+    """Many other models at the coordinator: at most MAX_LOOKUPS GetMetadata calls, same model name first."""
+    from peerload.identity import SourceIdentity
+    from peerload.loader import survey
+
+    ours = SourceIdentity(model_name=BARE, dtype="float32")
+    publish(registry.address, SourceIdentity(model_name=BARE, dtype="bfloat16"), 0, SourceStatus.READY, "bf16")
+    for i in range(survey.MAX_LOOKUPS + 4):  # all newer than "bf16"
+        publish(registry.address, SourceIdentity(model_name=f"other/{i}", dtype="float32"), 0, None, f"other-{i}")
+
+    class Counting(CoordinatorClient):
+        lookups = 0
+
+        def get_metadata(self, source_id: str, worker_id: str) -> Any:
+            Counting.lookups += 1
+            return super().get_metadata(source_id, worker_id)
+
+    with Counting(registry.address) as client:
+        explained = survey.explain_sources(client, ours, 0)
+    assert Counting.lookups == survey.MAX_LOOKUPS
+    # The source with the same model name is read first; the others (one field away: model_name)
+    # fill the rest of the budget, and the ones past it are not judged.
+    kinds = {m.workers[0].worker_id: [d.field for d in m.differences] for m in explained.near_misses}
+    assert kinds["bf16"] == ["dtype"] and len(kinds) == survey.MAX_LOOKUPS
