@@ -157,6 +157,16 @@ def has_model_config(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.json").exists()
 
 
+def has_weights(path: str | Path) -> bool:
+    """Whether `path` holds weights: a file, or a directory with *.safetensors or a shard index.
+
+    A model directory without weights (config.json only) is a valid target: its weights come from
+    a peer, and there is no storage fallback.
+    """
+    p = Path(path)
+    return not p.is_dir() or (p / "model.safetensors.index.json").exists() or any(p.glob("*.safetensors"))
+
+
 def build_empty_model(
     path: str | Path, *, quantize: str | None = None, model_class: str | None = None
 ) -> torch.nn.Module:
@@ -414,10 +424,11 @@ def target_tensors(
     model_class: str | None = None,
     allow_missing: bool = False,
     allow_unused: bool = False,
-) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, Callable[[], Mapping[str, torch.Tensor]]]:
+) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, Callable[[], Mapping[str, torch.Tensor]] | None]:
     """What a target allocates for `path` (empty, final layout) and how storage would fill it.
 
-    `model_class`, `allow_missing` and `allow_unused` are as for `load_model` (the storage fallback).
+    The fallback is None for a model directory without weights. `model_class`, `allow_missing` and
+    `allow_unused` are as for `load_model` (the storage fallback).
     """
     if has_model_config(path):
         if tp_size == 1:
@@ -438,7 +449,7 @@ def target_tensors(
                 return shard(module_tensors(model, attributes=False), tp_size, tp_rank)
             return module_tensors(model)
 
-        return destination, from_storage
+        return destination, from_storage if has_weights(path) else None
     if quantize:
         raise ConfigError("--quantize needs a model directory with config.json, not a bare safetensors file")
     layout = checkpoint_layout(path)

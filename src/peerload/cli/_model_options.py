@@ -213,7 +213,8 @@ def identity_options(
         raise ConfigError(f"{path} does not exist: give a .safetensors file or a model directory")
     rank = worker_rank(tp_rank, pp_rank, tp_size, pp_size)
     # Every header and config.json is read now, so a bad file fails here, named, before any work.
-    layout = hf.checkpoint_layout(path)
+    # A model directory without weights is a target that can only load from peers.
+    layout = hf.checkpoint_layout(path) if hf.has_weights(path) or not hf.has_model_config(path) else {}
     config = hf.read_model_config(path)
     if hf.has_model_config(path):
         hf.auto_config(path)
