@@ -2,8 +2,8 @@
 
 Precedence (highest first): explicit keyword overrides, a JSON config (ModelExpress style
 `{"url", "transport", "source"}` or peerload keys), PEERLOAD_* variables, the ModelExpress
-variables MODEL_EXPRESS_URL / MX_SERVER_ADDRESS and MX_AUTH_TOKEN_PATH (its default token file
-too, when present), then the defaults below.
+variables MODEL_EXPRESS_URL / MX_SERVER_ADDRESS, MX_P2P_METADATA and MX_AUTH_TOKEN_PATH (its
+default token file too, when present), then the defaults below.
 """
 
 from __future__ import annotations
@@ -59,12 +59,20 @@ class Settings:
     # source before that source counts as stalled (dropped; its parts go to the others).
     max_parallel_sources: int = 4
     part_timeout_s: float = 60.0
-    # Seed side: concurrent readers one seed serves (0 = no cap), and how long a read lease
-    # lasts when a reader never releases it (a reader that died).
-    seed_max_readers: int = 8
-    lease_timeout_s: float = 600.0
     # Address a seed advertises for its manifest server (the host part).
     advertise_host: str = "127.0.0.1"
+    # Seed side: concurrent readers one seed serves (0 = no cap), how long a read lease lasts when
+    # a reader never releases it (a reader that died), and how long a closing seed waits for open
+    # leases before it deregisters its memory.
+    seed_max_readers: int = 8
+    lease_timeout_s: float = 600.0
+    lease_close_wait_s: float = 10.0
+    # How a seed publishes itself to ModelExpress readers: True = P2P metadata (its WorkerService
+    # serves the descriptors, its NIXL listen thread the agent metadata), False = centralized (the
+    # coordinator record carries NIXL metadata and descriptors), like MX_P2P_METADATA=1/0.
+    mx_p2p_metadata: bool = True
+    # Port of the NIXL agent's listen thread, which serves its metadata to peers (0 = a free port).
+    metadata_port: int = 0
     # Security (docs/security.md). Clients: TLS to the coordinator and seeds, trusting this CA
     # (PEM), optionally checking this name instead of the host; the bearer token to send, given
     # as is or as a file (its first token; re-read when it changes).
@@ -195,6 +203,8 @@ def _from_mx_env(env: Mapping[str, str]) -> dict[str, Any]:
         if env.get(key):
             out["coordinator"] = env[key]
             break
+    if env.get("MX_P2P_METADATA"):
+        out["mx_p2p_metadata"] = parse_bool("MX_P2P_METADATA", env["MX_P2P_METADATA"])
     # The token file the official client sends from, read the same way (its default if present).
     if env.get("MX_AUTH_TOKEN_PATH"):
         out["auth_token_file"] = env["MX_AUTH_TOKEN_PATH"]
@@ -271,12 +281,15 @@ def _validate(s: Settings) -> None:
         raise ConfigError("rpc_retries must be >= 0 and max_source_attempts >= 1")
     if s.max_parallel_sources < 1:
         raise ConfigError(f"max_parallel_sources must be >= 1, got {s.max_parallel_sources}")
-    if s.seed_max_readers < 0:
-        raise ConfigError(f"seed_max_readers must be >= 0 (0 = no cap), got {s.seed_max_readers}")
     if s.chunk_bytes < 4096:
         raise ConfigError(f"chunk_bytes must be >= 4096, got {s.chunk_bytes}")
-    if not 0 <= s.port < 65536:
-        raise ConfigError(f"port must be in 0..65535 (0 picks a free port), got {s.port}")
+    for name in ("port", "metadata_port"):
+        if not 0 <= getattr(s, name) < 65536:
+            raise ConfigError(f"{name} must be in 0..65535 (0 picks a free port), got {getattr(s, name)}")
+    if s.seed_max_readers < 0:
+        raise ConfigError(f"seed_max_readers must be >= 0 (0 = no cap), got {s.seed_max_readers}")
+    if not (math.isfinite(s.lease_close_wait_s) and s.lease_close_wait_s >= 0):
+        raise ConfigError(f"lease_close_wait_s must be a number of seconds >= 0, got {s.lease_close_wait_s}")
     if not s.redis_url.startswith(_REDIS_SCHEMES):
         raise ConfigError(f"redis_url {s.redis_url!r} must start with {', '.join(_REDIS_SCHEMES)}")
     _validate_security(s)

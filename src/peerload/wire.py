@@ -25,6 +25,18 @@ SourceStatus = enum.IntEnum(  # type: ignore[misc]
 )
 
 
+# A peerload seed marks its record with this topology key, valued with the HOST:PORT of its
+# `peerload.v1.SeedService` (manifest with checksums). Topology is an open map that ListSources
+# returns too, so targets tell the kinds of seed apart without a call per seed.
+PEERLOAD_MANIFEST_KEY = "peerload.manifest"
+PEERLOAD, MODELEXPRESS = "peerload", "modelexpress"
+
+
+def seed_kind(topology: Mapping[str, str]) -> str:
+    """PEERLOAD for a peerload seed, MODELEXPRESS for any other (the official client's)."""
+    return PEERLOAD if topology.get(PEERLOAD_MANIFEST_KEY) else MODELEXPRESS
+
+
 def status_name(status: int) -> str:
     """READY, STALE, ... for a wire status value ("UNKNOWN" for values this version lacks)."""
     try:
@@ -84,6 +96,11 @@ class SourceRef:
         """Seconds since the last publish or heartbeat."""
         return max(0.0, time.time() - self.updated_at_ms / 1000)
 
+    @property
+    def kind(self) -> str:
+        """PEERLOAD or MODELEXPRESS (see `seed_kind`)."""
+        return seed_kind(self.topology)
+
 
 @dataclass(frozen=True)
 class WorkerRecord:
@@ -118,6 +135,34 @@ class WorkerRecord:
     def age_s(self) -> float:
         return max(0.0, time.time() - self.updated_at_ms / 1000)
 
+    @property
+    def kind(self) -> str:
+        """PEERLOAD or MODELEXPRESS (see `seed_kind`)."""
+        return seed_kind(self.topology)
+
+    @property
+    def mode(self) -> str:
+        """How ModelExpress readers reach it: "p2p" (its WorkerService) or "centralized" (this record)."""
+        return "p2p" if self.worker_grpc_endpoint else "centralized"
+
+    @property
+    def manifest_endpoint(self) -> str:
+        """HOST:PORT of a peerload seed's SeedService ("" for other seeds)."""
+        return self.topology.get(PEERLOAD_MANIFEST_KEY, "")
+
+
+@dataclass(frozen=True)
+class TensorManifest:
+    """A seed's per-name descriptors and how to reach its agent (wire `GetTensorManifestResponse`)."""
+
+    tensors: list[TensorInfo]
+    mx_source_id: str
+    worker_id: str
+    worker_rank: int = 0
+    metadata_endpoint: str = ""  # HOST:PORT of the NIXL agent's listen thread
+    agent_name: str = ""
+    accelerator: str = ""
+
 
 # -- SourceIdentity ----------------------------------------------------------------------------
 
@@ -151,11 +196,21 @@ def identity_from_proto(message: pb.SourceIdentity) -> SourceIdentity:
 # -- coordinator records ------------------------------------------------------------------------
 
 
-def worker_to_proto(worker: WorkerInfo) -> pb.WorkerMetadata:
-    tensors = [
-        pb.TensorDescriptor(name=t[0], addr=t[1], size=t[2], device_id=t[3], dtype=t[4])
-        for t in (TensorInfo(*t) for t in worker.tensors)
+def _descriptors_to_proto(tensors: Sequence[TensorInfo | tuple[str, int, int, int, str]]) -> list[pb.TensorDescriptor]:
+    return [
+        pb.TensorDescriptor(name=t.name, addr=t.addr, size=t.size, device_id=t.device_id, dtype=t.dtype)
+        for t in (TensorInfo(*t) for t in tensors)
     ]
+
+
+def _descriptors_from_proto(tensors: Sequence[pb.TensorDescriptor]) -> list[TensorInfo]:
+    return [TensorInfo(t.name, t.addr, t.size, t.device_id, t.dtype) for t in tensors]
+
+
+def worker_to_proto(worker: WorkerInfo) -> pb.WorkerMetadata:
+    """The wire record of a worker; descriptors go in `tensor_source` and, for readers that
+    predate it, in the deprecated top-level `tensors` too (as the official client writes them)."""
+    tensors = _descriptors_to_proto(worker.tensors)
     message = pb.WorkerMetadata(
         worker_rank=worker.rank,
         agent_name=worker.agent_name,
@@ -163,6 +218,7 @@ def worker_to_proto(worker: WorkerInfo) -> pb.WorkerMetadata:
         metadata_endpoint=worker.metadata_endpoint,
         accelerator=worker.accelerator,
         topology=dict(worker.topology),
+        tensors=tensors,
         tensor_source=pb.TensorSourceMetadata(tensors=tensors),
     )
     if worker.nixl_metadata is not None:
@@ -214,7 +270,7 @@ def record_from_proto(response: pb.GetMetadataResponse) -> WorkerRecord:
         transfer_engine_session_id=(
             worker.transfer_engine_session_id if backend == "transfer_engine_session_id" else None
         ),
-        tensors=[TensorInfo(t.name, t.addr, t.size, t.device_id, t.dtype) for t in descriptors],
+        tensors=_descriptors_from_proto(descriptors),
         topology=dict(worker.topology),
         identity=identity,
     )
@@ -279,4 +335,35 @@ def manifest_from_proto(p: seed_pb2.Manifest) -> Manifest:
         ],
         part_bytes=p.part_bytes,
         part_checksums=list(p.part_checksums),
+    )
+
+
+# -- a seed's WorkerService (ModelExpress P2P metadata mode) -------------------------------------
+
+
+def tensor_manifest_to_proto(m: TensorManifest) -> pb.GetTensorManifestResponse:
+    """The `GetTensorManifestResponse` of a tensor manifest."""
+    reply = pb.GetTensorManifestResponse(
+        tensors=_descriptors_to_proto(m.tensors),
+        mx_source_id=m.mx_source_id,
+        metadata_endpoint=m.metadata_endpoint,
+        agent_name=m.agent_name,
+        worker_rank=m.worker_rank,
+        accelerator=m.accelerator,
+    )
+    if m.worker_id:
+        reply.worker_id = m.worker_id
+    return reply
+
+
+def tensor_manifest_from_proto(p: pb.GetTensorManifestResponse) -> TensorManifest:
+    """A tensor manifest from its `GetTensorManifestResponse`."""
+    return TensorManifest(
+        tensors=_descriptors_from_proto(p.tensors),
+        mx_source_id=p.mx_source_id,
+        worker_id=p.worker_id if p.HasField("worker_id") else "",
+        worker_rank=p.worker_rank,
+        metadata_endpoint=p.metadata_endpoint,
+        agent_name=p.agent_name,
+        accelerator=p.accelerator,
     )

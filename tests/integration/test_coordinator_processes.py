@@ -17,6 +17,7 @@ import pytest
 
 from peerload.client import CoordinatorClient, SourceStatus, TensorInfo, WorkerInfo
 from peerload.identity import SourceIdentity
+from peerload.wire import PEERLOAD_MANIFEST_KEY
 
 MX_SCENARIO = Path(__file__).resolve().parents[1] / "mx" / "client_scenario.py"
 QWEN = SourceIdentity(model_name="Qwen/Qwen3-0.6B", tensor_parallel_size=2, dtype="bfloat16")
@@ -53,6 +54,10 @@ def test_sources_json_and_table(serve_process: Callable[..., Any], run_peerload:
         sid = client.publish(QWEN, WorkerInfo(rank=1, nixl_metadata=b"n", tensors=[TensorInfo("w", 1, 2)]), "seed-1")
         client.update_status(sid, "seed-1", 1, SourceStatus.READY)
         client.publish(QWEN, WorkerInfo(rank=0, transfer_engine_session_id="h:1"), "seed-0")
+        peerload_worker = WorkerInfo(
+            rank=2, nixl_metadata=b"n", worker_grpc_endpoint="h:2", topology={PEERLOAD_MANIFEST_KEY: "h:2"}
+        )
+        client.publish(QWEN, peerload_worker, "seed-2")
     out = run_peerload("sources", "--coordinator", server.address, "--json")
     assert out.returncode == 0, out.stderr
     rows = {row["worker_id"]: row for row in json.loads(out.stdout)}
@@ -62,6 +67,8 @@ def test_sources_json_and_table(serve_process: Callable[..., Any], run_peerload:
         "worker_id": "seed-1",
         "worker_rank": 1,
         "status": "READY",
+        "kind": "modelexpress",
+        "mode": "centralized",
         "updated_at_ms": 0,
         "age_s": 0,
         "transport": "nixl",
@@ -70,9 +77,10 @@ def test_sources_json_and_table(serve_process: Callable[..., Any], run_peerload:
         "tensors": 1,
     }
     assert rows["seed-0"]["status"] == "INITIALIZING" and rows["seed-0"]["transport"] == "transfer_engine"
+    assert (rows["seed-2"]["kind"], rows["seed-2"]["mode"]) == ("peerload", "p2p")
     table = run_peerload("sources", env={"PEERLOAD_COORDINATOR": server.address})
     assert table.returncode == 0, table.stderr
-    for text in ("seed-1", sid, "READY", "INITIALIZING", "nixl", "transfer_engine"):
+    for text in ("seed-1", sid, "READY", "INITIALIZING", "nixl", "transfer_engine", "modelexpress", "peerload (p2p)"):
         assert text in table.stdout
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,12 +20,14 @@ sys.path.insert(0, str(Path(__file__).parent))  # spawned children import the pe
 import transport_peers as peers  # noqa: E402
 
 from peerload import components  # noqa: E402
+from peerload._process import free_port  # noqa: E402
 from peerload.components import ComponentSpec  # noqa: E402
 from peerload.errors import (  # noqa: E402
     ConfigError,
     MissingExtraError,
     PeerMetadataError,
     TransferCancelled,
+    TransportError,
 )
 from peerload.transport import (  # noqa: E402
     EndpointInfo,
@@ -103,6 +106,47 @@ def test_500_mixed_tensors_arrive_bit_exact_and_large_one_is_chunked(kind, clean
         assert src.recv() < 0.1
     assert dst.finish() == 0
     assert src.finish() == 0
+
+
+@pytest.mark.timeout(120)
+def test_nixl_metadata_fetched_from_the_seeds_listen_thread(cleanup):
+    """ModelExpress P2P metadata mode: no blob, the target asks the seed's NIXL listen thread."""
+    n, seed, big = 40, 5, 8
+    src = start(cleanup, peers.seed_main, "nixl", n, seed, big, {"listen_port": 0})
+    dst = start(cleanup, peers.target_main, "nixl", n, seed, big, {"listen_port": 0, "connect_timeout_s": 3})
+    plain = start(cleanup, peers.target_main, "nixl", n, seed, big, {})
+    published = src.recv()
+    assert dst.recv() == "ready" and plain.recv() == "ready"
+    assert published["metadata_port"] > 0
+    info = EndpointInfo(published["info"].agent_name, metadata_endpoint=f"127.0.0.1:{published['metadata_port']}")
+    assert info.transport == "nixl"
+    dst.conn.send({"info": info, "regions": published["regions"]})
+    result = dst.recv()
+    assert result["ok"], result["tb"]
+    assert result["digests"] == published["digests"]
+    # Nobody listens there: the fetch gives up within its bound, naming the endpoint.
+    dead = EndpointInfo("nobody", metadata_endpoint=f"127.0.0.1:{free_port()}")
+    dst.conn.send({"info": dead, "regions": published["regions"][:1], "timeout_s": 20})
+    result = dst.recv()
+    assert not result["ok"] and result["error"] == "TransportError", result
+    assert "listen thread" in result["message"] and result["peer"] == "nobody"
+    # An endpoint without its own listen thread cannot fetch, and says how to fix it.
+    plain.conn.send({"info": info, "regions": published["regions"][:1]})
+    result = plain.recv()
+    assert not result["ok"] and "listen_port" in result["message"], result
+    assert plain.finish() == 0 and dst.finish() == 0 and src.finish() == 0
+
+
+@pytest.mark.timeout(60)
+def test_nixl_listen_port_taken_is_named():
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(TransportError, match=f"listen port {port}"):
+            create_transport("nixl", "taken", loopback=True, listen_port=port)
+    with create_transport("nixl", "free", loopback=True, listen_port=0) as tr:
+        assert tr.metadata_port and tr.metadata_port != port
 
 
 def _failed_read_then_reuse(kind: str, cleanup, *, during: bool) -> None:

@@ -60,15 +60,18 @@ def digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"").hexdigest()
 
 
-def seed_main(conn: Connection, kind: str, n: int, seed: int, big_mib: int) -> None:
+def seed_main(conn: Connection, kind: str, n: int, seed: int, big_mib: int, options: dict | None = None) -> None:
     """Register a tensor set, publish its endpoint and regions, serve until told to stop."""
     from peerload.transport import create_transport
 
     tensors = {s.name: fill(s, seed + i) for i, s in enumerate(make_specs(n, seed, big_mib))}
     digests = [digest(t) for t in tensors.values()]
-    tr = create_transport(kind, "seed", loopback=True)
+    tr = create_transport(kind, "seed", loopback=True, **(options or {}))
     regions = tr.register(tensors)
-    conn.send({"info": tr.endpoint_info(), "regions": regions, "digests": digests, "pid": os.getpid()})
+    info = tr.endpoint_info()
+    conn.send(
+        {"info": info, "regions": regions, "digests": digests, "pid": os.getpid(), "metadata_port": tr.metadata_port}
+    )
     while True:
         cmd = conn.recv()
         if cmd == "cpu":  # CPU seconds this idle seed burns in 2 s of wall time

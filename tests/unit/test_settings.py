@@ -45,6 +45,10 @@ def test_modelexpress_json_string_and_file(tmp_path):
         ({"heartbeat_interval_s": 20}, "heartbeat_interval_s"),
         ({"verify_checksums": "maybe"}, "verify_checksums"),
         ({"rpc_timeout_s": "soon"}, "rpc_timeout_s"),
+        ({"seed_max_readers": -1}, "seed_max_readers"),
+        ({"lease_timeout_s": 0}, "lease_timeout_s"),
+        ({"lease_close_wait_s": -1}, "lease_close_wait_s"),
+        ({"metadata_port": 70000}, "metadata_port"),
     ],
 )
 def test_bad_config_is_named(config, fragment):
@@ -64,6 +68,14 @@ def test_env_booleans_and_numbers():
     assert parse_bool("x", "YES") is True
     with pytest.raises(ConfigError, match="PEERLOAD_X"):
         parse_bool("PEERLOAD_X", "2")
+
+
+def test_modelexpress_p2p_metadata_mode():
+    assert Settings.load(env={}).mx_p2p_metadata is True
+    assert Settings.load(env={"MX_P2P_METADATA": "0"}).mx_p2p_metadata is False
+    assert Settings.load(env={"MX_P2P_METADATA": "0", "PEERLOAD_MX_P2P_METADATA": "1"}).mx_p2p_metadata is True
+    with pytest.raises(ConfigError, match="MX_P2P_METADATA"):
+        Settings.load(env={"MX_P2P_METADATA": "sometimes"})
 
 
 def test_host_port_forms():

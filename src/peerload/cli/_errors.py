@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from peerload.errors import (
     CheckpointError,
+    CheckpointMismatch,
     ChecksumMismatch,
     ConfigError,
     CoordinatorError,
@@ -77,7 +78,11 @@ _HINTS: dict[type[PeerloadError], Callable[[PeerloadError], str]] = {
     ),
     ChecksumMismatch: lambda e: "the bytes read differ from what the seed published; the load was rolled back.",
     TransportError: lambda e: "the data plane failed; check that seed and target can reach each other.",
-    LoadFailed: lambda e: "every way to load failed; each attempt is listed above.",
+    CheckpointMismatch: lambda e: (
+        "build the class the checkpoint was saved from (--model-class NAME), or accept the difference: "
+        "--allow-missing (the model initialises those tensors itself) / --allow-unused (they are ignored)."
+    ),
+    LoadFailed: lambda e: getattr(e, "hint", "") or "every way to load failed; each attempt is listed above.",
     LeaseRefused: lambda e: (
         "that seed serves its maximum of readers (PEERLOAD_SEED_MAX_READERS); try again or add seeds."
     ),

@@ -39,10 +39,12 @@ def load(
 
     output_file(report, "--report")
     settings = model.settings(verify_checksums=verify, storage_fallback=fallback, max_source_attempts=max_sources)
-    destination, from_storage = hf.target_tensors(
-        model.path, quantize=model.quantize, tp_size=model.tp_size, tp_rank=model.tp_rank
-    )
+    destination, from_storage = hf.target_tensors(model.path, **model.hf_options())
     console = Console(stderr=True)
+    if from_storage is None and fallback:
+        console.print(
+            f"note: {model.path} holds no weights; only a peer can provide them (no storage fallback)", soft_wrap=True
+        )
     with _progress_bar(console, enabled=progress) as hook:
         result = load_into(
             destination,
@@ -67,7 +69,7 @@ def load(
 
 
 def build_report(result: "LoadResult", transport: str, source_id: str) -> dict:
-    """The --report JSON: source(s), bytes, per-phase seconds, GB/s and per-tensor sha256."""
+    """The --report JSON: source(s), bytes, per-phase seconds, GB/s, verification and per-tensor sha256."""
     from peerload.loader import PHASES
     from peerload.tensors import sha256_of
 
@@ -81,6 +83,9 @@ def build_report(result: "LoadResult", transport: str, source_id: str) -> dict:
         "bytes": result.bytes,
         "seconds": phases,
         "gbps": round(result.gbps, 4),
+        # Were the peer's bytes checked against its checksums (null: loaded from storage)?
+        "verified": result.verified,
+        "unverified_reason": result.unverified_reason,
         "attempts": result.attempts,
         # per peer: bytes, seconds, GB/s, transport and the network path it took
         "sources": [s.as_dict() for s in result.sources],
@@ -96,6 +101,8 @@ def _print_summary(console: Console, result: "LoadResult") -> None:
     console.print(
         f"loaded {result.bytes / 2**20:.1f} MiB from {where} in {result.seconds['total']:.2f}s ({result.gbps:.2f} GB/s)"
     )
+    if result.verified is False:
+        console.print(f"  not content-verified: {result.unverified_reason}")
     if len(result.sources) > 1 or result.restarted_bytes:
         for s in result.sources:
             status = f" (dropped: {s.error})" if s.error else ""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from peerload._grpc import ChannelSecurity
-from peerload.client import CoordinatorClient, SourceRef, SourceStatus
+from peerload.client import CoordinatorClient, SourceRef, SourceStatus, WorkerRecord
 from peerload.errors import (
     ChecksumMismatch,
     ConfigError,
@@ -26,14 +26,17 @@ from peerload.errors import (
     LoadFailed,
     NoSourceAvailable,
     PeerloadError,
+    TransferTimeout,
 )
 from peerload.identity import SourceIdentity, new_worker_id
+from peerload.loader import mx_source
 from peerload.loader.faulting import Faulting, waves
 from peerload.loader.network import describe_path
 from peerload.loader.phases import PhaseTimer
 from peerload.loader.selection import order_sources
 from peerload.loader.storage import copy_into, fill_parts
 from peerload.loader.striping import SOURCE_FAILURES, PeerPlan, SourceStats, StripedRead, StripeOptions
+from peerload.loader.survey import explain_sources
 from peerload.manifest import CHECKSUM_ALGORITHM, Manifest
 from peerload.parts import Part, plan_parts
 from peerload.seed.publisher import Publisher
@@ -42,6 +45,7 @@ from peerload.settings import Settings, split_host_port
 from peerload.tensors import TensorSet, check_layout, collect
 from peerload.transport import make_transport, populate_supported
 from peerload.transport.base import EndpointInfo, Transport
+from peerload.wire import MODELEXPRESS
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,10 @@ class LoadResult:
     seconds: dict[str, float]
     attempts: list[str]
     worker_id: str
+    # Whether the bytes from peers were checked against their checksums (None: from storage), and
+    # if not, why.
+    verified: bool | None = None
+    unverified_reason: str = ""
     publisher: Publisher | None = None
     tensor_set: TensorSet | None = field(default=None, repr=False)
     sources: list[SourceStats] = field(default_factory=list)  # every peer read from, in start order
@@ -109,6 +117,15 @@ class _PeerOutcome:
     missing: list[Part]
     part_bytes: int
     sums: list[str]
+
+
+@dataclass
+class _MxPlan:
+    """An official ModelExpress seed, handshaken: read by name, whole, without checksums."""
+
+    worker_id: str
+    read: mx_source.MxRead
+    stats: SourceStats
 
 
 class TargetLoad:
@@ -138,9 +155,12 @@ class TargetLoad:
         self._waves: list[list[str]] = []
         self._faulting = Faulting([])
         self._used: list[PeerPlan] = []  # sources handshaken and read from (their leases are ours)
+        self._used_mx: list[SourceStats] = []  # official ModelExpress seeds read from
         self._candidates_lock = threading.Lock()  # readers replace dropped sources concurrently
         self._restarted_bytes = 0
         self._storage_bytes = 0
+        self.unverified = ""  # why the bytes from peers were not content-verified
+        self.hint = ""  # what to change so that a near-miss source can serve (after discovery)
 
     # -- the sequence --------------------------------------------------------------------------
 
@@ -158,15 +178,18 @@ class TargetLoad:
             raise
         self._finish(keep_transport=publisher is not None)
         self.seconds["total"] = time.perf_counter() - started
+        source = self._main_source()
         return LoadResult(
-            source=self._main_source(),
+            source=source,
             bytes=tensor_set.total_bytes,
             seconds=self.seconds,
             attempts=self.attempts,
             worker_id=self.worker_id,
+            verified=None if source == "storage" else not self.unverified,
+            unverified_reason=self.unverified,
             publisher=publisher,
             tensor_set=tensor_set,
-            sources=[plan.stats for plan in self._used],
+            sources=self._all_stats(),
             restarted_bytes=self._restarted_bytes,
             storage_bytes=self._storage_bytes,
         )
@@ -198,8 +221,19 @@ class TargetLoad:
             self._discover()[: max(self.settings.max_source_attempts, self.settings.max_parallel_sources)]
         )
         first = self._next_usable(candidates, tensor_set)
+        while isinstance(first, _MxPlan):  # only when no peerload seed was usable
+            try:
+                return self._from_modelexpress(first, tensor_set)
+            except SOURCE_FAILURES as exc:
+                first.stats.error = f"{type(exc).__name__}: {exc}"
+                self.attempts.append(f"source {first.worker_id}: {first.stats.error}")
+                log.warning("source %s failed (%s); rolling back", first.worker_id, first.stats.error)
+                self._rollback(tensor_set)
+            first = self._next_usable(candidates, tensor_set)
         if first is None:
             return None
+        if not self.settings.verify_checksums:
+            self.unverified = "checksum verification is turned off"
         parts = first.manifest.parts() or self._fallback_plan(tensor_set)
         expected = list(first.manifest.part_checksums)
         sources = [first]
@@ -231,8 +265,12 @@ class TargetLoad:
 
     def _next_usable(
         self, candidates: Iterator[SourceRef], tensor_set: TensorSet, parts_of: PeerPlan | None = None
-    ) -> PeerPlan | None:
-        """Handshake candidates until one is usable (same layout and part plan, lease granted)."""
+    ) -> PeerPlan | _MxPlan | None:
+        """Handshake candidates until one is usable (same layout and part plan, lease granted).
+
+        With `parts_of` (a striped load under way) only peerload seeds can join: official
+        ModelExpress seeds publish no parts and are passed over.
+        """
         with self._candidates_lock:
             for ref in candidates:
                 try:
@@ -241,7 +279,8 @@ class TargetLoad:
                     self.attempts.append(f"source {ref.worker_id}: {type(exc).__name__}: {exc}")
                     log.warning("source %s refused (%s: %s)", ref.worker_id, type(exc).__name__, exc)
                     continue
-                self._used.append(plan)
+                if isinstance(plan, PeerPlan):
+                    self._used.append(plan)
                 return plan
         return None
 
@@ -261,9 +300,21 @@ class TargetLoad:
             )
             self.attempts.append(reason)
             log.info("%s; loading from storage", reason)
+            self._explain_no_source()
         return candidates
 
-    def _handshake(self, ref: SourceRef, tensor_set: TensorSet, parts_of: PeerPlan | None) -> PeerPlan:
+    def _explain_no_source(self) -> None:
+        """Add the sources that almost matched to the attempts (bounded RPCs; never fails the load)."""
+        with self._phase("discover"):
+            try:
+                found = explain_sources(self.client, self.identity, self.rank, exclude={self.worker_id})
+            except CoordinatorError as exc:
+                self.attempts.append(f"listing the coordinator's other sources failed: {exc}")
+                return
+        self.attempts.extend(found.attempt_lines())
+        self.hint = found.hint
+
+    def _handshake(self, ref: SourceRef, tensor_set: TensorSet, parts_of: PeerPlan | None) -> PeerPlan | _MxPlan:
         """Fetch the source's record and manifest, refuse it if it differs, then take a read lease."""
         assert self.transport is not None
         worker_id = ref.worker_id
@@ -271,9 +322,11 @@ class TargetLoad:
             record = self.client.get_metadata(ref.mx_source_id, worker_id)
             if record is None:
                 raise NoSourceAvailable(f"source {worker_id} vanished before the transfer")
-            if not record.worker_grpc_endpoint:
-                raise NoSourceAvailable(f"source {worker_id} serves no manifest endpoint (not a peerload seed?)")
-            seed = SeedClient(record.worker_grpc_endpoint, worker_id, self.settings.rpc_timeout_s, self.security)
+            if record.kind == MODELEXPRESS:
+                if parts_of is not None:
+                    raise NoSourceAvailable(f"source {worker_id} is a ModelExpress seed: it cannot join a striped load")
+                return self._modelexpress_plan(record, tensor_set)
+            seed = SeedClient(record.manifest_endpoint, worker_id, self.settings.rpc_timeout_s, self.security)
             try:
                 manifest = seed.manifest()
                 peer = EndpointInfo(
@@ -286,7 +339,7 @@ class TargetLoad:
             except BaseException:
                 seed.close()
                 raise
-        host = split_host_port(record.worker_grpc_endpoint)[0]
+        host = split_host_port(record.manifest_endpoint)[0]
         stats = SourceStats(worker_id, peer.transport, describe_path(peer.transport, host))
         return PeerPlan(worker_id=worker_id, peer=peer, manifest=manifest, seed=seed, lease=lease, stats=stats)
 
@@ -315,6 +368,47 @@ class TargetLoad:
         if self.settings.verify_checksums and not usable:
             raise ChecksumMismatch(["(source published no usable part checksums)"], source=worker_id)
 
+    def _modelexpress_plan(self, record: WorkerRecord, tensor_set: TensorSet) -> _MxPlan:
+        """An official ModelExpress seed: descriptors by name (and a lease), no checksums."""
+        assert self.transport is not None
+        read = mx_source.prepare(record, tensor_set, self.settings.rpc_timeout_s, self.security)
+        try:
+            if read.peer.transport != self.transport.kind:
+                problem = f"source uses transport {read.peer.transport}, we use {self.transport.kind}"
+                raise LayoutMismatch([problem], record.worker_id)
+            self.transport.connect(read.peer)  # P2P mode: fetches its metadata from the listen thread
+        except BaseException:
+            read.release()
+            raise
+        host = _host_of(read.peer.metadata_endpoint or record.worker_grpc_endpoint)
+        stats = SourceStats(record.worker_id, read.peer.transport, describe_path(read.peer.transport, host))
+        return _MxPlan(record.worker_id, read, stats)
+
+    def _from_modelexpress(self, plan: _MxPlan, tensor_set: TensorSet) -> _PeerOutcome:
+        """Read everything from one official seed, wave by wave (no parts: it publishes no checksums)."""
+        assert self.transport is not None
+        self._used_mx.append(plan.stats)
+        deadline = time.monotonic() + self.settings.transfer_timeout_s
+        hook = self._progress_hook(tensor_set.total_bytes)
+        progress = (lambda delta: hook(plan.worker_id, delta)) if hook else None
+        started = time.perf_counter()
+        try:
+            with self._phase("transfer"):
+                for i, wave in enumerate(self._waves):
+                    self._faulting.wait(i)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TransferTimeout("the load's transfer timeout passed", plan.worker_id)
+                    ops = [op for name in wave for op in plan.read.reads.get(name, [])]
+                    self.transport.read(plan.read.peer, ops, timeout_s=left, progress=progress)
+        finally:
+            plan.read.release()
+        plan.stats.bytes = sum(op.size for ops in plan.read.reads.values() for op in ops)
+        plan.stats.seconds = time.perf_counter() - started
+        self.unverified = mx_source.UNVERIFIED
+        log.warning("loaded from %s without content verification: %s", plan.worker_id, self.unverified)
+        return _PeerOutcome(parts=[], missing=[], part_bytes=0, sums=[])
+
     def _fallback_plan(self, tensor_set: TensorSet) -> list[Part]:
         """A plan of our own when the source publishes none (only allowed without verification)."""
         return plan_parts(((n, r.numel()) for n, r in tensor_set.regions.items()), self.settings.chunk_bytes)
@@ -328,6 +422,7 @@ class TargetLoad:
                 f"no peer could provide {self.identity.model_name} at rank {self.rank} ({missing_bytes} bytes "
                 "missing) and no storage fallback is configured; the destination was rolled back",
                 self.attempts,
+                hint=self.hint,
             )
         if outcome is not None:
             log.warning("peers left %d bytes undelivered; reading them from storage", missing_bytes)
@@ -368,10 +463,13 @@ class TargetLoad:
 
     def _main_source(self) -> str:
         """'storage' when storage filled anything, else the peer that delivered most bytes."""
-        delivered = [s for s in (p.stats for p in self._used) if s.bytes]
+        delivered = [s for s in self._all_stats() if s.bytes]
         if self._storage_bytes or not delivered:
             return "storage"
         return max(delivered, key=lambda s: s.bytes).worker_id
+
+    def _all_stats(self) -> list[SourceStats]:
+        return [*self._used_mx, *(plan.stats for plan in self._used)]
 
     def _rollback(self, tensor_set: TensorSet) -> None:
         self._faulting.join()  # the page-touching fallback must not race these writes
@@ -410,6 +508,14 @@ class TargetLoad:
             self.transport.close()
         self.transport = None
         self.client.close()
+
+
+def _host_of(endpoint: str) -> str:
+    """The host part of HOST:PORT ("" when there is none)."""
+    try:
+        return split_host_port(endpoint)[0]
+    except ConfigError:
+        return ""
 
 
 def load_into(

@@ -68,6 +68,11 @@ class LeaseTable:
             self._changed.notify_all()
             return found
 
+    @property
+    def closing(self) -> bool:
+        """True once `close` was called: no new lease will be granted."""
+        return self._closing
+
     def active(self) -> int:
         """Unexpired leases (what a seed reports as its load)."""
         with self._changed:

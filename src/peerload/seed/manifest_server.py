@@ -1,4 +1,6 @@
-"""A seed's small gRPC server: `peerload.v1.SeedService` (the manifest and read leases)."""
+"""The seed's gRPC server: `peerload.v1.SeedService` (the manifest with checksums, read leases)
+and, on the same server and port, `model_express.p2p.WorkerService` (what official ModelExpress
+readers call). Both grant leases from the Publisher's one LeaseTable."""
 
 from __future__ import annotations
 
@@ -6,11 +8,13 @@ import logging
 
 import grpc
 
+from peerload._gen.model_express import p2p_pb2_grpc
 from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
 from peerload._grpc_server import OPEN, ServerSecurity, bind, new_server
 from peerload.errors import LeaseRefused
 from peerload.manifest import Manifest
 from peerload.seed.leases import LeaseTable
+from peerload.seed.worker_service import WorkerServicer
 from peerload.wire import MAX_MANIFEST_BYTES, manifest_to_proto
 
 log = logging.getLogger(__name__)
@@ -52,7 +56,14 @@ class _Servicer(seed_pb2_grpc.SeedServiceServicer):
 
 
 class ManifestServer:
-    """Serves one manifest and its read leases on HOST:<free port>; `endpoint` goes into WorkerMetadata.
+    """Serves one worker's manifests on HOST:<free port>; `endpoint` is what goes into WorkerMetadata.
+
+    One server, so the same TLS and bearer-token check (`security`) cover both services.
+
+    Args:
+        manifest: the peerload manifest (SeedService).
+        leases: the worker's read leases (SeedService.AcquireLease/ReleaseLease).
+        worker_service: the ModelExpress WorkerService of the same worker, or None.
 
     Raises:
         ConfigError: HOST cannot be bound (see the advertise_host setting).
@@ -62,13 +73,17 @@ class ManifestServer:
         self,
         manifest: Manifest,
         leases: LeaseTable,
+        worker_service: WorkerServicer | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         security: ServerSecurity = OPEN,
     ) -> None:
         options = [("grpc.max_send_message_length", MAX_MANIFEST_BYTES), ("grpc.max_receive_message_length", 1 << 20)]
+        self.worker_service = worker_service
         self._server = new_server(security, max_workers=4, options=options, thread_name_prefix="peerload-seed-rpc")
         seed_pb2_grpc.add_SeedServiceServicer_to_server(_Servicer(manifest, leases), self._server)
+        if worker_service is not None:
+            p2p_pb2_grpc.add_WorkerServiceServicer_to_server(worker_service, self._server)
         bound = bind(self._server, host, port, security, what="seed", fix="check the advertise_host setting")
         self.endpoint = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
         self._server.start()

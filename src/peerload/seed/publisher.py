@@ -1,4 +1,4 @@
-"""Seed side: register tensors with a transport, serve the manifest, publish, heartbeat READY."""
+"""Seed side: register tensors with a transport, serve the manifests, publish, heartbeat READY."""
 
 from __future__ import annotations
 
@@ -15,27 +15,30 @@ from peerload.errors import CoordinatorError
 from peerload.identity import SourceIdentity, new_worker_id
 from peerload.manifest import Manifest
 from peerload.parts import plan_parts
+from peerload.seed.descriptors import named_descriptors
 from peerload.seed.leases import LeaseTable
 from peerload.seed.manifest_server import ManifestServer
+from peerload.seed.worker_service import WorkerServicer
 from peerload.settings import Settings
 from peerload.tensors import TensorSet, collect, part_checksums
 from peerload.transport import make_transport
-from peerload.transport.base import Transport
+from peerload.transport.base import EndpointInfo, Transport
+from peerload.wire import PEERLOAD_MANIFEST_KEY, TensorInfo, TensorManifest
 
 log = logging.getLogger(__name__)
-
-# How long a closing seed waits for open read leases before it lets its memory go.
-CLOSE_WAIT_S = 10.0
 
 
 class Publisher:
     """A live source: owns the transport registration, manifest server and heartbeat thread.
 
-    Keep it alive as long as the tensors serve; `close()` marks the worker STALE and releases all.
-    A `transport` passed in must already have `tensor_set.regions` registered (a target that
-    becomes a seed hands over its endpoint); the Publisher owns and closes it either way.
+    Keep it alive as long as the tensors serve; `close()` marks the worker STALE, waits (bounded)
+    for open read leases, and releases all. A `transport` passed in must already have
+    `tensor_set.regions` registered (a target that becomes a seed hands over its endpoint); the
+    Publisher owns and closes it either way. ModelExpress readers find the same worker: per-name
+    descriptors from its WorkerService (P2P metadata mode) or in the record (centralized mode).
     `part_sums` = (part_bytes, one checksum per part) reuses checksums a target just verified.
-    `leases` caps concurrent readers; its count of open leases is the load reported in heartbeats.
+    `leases` (one table for both services) caps concurrent readers; its count of open leases is
+    the load each heartbeat reports.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Publisher:
             self.transport = transport or make_transport(settings, self.worker_id)
             if register:
                 self.transport.register(tensor_set.regions)
+            self._endpoint = self.transport.endpoint_info()  # also starts serving reads
             part_bytes, sums = part_sums or (settings.chunk_bytes, [])
             if not sums:
                 plan = plan_parts(((n, r.numel()) for n, r in tensor_set.regions.items()), part_bytes)
@@ -78,8 +82,11 @@ class Publisher:
                 part_bytes=part_bytes,
                 part_checksums=list(sums),
             )
+            self.descriptors = named_descriptors(tensor_set)
             security = ServerSecurity.from_settings(settings)
-            self._server = ManifestServer(self.manifest, self.leases, host=settings.advertise_host, security=security)
+            self._server = ManifestServer(
+                self.manifest, self.leases, self._worker_service(), host=settings.advertise_host, security=security
+            )
             self._publish()
         except BaseException:
             self._release()
@@ -87,30 +94,68 @@ class Publisher:
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"peerload-heartbeat-{rank}", daemon=True)
         self._heartbeat.start()
 
-    def _publish(self) -> None:
-        info = self.transport.endpoint_info()
-        worker = WorkerInfo(
-            rank=self.rank,
-            agent_name=info.agent_name,
-            nixl_metadata=info.nixl_metadata,
-            transfer_engine_session_id=info.transfer_engine_session_id,
-            tensors=[(r.name, r.addr, r.size, r.device_id, "torch.uint8") for r in self.manifest.regions],
-            worker_grpc_endpoint=self._server.endpoint if self._server else "",
-            accelerator="cuda" if any(t.is_cuda for t in self.tensor_set.regions.values()) else "cpu",
+    @property
+    def accelerator(self) -> str:
+        return "cuda" if any(t.is_cuda for t in self.tensor_set.regions.values()) else "cpu"
+
+    @property
+    def metadata_endpoint(self) -> str:
+        """HOST:PORT of the NIXL listen thread ModelExpress P2P readers fetch metadata from ("" if none)."""
+        port = self.transport.metadata_port
+        return f"{self.settings.advertise_host}:{port}" if port else ""
+
+    def _worker_service(self) -> WorkerServicer:
+        manifest = TensorManifest(
+            tensors=self.descriptors,
+            mx_source_id=self.source_id,
+            worker_id=self.worker_id,
+            worker_rank=self.rank,
+            metadata_endpoint=self.metadata_endpoint,
+            agent_name=self._endpoint.agent_name,
+            accelerator=self.accelerator,
         )
+        unreadable = ""
+        if self.transport.kind != "nixl":
+            unreadable = f"this seed serves over {self.transport.kind}; the modelexpress client reads NIXL seeds only"
+        elif not manifest.metadata_endpoint:
+            unreadable = "this seed's NIXL agent runs no listen thread, so its metadata cannot be fetched"
+        return WorkerServicer(manifest, self.leases, unreadable)
+
+    def _worker_info(self, endpoint: EndpointInfo, server_endpoint: str) -> WorkerInfo:
+        """The record: P2P metadata mode (lightweight, WorkerService) or centralized (descriptors)."""
+        p2p = self.settings.mx_p2p_metadata
+        descriptors: list[TensorInfo] = [] if p2p else self.descriptors
+        return WorkerInfo(
+            rank=self.rank,
+            agent_name=endpoint.agent_name,
+            nixl_metadata=endpoint.nixl_metadata,
+            transfer_engine_session_id=endpoint.transfer_engine_session_id,
+            tensors=descriptors,
+            worker_grpc_endpoint=server_endpoint if p2p else "",
+            metadata_endpoint=self.metadata_endpoint if p2p else "",
+            accelerator=self.accelerator,
+            topology={PEERLOAD_MANIFEST_KEY: server_endpoint},
+        )
+
+    def _publish(self) -> None:
+        assert self._server is not None
+        worker = self._worker_info(self._endpoint, self._server.endpoint)
         published_id = self._client.publish(self.identity, worker, worker_id=self.worker_id)
         if published_id != self.source_id:
             log.warning("coordinator computed source id %s, we computed %s", published_id, self.source_id)
             self.source_id = published_id
+            if self._server.worker_service is not None:
+                self._server.worker_service.set_source_id(published_id)
         self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.READY, 0.0)
         log.info(
-            "published %d tensors (%.1f MiB) as %s/%s rank %d via %s",
+            "published %d tensors (%.1f MiB) as %s/%s rank %d via %s (ModelExpress readers: %s)",
             len(self.manifest.tensors),
             self.manifest.total_bytes / 2**20,
             self.source_id,
             self.worker_id,
             self.rank,
             self.transport.kind,
+            "p2p" if self.settings.mx_p2p_metadata else "centralized",
         )
 
     def _heartbeat_loop(self) -> None:
@@ -124,7 +169,7 @@ class Publisher:
                 log.warning("heartbeat failed, will retry in %.1fs: %s", interval, exc)
 
     def close(self) -> None:
-        """Mark the worker STALE at the coordinator and release transport, server and threads."""
+        """Mark the worker STALE, wait for open read leases (bounded), release transport, server, threads."""
         if self._closed.is_set():
             return
         self._closed.set()
@@ -134,9 +179,11 @@ class Publisher:
             self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.STALE)
         except CoordinatorError as exc:
             log.warning("could not mark %s STALE (the reaper will): %s", self.worker_id, exc)
-        still_open = self.leases.close(CLOSE_WAIT_S)
+        # Readers hold leases on our memory: refuse new ones, and deregister only when they end.
+        wait_s = self.settings.lease_close_wait_s
+        still_open = self.leases.close(wait_s)
         if still_open:
-            log.warning("closing with %d read lease(s) still open after %.0fs", still_open, CLOSE_WAIT_S)
+            log.warning("closing with %d read lease(s) still open after %.1f s", still_open, wait_s)
         self._release()
 
     def _release(self) -> None:

@@ -44,10 +44,16 @@ def create_transport(kind: str, name: str, **options: Any) -> Transport:
 
 
 def make_transport(settings: Settings, name: str) -> Transport:
-    """The configured transport endpoint, reachable at the host peers are told to use."""
+    """The configured transport endpoint, reachable at the host peers are told to use.
+
+    A NIXL endpoint runs its listen thread (on `settings.metadata_port`, 0 = a free one), which
+    ModelExpress readers of a seed and reads from ModelExpress P2P seeds both need.
+    """
     options: dict[str, object] = {"chunk_bytes": settings.chunk_bytes}
     if settings.transport == "transfer_engine":
         options["host"] = settings.advertise_host
+    if settings.transport == "nixl":
+        options["listen_port"] = settings.metadata_port
     return create_transport(settings.transport, name=name, **options)
 
 

@@ -27,15 +27,18 @@ class Region:
 
 @dataclass(frozen=True)
 class EndpointInfo:
-    """What a peer needs to reach this endpoint: exactly one of the two is set (the protocol oneof)."""
+    """What a peer needs to reach an endpoint: its NIXL metadata (the blob, or the HOST:PORT of the
+    agent's listen thread to fetch it from) or its TransferEngine session, never both kinds."""
 
     agent_name: str
     nixl_metadata: bytes | None = None
     transfer_engine_session_id: str | None = None
+    metadata_endpoint: str | None = None  # NIXL listen thread (ModelExpress P2P metadata mode)
 
     @property
     def transport(self) -> str:
-        return "nixl" if self.nixl_metadata is not None else "transfer_engine"
+        nixl = self.nixl_metadata is not None or bool(self.metadata_endpoint)
+        return "nixl" if nixl else "transfer_engine"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class Transport(ABC):
     """
 
     kind: str  # "nixl" | "transfer_engine"
+    # Port of a listen thread that hands this endpoint's metadata to peers that ask (NIXL's, for
+    # ModelExpress readers), or None.
+    metadata_port: int | None = None
 
     @abstractmethod
     def register(self, tensors: Mapping[str, torch.Tensor]) -> list[Region]:

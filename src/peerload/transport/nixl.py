@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from peerload._process import free_port
 from peerload.errors import (
     MissingExtraError,
     PeerMetadataError,
@@ -26,6 +27,7 @@ from peerload.errors import (
     TransferTimeout,
     TransportError,
 )
+from peerload.settings import split_host_port
 from peerload.transport._plan import Batch, plan_batches
 from peerload.transport._refcount import RangeUsers
 from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Region, Transport, tensor_region
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _MD_MAGIC = b"nixlSerDes"  # every NIXL agent metadata blob starts with this tag
 _NOTIF = b"peerload:"  # prefix of our notifications; b"peerload:done:" ends a read
+_FETCHED = b"fetched:"  # what `_peers` holds for a peer whose metadata came from its listen thread
 
 
 # Fail at import (configuration time) when NIXL is absent, without importing it yet: UCX must
@@ -98,6 +101,10 @@ class NixlTransport(Transport):
         idle_poll_s / active_poll_s: seed poll interval when idle / while peers are reading.
         active_linger_s: how long the seed keeps polling fast after a peer's last notification.
         unique_name: append a random suffix to `name`, so restarted or same-named peers never clash.
+        listen_port: run NIXL's listen thread on this port (0 = a free one): it hands this agent's
+            metadata to peers that fetch it (ModelExpress P2P metadata mode), and fetching a
+            peer's metadata from its listen thread needs one here too. None: no listen thread.
+        connect_timeout_s: how long fetching a peer's metadata from its listen thread may take.
     """
 
     kind = "nixl"
@@ -113,6 +120,8 @@ class NixlTransport(Transport):
         active_poll_s: float = 0.001,
         active_linger_s: float = 10.0,
         unique_name: bool = True,
+        listen_port: int | None = None,
+        connect_timeout_s: float = 30.0,
     ) -> None:
         apply_ucx_defaults(loopback=loopback)
         nixl_agent, nixl_agent_config, self._nb = _import_nixl()
@@ -122,15 +131,12 @@ class NixlTransport(Transport):
         self._idle_poll_s = idle_poll_s
         self._active_poll_s = active_poll_s
         self._active_linger_s = active_linger_s
+        self._connect_timeout_s = connect_timeout_s
         # One lock around every agent call: the serving thread and the reading thread share the
         # agent, and NIXL's default sync mode is not safe for concurrent posting.
         self._lock = threading.RLock()
-        try:
-            # No progress thread: the wrapper's spins a core (pthrDelay=0); we poll instead.
-            conf = nixl_agent_config(enable_prog_thread=False, backends=["UCX"])
-            self._agent = nixl_agent(self.name, conf)
-        except Exception as e:
-            raise TransportError(f"cannot create NIXL agent {self.name!r}: {e}") from e
+        self.metadata_port: int | None = None
+        self._agent = self._create_agent(nixl_agent, nixl_agent_config, listen_port)
         if "UCX" not in self._agent.backends:
             raise TransportError(f"NIXL agent {self.name!r} has no UCX backend (plugin missing?)")
         self._users: RangeUsers[_RangeKey] = RangeUsers(self._deregister_range)
@@ -139,6 +145,27 @@ class NixlTransport(Transport):
         self._serve_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._closed = False
+
+    def _create_agent(self, nixl_agent: Any, nixl_agent_config: Any, listen_port: int | None) -> Any:
+        """The agent, with its listen thread on `listen_port` (0: a free port) unless that is None."""
+        # No progress thread: the wrapper's spins a core (pthrDelay=0); we poll instead. With a
+        # listen thread NIXL defaults to its strict (internally locked) sync mode.
+        tries = 3 if listen_port == 0 else 1
+        for attempt in range(tries):
+            # A port 0 is picked here, not by NIXL: its listen thread cannot report a port it chose;
+            # another process may take ours before NIXL binds it, so a free one is tried again.
+            port = None if listen_port is None else listen_port or free_port()
+            listen = {} if port is None else {"enable_listen_thread": True, "listen_port": port}
+            try:
+                agent = nixl_agent(self.name, nixl_agent_config(enable_prog_thread=False, backends=["UCX"], **listen))
+            except Exception as e:
+                if "bind" in str(e).lower() and attempt + 1 < tries:
+                    continue
+                where = f" (listen port {port})" if port is not None else ""
+                raise TransportError(f"cannot create NIXL agent {self.name!r}{where}: {e}") from e
+            self.metadata_port = port
+            return agent
+        raise AssertionError("unreachable")
 
     # --- registration ---------------------------------------------------------------------
 
@@ -237,8 +264,13 @@ class NixlTransport(Transport):
         self._connect(peer)
 
     @staticmethod
-    def _check_metadata(peer: EndpointInfo) -> bytes:
+    def _check_metadata(peer: EndpointInfo) -> bytes | None:
+        """The peer's metadata blob; None when it is to be fetched from its listen thread."""
         md, who = peer.nixl_metadata, peer.agent_name or None
+        if md is None and peer.metadata_endpoint:
+            if not who:
+                raise PeerMetadataError(f"a NIXL listen thread ({peer.metadata_endpoint}) needs the agent's name")
+            return None
         if md is None:
             raise PeerMetadataError(f"peer publishes {peer.transport} metadata, not nixl", who)
         if not md.startswith(_MD_MAGIC):
@@ -248,6 +280,8 @@ class NixlTransport(Transport):
     def _connect(self, peer: EndpointInfo) -> str:
         self._check_open()
         md = self._check_metadata(peer)
+        if md is None:
+            return self._fetch(peer.agent_name, peer.metadata_endpoint or "")
         who = peer.agent_name or None
         for name, loaded in self._peers.items():
             if loaded == md and who in (None, name):
@@ -267,6 +301,41 @@ class NixlTransport(Transport):
                 self._agent.remove_remote_agent(remote)
                 raise PeerMetadataError(f"metadata belongs to agent {remote!r}", who)
             self._peers[remote] = md
+        return self._open(remote)
+
+    def _fetch(self, remote: str, endpoint: str) -> str:
+        """Load `remote`'s metadata from its listen thread at `endpoint` (HOST:PORT)."""
+        key = _FETCHED + endpoint.encode()
+        if self._peers.get(remote) == key:
+            return remote
+        self._drop_peer(remote)  # a stale copy: the peer restarted or moved
+        if self.metadata_port is None:
+            raise TransportError(
+                f"cannot fetch NIXL metadata from {endpoint}: this endpoint runs no listen thread "
+                "(create it with listen_port)",
+                remote,
+            )
+        host, port = split_host_port(endpoint, "metadata_endpoint")
+        deadline = time.monotonic() + self._connect_timeout_s
+        with self._lock:
+            self._agent.fetch_remote_metadata(remote, host, port)
+        self._peers[remote] = key  # from here on, a failure must remove what may still arrive
+        while True:
+            with self._lock:
+                if self._agent.check_remote_metadata(remote):
+                    break
+            if time.monotonic() > deadline:
+                self._drop_peer(remote)
+                raise TransportError(
+                    f"no NIXL metadata from the listen thread at {endpoint} within {self._connect_timeout_s:g} s",
+                    remote,
+                )
+            time.sleep(0.01)
+        return self._open(remote)
+
+    def _open(self, remote: str) -> str:
+        """Connect to a peer whose metadata is loaded."""
+        with self._lock:
             try:
                 self._agent.make_connection(remote)
                 self._agent.send_notif(remote, _NOTIF + b"hello")  # wakes the seed's fast polling

@@ -130,6 +130,46 @@ class ArtifactSourceMetadata(_message.Message):
     node_rank: int
     def __init__(self, artifact_id: _Optional[str] = ..., total_size: _Optional[int] = ..., file_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., node_rank: _Optional[int] = ...) -> None: ...
 
+class ArtifactManifest(_message.Message):
+    __slots__ = ("manifest_version", "mx_source_type", "chunk_size", "files", "chunks")
+    MANIFEST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MX_SOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    manifest_version: int
+    mx_source_type: MxSourceType
+    chunk_size: int
+    files: _containers.RepeatedCompositeFieldContainer[ArtifactManifestFile]
+    chunks: _containers.RepeatedCompositeFieldContainer[ArtifactManifestChunk]
+    def __init__(self, manifest_version: _Optional[int] = ..., mx_source_type: _Optional[_Union[MxSourceType, str]] = ..., chunk_size: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ArtifactManifestFile, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[ArtifactManifestChunk, _Mapping]]] = ...) -> None: ...
+
+class ArtifactManifestFile(_message.Message):
+    __slots__ = ("file_index", "path", "size", "checksum")
+    FILE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    file_index: int
+    path: str
+    size: int
+    checksum: str
+    def __init__(self, file_index: _Optional[int] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., checksum: _Optional[str] = ...) -> None: ...
+
+class ArtifactManifestChunk(_message.Message):
+    __slots__ = ("chunk_index", "file_index", "file_offset", "length", "checksum")
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    FILE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    FILE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    chunk_index: int
+    file_index: int
+    file_offset: int
+    length: int
+    checksum: str
+    def __init__(self, chunk_index: _Optional[int] = ..., file_index: _Optional[int] = ..., file_offset: _Optional[int] = ..., length: _Optional[int] = ..., checksum: _Optional[str] = ...) -> None: ...
+
 class WorkerMetadata(_message.Message):
     __slots__ = ("worker_rank", "nixl_metadata", "transfer_engine_session_id", "tensors", "status", "updated_at", "metadata_endpoint", "agent_name", "worker_grpc_endpoint", "accelerator", "topology", "tensor_source", "artifact_source")
     class TopologyEntry(_message.Message):
@@ -293,3 +333,177 @@ class UpdateStatusResponse(_message.Message):
     success: bool
     message: str
     def __init__(self, success: bool = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetTensorManifestRequest(_message.Message):
+    __slots__ = ("mx_source_id", "worker_id")
+    MX_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    mx_source_id: str
+    worker_id: str
+    def __init__(self, mx_source_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class GetTensorManifestResponse(_message.Message):
+    __slots__ = ("tensors", "mx_source_id", "metadata_endpoint", "agent_name", "worker_rank", "accelerator", "worker_id")
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    MX_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    WORKER_RANK_FIELD_NUMBER: _ClassVar[int]
+    ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorDescriptor]
+    mx_source_id: str
+    metadata_endpoint: str
+    agent_name: str
+    worker_rank: int
+    accelerator: str
+    worker_id: str
+    def __init__(self, tensors: _Optional[_Iterable[_Union[TensorDescriptor, _Mapping]]] = ..., mx_source_id: _Optional[str] = ..., metadata_endpoint: _Optional[str] = ..., agent_name: _Optional[str] = ..., worker_rank: _Optional[int] = ..., accelerator: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class PrepareTensorReadRequest(_message.Message):
+    __slots__ = ("mx_source_id", "worker_id")
+    MX_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    mx_source_id: str
+    worker_id: str
+    def __init__(self, mx_source_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class PrepareTensorReadResponse(_message.Message):
+    __slots__ = ("lease_id", "manifest")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    manifest: GetTensorManifestResponse
+    def __init__(self, lease_id: _Optional[str] = ..., manifest: _Optional[_Union[GetTensorManifestResponse, _Mapping]] = ...) -> None: ...
+
+class ReleaseTensorReadRequest(_message.Message):
+    __slots__ = ("mx_source_id", "worker_id", "lease_id")
+    MX_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    mx_source_id: str
+    worker_id: str
+    lease_id: str
+    def __init__(self, mx_source_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseTensorReadResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetArtifactManifestHeaderRequest(_message.Message):
+    __slots__ = ("mx_source_id", "artifact_id")
+    MX_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    mx_source_id: str
+    artifact_id: str
+    def __init__(self, mx_source_id: _Optional[str] = ..., artifact_id: _Optional[str] = ...) -> None: ...
+
+class GetArtifactManifestHeaderResponse(_message.Message):
+    __slots__ = ("mx_source_id", "artifact_id", "manifest_version", "mx_source_type", "total_size", "file_count", "chunk_count", "chunk_size", "metadata_endpoint", "agent_name", "worker_rank", "files")
+    MX_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MX_SOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    WORKER_RANK_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    mx_source_id: str
+    artifact_id: str
+    manifest_version: int
+    mx_source_type: MxSourceType
+    total_size: int
+    file_count: int
+    chunk_count: int
+    chunk_size: int
+    metadata_endpoint: str
+    agent_name: str
+    worker_rank: int
+    files: _containers.RepeatedCompositeFieldContainer[ArtifactManifestFile]
+    def __init__(self, mx_source_id: _Optional[str] = ..., artifact_id: _Optional[str] = ..., manifest_version: _Optional[int] = ..., mx_source_type: _Optional[_Union[MxSourceType, str]] = ..., total_size: _Optional[int] = ..., file_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_size: _Optional[int] = ..., metadata_endpoint: _Optional[str] = ..., agent_name: _Optional[str] = ..., worker_rank: _Optional[int] = ..., files: _Optional[_Iterable[_Union[ArtifactManifestFile, _Mapping]]] = ...) -> None: ...
+
+class GetArtifactManifestChunksRequest(_message.Message):
+    __slots__ = ("mx_source_id", "artifact_id", "start_chunk_index", "max_chunks")
+    MX_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    START_CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    mx_source_id: str
+    artifact_id: str
+    start_chunk_index: int
+    max_chunks: int
+    def __init__(self, mx_source_id: _Optional[str] = ..., artifact_id: _Optional[str] = ..., start_chunk_index: _Optional[int] = ..., max_chunks: _Optional[int] = ...) -> None: ...
+
+class GetArtifactManifestChunksResponse(_message.Message):
+    __slots__ = ("mx_source_id", "artifact_id", "start_chunk_index", "chunks", "next_page_token")
+    MX_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    START_CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    mx_source_id: str
+    artifact_id: str
+    start_chunk_index: int
+    chunks: _containers.RepeatedCompositeFieldContainer[ArtifactManifestChunk]
+    next_page_token: str
+    def __init__(self, mx_source_id: _Optional[str] = ..., artifact_id: _Optional[str] = ..., start_chunk_index: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ArtifactManifestChunk, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ArtifactChunkTransferDescriptor(_message.Message):
+    __slots__ = ("addr", "length", "device_id")
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    addr: int
+    length: int
+    device_id: int
+    def __init__(self, addr: _Optional[int] = ..., length: _Optional[int] = ..., device_id: _Optional[int] = ...) -> None: ...
+
+class PrepareArtifactChunkRequest(_message.Message):
+    __slots__ = ("mx_source_id", "artifact_id", "chunk_index")
+    MX_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    mx_source_id: str
+    artifact_id: str
+    chunk_index: int
+    def __init__(self, mx_source_id: _Optional[str] = ..., artifact_id: _Optional[str] = ..., chunk_index: _Optional[int] = ...) -> None: ...
+
+class PrepareArtifactChunkResponse(_message.Message):
+    __slots__ = ("mx_source_id", "artifact_id", "lease_id", "chunk", "source", "source_metadata")
+    MX_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_METADATA_FIELD_NUMBER: _ClassVar[int]
+    mx_source_id: str
+    artifact_id: str
+    lease_id: str
+    chunk: ArtifactManifestChunk
+    source: ArtifactChunkTransferDescriptor
+    source_metadata: bytes
+    def __init__(self, mx_source_id: _Optional[str] = ..., artifact_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., chunk: _Optional[_Union[ArtifactManifestChunk, _Mapping]] = ..., source: _Optional[_Union[ArtifactChunkTransferDescriptor, _Mapping]] = ..., source_metadata: _Optional[bytes] = ...) -> None: ...
+
+class ReleaseArtifactChunkRequest(_message.Message):
+    __slots__ = ("mx_source_id", "artifact_id", "lease_id")
+    MX_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    mx_source_id: str
+    artifact_id: str
+    lease_id: str
+    def __init__(self, mx_source_id: _Optional[str] = ..., artifact_id: _Optional[str] = ..., lease_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseArtifactChunkResponse(_message.Message):
+    __slots__ = ("mx_source_id", "artifact_id", "chunk")
+    MX_SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    mx_source_id: str
+    artifact_id: str
+    chunk: ArtifactManifestChunk
+    def __init__(self, mx_source_id: _Optional[str] = ..., artifact_id: _Optional[str] = ..., chunk: _Optional[_Union[ArtifactManifestChunk, _Mapping]] = ...) -> None: ...

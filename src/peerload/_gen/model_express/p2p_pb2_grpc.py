@@ -224,3 +224,333 @@ class P2pService(object):
             timeout,
             metadata,
             _registered_method=True)
+
+
+class WorkerServiceStub(object):
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetTensorManifest = channel.unary_unary(
+                '/model_express.p2p.WorkerService/GetTensorManifest',
+                request_serializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetTensorManifestRequest.SerializeToString,
+                response_deserializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetTensorManifestResponse.FromString,
+                _registered_method=True)
+        self.PrepareTensorRead = channel.unary_unary(
+                '/model_express.p2p.WorkerService/PrepareTensorRead',
+                request_serializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.PrepareTensorReadRequest.SerializeToString,
+                response_deserializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.PrepareTensorReadResponse.FromString,
+                _registered_method=True)
+        self.ReleaseTensorRead = channel.unary_unary(
+                '/model_express.p2p.WorkerService/ReleaseTensorRead',
+                request_serializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.ReleaseTensorReadRequest.SerializeToString,
+                response_deserializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.ReleaseTensorReadResponse.FromString,
+                _registered_method=True)
+        self.GetArtifactManifestHeader = channel.unary_unary(
+                '/model_express.p2p.WorkerService/GetArtifactManifestHeader',
+                request_serializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetArtifactManifestHeaderRequest.SerializeToString,
+                response_deserializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetArtifactManifestHeaderResponse.FromString,
+                _registered_method=True)
+        self.GetArtifactManifestChunks = channel.unary_unary(
+                '/model_express.p2p.WorkerService/GetArtifactManifestChunks',
+                request_serializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetArtifactManifestChunksRequest.SerializeToString,
+                response_deserializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetArtifactManifestChunksResponse.FromString,
+                _registered_method=True)
+        self.PrepareArtifactChunk = channel.unary_unary(
+                '/model_express.p2p.WorkerService/PrepareArtifactChunk',
+                request_serializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.PrepareArtifactChunkRequest.SerializeToString,
+                response_deserializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.PrepareArtifactChunkResponse.FromString,
+                _registered_method=True)
+        self.ReleaseArtifactChunk = channel.unary_unary(
+                '/model_express.p2p.WorkerService/ReleaseArtifactChunk',
+                request_serializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.ReleaseArtifactChunkRequest.SerializeToString,
+                response_deserializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.ReleaseArtifactChunkResponse.FromString,
+                _registered_method=True)
+
+
+class WorkerServiceServicer(object):
+    """Missing associated documentation comment in .proto file."""
+
+    def GetTensorManifest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareTensorRead(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseTensorRead(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetArtifactManifestHeader(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetArtifactManifestChunks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareArtifactChunk(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseArtifactChunk(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WorkerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetTensorManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTensorManifest,
+                    request_deserializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetTensorManifestRequest.FromString,
+                    response_serializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetTensorManifestResponse.SerializeToString,
+            ),
+            'PrepareTensorRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareTensorRead,
+                    request_deserializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.PrepareTensorReadRequest.FromString,
+                    response_serializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.PrepareTensorReadResponse.SerializeToString,
+            ),
+            'ReleaseTensorRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseTensorRead,
+                    request_deserializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.ReleaseTensorReadRequest.FromString,
+                    response_serializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.ReleaseTensorReadResponse.SerializeToString,
+            ),
+            'GetArtifactManifestHeader': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArtifactManifestHeader,
+                    request_deserializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetArtifactManifestHeaderRequest.FromString,
+                    response_serializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetArtifactManifestHeaderResponse.SerializeToString,
+            ),
+            'GetArtifactManifestChunks': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArtifactManifestChunks,
+                    request_deserializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetArtifactManifestChunksRequest.FromString,
+                    response_serializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetArtifactManifestChunksResponse.SerializeToString,
+            ),
+            'PrepareArtifactChunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareArtifactChunk,
+                    request_deserializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.PrepareArtifactChunkRequest.FromString,
+                    response_serializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.PrepareArtifactChunkResponse.SerializeToString,
+            ),
+            'ReleaseArtifactChunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseArtifactChunk,
+                    request_deserializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.ReleaseArtifactChunkRequest.FromString,
+                    response_serializer=peerload_dot___gen_dot_model__express_dot_p2p__pb2.ReleaseArtifactChunkResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'model_express.p2p.WorkerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('model_express.p2p.WorkerService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class WorkerService(object):
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetTensorManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/model_express.p2p.WorkerService/GetTensorManifest',
+            peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetTensorManifestRequest.SerializeToString,
+            peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetTensorManifestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareTensorRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/model_express.p2p.WorkerService/PrepareTensorRead',
+            peerload_dot___gen_dot_model__express_dot_p2p__pb2.PrepareTensorReadRequest.SerializeToString,
+            peerload_dot___gen_dot_model__express_dot_p2p__pb2.PrepareTensorReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseTensorRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/model_express.p2p.WorkerService/ReleaseTensorRead',
+            peerload_dot___gen_dot_model__express_dot_p2p__pb2.ReleaseTensorReadRequest.SerializeToString,
+            peerload_dot___gen_dot_model__express_dot_p2p__pb2.ReleaseTensorReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifactManifestHeader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/model_express.p2p.WorkerService/GetArtifactManifestHeader',
+            peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetArtifactManifestHeaderRequest.SerializeToString,
+            peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetArtifactManifestHeaderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifactManifestChunks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/model_express.p2p.WorkerService/GetArtifactManifestChunks',
+            peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetArtifactManifestChunksRequest.SerializeToString,
+            peerload_dot___gen_dot_model__express_dot_p2p__pb2.GetArtifactManifestChunksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareArtifactChunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/model_express.p2p.WorkerService/PrepareArtifactChunk',
+            peerload_dot___gen_dot_model__express_dot_p2p__pb2.PrepareArtifactChunkRequest.SerializeToString,
+            peerload_dot___gen_dot_model__express_dot_p2p__pb2.PrepareArtifactChunkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseArtifactChunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/model_express.p2p.WorkerService/ReleaseArtifactChunk',
+            peerload_dot___gen_dot_model__express_dot_p2p__pb2.ReleaseArtifactChunkRequest.SerializeToString,
+            peerload_dot___gen_dot_model__express_dot_p2p__pb2.ReleaseArtifactChunkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
