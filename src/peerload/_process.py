@@ -60,18 +60,37 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 10) -> int | None:
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server (no persistence) on a free loopback port; yields its URL."""
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A throwaway redis-server (no persistence) on `port` (default: a free one); yields its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise FileNotFoundError("redis-server is not installed (Debian: apt-get install redis-server; "
-                                "`make install` runs scripts/install_system_deps.sh)")
-    port = free_port()
+        raise FileNotFoundError(
+            "redis-server is not installed (Debian: apt-get install redis-server; "
+            "`make install` runs scripts/install_system_deps.sh)"
+        )
+    port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="peerload-redis-") as workdir:
-        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", workdir, "--daemonize", "no",
-                                 "--loglevel", "warning"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_port(port, proc, "redis-server", timeout_s=10)
             yield f"redis://127.0.0.1:{port}/0"

@@ -6,7 +6,8 @@ from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
 from peerload._grpc import Caller, open_channel
 from peerload.errors import SeedServiceError
 from peerload.manifest import Manifest
-from peerload.wire import MAX_MANIFEST_BYTES, manifest_from_proto
+from peerload.limits import MANIFEST_MAX_BYTES
+from peerload.wire import manifest_from_proto
 
 
 def fetch_manifest(endpoint: str, worker_id: str, timeout_s: float) -> Manifest:
@@ -17,7 +18,7 @@ def fetch_manifest(endpoint: str, worker_id: str, timeout_s: float) -> Manifest:
             seed (UNIMPLEMENTED).
     """
     call = Caller(endpoint, timeout_s=timeout_s, retries=0, error=SeedServiceError)
-    with open_channel(endpoint, MAX_MANIFEST_BYTES) as channel:
+    with open_channel(endpoint, MANIFEST_MAX_BYTES) as channel:
         stub = seed_pb2_grpc.SeedServiceStub(channel)
         reply = call("GetManifest", stub.GetManifest, seed_pb2.GetManifestRequest(worker_id=worker_id))
     return manifest_from_proto(reply)

@@ -39,9 +39,15 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8001
     store: str = "memory"
+    # Per-source limits of the coordinator: workers under one source id, descriptors per worker.
+    max_workers_per_source: int = 4096
+    max_tensors_per_worker: int = 262144
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Target side.
     transfer_timeout_s: float = 300.0
+    # After a transfer timed out, how long to wait for the transport to stop writing into the
+    # destination before rolling back; past it the destination is given up, never returned.
+    settle_timeout_s: float = 60.0
     max_source_attempts: int = 3
     verify_checksums: bool = True
     storage_fallback: bool = True
@@ -192,7 +198,14 @@ def _validate(s: Settings) -> None:
     if s.store not in STORES:
         raise ConfigError(f"store {s.store!r} is not supported; choose one of {choices(STORES)}")
     split_host_port(s.coordinator, what="coordinator")
-    for name in ("rpc_timeout_s", "heartbeat_interval_s", "heartbeat_timeout_s", "gc_timeout_s", "transfer_timeout_s"):
+    for name in (
+        "rpc_timeout_s",
+        "heartbeat_interval_s",
+        "heartbeat_timeout_s",
+        "gc_timeout_s",
+        "transfer_timeout_s",
+        "settle_timeout_s",
+    ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(s, name)}")
     if s.heartbeat_interval_s >= s.heartbeat_timeout_s:
@@ -202,6 +215,9 @@ def _validate(s: Settings) -> None:
         )
     if s.rpc_retries < 0 or s.max_source_attempts < 1:
         raise ConfigError("rpc_retries must be >= 0 and max_source_attempts >= 1")
+    for name in ("max_workers_per_source", "max_tensors_per_worker"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(s, name)}")
     if s.chunk_bytes < 4096:
         raise ConfigError(f"chunk_bytes must be >= 4096, got {s.chunk_bytes}")
     if not 0 <= s.port < 65536:

@@ -9,6 +9,7 @@ from peerload.errors import (
     ConfigError,
     CoordinatorError,
     CoordinatorUnavailable,
+    DestinationAbandoned,
     LayoutMismatch,
     LoadFailed,
     MissingExtraError,
@@ -32,6 +33,9 @@ _HINTS: dict[type[PeerloadError], Callable[[PeerloadError], str]] = {
     ),
     ChecksumMismatch: lambda e: "the bytes read differ from what the seed published; the load was rolled back.",
     TransportError: lambda e: "the data plane failed; check that seed and target can reach each other.",
+    DestinationAbandoned: lambda e: (
+        "a stalled seed may still write into the destination; start a fresh process to load again."
+    ),
     LoadFailed: lambda e: "every way to load failed; each attempt is listed above.",
     ConfigError: lambda e: "see `peerload COMMAND --help` for the options and their values.",
 }

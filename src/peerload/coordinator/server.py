@@ -16,14 +16,12 @@ from peerload.coordinator.registry import Registry
 from peerload.coordinator.service import P2pServicer, p2p_handler
 from peerload.coordinator.store import Store, make_store
 from peerload.errors import ConfigError
+from peerload.limits import COORDINATOR_MAX_MESSAGE_BYTES
 from peerload.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 P2P_SERVICE = pb.DESCRIPTOR.services_by_name["P2pService"].full_name
-# Requests above this are refused with RESOURCE_EXHAUSTED by gRPC itself, before any parsing.
-# 64 MiB holds ~500k tensor descriptors; the official client allows 100 MB per message.
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
 class CoordinatorServer:
@@ -34,7 +32,7 @@ class CoordinatorServer:
         settings: Settings,
         store: Store,
         *,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = COORDINATOR_MAX_MESSAGE_BYTES,
         reap_interval_s: float | None = None,
         max_workers: int = 16,
     ) -> None:
@@ -46,6 +44,7 @@ class CoordinatorServer:
         self._metrics = CoordinatorMetrics(self.registry)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="peerload-rpc"),
+            # Larger requests are refused with RESOURCE_EXHAUSTED by gRPC itself, before any parsing.
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -135,7 +134,7 @@ def serve(
     *,
     port: int | None = None,
     store: Store | None = None,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_message_bytes: int = COORDINATOR_MAX_MESSAGE_BYTES,
     reap_interval_s: float | None = None,
     max_workers: int = 16,
     metrics_port: int | None = None,

@@ -19,6 +19,7 @@ from peerload.errors import (
     ChecksumMismatch,
     ConfigError,
     CoordinatorError,
+    DestinationAbandoned,
     LayoutMismatch,
     LoadFailed,
     NoSourceAvailable,
@@ -188,6 +189,7 @@ class TargetLoad:
             except SOURCE_FAILURES as exc:
                 self.attempts.append(f"source {ref.worker_id}: {type(exc).__name__}: {exc}")
                 log.warning("source %s failed (%s: %s); rolling back", ref.worker_id, type(exc).__name__, exc)
+                self._settle(ref.worker_id)
                 self._rollback(tensor_set)
         return None, None
 
@@ -305,6 +307,19 @@ class TargetLoad:
                 return None
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _settle(self, source: str) -> None:
+        """Before a rollback: wait until the failed transfer can no longer write into the destination."""
+        assert self.transport is not None
+        bound = self.settings.settle_timeout_s
+        with self._phase("settle"):
+            settled = self.transport.settle(bound)
+        if not settled:
+            raise DestinationAbandoned(
+                f"a timed-out transfer from source {source} may still write into the destination after "
+                f"{bound:g} s (settle_timeout_s): it was given up, not returned; discard it",
+                self.attempts,
+            )
 
     def _rollback(self, tensor_set: TensorSet) -> None:
         self._faulting.join()  # the page-touching fallback must not race these writes

@@ -9,7 +9,8 @@ import grpc
 from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
 from peerload.errors import PeerloadError
 from peerload.manifest import Manifest
-from peerload.wire import MAX_MANIFEST_BYTES, manifest_to_proto
+from peerload.limits import MANIFEST_MAX_BYTES, SEED_MAX_REQUEST_BYTES
+from peerload.wire import manifest_to_proto
 
 
 class _Servicer(seed_pb2_grpc.SeedServiceServicer):
@@ -30,7 +31,10 @@ class ManifestServer:
     """Serves one manifest on HOST:<free port>; `endpoint` is what goes into WorkerMetadata."""
 
     def __init__(self, manifest: Manifest, host: str = "127.0.0.1", port: int = 0) -> None:
-        options = [("grpc.max_send_message_length", MAX_MANIFEST_BYTES), ("grpc.max_receive_message_length", 1 << 20)]
+        options = [
+            ("grpc.max_send_message_length", MANIFEST_MAX_BYTES),
+            ("grpc.max_receive_message_length", SEED_MAX_REQUEST_BYTES),
+        ]
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
         seed_pb2_grpc.add_SeedServiceServicer_to_server(_Servicer(manifest), self._server)
         bound = self._server.add_insecure_port(f"{host}:{port}")

@@ -1,8 +1,14 @@
-"""Seed side: register tensors with a transport, serve the manifest, publish, heartbeat READY."""
+"""Seed side: register tensors with a transport, serve the manifest, publish, heartbeat READY.
+
+The heartbeat keeps a source listed through coordinator faults: refused (the coordinator lost
+its state) -> publish again at once; unreachable -> keep serving, retry with jittered backoff
+capped at one interval; transport broken -> heartbeat STALE and log why.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Mapping
@@ -10,7 +16,7 @@ from collections.abc import Mapping
 import torch
 
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
-from peerload.errors import CoordinatorError
+from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import SourceIdentity, new_worker_id
 from peerload.manifest import Manifest
 from peerload.seed.manifest_server import ManifestServer
@@ -20,6 +26,26 @@ from peerload.transport import make_transport
 from peerload.transport.base import Transport
 
 log = logging.getLogger(__name__)
+
+_FIRST_RETRY_FRACTION = 0.125  # first retry after an unreachable beat: this share of the interval
+
+
+class Backoff:
+    """Jittered exponential delays from `first_s`, doubling up to `cap_s` (never more)."""
+
+    def __init__(self, first_s: float, cap_s: float, rng: random.Random | None = None) -> None:
+        self.first_s, self.cap_s = first_s, cap_s
+        self._rng = rng or random.Random()
+        self._next = first_s
+
+    def next(self) -> float:
+        """The next delay: uniform in [half, all] of the current step, so a fleet does not retry in step."""
+        step = min(self._next, self.cap_s)
+        self._next = step * 2
+        return self._rng.uniform(step / 2, step)
+
+    def reset(self) -> None:
+        self._next = self.first_s
 
 
 class Publisher:
@@ -52,6 +78,10 @@ class Publisher:
         self._heartbeat: threading.Thread | None = None
         self._server: ManifestServer | None = None
         self._client = CoordinatorClient.from_settings(settings)
+        self._beats = self._heartbeat_client()
+        self._unhealthy: str | None = None  # the transport's last complaint, if any
+        self._unreachable_since: float | None = None
+        self.republished = 0  # times the coordinator had forgotten us and we published again
         try:
             self.transport = transport or make_transport(settings, self.worker_id)
             if register:
@@ -68,7 +98,8 @@ class Publisher:
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"peerload-heartbeat-{rank}", daemon=True)
         self._heartbeat.start()
 
-    def _publish(self) -> None:
+    def _publish(self, client: CoordinatorClient | None = None, status: SourceStatus = SourceStatus.READY) -> None:
+        client = client or self._client
         info = self.transport.endpoint_info()
         worker = WorkerInfo(
             rank=self.rank,
@@ -79,11 +110,11 @@ class Publisher:
             worker_grpc_endpoint=self._server.endpoint if self._server else "",
             accelerator="cuda" if any(t.is_cuda for t in self.tensor_set.regions.values()) else "cpu",
         )
-        published_id = self._client.publish(self.identity, worker, worker_id=self.worker_id)
+        published_id = client.publish(self.identity, worker, worker_id=self.worker_id)
         if published_id != self.source_id:
             log.warning("coordinator computed source id %s, we computed %s", published_id, self.source_id)
             self.source_id = published_id
-        self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.READY)
+        client.update_status(self.source_id, self.worker_id, self.rank, status)
         log.info(
             "published %d tensors (%.1f MiB) as %s/%s rank %d via %s",
             len(self.manifest.tensors),
@@ -94,14 +125,77 @@ class Publisher:
             self.transport.kind,
         )
 
+    def _heartbeat_client(self) -> CoordinatorClient:
+        """A client for beats: one attempt within one interval, on a connection of its own."""
+        interval = self.settings.heartbeat_interval_s
+        return CoordinatorClient.from_settings(
+            self.settings, timeout_s=min(self.settings.rpc_timeout_s, interval), retries=0, private_connection=True
+        )
+
     def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval_s
-        while not self._closed.wait(interval):
+        backoff = Backoff(interval * _FIRST_RETRY_FRACTION, interval)
+        delay = interval
+        while not self._closed.wait(delay):
             try:
-                self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.READY)
+                self.beat()
+                backoff.reset()
+                delay = interval
             except CoordinatorError as exc:
-                # Keep serving: the coordinator may come back, and the next beat re-marks us READY.
-                log.warning("heartbeat failed, will retry in %.1fs: %s", interval, exc)
+                delay = backoff.next()
+                self._beat_failed(exc, delay)
+
+    def beat(self) -> SourceStatus:
+        """One heartbeat: READY, or STALE while the transport is broken; publish again if forgotten.
+
+        Raises:
+            CoordinatorError: the coordinator refused or could not take the beat.
+        """
+        status = self._status()
+        known = self._beats.update_status(self.source_id, self.worker_id, self.rank, status)
+        if not known:
+            log.warning(
+                "coordinator %s no longer knows worker %s (restarted or lost its store): publishing again",
+                self.settings.coordinator,
+                self.worker_id,
+            )
+            self._publish(self._beats, status)
+            self.republished += 1
+        if self._unreachable_since is not None:
+            log.info(
+                "coordinator %s reachable again after %.1fs; %s is %s",
+                self.settings.coordinator,
+                time.monotonic() - self._unreachable_since,
+                self.worker_id,
+                status.name,
+            )
+            self._unreachable_since = None
+        return status
+
+    def _status(self) -> SourceStatus:
+        """READY if the transport can serve peers, else STALE (logged when it changes)."""
+        problem = self.transport.health()
+        if problem != self._unhealthy:
+            if problem is not None:
+                log.warning("worker %s cannot serve peers, heartbeating STALE: %s", self.worker_id, problem)
+            else:
+                log.info("worker %s can serve peers again, heartbeating READY", self.worker_id)
+            self._unhealthy = problem
+        return SourceStatus.READY if problem is None else SourceStatus.STALE
+
+    def _beat_failed(self, exc: CoordinatorError, retry_s: float) -> None:
+        """Log once per outage; peers that have our metadata keep reading meanwhile."""
+        if not isinstance(exc, CoordinatorUnavailable):
+            log.warning("heartbeat of %s refused, retrying in %.1fs: %s", self.worker_id, retry_s, exc)
+            return
+        if self._unreachable_since is None:
+            self._unreachable_since = time.monotonic()
+            log.warning("coordinator unreachable, still serving peers; retrying with backoff: %s", exc)
+        else:
+            log.debug("coordinator still unreachable, retrying in %.1fs: %s", retry_s, exc)
+        # A fresh connection, so gRPC's own reconnect backoff cannot delay our return.
+        self._beats.close()
+        self._beats = self._heartbeat_client()
 
     def close(self) -> None:
         """Mark the worker STALE at the coordinator and release transport, server and threads."""
@@ -123,6 +217,7 @@ class Publisher:
         if getattr(self, "transport", None) is not None:
             self.transport.close()
         self._client.close()
+        self._beats.close()
 
     def __enter__(self) -> Publisher:
         return self
