@@ -5,8 +5,8 @@ from __future__ import annotations
 from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
 from peerload._grpc import Caller, open_channel
 from peerload.errors import SeedServiceError
-from peerload.manifest import Manifest
 from peerload.limits import MANIFEST_MAX_BYTES
+from peerload.manifest import Manifest
 from peerload.wire import manifest_from_proto
 
 

@@ -32,10 +32,8 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def table(results: dict[str, Any]) -> Table:
     cfg = results["config"]
-    t = Table(
-        title=f"peerload bench: {cfg['bytes'] / 2**30:.2f} GiB bf16 in {cfg['tensors']} tensors, "
-        f"{cfg['repeats']} fresh processes each"
-    )
+    t = Table(title=f"peerload bench: {cfg['bytes'] / 2**30:.2f} GiB bf16 in {cfg['tensors']} tensors, "
+                    f"{cfg['repeats']} fresh processes each")
     for col in ("case", "median s", "min s", "max s", "GB/s", "x limit"):
         t.add_column(col, justify="left" if col == "case" else "right")
     limit = results["cases"].get("limit", {}).get("median")
@@ -44,14 +42,9 @@ def table(results: dict[str, Any]) -> Table:
             t.add_row(label(name), "[red]failed[/]", "", "", "", c.get("error", "")[:60])
             continue
         setup = name.startswith("setup_")
-        t.add_row(
-            label(name),
-            f"{c['median']:.3f}",
-            f"{c['min']:.3f}",
-            f"{c['max']:.3f}",
-            "" if setup else f"{c['gbps']:.2f}",
-            "" if setup or not limit else f"{limit / c['median']:.2f}",
-        )
+        t.add_row(label(name), f"{c['median']:.3f}", f"{c['min']:.3f}", f"{c['max']:.3f}",
+                  "" if setup else f"{c['gbps']:.2f}",
+                  "" if setup or not limit else f"{limit / c['median']:.2f}")
     return t
 
 
@@ -93,16 +86,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     ys = range(len(rows))
     med = [c["median"] for _, c in rows]
     err = [[c["median"] - c["min"] for _, c in rows], [c["max"] - c["median"] for _, c in rows]]
-    colors = [
-        "#4c72b0"
-        if n.startswith("peerload")
-        else "#dd8452"
-        if n.startswith("modelexpress")
-        else "#55a868"
-        if n.startswith("limit")
-        else "#8c8c8c"
-        for n, _ in rows
-    ]
+    colors = ["#4c72b0" if n.startswith("peerload") else "#dd8452" if n.startswith("modelexpress")
+              else "#55a868" if n.startswith("limit") else "#8c8c8c" for n, _ in rows]
     ax.barh(list(ys), med, xerr=err, color=colors, capsize=3)
     ax.set_yticks(list(ys), [label(n) for n, _ in rows], fontsize=8)
     ax.invert_yaxis()
@@ -111,9 +96,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         ax.axvline(limit, color="#55a868", linestyle="--", linewidth=1)
     cfg = results["config"]
     ax.set_xlabel("seconds, fresh process, start to bytes in place (lower is better)")
-    ax.set_title(
-        f"{cfg['bytes'] / 2**30:.2f} GiB bf16, {cfg['tensors']} tensors, {results['machine']['cpus']} CPUs", fontsize=10
-    )
+    ax.set_title(f"{cfg['bytes'] / 2**30:.2f} GiB bf16, {cfg['tensors']} tensors, "
+                 f"{results['machine']['cpus']} CPUs", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -130,10 +114,8 @@ def targets_markdown(results: dict[str, Any]) -> str:
 
 
 def control_plane_markdown(results: dict[str, Any]) -> str:
-    lines = [
-        "| store | RPC | calls/s | p50 ms | p99 ms | errors | coordinator RSS MiB | Redis used MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    lines = ["| store | RPC | calls/s | p50 ms | p99 ms | errors | coordinator RSS MiB | Redis used MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for store, e in results["stores"].items():
         if "error" in e:
             lines.append(f"| {store} | failed: {e['error']} | | | | | | |")
@@ -141,24 +123,18 @@ def control_plane_markdown(results: dict[str, Any]) -> str:
         for rpc in ("ListSources", "UpdateStatus"):
             r = e[rpc]
             redis_mib = e.get("redis_used_mib")
-            lines.append(
-                f"| {store} | {rpc} | {r.get('rps', 0):.0f} | {r.get('p50_ms', 0):.2f} | "
-                f"{r.get('p99_ms', 0):.2f} | {r['errors']} | {e.get('coordinator_rss_mib_after') or 0:.0f} | "
-                f"{'' if redis_mib is None else f'{redis_mib:.1f}'} |"
-            )
+            lines.append(f"| {store} | {rpc} | {r.get('rps', 0):.0f} | {r.get('p50_ms', 0):.2f} | "
+                         f"{r.get('p99_ms', 0):.2f} | {r['errors']} | {e.get('coordinator_rss_mib_after') or 0:.0f} | "
+                         f"{'' if redis_mib is None else f'{redis_mib:.1f}'} |")
     return "\n".join(lines)
 
 
 def scaling_markdown(results: dict[str, Any]) -> str:
     names = ("limit", "safetensors_cold", f"peerload_{results['transport']}")
-    lines = [
-        "| GiB | " + " | ".join(f"{label(n)}: median s (s/GiB)" for n in names) + " |",
-        "|---:|" + "---:|" * len(names),
-    ]
+    lines = ["| GiB | " + " | ".join(f"{label(n)}: median s (s/GiB)" for n in names) + " |",
+             "|---:|" + "---:|" * len(names)]
     for p in results["points"]:
-        cells = [
-            f"{p[n]['median']:.2f} ({p[n]['median'] / p['size_gib']:.2f})" if "median" in p.get(n, {}) else "failed"
-            for n in names
-        ]
+        cells = [f"{p[n]['median']:.2f} ({p[n]['median'] / p['size_gib']:.2f})" if "median" in p.get(n, {})
+                 else "failed" for n in names]
         lines.append(f"| {p['size_gib']:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

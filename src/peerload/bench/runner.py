@@ -89,14 +89,8 @@ class Harness:
         started = time.perf_counter()
         with open(log_path, "wb") as err:
             try:
-                proc = subprocess.run(
-                    _child_cmd(case, args_path, out_path),
-                    stdin=subprocess.DEVNULL,
-                    stdout=err,
-                    stderr=err,
-                    env=self.env,
-                    timeout=self.timeout_s,
-                )
+                proc = subprocess.run(_child_cmd(case, args_path, out_path), stdin=subprocess.DEVNULL,
+                                      stdout=err, stderr=err, env=self.env, timeout=self.timeout_s)
             except subprocess.TimeoutExpired:
                 raise CaseFailed(f"{case}: no result within {self.timeout_s:.0f} s") from None
         wall = time.perf_counter() - started
@@ -117,9 +111,8 @@ class Harness:
         ready = out_path.with_suffix(".ready")
         args_path.write_text(json.dumps({**args, "ready": str(ready)}))
         with open(log_path, "wb") as err:
-            proc = subprocess.Popen(
-                _child_cmd(case, args_path, out_path), stdin=subprocess.PIPE, stdout=err, stderr=err, env=self.env
-            )
+            proc = subprocess.Popen(_child_cmd(case, args_path, out_path), stdin=subprocess.PIPE,
+                                    stdout=err, stderr=err, env=self.env)
         try:
             deadline = time.monotonic() + self.timeout_s
             while not ready.exists():
@@ -165,12 +158,8 @@ def measure(config: BenchConfig, progress: Callable[[str], None] = lambda s: Non
     ckpt = cache / f"llama-{sum(s.nbytes for s in specs)}-{len(specs)}.safetensors"
     progress(f"checkpoint {ckpt}")
     write_checkpoint(ckpt, specs)
-    base = {
-        "specs": [[s.name, list(s.shape)] for s in specs],
-        "path": str(ckpt),
-        "model_name": f"peerload-bench/llama-{len(specs)}",
-        "timeout_s": config.timeout_s,
-    }
+    base = {"specs": [[s.name, list(s.shape)] for s in specs], "path": str(ckpt),
+            "model_name": f"peerload-bench/llama-{len(specs)}", "timeout_s": config.timeout_s}
     raw: dict[str, Runs] = {}
     groups = set(config.groups)
     server = serve(Settings.load(env={}), port=0) if groups & {"peerload", "setup"} else None
@@ -182,10 +171,8 @@ def measure(config: BenchConfig, progress: Callable[[str], None] = lambda s: Non
             if "limit" in groups:
                 plan += [("limit", "limit", {}), ("limit_prefault", "limit_prefault", {})]
             if "storage" in groups:
-                plan += [
-                    ("safetensors_warm", "safetensors_load", {"cold": False}),
-                    ("safetensors_cold", "safetensors_load", {"cold": True}),
-                ]
+                plan += [("safetensors_warm", "safetensors_load", {"cold": False}),
+                         ("safetensors_cold", "safetensors_load", {"cold": True})]
             for kind in config.transports if groups & {"peerload", "setup"} else ():
                 # One model name per transport: a target must only find the seed of its own kind.
                 own = {**coord, "transport": kind, "model_name": f"{base['model_name']}-{kind}"}
@@ -196,17 +183,16 @@ def measure(config: BenchConfig, progress: Callable[[str], None] = lambda s: Non
                     continue
                 run_args = {**own, "seed_ready": str(ready)}
                 if "peerload" in groups:
-                    plan += [
-                        (f"peerload_{kind}", "target", {**run_args, "verify": True}),
-                        (f"peerload_{kind}_noverify", "target", {**run_args, "verify": False}),
-                    ]
+                    plan += [(f"peerload_{kind}", "target", {**run_args, "verify": True}),
+                             (f"peerload_{kind}_noverify", "target", {**run_args, "verify": False})]
                 if "setup" in groups:
                     plan.append((f"setup_{kind}", "setup", run_args))
             if "modelexpress" in groups:
                 name = "modelexpress_nixl"
                 # Not imported here: its p2p_pb2 clashes with ours in protobuf's default pool.
                 if importlib.util.find_spec("modelexpress") is None:
-                    raw[name] = Runs(error="modelexpress is not installed (pip install --no-deps modelexpress==0.7.0)")
+                    raw[name] = Runs(error="modelexpress is not installed "
+                                           "(pip install --no-deps modelexpress==0.7.0)")
                 else:
                     try:
                         ready = seeds.enter_context(h.seed("mx_seed", base))
@@ -249,15 +235,9 @@ def summarise(raw: dict[str, Runs], config: BenchConfig, specs: Sequence[TensorS
             entry["error"] = r.error
         cases[name] = entry
     return {
-        "config": {
-            "size_gib": config.size_gib,
-            "bytes": nbytes,
-            "tensors": len(specs),
-            "largest_tensor_bytes": max(s.nbytes for s in specs),
-            "repeats": config.repeats,
-            "transports": list(config.transports),
-            "groups": list(config.groups),
-        },
+        "config": {"size_gib": config.size_gib, "bytes": nbytes, "tensors": len(specs),
+                   "largest_tensor_bytes": max(s.nbytes for s in specs), "repeats": config.repeats,
+                   "transports": list(config.transports), "groups": list(config.groups)},
         "machine": machine(),
         "cases": cases,
         "ratios": ratios(cases, config.transports),
@@ -308,22 +288,17 @@ def ratios(cases: dict[str, Any], transports: Sequence[str]) -> dict[str, Any]:
                 "p2p_cold_vs_modelexpress": _ratio(mx, p2p),
             }
     head = dict(per.get(transports[0], {})) if transports else {}
-    out: dict[str, Any] = {k: head.get(k) for k in (*TARGETS, "p2p_cold_to_limit_prefault", "p2p_cold_vs_warm_storage")}
-    out["p2p_noverify_vs_modelexpress"] = (
-        per.get(f"{transports[0]}_noverify", {}).get("p2p_cold_vs_modelexpress") if transports else None
-    )
+    out: dict[str, Any] = {k: head.get(k) for k in (*TARGETS, "p2p_cold_to_limit_prefault",
+                                                     "p2p_cold_vs_warm_storage")}
+    out["p2p_noverify_vs_modelexpress"] = per.get(f"{transports[0]}_noverify", {}).get(
+        "p2p_cold_vs_modelexpress") if transports else None
     out["setup_s"] = _median(cases, f"setup_{transports[0]}") if transports else None
     out["per_transport"] = per
-    targets = {
-        k: {"target": t, "value": out[k], "met": out[k] is not None and out[k] >= t, "what": what}
-        for k, (t, what) in TARGETS.items()
-    }
-    targets["setup_s"] = {
-        "target": SETUP_TARGET_S,
-        "value": out["setup_s"],
-        "met": out["setup_s"] is not None and out["setup_s"] <= SETUP_TARGET_S,
-        "what": "setup (agent, registration, handshake) <= 0.3 s",
-    }
+    targets = {k: {"target": t, "value": out[k], "met": out[k] is not None and out[k] >= t, "what": what}
+               for k, (t, what) in TARGETS.items()}
+    targets["setup_s"] = {"target": SETUP_TARGET_S, "value": out["setup_s"],
+                          "met": out["setup_s"] is not None and out["setup_s"] <= SETUP_TARGET_S,
+                          "what": "setup (agent, registration, handshake) <= 0.3 s"}
     out["targets"] = targets
     return out
 
@@ -340,14 +315,7 @@ def machine() -> dict[str, Any]:
         thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
     except OSError:
         pass
-    return {
-        "cpus": os.cpu_count(),
-        "memory_gib": round(mem / GiB, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "thp": thp,
-        "host": platform.node(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "loadavg_at_end": list(os.getloadavg()),
-    }
+    return {"cpus": os.cpu_count(), "memory_gib": round(mem / GiB, 1), "kernel": platform.release(),
+            "python": platform.python_version(), "torch": torch.__version__, "thp": thp,
+            "host": platform.node(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "loadavg_at_end": list(os.getloadavg())}

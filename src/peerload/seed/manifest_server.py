@@ -8,8 +8,8 @@ import grpc
 
 from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
 from peerload.errors import PeerloadError
-from peerload.manifest import Manifest
 from peerload.limits import MANIFEST_MAX_BYTES, SEED_MAX_REQUEST_BYTES
+from peerload.manifest import Manifest
 from peerload.wire import manifest_to_proto
 
 

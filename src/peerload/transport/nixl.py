@@ -217,7 +217,8 @@ class NixlTransport(Transport):
             return f"the NIXL serving thread of {self.name!r} died: {self._serve_error or 'no reason recorded'}"
         failing = self._polls_failing
         if failing is not None and time.monotonic() - failing[0] > _POLL_FAILING_BROKEN_S:
-            return f"NIXL notification polls of {self.name!r} failing for {time.monotonic() - failing[0]:.0f}s: {failing[1]}"
+            seconds = time.monotonic() - failing[0]
+            return f"NIXL notification polls of {self.name!r} failing for {seconds:.0f}s: {failing[1]}"
         return None
 
     def _serve(self) -> None:
