@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from peerload._process import ServeProcess, peerload_cmd, start_serve
 from peerload._process import free_port as free_port_now
 from peerload._process import redis_server as start_redis
 
@@ -85,45 +84,21 @@ def run_peerload() -> Callable[..., subprocess.CompletedProcess[str]]:
 
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, **(env or {})}
-        return subprocess.run([sys.executable, "-m", "peerload.cli.main", *args], capture_output=True,
-                              text=True, timeout=timeout, env=full_env, cwd=REPO)
+        return subprocess.run(peerload_cmd(*args), check=False, capture_output=True, text=True, timeout=timeout,
+                              env=full_env, cwd=REPO)
 
     return run
 
 
-class ServeProcess:
-    """A `peerload serve` subprocess; `.address` is HOST:PORT, `.stop()` sends SIGTERM and returns the exit code."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], address: str, log: Path) -> None:
-        self.proc = proc
-        self.address = address
-        self.log = log
-
-    def stop(self, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        return self.proc.wait(timeout=timeout)
-
-
 @pytest.fixture
 def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
-    """start(*serve_args) -> ServeProcess of `peerload serve --host 127.0.0.1 --port <free> ARGS`, ready to answer."""
+    """start(*serve_args, port=None) -> ServeProcess (`peerload serve --host 127.0.0.1 ARGS`), ready to answer."""
     started: list[ServeProcess] = []
 
     def start(*args: str, port: int | None = None, timeout: float = 30) -> ServeProcess:
-        port = port or free_port_now()
-        log = tmp_path / f"serve-{port}-{len(started)}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "peerload.cli.main", "serve", "--host", "127.0.0.1",
-                                     "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-        server = ServeProcess(proc, f"127.0.0.1:{port}", log)
+        log = tmp_path / f"serve-{len(started)}.log"
+        server = start_serve(*args, log=log, port=port, timeout_s=timeout, cwd=REPO)
         started.append(server)
-        deadline = time.monotonic() + timeout
-        while "listening on" not in log.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                server.stop()
-                raise RuntimeError(f"peerload serve did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.05)
         return server
 
     yield start

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
+from peerload._process import write_ready_file
 from peerload.bench.checkpoint import TensorSpec, empty_like_specs, make_tensors
+from peerload.transport.ucx_env import UCX_DEFAULTS
 
 Args = dict[str, Any]
 CASES: dict[str, Callable[[Args], dict[str, Any]]] = {}
@@ -54,35 +56,29 @@ def _settings(args: Args) -> Any:
                          verify_checksums=args.get("verify", True), storage_fallback=False)
 
 
-def _serve_until_stdin_closes() -> None:
-    sys.stdin.read()
+def _serve(args: Args, ready: dict[str, Any], close: Callable[[], None]) -> dict[str, Any]:
+    """Write the seed's ready file, serve until stdin closes (the runner's stop), then `close`."""
+    try:
+        write_ready_file(Path(args["ready"]), ready)
+        sys.stdin.read()
+    finally:
+        close()
+    return {}
 
 
 # -- the limit --------------------------------------------------------------------------------
 
 @case
 def limit(args: Args) -> dict[str, Any]:
-    """Allocate fresh memory and copy the same bytes into it, in one process (torch, all threads)."""
-    specs = _specs(args)
-    src = make_tensors(specs)
-    started = time.perf_counter()
-    dst = empty_like_specs(specs)
-    for name, t in src.items():
-        dst[name].copy_(t)
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds}
-
-
-@case
-def limit_prefault(args: Args) -> dict[str, Any]:
-    """The limit with peerload's parallel prefault (huge pages) before the copy: a stricter bound."""
+    """Allocate fresh memory and copy the same bytes in, one process; `prefault` first: a stricter bound."""
     from peerload.transport import prefault
 
     specs = _specs(args)
     src = make_tensors(specs)
     started = time.perf_counter()
     dst = empty_like_specs(specs)
-    prefault(dst.values())
+    if args.get("prefault"):
+        prefault(dst.values())
     for name, t in src.items():
         dst[name].copy_(t)
     return {"seconds": time.perf_counter() - started}
@@ -154,13 +150,8 @@ def seed(args: Args) -> dict[str, Any]:
 
     tensors = make_tensors(_specs(args))
     pub = publish(tensors, _identity(args), settings=_settings(args))
-    Path(args["ready"]).write_text(json.dumps(
-        {"worker_id": pub.worker_id, "checksums": {r.name: r.checksum for r in pub.manifest.regions}}))
-    try:
-        _serve_until_stdin_closes()
-    finally:
-        pub.close()
-    return {}
+    return _serve(args, {"worker_id": pub.worker_id,
+                         "checksums": {r.name: r.checksum for r in pub.manifest.regions}}, pub.close)
 
 
 @case
@@ -179,13 +170,28 @@ def target(args: Args) -> dict[str, Any]:
     return {"seconds": seconds, "phases": result.seconds, "bytes_ok": _region_sums(dst) == expected}
 
 
+def _seed_record(settings: Any, identity: Any) -> Any:
+    """The READY seed's coordinator record (one seed per model name in a bench run)."""
+    from peerload.client import CoordinatorClient, SourceStatus
+
+    with CoordinatorClient(settings.coordinator) as client:
+        ref = client.list_sources(identity, status=SourceStatus.READY)[0]
+        record = client.get_metadata(ref.mx_source_id, ref.worker_id)
+    assert record is not None
+    return record
+
+
+def _endpoint(record: Any) -> Any:
+    from peerload.transport import EndpointInfo
+
+    return EndpointInfo(record.agent_name, record.nixl_metadata, record.transfer_engine_session_id)
+
+
 @case
 def setup(args: Args) -> dict[str, Any]:
     """Setup alone in a fresh process: transport creation, registration, handshake (connect)."""
-    from peerload.client import CoordinatorClient, SourceStatus
     from peerload.tensors import collect
-    from peerload.seed.publisher import make_transport
-    from peerload.transport.base import EndpointInfo
+    from peerload.transport import make_transport
 
     settings, identity = _settings(args), _identity(args)
     t0 = time.perf_counter()
@@ -194,16 +200,44 @@ def setup(args: Args) -> dict[str, Any]:
     dst = empty_like_specs(_specs(args))
     transport.register(collect(dst).regions)
     t2 = time.perf_counter()
-    with CoordinatorClient(settings.coordinator) as client:
-        ref = client.list_sources(identity, status=SourceStatus.READY)[0]
-        record = client.get_metadata(ref.mx_source_id, ref.worker_id)
+    record = _seed_record(settings, identity)
     t3 = time.perf_counter()
-    assert record is not None
-    transport.connect(EndpointInfo(record.agent_name, record.nixl_metadata, record.transfer_engine_session_id))
+    transport.connect(_endpoint(record))
     t4 = time.perf_counter()
     transport.close()
     return {"seconds": (t2 - t0) + (t4 - t3), "agent": t1 - t0, "register": t2 - t1, "discover": t3 - t2,
             "connect": t4 - t3}
+
+
+@case
+def wire(args: Args) -> dict[str, Any]:
+    """The transport alone: READ every tensor from the seed into resident memory (no faults, no hashing)."""
+    from peerload.seed_client import fetch_manifest
+    from peerload.tensors import collect
+    from peerload.transport import ReadOp, make_transport, prefault
+
+    settings, identity = _settings(args), _identity(args)
+    ready = json.loads(Path(args["seed_ready"]).read_text())
+    dst = empty_like_specs(_specs(args))
+    prefault(dst.values())  # resident pages: the timed read pays for the wire, not for page faults
+    record = _seed_record(settings, identity)
+    remote = fetch_manifest(record.worker_grpc_endpoint, ready["worker_id"], settings.rpc_timeout_s).region_map()
+    regions = collect(dst).regions
+    ops = [ReadOp(remote[n].addr, flat.data_ptr(), remote[n].size) for n, flat in regions.items()]
+    transport = make_transport(settings, f"bench-wire-{os.getpid()}")
+    try:
+        transport.register(regions)
+        peer = _endpoint(record)
+        transport.connect(peer)
+        # The first read also sets up the connection lazily; the second is the wire's steady rate.
+        t0 = time.perf_counter()
+        transport.read(peer, ops, timeout_s=args["timeout_s"])
+        t1 = time.perf_counter()
+        transport.read(peer, ops, timeout_s=args["timeout_s"])
+        t2 = time.perf_counter()
+    finally:
+        transport.close()
+    return {"seconds": t2 - t1, "first_read": t1 - t0, "bytes_ok": _region_sums(dst) == ready["checksums"]}
 
 
 # -- the official ModelExpress client -----------------------------------------------------------
@@ -248,16 +282,11 @@ def mx_seed(args: Args) -> dict[str, Any]:
     tensors = make_tensors(_specs(args))
     manager = _mx_manager(f"mx-seed-{os.getpid()}")
     metadata = manager.register_tensors(tensors)
-    Path(args["ready"]).write_text(json.dumps({
+    return _serve(args, {
         "metadata": base64.b64encode(metadata).decode(),
         "tensors": [[d.name, d.addr, d.size, d.device_id, d.dtype] for d in manager.tensor_descriptors],
         "checksums": _region_sums(tensors),
-    }))
-    try:
-        _serve_until_stdin_closes()
-    finally:
-        manager.shutdown()
-    return {}
+    }, manager.shutdown)
 
 
 @case
@@ -285,7 +314,9 @@ def mx_target(args: Args) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     name, args_path, out_path = argv
     args = json.loads(Path(args_path).read_text())
-    os.environ.setdefault("UCX_MODULES", "^ib")  # else UCX processes segfault at exit here
+    # ModelExpress runs as shipped but for this one setting: without it every UCX process
+    # segfaults at exit here. peerload's transports apply all of UCX_DEFAULTS themselves.
+    os.environ.setdefault("UCX_MODULES", UCX_DEFAULTS["UCX_MODULES"])
     result = CASES[name](args)
     Path(out_path).write_text(json.dumps(result))
     return 0

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +75,7 @@ def write_checkpoint(path: Path, specs: list[TensorSpec]) -> Path:
     """Write (or reuse) a safetensors file of `specs`, fsynced so its pages can be evicted."""
     from safetensors.torch import save_file
 
-    if path.exists() and _header_layout(path) == sorted((s.name, list(s.shape)) for s in specs):
+    if _has_layout(path, specs):
         return path
     tmp = path.with_suffix(".tmp")
     save_file(make_tensors(specs), str(tmp), metadata={"generator": "peerload bench"})
@@ -87,11 +85,16 @@ def write_checkpoint(path: Path, specs: list[TensorSpec]) -> Path:
     return path
 
 
-def _header_layout(path: Path) -> list[tuple[str, list[int]]]:
+def _has_layout(path: Path, specs: list[TensorSpec]) -> bool:
+    """Whether `path` is a safetensors file holding exactly `specs` (a cached checkpoint to reuse)."""
+    from safetensors import SafetensorError
+
+    from peerload.adapters.hf import checkpoint_layout
+
+    if not path.is_file():
+        return False
     try:
-        with open(path, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-    except (OSError, ValueError, struct.error):
-        return []
-    return sorted((k, v["shape"]) for k, v in header.items() if k != "__metadata__")
+        layout = checkpoint_layout(path)
+    except (OSError, ValueError, SafetensorError):  # unreadable or not safetensors: write it anew
+        return False
+    return layout == {s.name: (s.shape, torch.bfloat16) for s in specs}

@@ -11,17 +11,18 @@ import multiprocessing as mp
 import os
 import random
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from peerload._process import free_port, redis_server, stop_process, wait_port
+from peerload._process import ServeProcess, redis_server, start_serve
+from peerload.errors import PeerloadError
 
 RPCS = ("ListSources", "UpdateStatus")
 
@@ -38,20 +39,18 @@ class ControlPlaneConfig:
 
 
 @contextmanager
-def coordinator(store: str, redis_url: str | None) -> Iterator[tuple[str, subprocess.Popen]]:
+def coordinator(store: str, redis_url: str | None) -> Iterator[ServeProcess]:
     """`peerload serve` in its own process; heartbeats never expire during the run."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "peerload.cli.main", "serve", "--port", str(port), "--store", store,
-           "--heartbeat-timeout", "3600", "--gc-timeout", "7200"]
+    args = ["--store", store, "--heartbeat-timeout", "3600", "--gc-timeout", "7200"]
     if redis_url:
-        cmd += ["--redis-url", redis_url]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PEERLOAD_HEARTBEAT_INTERVAL_S": "1"})
-    try:
-        wait_port(port, proc, "peerload serve")
-        yield f"127.0.0.1:{port}", proc
-    finally:
-        stop_process(proc)
+        args += ["--redis-url", redis_url]
+    with tempfile.TemporaryDirectory(prefix="peerload-cp-") as tmp:
+        server = start_serve(*args, log=Path(tmp) / "serve.log",
+                             env={**os.environ, "PEERLOAD_HEARTBEAT_INTERVAL_S": "1"})
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 def _identity(i: int) -> Any:
@@ -185,18 +184,18 @@ def run_control_plane(config: ControlPlaneConfig, progress: Callable[[str], None
         progress(f"control plane: store={store}")
         entry: dict[str, Any] = {}
         try:
-            with _maybe_redis(store) as redis_url, coordinator(store, redis_url) as (address, proc):
+            with _maybe_redis(store) as redis_url, coordinator(store, redis_url) as server:
                 t0 = time.perf_counter()
-                workers = register_workers(address, config)
+                workers = register_workers(server.address, config)
                 entry["register_s"] = time.perf_counter() - t0
-                entry["coordinator_rss_mib"] = _rss_mib(proc.pid)
+                entry["coordinator_rss_mib"] = _rss_mib(server.proc.pid)
                 if redis_url:
                     entry["redis_used_mib"] = _redis_used_mib(redis_url)
                 for rpc in RPCS:
                     progress(f"control plane: store={store} {rpc} x{config.clients} for {config.duration_s:g}s")
-                    entry[rpc] = drive(address, rpc, config, workers)
-                entry["coordinator_rss_mib_after"] = _rss_mib(proc.pid)
-        except RuntimeError as exc:
+                    entry[rpc] = drive(server.address, rpc, config, workers)
+                entry["coordinator_rss_mib_after"] = _rss_mib(server.proc.pid)
+        except (RuntimeError, PeerloadError) as exc:
             entry["error"] = str(exc)
         results["stores"][store] = entry
     return results

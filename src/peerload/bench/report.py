@@ -1,4 +1,4 @@
-"""Presenting bench results: a rich table, a PNG bar chart, a markdown table."""
+"""Presenting bench results: rich tables and a PNG bar chart."""
 
 from __future__ import annotations
 
@@ -19,7 +19,13 @@ LABELS = {
     "modelexpress_nixl": "modelexpress 0.7.0 NIXL (no checksums)",
     "setup_nixl": "setup only: nixl agent+reg+connect",
     "setup_transfer_engine": "setup only: mooncake engine+reg+connect",
+    "wire_nixl": "wire only: nixl READ into resident memory",
+    "wire_transfer_engine": "wire only: mooncake READ into resident memory",
 }
+
+
+# Cases that time one part of a load (setup, or the read alone), not a whole load from a fresh start.
+_PARTS = ("setup_", "wire_")
 
 
 def label(name: str) -> str:
@@ -41,37 +47,23 @@ def table(results: dict[str, Any]) -> Table:
         if "median" not in c:
             t.add_row(label(name), "[red]failed[/]", "", "", "", c.get("error", "")[:60])
             continue
-        setup = name.startswith("setup_")
+        setup, part = name.startswith("setup_"), name.startswith(_PARTS)
         t.add_row(label(name), f"{c['median']:.3f}", f"{c['min']:.3f}", f"{c['max']:.3f}",
                   "" if setup else f"{c['gbps']:.2f}",
-                  "" if setup or not limit else f"{limit / c['median']:.2f}")
+                  "" if part or not limit else f"{limit / c['median']:.2f}")
     return t
 
 
-def targets_table(results: dict[str, Any]) -> Table:
-    t = Table(title="issue 5 targets")
-    for col in ("target", "measured", "goal", "met"):
+def goals_table(results: dict[str, Any]) -> Table:
+    """Each performance goal, the measured value and whether this run met it."""
+    t = Table(title="performance goals")
+    for col in ("goal", "measured", "needed", "met"):
         t.add_column(col)
-    for name, tgt in results["ratios"]["targets"].items():
-        value = "n/a" if tgt["value"] is None else f"{tgt['value']:.2f}"
-        goal = f"<= {tgt['target']}" if name == "setup_s" else f">= {tgt['target']}"
-        t.add_row(tgt["what"], value, goal, "[green]yes[/]" if tgt["met"] else "[red]no[/]")
+    for name, g in results["ratios"]["goals"].items():
+        value = "n/a" if g["value"] is None else f"{g['value']:.2f}"
+        needed = f"<= {g['goal']} s" if name == "setup_s" else f">= {g['goal']}"
+        t.add_row(g["what"], value, needed, "[green]yes[/]" if g["met"] else "[red]no[/]")
     return t
-
-
-def markdown(results: dict[str, Any]) -> str:
-    """The results table as GitHub markdown (for docs/performance.md)."""
-    limit = results["cases"].get("limit", {}).get("median")
-    lines = ["| case | median s | min s | max s | GB/s | x limit |", "|---|---:|---:|---:|---:|---:|"]
-    for name, c in _rows(results):
-        if "median" not in c:
-            lines.append(f"| {label(name)} | failed: {c.get('error', '')[:80]} | | | | |")
-            continue
-        setup = name.startswith("setup_")
-        gbps = "" if setup else f"{c['gbps']:.2f}"
-        xl = "" if setup or not limit else f"{limit / c['median']:.2f}"
-        lines.append(f"| {label(name)} | {c['median']:.3f} | {c['min']:.3f} | {c['max']:.3f} | {gbps} | {xl} |")
-    return "\n".join(lines)
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
@@ -81,7 +73,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(n, c) for n, c in _rows(results) if "median" in c and not n.startswith("setup_")]
+    rows = [(n, c) for n, c in _rows(results) if "median" in c and not n.startswith(_PARTS)]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4), dpi=90)
     ys = range(len(rows))
     med = [c["median"] for _, c in rows]
@@ -102,39 +94,3 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def targets_markdown(results: dict[str, Any]) -> str:
-    lines = ["| target | measured | goal | met |", "|---|---:|---:|:---:|"]
-    for name, tgt in results["ratios"]["targets"].items():
-        value = "n/a" if tgt["value"] is None else f"{tgt['value']:.2f}"
-        goal = f"<= {tgt['target']} s" if name == "setup_s" else f">= {tgt['target']}"
-        lines.append(f"| {tgt['what']} | {value} | {goal} | {'yes' if tgt['met'] else 'no'} |")
-    return "\n".join(lines)
-
-
-def control_plane_markdown(results: dict[str, Any]) -> str:
-    lines = ["| store | RPC | calls/s | p50 ms | p99 ms | errors | coordinator RSS MiB | Redis used MiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for store, e in results["stores"].items():
-        if "error" in e:
-            lines.append(f"| {store} | failed: {e['error']} | | | | | | |")
-            continue
-        for rpc in ("ListSources", "UpdateStatus"):
-            r = e[rpc]
-            redis_mib = e.get("redis_used_mib")
-            lines.append(f"| {store} | {rpc} | {r.get('rps', 0):.0f} | {r.get('p50_ms', 0):.2f} | "
-                         f"{r.get('p99_ms', 0):.2f} | {r['errors']} | {e.get('coordinator_rss_mib_after') or 0:.0f} | "
-                         f"{'' if redis_mib is None else f'{redis_mib:.1f}'} |")
-    return "\n".join(lines)
-
-
-def scaling_markdown(results: dict[str, Any]) -> str:
-    names = ("limit", "safetensors_cold", f"peerload_{results['transport']}")
-    lines = ["| GiB | " + " | ".join(f"{label(n)}: median s (s/GiB)" for n in names) + " |",
-             "|---:|" + "---:|" * len(names)]
-    for p in results["points"]:
-        cells = [f"{p[n]['median']:.2f} ({p[n]['median'] / p['size_gib']:.2f})" if "median" in p.get(n, {})
-                 else "failed" for n in names]
-        lines.append(f"| {p['size_gib']:.2f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

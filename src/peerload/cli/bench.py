@@ -26,7 +26,7 @@ def bench(
     tensors: Annotated[int, typer.Option(help="About this many tensors (Llama-like mix).", min=12)] = 500,
     transport: Annotated[str, typer.Option(help="nixl, transfer_engine, a comma list, or all.")] = "all",
     repeats: Annotated[int, typer.Option(help="Fresh processes per case.", min=1)] = 3,
-    cases: Annotated[str, typer.Option(help="limit,storage,peerload,setup,modelexpress or all.")] = "all",
+    cases: Annotated[str, typer.Option(help="limit,storage,peerload,setup,wire,modelexpress or all.")] = "all",
     scaling: Annotated[str, typer.Option(help="Comma list of GiB sizes: cold-load scaling curve "
                                               "(limit, cold safetensors, P2P verified).")] = "",
     control_plane: Annotated[bool, typer.Option("--control-plane", help="Benchmark the coordinator "
@@ -40,7 +40,8 @@ def bench(
 ) -> None:
     """Measure a cold P2P load against the copy limit, safetensors (warm/cold) and ModelExpress."""
     from peerload.bench import report
-    from peerload.bench.runner import GROUPS, TRANSPORTS, BenchConfig
+    from peerload.bench.runner import GROUPS, BenchConfig
+    from peerload.components import TRANSPORTS
 
     console = Console(stderr=json_out)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,7 @@ def bench(
         _emit(console, json_out, results, [table(results)], [path], started)
         return
     config = BenchConfig(size_gib=size_gib, tensors=tensors, repeats=repeats, out=out,
-                         transports=_split(transport, TRANSPORTS, "--transport"),
+                         transports=_split(transport, tuple(TRANSPORTS), "--transport"),
                          groups=_split(cases, GROUPS, "--cases"))
     if scaling:
         from peerload.bench.scaling import run_scaling, scaling_table
@@ -79,7 +80,7 @@ def bench(
     paths = [path]
     if plot:
         paths.append(report.plot(results, out / "bench.png"))
-    _emit(console, json_out, results, [report.table(results), report.targets_table(results)], paths, started)
+    _emit(console, json_out, results, [report.table(results), report.goals_table(results)], paths, started)
 
 
 def _emit(console: Console, json_out: bool, results: dict, tables: list, paths: list[Path],
