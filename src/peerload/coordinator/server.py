@@ -40,7 +40,13 @@ class CoordinatorServer:
         self.port = 0  # bound by start()
         # Port of the Prometheus /metrics endpoint, when one was asked for.
         self.metrics_port: int | None = None
-        self.registry = Registry(store, settings.heartbeat_timeout_s, settings.gc_timeout_s)
+        self.registry = Registry(
+            store,
+            settings.heartbeat_timeout_s,
+            settings.gc_timeout_s,
+            max_workers_per_source=settings.max_workers_per_source,
+            max_tensors_per_worker=settings.max_tensors_per_worker,
+        )
         self._metrics = CoordinatorMetrics(self.registry)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="peerload-rpc"),

@@ -5,20 +5,30 @@ from __future__ import annotations
 from concurrent import futures
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
+from peerload._gen.peerload.v1 import seed_pb2
 from peerload.errors import PeerloadError
 from peerload.limits import MANIFEST_MAX_BYTES, SEED_MAX_REQUEST_BYTES
 from peerload.manifest import Manifest
 from peerload.wire import manifest_to_proto
 
+SERVICE = seed_pb2.DESCRIPTOR.services_by_name["SeedService"].full_name
 
-class _Servicer(seed_pb2_grpc.SeedServiceServicer):
+
+class _Servicer:
+    """GetManifest over raw bytes: undecodable requests get INVALID_ARGUMENT, not INTERNAL."""
+
     def __init__(self, manifest: Manifest) -> None:
         self._manifest = manifest
-        self._reply = manifest_to_proto(manifest)
+        self._reply = manifest_to_proto(manifest).SerializeToString()
 
-    def GetManifest(self, request: seed_pb2.GetManifestRequest, context: grpc.ServicerContext) -> seed_pb2.Manifest:
+    def get_manifest(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        request = seed_pb2.GetManifestRequest()
+        try:
+            request.ParseFromString(data)
+        except DecodeError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid GetManifestRequest: {exc}")
         if request.worker_id and request.worker_id != self._manifest.worker_id:
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
@@ -26,17 +36,22 @@ class _Servicer(seed_pb2_grpc.SeedServiceServicer):
             )
         return self._reply
 
+    def handler(self) -> grpc.GenericRpcHandler:
+        method = grpc.unary_unary_rpc_method_handler(self.get_manifest)  # bytes in, bytes out
+        return grpc.method_handlers_generic_handler(SERVICE, {"GetManifest": method})
+
 
 class ManifestServer:
     """Serves one manifest on HOST:<free port>; `endpoint` is what goes into WorkerMetadata."""
 
     def __init__(self, manifest: Manifest, host: str = "127.0.0.1", port: int = 0) -> None:
+        # Larger requests are refused with RESOURCE_EXHAUSTED by gRPC itself, before any parsing.
         options = [
             ("grpc.max_send_message_length", MANIFEST_MAX_BYTES),
             ("grpc.max_receive_message_length", SEED_MAX_REQUEST_BYTES),
         ]
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
-        seed_pb2_grpc.add_SeedServiceServicer_to_server(_Servicer(manifest), self._server)
+        self._server.add_generic_rpc_handlers((_Servicer(manifest).handler(),))
         bound = self._server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
             raise PeerloadError(f"manifest server could not bind {host}:{port}")
