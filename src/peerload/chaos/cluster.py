@@ -1,4 +1,4 @@
-"""Real processes to inject faults into: `peerload serve` on a fixed port, `peerload seed` children.
+"""Real processes to inject faults into: `peerload serve` and redis-server on fixed ports, seeds.
 
 Every wait is bounded; every process is stopped by `close()`, whatever happened to it.
 """
@@ -8,69 +8,91 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
-from peerload._process import stop_process, wait_port, wait_ready_file
+from peerload._process import ServeProcess, peerload_cmd, spawn, start_redis, start_serve, stop_process, wait_ready_file
 from peerload.client import CoordinatorClient, SourceStatus
 from peerload.errors import CoordinatorError
 from peerload.identity import SourceIdentity
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "peerload.cli.main", *args]
-
-
 class CoordinatorProcess:
-    """`peerload serve` on 127.0.0.1:`port`; `restart()` kills it and starts a new one on that port."""
+    """`peerload serve` on 127.0.0.1:`port`; `restart()` SIGKILLs it and starts a new one there."""
 
-    def __init__(self, port: int, log_dir: Path, *, store: str = "memory", redis_url: str = "", **env: str) -> None:
+    def __init__(self, port: int, log_dir: Path, *serve_args: str, env: Mapping[str, str] | None = None) -> None:
         self.port = port
         self.address = f"127.0.0.1:{port}"
-        self.store = store
-        self.redis_url = redis_url
+        self._args = serve_args
         self._log_dir = log_dir
-        self._env = {**os.environ, **env}
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._env = {**os.environ, **(env or {})}
+        self._serve: ServeProcess | None = None
         self.starts = 0
 
-    def start(self, timeout_s: float = 30) -> None:
-        """Start and wait until it accepts connections."""
-        args = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--store", self.store]
-        if self.redis_url:
-            args += ["--redis-url", self.redis_url]
-        log = open(self._log_dir / f"coordinator-{self.port}-{self.starts}.log", "wb")
-        self._proc = subprocess.Popen(_cli(*args), stdout=log, stderr=subprocess.STDOUT, env=self._env)
-        log.close()
+    def start(self) -> None:
+        """Start it and wait until it listens."""
+        log = self._log_dir / f"coordinator-{self.port}-{self.starts}.log"
         self.starts += 1
-        wait_port(self.port, self._proc, "peerload serve", timeout_s)
+        self._serve = start_serve(*self._args, log=log, port=self.port, env=self._env)
 
     def kill(self) -> None:
-        """SIGKILL: the coordinator loses whatever it held in memory."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(10)
+        """SIGKILL: whatever it held in memory is lost."""
+        if self._serve is not None and self._serve.proc.poll() is None:
+            self._serve.proc.kill()
+            self._serve.proc.wait(10)
 
     def restart(self) -> None:
         self.kill()
         self.start()
 
     def close(self) -> None:
+        if self._serve is not None:
+            self._serve.stop(timeout_s=5)
+
+
+class RedisProcess:
+    """A redis-server on a fixed port; `restart()` replaces it with an empty one on that port."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._workdir = workdir
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = start_redis(self.port, self._workdir)
+
+    def stop(self) -> None:
         if self._proc is not None:
             stop_process(self._proc, timeout_s=5)
+            self._proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    close = stop
 
 
 class SeedProcess:
     """A `peerload seed PATH` child: READY once `start()` returns; signals go to its pid."""
 
-    def __init__(self, path: Path, model_name: str, coordinator: str, log_dir: Path, *args: str, **env: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        model_name: str,
+        coordinator: str,
+        log_dir: Path,
+        *seed_args: str,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.path = path
         self.model_name = model_name
         self.coordinator = coordinator
-        self._args = args
+        self._args = seed_args
         self._log_dir = log_dir
-        self._env = {**os.environ, **env}
+        self._env = {**os.environ, **(env or {})}
         self._proc: subprocess.Popen[bytes] | None = None
         self.worker_id = ""
         self.source_id = ""
@@ -79,11 +101,8 @@ class SeedProcess:
     def start(self, timeout_s: float = 90) -> SeedProcess:
         ready = self._log_dir / f"seed-{time.monotonic_ns()}.ready"
         args = ["seed", str(self.path), "--model-name", self.model_name, "--coordinator", self.coordinator]
-        log = open(ready.with_suffix(".log"), "wb")
-        self._proc = subprocess.Popen(
-            _cli(*args, "--ready-file", str(ready), *self._args), stdout=log, stderr=subprocess.STDOUT, env=self._env
-        )
-        log.close()
+        cmd = peerload_cmd(*args, "--ready-file", str(ready), *self._args)
+        self._proc = spawn(cmd, ready.with_suffix(".log"), env=self._env)
         info = wait_ready_file(self._proc, ready, timeout_s)
         self.worker_id, self.source_id, self.pid = info["worker_id"], info["source_id"], info["pid"]
         return self
