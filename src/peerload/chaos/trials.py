@@ -248,11 +248,13 @@ def coordinator_restart(cluster: Cluster, rng: random.Random) -> Trial:
             trial.injected = True
 
         cluster.load(trial, _at_random_point(rng, during))
-    if trial.injected:
-        worker.join()
-        trial.recover_s = restarted[0] if restarted else None
-        if trial.recover_s is None:
-            trial.notes.append("seeds not READY again within the bound")
+    if not trial.injected:  # the load finished before the chosen point: restart anyway
+        worker.start()
+        trial.injected = True
+    worker.join()
+    trial.recover_s = restarted[0] if restarted else None
+    if trial.recover_s is None:
+        trial.notes.append("seeds not READY again within the bound")
     return trial
 
 
