@@ -85,16 +85,23 @@ def compare_layout(
 _ADDRESS_LIMIT = 1 << 64  # addr + size of a region must fit the 64-bit address space
 
 
+def _name_problem(where: str, name: str, seen: set[str], what: str) -> tuple[str, str] | None:
+    if not name:
+        return f"{where}.name", "is empty"
+    if name in seen:
+        return f"{where}.name", f"repeats {what} {name!r}"
+    seen.add(name)
+    return None
+
+
 def manifest_problem(m: Manifest) -> tuple[str, str] | None:
     """The first malformed field of a manifest as (field, problem); None if it is well-formed."""
     regions: set[str] = set()
     for i, r in enumerate(m.regions):
         where = f"regions[{i}]"
-        if not r.name:
-            return f"{where}.name", "is empty"
-        if r.name in regions:
-            return f"{where}.name", f"repeats region {r.name!r}"
-        regions.add(r.name)
+        problem = _name_problem(where, r.name, regions, "region")
+        if problem:
+            return problem
         if r.size and not r.addr:
             return f"{where}.addr", f"is 0 for a region of {r.size} bytes"
         if r.addr + r.size > _ADDRESS_LIMIT:
@@ -102,11 +109,9 @@ def manifest_problem(m: Manifest) -> tuple[str, str] | None:
     names: set[str] = set()
     for i, t in enumerate(m.tensors):
         where = f"tensors[{i}]"
-        if not t.name:
-            return f"{where}.name", "is empty"
-        if t.name in names:
-            return f"{where}.name", f"repeats tensor {t.name!r}"
-        names.add(t.name)
+        problem = _name_problem(where, t.name, names, "tensor")
+        if problem:
+            return problem
         if t.region not in regions:
             return f"{where}.region", f"names no region of this manifest ({t.region!r})"
         if any(n < 0 for n in t.shape):

@@ -226,65 +226,47 @@ def seed_sigstop(cluster: Cluster, rng: random.Random) -> Trial:
     return trial
 
 
-def coordinator_restart(cluster: Cluster, rng: random.Random) -> Trial:
-    """SIGKILL the coordinator and start a new one on its port, before or during a load."""
+def _restart_during_load(
+    cluster: Cluster, rng: random.Random, restart: Callable[[], None], before_load_share: float
+) -> Trial:
+    """Run `restart` at a random point of a load (or just before it); time until seeds are READY."""
     cluster.ensure_seeds()
     trial = Trial()
-    restarted: list[float | None] = []
+    recovered: list[float | None] = []
 
-    def restart() -> None:
-        cluster.coordinator.restart()
-        restarted.append(cluster.seconds_until_seeds_ready())
+    def run() -> None:
+        restart()
+        recovered.append(cluster.seconds_until_seeds_ready())
 
-    worker = threading.Thread(target=restart, name="chaos-restart")
-    if rng.random() < 0.25:  # the target starts while the coordinator is gone or restarting
+    worker = threading.Thread(target=run, name="chaos-restart")
+
+    def inject(event: Progress | None = None) -> None:
         worker.start()
         trial.injected = True
+
+    if rng.random() < before_load_share:  # the target starts while the service is gone or restarting
+        inject()
         cluster.load(trial)
     else:
-
-        def during(event: Progress) -> None:
-            worker.start()
-            trial.injected = True
-
-        cluster.load(trial, _at_random_point(rng, during))
-    if not trial.injected:  # the load finished before the chosen point: restart anyway
-        worker.start()
-        trial.injected = True
+        cluster.load(trial, _at_random_point(rng, inject))
+        if not trial.injected:  # the load finished before the chosen point: restart anyway
+            inject()
     worker.join()
-    trial.recover_s = restarted[0] if restarted else None
+    trial.recover_s = recovered[0] if recovered else None
     if trial.recover_s is None:
         trial.notes.append("seeds not READY again within the bound")
     return trial
+
+
+def coordinator_restart(cluster: Cluster, rng: random.Random) -> Trial:
+    """SIGKILL the coordinator and start a new one on its port, before or during a load."""
+    return _restart_during_load(cluster, rng, cluster.coordinator.restart, before_load_share=0.25)
 
 
 def redis_restart(cluster: Cluster, rng: random.Random) -> Trial:
     """Replace the coordinator's redis-server with an empty one on its port, during a load."""
     assert cluster.redis is not None
-    redis = cluster.redis
-    cluster.ensure_seeds()
-    trial = Trial()
-    restarted: list[float | None] = []
-
-    def restart() -> None:
-        redis.restart()
-        restarted.append(cluster.seconds_until_seeds_ready())
-
-    worker = threading.Thread(target=restart, name="chaos-redis-restart")
-
-    def during(event: Progress) -> None:
-        worker.start()
-        trial.injected = True
-
-    cluster.load(trial, _at_random_point(rng, during))
-    if not trial.injected:  # the load finished before the chosen point: restart anyway
-        worker.start()
-        trial.injected = True
-    worker.join()
-    trial.recover_s = restarted[0] if restarted else None
-    if trial.recover_s is None:
-        trial.notes.append("seeds not READY again within the bound")
-    return trial
+    return _restart_during_load(cluster, rng, cluster.redis.restart, before_load_share=0.0)
 
 
 def _flip_byte(pid: int, addr: int) -> None:
