@@ -81,7 +81,8 @@ class Publisher:
         self._beats = self._heartbeat_client()
         self._unhealthy: str | None = None  # the transport's last complaint, if any
         self._unreachable_since: float | None = None
-        self.republished = 0  # times the coordinator had forgotten us and we published again
+        # How often the coordinator had forgotten this worker and it published itself again.
+        self.republished = 0
         try:
             self.transport = transport or make_transport(settings, self.worker_id)
             if register:
@@ -138,19 +139,15 @@ class Publisher:
         delay = interval
         while not self._closed.wait(delay):
             try:
-                self.beat()
+                self._beat()
                 backoff.reset()
                 delay = interval
             except CoordinatorError as exc:
                 delay = backoff.next()
                 self._beat_failed(exc, delay)
 
-    def beat(self) -> SourceStatus:
-        """One heartbeat: READY, or STALE while the transport is broken; publish again if forgotten.
-
-        Raises:
-            CoordinatorError: the coordinator refused or could not take the beat.
-        """
+    def _beat(self) -> SourceStatus:
+        """One beat (READY, or STALE while the transport is broken); raises CoordinatorError."""
         status = self._status()
         known = self._beats.update_status(self.source_id, self.worker_id, self.rank, status)
         if not known:
