@@ -125,6 +125,7 @@ class FaultResult:
     recover_s: dict[str, float] = field(default_factory=dict)  # median, p95, max
     seconds: float = 0.0
     codes: dict[str, int] = field(default_factory=dict)  # fuzzing: answers by status code
+    events: dict[str, int] = field(default_factory=dict)  # what the loads ran into, trials each
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -140,6 +141,8 @@ class FaultResult:
         self.failed_cleanly += trial.outcome == "failed" and not trial.half_loaded
         self.corrupted += trial.corrupted
         self.half_loaded += trial.half_loaded
+        for event in trial.saw():
+            self.events[event] = self.events.get(event, 0) + 1
         for note in trial.notes:
             if note not in self.notes:
                 self.notes.append(note)
@@ -305,6 +308,13 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"| {f['what']} | {trials} | {f['faults_injected']} | {f['from_peers']} | {f['from_storage']} | "
             f"{f['failed_cleanly']} | {f['corrupted'] + f['half_loaded']} | {recovered} |"
         )
+    seen = [
+        f"{f['what']}: " + ", ".join(f"{event} in {n}" for event, n in sorted(f["events"].items()))
+        for f in report["faults"]
+        if f["events"]
+    ]
+    if seen:
+        rows += ["", "What the loads ran into (trials each):", "", *(f"- {line}" for line in seen)]
     model = report["model"]
     rows.append("")
     rows.append(

@@ -45,8 +45,19 @@ class Trial:
     corrupted: bool = False  # a returned model whose bytes differ from the checkpoint
     half_loaded: bool = False  # a failed load that left bytes in the destination (not rolled back)
     recover_s: float | None = None
-    detail: str = ""
+    detail: str = ""  # the load's attempts, or its error
     notes: list[str] = field(default_factory=list)
+
+    def saw(self) -> list[str]:
+        """What the loader ran into on the way, by kind (counted per fault in the report)."""
+        kinds = {
+            "TransferTimeout": "transfer timed out, waited for it to stop writing",
+            "TransportError": "source failed mid-transfer, rolled back",
+            "ChecksumMismatch": "checksum mismatch caught, rolled back",
+            "no READY source": "no READY source listed",
+            "coordinator 127.0.0.1": "coordinator unreachable at the start",
+        }
+        return [event for marker, event in kinds.items() if marker in self.detail]
 
 
 def write_checkpoint(path: Path, tensors: int, tensor_mib: int, seed: int) -> Path:
