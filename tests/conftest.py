@@ -28,8 +28,10 @@ def free_port() -> Callable[[], int]:
 def redis_server() -> Iterator[str]:
     """URL of a throwaway redis-server on a free loopback port (no persistence); skips without one."""
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; "
-                    "`make install` runs scripts/install_system_deps.sh)")
+        pytest.skip(
+            "redis-server is not installed (Debian: apt-get install redis-server; "
+            "`make install` runs scripts/install_system_deps.sh)"
+        )
     with start_redis() as url:
         yield url
 
@@ -54,9 +56,15 @@ def coordinator_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...
 
     started: list[Any] = []
 
-    def make(store: str = "memory", *, port: int = 0, reap_interval_s: float | None = None,
-             max_message_bytes: int | None = None, metrics_port: int | None = None,
-             **overrides: Any) -> Any:
+    def make(
+        store: str = "memory",
+        *,
+        port: int = 0,
+        reap_interval_s: float | None = None,
+        max_message_bytes: int | None = None,
+        metrics_port: int | None = None,
+        **overrides: Any,
+    ) -> Any:
         if store == "redis" and "redis_url" not in overrides:
             overrides["redis_url"] = request.getfixturevalue("redis_url")
         if "heartbeat_timeout_s" in overrides and "heartbeat_interval_s" not in overrides:
@@ -84,8 +92,9 @@ def run_peerload() -> Callable[..., subprocess.CompletedProcess[str]]:
 
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, **(env or {})}
-        return subprocess.run(peerload_cmd(*args), check=False, capture_output=True, text=True, timeout=timeout,
-                              env=full_env, cwd=REPO)
+        return subprocess.run(
+            peerload_cmd(*args), check=False, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO
+        )
 
     return run
 

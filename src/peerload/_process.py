@@ -30,8 +30,14 @@ def peerload_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "peerload.cli.main", *args]
 
 
-def spawn(cmd: list[str], log: Path, *, env: Mapping[str, str] | None = None, stdin: Any = subprocess.DEVNULL,
-          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    cmd: list[str],
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: Any = subprocess.DEVNULL,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
     """Start `cmd` with its stdout and stderr written to `log`."""
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, stdin=stdin, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
@@ -112,8 +118,14 @@ class ServeProcess:
         return stop_process(self.proc, timeout_s)
 
 
-def start_serve(*args: str, log: Path, port: int | None = None, timeout_s: float = 30,
-                env: Mapping[str, str] | None = None, cwd: Path | None = None) -> ServeProcess:
+def start_serve(
+    *args: str,
+    log: Path,
+    port: int | None = None,
+    timeout_s: float = 30,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> ServeProcess:
     """`peerload serve --host 127.0.0.1 --port PORT ARGS` in its own process, once it listens."""
     port = port or free_port()
     proc = spawn(peerload_cmd("serve", "--host", "127.0.0.1", "--port", str(port), *args), log, env=env, cwd=cwd)

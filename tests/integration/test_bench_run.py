@@ -11,9 +11,15 @@ from peerload.bench.runner import BenchConfig, measure
 
 @pytest.mark.timeout(180)
 def test_tiny_real_run_writes_the_schema(tmp_path: Path) -> None:
-    cfg = BenchConfig(size_gib=4 / 1024, tensors=21, repeats=1, transports=("nixl",), out=tmp_path,
-                      groups=("limit", "storage", "peerload", "wire"),
-                      skip=frozenset({"limit_prefault", "safetensors_warm", "peerload_nixl_noverify"}))
+    cfg = BenchConfig(
+        size_gib=4 / 1024,
+        tensors=21,
+        repeats=1,
+        transports=("nixl",),
+        out=tmp_path,
+        groups=("limit", "storage", "peerload", "wire"),
+        skip=frozenset({"limit_prefault", "safetensors_warm", "peerload_nixl_noverify"}),
+    )
     r = measure(cfg)
     assert set(r) == {"config", "machine", "cases", "ratios"}
     assert set(r["cases"]) == {"limit", "safetensors_cold", "peerload_nixl", "wire_nixl"}

@@ -41,3 +41,13 @@ def test_cli_commands_in_readme_exist():
     names = set(get_command(app).commands)
     used = set(re.findall(r"^peerload (\w+)", _section("Command line"), re.M))
     assert used and used <= names, f"README mentions commands the CLI lacks: {used - names}"
+
+
+def test_readme_links_stay_inside_the_repository_and_no_link_is_dead():
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)", page.read_text()):
+            if "://" in target:
+                assert page.name != "README.md", f"README links outside the repository: {target}"
+                continue
+            resolved = (page.parent / target).resolve()
+            assert resolved.is_relative_to(REPO) and resolved.exists(), f"{page.name}: dead link {target}"

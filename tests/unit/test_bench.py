@@ -66,12 +66,21 @@ def _measurement(harness: _FakeHarness, **config: Any) -> _Measurement:
 
 def test_plan_has_one_seed_per_transport_and_honours_groups_and_skip() -> None:
     harness = _FakeHarness()
-    m = _measurement(harness, transports=("nixl", "transfer_engine"), groups=("limit", "peerload", "wire"),
-                     skip=frozenset({"limit_prefault", "peerload_transfer_engine_noverify"}))
+    m = _measurement(
+        harness,
+        transports=("nixl", "transfer_engine"),
+        groups=("limit", "peerload", "wire"),
+        skip=frozenset({"limit_prefault", "peerload_transfer_engine_noverify"}),
+    )
     plan = m.plan()
     assert [name for name, _, _ in plan] == [
-        "limit", "peerload_nixl", "peerload_nixl_noverify", "wire_nixl",
-        "peerload_transfer_engine", "wire_transfer_engine"]
+        "limit",
+        "peerload_nixl",
+        "peerload_nixl_noverify",
+        "wire_nixl",
+        "peerload_transfer_engine",
+        "wire_transfer_engine",
+    ]
     assert [s["model_name"] for s in harness.seeds] == ["m-nixl", "m-transfer_engine"]
     target = {name: args for name, _, args in plan}["peerload_nixl_noverify"]
     assert target["verify"] is False and target["transport"] == "nixl" and target["seed_ready"] == "/ready/1"
@@ -81,8 +90,11 @@ def test_plan_has_one_seed_per_transport_and_honours_groups_and_skip() -> None:
 
 
 def test_a_seed_that_fails_marks_its_cases_and_the_rest_still_run() -> None:
-    m = _measurement(_FakeHarness(failing=frozenset({"transfer_engine"})), transports=("nixl", "transfer_engine"),
-                     groups=("peerload", "setup"))
+    m = _measurement(
+        _FakeHarness(failing=frozenset({"transfer_engine"})),
+        transports=("nixl", "transfer_engine"),
+        groups=("peerload", "setup"),
+    )
     plan = m.plan()
     assert {name for name, _, _ in plan} == {"peerload_nixl", "peerload_nixl_noverify", "setup_nixl"}
     assert m.raw["peerload_transfer_engine"].error == "seed: seed: exited with code 1"
@@ -93,36 +105,63 @@ def _runs(*seconds: float, **extra: object) -> Runs:
 
 
 def test_ratios_follow_their_definitions() -> None:
-    raw = {"limit": _runs(2.0, 3.0, 4.0), "safetensors_cold": _runs(6.0), "safetensors_warm": _runs(1.0),
-           "peerload_nixl": _runs(1.5, 1.5, bytes_ok=True), "peerload_nixl_noverify": _runs(1.0),
-           "modelexpress_nixl": _runs(4.5), "setup_nixl": _runs(0.2),
-           "peerload_transfer_engine": Runs(error="seed: boom")}
+    raw = {
+        "limit": _runs(2.0, 3.0, 4.0),
+        "safetensors_cold": _runs(6.0),
+        "safetensors_warm": _runs(1.0),
+        "peerload_nixl": _runs(1.5, 1.5, bytes_ok=True),
+        "peerload_nixl_noverify": _runs(1.0),
+        "modelexpress_nixl": _runs(4.5),
+        "setup_nixl": _runs(0.2),
+        "peerload_transfer_engine": Runs(error="seed: boom"),
+    }
     cfg = BenchConfig(size_gib=0.01, tensors=30, repeats=3, transports=("nixl", "transfer_engine"))
     r = summarise(raw, cfg, inventory(cfg.total_bytes, cfg.tensors))
     json.dumps(r)  # serialisable
-    assert r["cases"]["limit"] | {"runs": None} == {"median": 3.0, "min": 2.0, "max": 4.0, "runs": None,
-                                                     "gbps": pytest.approx(r["config"]["bytes"] / 3.0 / 1e9)}
+    assert r["cases"]["limit"] | {"runs": None} == {
+        "median": 3.0,
+        "min": 2.0,
+        "max": 4.0,
+        "runs": None,
+        "gbps": pytest.approx(r["config"]["bytes"] / 3.0 / 1e9),
+    }
     ratios = r["ratios"]
     assert ratios["p2p_cold_to_limit"] == pytest.approx(3.0 / 1.5)
     assert ratios["p2p_cold_vs_cold_storage"] == pytest.approx(6.0 / 1.5)
     assert ratios["p2p_cold_vs_modelexpress"] == pytest.approx(4.5 / 1.5)
     assert ratios["p2p_noverify_vs_modelexpress"] == pytest.approx(4.5 / 1.0)
     assert ratios["setup_s"] == 0.2 and ratios["goals"]["setup_s"]["met"]
-    assert ratios["goals"]["p2p_cold_to_limit"] == {"goal": 0.8, "value": pytest.approx(2.0), "met": True,
-                                                    "what": GOALS["p2p_cold_to_limit"][1]}
+    assert ratios["goals"]["p2p_cold_to_limit"] == {
+        "goal": 0.8,
+        "value": pytest.approx(2.0),
+        "met": True,
+        "what": GOALS["p2p_cold_to_limit"][1],
+    }
     assert ratios["per_transport"]["transfer_engine"]["p2p_cold_to_limit"] is None
     assert r["cases"]["peerload_transfer_engine"] == {"error": "seed: boom"}
     assert r["cases"]["peerload_nixl"]["bytes_ok"] is True
 
 
 def test_goals_are_met_at_their_threshold_and_not_when_missed_or_unmeasured() -> None:
-    values = {"p2p_cold_to_limit": GOALS["p2p_cold_to_limit"][0], "p2p_cold_vs_cold_storage": 2.9,
-              "p2p_cold_vs_modelexpress": None, "setup_s": SETUP_GOAL_S + 0.01}
+    values = {
+        "p2p_cold_to_limit": GOALS["p2p_cold_to_limit"][0],
+        "p2p_cold_vs_cold_storage": 2.9,
+        "p2p_cold_vs_modelexpress": None,
+        "setup_s": SETUP_GOAL_S + 0.01,
+    }
     met = {name: g["met"] for name, g in goals(values).items()}
-    assert met == {"p2p_cold_to_limit": True, "p2p_cold_vs_cold_storage": False,
-                   "p2p_cold_vs_modelexpress": False, "setup_s": False}
+    assert met == {
+        "p2p_cold_to_limit": True,
+        "p2p_cold_vs_cold_storage": False,
+        "p2p_cold_vs_modelexpress": False,
+        "setup_s": False,
+    }
     assert goals({**values, "setup_s": None})["setup_s"] == {
-        "goal": SETUP_GOAL_S, "value": None, "met": False, "what": "setup (agent, registration, handshake) <= 0.3 s"}
+        "goal": SETUP_GOAL_S,
+        "value": None,
+        "met": False,
+        "what": "setup (agent, registration, handshake) <= 0.3 s",
+    }
 
 
 def _render(table: Any) -> str:
@@ -137,8 +176,11 @@ def test_tables_show_goals_without_issue_numbers_and_parts_without_a_limit_ratio
     r = summarise(raw, cfg, inventory(cfg.total_bytes, cfg.tensors))
     goals_text = _render(report.goals_table(r))
     assert "performance goals" in goals_text and "issue" not in goals_text.lower()
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
-            for line in _render(report.table(r)).splitlines() if line.startswith("│")}
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in _render(report.table(r)).splitlines()
+        if line.startswith("│")
+    }
     assert rows[report.label("peerload_nixl")][-1] == "2.00"  # x limit: 2.0 s / 1.0 s
     assert rows[report.label("wire_nixl")][-2:] == [f"{r['cases']['wire_nixl']['gbps']:.2f}", ""]
     assert rows[report.label("setup_nixl")][-2:] == ["", ""]

@@ -52,8 +52,13 @@ def _identity(args: Args) -> Any:
 def _settings(args: Args) -> Any:
     from peerload.settings import Settings
 
-    return Settings.load(env={}, coordinator=args["coordinator"], transport=args.get("transport", "nixl"),
-                         verify_checksums=args.get("verify", True), storage_fallback=False)
+    return Settings.load(
+        env={},
+        coordinator=args["coordinator"],
+        transport=args.get("transport", "nixl"),
+        verify_checksums=args.get("verify", True),
+        storage_fallback=False,
+    )
 
 
 def _serve(args: Args, ready: dict[str, Any], close: Callable[[], None]) -> dict[str, Any]:
@@ -67,6 +72,7 @@ def _serve(args: Args, ready: dict[str, Any], close: Callable[[], None]) -> dict
 
 
 # -- the limit --------------------------------------------------------------------------------
+
 
 @case
 def limit(args: Args) -> dict[str, Any]:
@@ -85,6 +91,7 @@ def limit(args: Args) -> dict[str, Any]:
 
 
 # -- storage ----------------------------------------------------------------------------------
+
 
 def resident_fraction(path: str) -> float:
     """Share of the file's pages in the page cache (mincore)."""
@@ -143,6 +150,7 @@ def safetensors_load(args: Args) -> dict[str, Any]:
 
 # -- peerload ---------------------------------------------------------------------------------
 
+
 @case
 def seed(args: Args) -> dict[str, Any]:
     """A peerload seed holding the checkpoint's tensors; writes `ready` and serves until stdin closes."""
@@ -150,8 +158,9 @@ def seed(args: Args) -> dict[str, Any]:
 
     tensors = make_tensors(_specs(args))
     pub = publish(tensors, _identity(args), settings=_settings(args))
-    return _serve(args, {"worker_id": pub.worker_id,
-                         "checksums": {r.name: r.checksum for r in pub.manifest.regions}}, pub.close)
+    return _serve(
+        args, {"worker_id": pub.worker_id, "checksums": {r.name: r.checksum for r in pub.manifest.regions}}, pub.close
+    )
 
 
 @case
@@ -205,8 +214,13 @@ def setup(args: Args) -> dict[str, Any]:
     transport.connect(_endpoint(record))
     t4 = time.perf_counter()
     transport.close()
-    return {"seconds": (t2 - t0) + (t4 - t3), "agent": t1 - t0, "register": t2 - t1, "discover": t3 - t2,
-            "connect": t4 - t3}
+    return {
+        "seconds": (t2 - t0) + (t4 - t3),
+        "agent": t1 - t0,
+        "register": t2 - t1,
+        "discover": t3 - t2,
+        "connect": t4 - t3,
+    }
 
 
 @case
@@ -242,6 +256,7 @@ def wire(args: Args) -> dict[str, Any]:
 
 # -- the official ModelExpress client -----------------------------------------------------------
 
+
 class CpuBackend:
     """A CPU stand-in for ModelExpress' AcceleratorBackend: NIXL DRAM, no-op device calls."""
 
@@ -252,18 +267,24 @@ class CpuBackend:
     def set_device(self, device_id: int) -> None: ...
     def current_device(self) -> int:
         return 0
+
     def synchronize(self, device_id: int | None = None) -> None: ...
     def empty_cache(self) -> None: ...
     def torch_device(self, device_id: int) -> torch.device:
         return torch.device("cpu")
+
     def is_accel_tensor(self, tensor: torch.Tensor) -> bool:
         return False
+
     def supports_rdma_p2p(self) -> bool:
         return True
+
     def supports_pool_reg(self) -> bool:
         return False
+
     def supports_vmm(self) -> bool:
         return False
+
     def supports_gds(self) -> bool:
         return False
 
@@ -282,11 +303,15 @@ def mx_seed(args: Args) -> dict[str, Any]:
     tensors = make_tensors(_specs(args))
     manager = _mx_manager(f"mx-seed-{os.getpid()}")
     metadata = manager.register_tensors(tensors)
-    return _serve(args, {
-        "metadata": base64.b64encode(metadata).decode(),
-        "tensors": [[d.name, d.addr, d.size, d.device_id, d.dtype] for d in manager.tensor_descriptors],
-        "checksums": _region_sums(tensors),
-    }, manager.shutdown)
+    return _serve(
+        args,
+        {
+            "metadata": base64.b64encode(metadata).decode(),
+            "tensors": [[d.name, d.addr, d.size, d.device_id, d.dtype] for d in manager.tensor_descriptors],
+            "checksums": _region_sums(tensors),
+        },
+        manager.shutdown,
+    )
 
 
 @case
@@ -307,8 +332,7 @@ def mx_target(args: Args) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     ok = _region_sums(dst) == ready["checksums"]
     manager.shutdown()
-    return {"seconds": seconds, "agent": t1 - started, "register": t2 - t1, "receive": transfer,
-            "bytes_ok": ok}
+    return {"seconds": seconds, "agent": t1 - started, "register": t2 - t1, "receive": transfer, "bytes_ok": ok}
 
 
 def main(argv: list[str]) -> int:

@@ -50,8 +50,11 @@ def inventory(total_bytes: int, n_tensors: int) -> list[TensorSpec]:
     # The vocabulary absorbs the rounding so the total lands close to the request.
     rest = total_bytes - sum(s.nbytes for s in specs) - h * _ELEM
     vocab = max(64, rest // (2 * h * _ELEM) // 64 * 64)
-    specs += [TensorSpec("model.embed_tokens.weight", (vocab, h)), TensorSpec("model.norm.weight", (h,)),
-              TensorSpec("lm_head.weight", (vocab, h))]
+    specs += [
+        TensorSpec("model.embed_tokens.weight", (vocab, h)),
+        TensorSpec("model.norm.weight", (h,)),
+        TensorSpec("lm_head.weight", (vocab, h)),
+    ]
     return specs
 
 

@@ -45,8 +45,9 @@ def coordinator(store: str, redis_url: str | None) -> Iterator[ServeProcess]:
     if redis_url:
         args += ["--redis-url", redis_url]
     with tempfile.TemporaryDirectory(prefix="peerload-cp-") as tmp:
-        server = start_serve(*args, log=Path(tmp) / "serve.log",
-                             env={**os.environ, "PEERLOAD_HEARTBEAT_INTERVAL_S": "1"})
+        server = start_serve(
+            *args, log=Path(tmp) / "serve.log", env={**os.environ, "PEERLOAD_HEARTBEAT_INTERVAL_S": "1"}
+        )
         try:
             yield server
         finally:
@@ -68,10 +69,18 @@ def register_workers(address: str, config: ControlPlaneConfig) -> list[tuple[str
         for w in range(config.workers):
             identity = _identity(w % config.identities)
             rank = 0
-            tensors = [(f"layers.{t}.weight", 0x7F0000000000 + t * (1 << 24), 1 << 24, 0, "torch.bfloat16")
-                       for t in range(config.tensors_per_worker)]
-            info = WorkerInfo(rank=rank, agent_name=f"agent-{w}", nixl_metadata=b"nixlSerDes" + bytes(2048),
-                              tensors=tensors, worker_grpc_endpoint=f"127.0.0.1:{20000 + w}", accelerator="cpu")
+            tensors = [
+                (f"layers.{t}.weight", 0x7F0000000000 + t * (1 << 24), 1 << 24, 0, "torch.bfloat16")
+                for t in range(config.tensors_per_worker)
+            ]
+            info = WorkerInfo(
+                rank=rank,
+                agent_name=f"agent-{w}",
+                nixl_metadata=b"nixlSerDes" + bytes(2048),
+                tensors=tensors,
+                worker_grpc_endpoint=f"127.0.0.1:{20000 + w}",
+                accelerator="cpu",
+            )
             worker_id = f"bench-worker-{w}"
             source_id = client.publish(identity, info, worker_id=worker_id)
             client.update_status(source_id, worker_id, rank, SourceStatus.READY)
@@ -79,8 +88,15 @@ def register_workers(address: str, config: ControlPlaneConfig) -> list[tuple[str
     return out
 
 
-def _client_proc(address: str, rpc: str, threads: int, duration_s: float, workers: list[tuple[str, str, int]],
-                 identities: int, conn: Any) -> None:
+def _client_proc(
+    address: str,
+    rpc: str,
+    threads: int,
+    duration_s: float,
+    workers: list[tuple[str, str, int]],
+    identities: int,
+    conn: Any,
+) -> None:
     """One client process: `threads` threads calling `rpc` back to back until the deadline."""
     import threading
 
@@ -130,14 +146,17 @@ def drive(address: str, rpc: str, config: ControlPlaneConfig, workers: list[tupl
     for p in range(n):
         threads = config.clients // n + (1 if p < config.clients % n else 0)
         a, b = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_client_proc, args=(address, rpc, threads, config.duration_s, workers,
-                                                      config.identities, b), daemon=True)
+        proc = ctx.Process(
+            target=_client_proc,
+            args=(address, rpc, threads, config.duration_s, workers, config.identities, b),
+            daemon=True,
+        )
         proc.start()
         procs.append(proc)
         conns.append(a)
     lat: list[float] = []
     errors = 0
-    for proc, conn in zip(procs, conns):
+    for proc, conn in zip(procs, conns, strict=True):
         if not conn.poll(config.duration_s + 90):
             proc.kill()
             raise RuntimeError(f"{rpc} client process gave no result in time")
@@ -148,9 +167,15 @@ def drive(address: str, rpc: str, config: ControlPlaneConfig, workers: list[tupl
     lat.sort()
     if not lat:
         return {"calls": 0, "errors": errors}
-    return {"calls": len(lat), "errors": errors, "rps": len(lat) / config.duration_s,
-            "p50_ms": 1e3 * lat[len(lat) // 2], "p99_ms": 1e3 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
-            "mean_ms": 1e3 * statistics.fmean(lat), "max_ms": 1e3 * lat[-1]}
+    return {
+        "calls": len(lat),
+        "errors": errors,
+        "rps": len(lat) / config.duration_s,
+        "p50_ms": 1e3 * lat[len(lat) // 2],
+        "p99_ms": 1e3 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+        "mean_ms": 1e3 * statistics.fmean(lat),
+        "max_ms": 1e3 * lat[-1],
+    }
 
 
 def _rss_mib(pid: int) -> float | None:
@@ -178,8 +203,7 @@ def _redis_used_mib(url: str) -> float | None:
 
 def run_control_plane(config: ControlPlaneConfig, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """For each store: register workers, then drive ListSources and UpdateStatus."""
-    results: dict[str, Any] = {"config": {k: getattr(config, k) for k in config.__dataclass_fields__},
-                               "stores": {}}
+    results: dict[str, Any] = {"config": {k: getattr(config, k) for k in config.__dataclass_fields__}, "stores": {}}
     for store in config.stores:
         progress(f"control plane: store={store}")
         entry: dict[str, Any] = {}
@@ -212,8 +236,10 @@ def _maybe_redis(store: str) -> Iterator[str | None]:
 
 def table(results: dict[str, Any]) -> Table:
     cfg = results["config"]
-    t = Table(title=f"coordinator: {cfg['workers']} workers over {cfg['identities']} models, "
-                    f"{cfg['clients']} concurrent clients, {cfg['duration_s']:g} s per RPC")
+    t = Table(
+        title=f"coordinator: {cfg['workers']} workers over {cfg['identities']} models, "
+        f"{cfg['clients']} concurrent clients, {cfg['duration_s']:g} s per RPC"
+    )
     for col in ("store", "RPC", "calls/s", "p50 ms", "p99 ms", "errors", "server RSS MiB", "redis MiB"):
         t.add_column(col, justify="left" if col in ("store", "RPC") else "right")
     for store, e in results["stores"].items():
@@ -223,7 +249,14 @@ def table(results: dict[str, Any]) -> Table:
         for rpc in RPCS:
             r = e[rpc]
             redis_mib = e.get("redis_used_mib")
-            t.add_row(store, rpc, f"{r.get('rps', 0):.0f}", f"{r.get('p50_ms', 0):.2f}", f"{r.get('p99_ms', 0):.2f}",
-                      str(r["errors"]), f"{e.get('coordinator_rss_mib_after') or 0:.0f}",
-                      "" if redis_mib is None else f"{redis_mib:.1f}")
+            t.add_row(
+                store,
+                rpc,
+                f"{r.get('rps', 0):.0f}",
+                f"{r.get('p50_ms', 0):.2f}",
+                f"{r.get('p99_ms', 0):.2f}",
+                str(r["errors"]),
+                f"{e.get('coordinator_rss_mib_after') or 0:.0f}",
+                "" if redis_mib is None else f"{redis_mib:.1f}",
+            )
     return t

@@ -38,8 +38,10 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def table(results: dict[str, Any]) -> Table:
     cfg = results["config"]
-    t = Table(title=f"peerload bench: {cfg['bytes'] / 2**30:.2f} GiB bf16 in {cfg['tensors']} tensors, "
-                    f"{cfg['repeats']} fresh processes each")
+    t = Table(
+        title=f"peerload bench: {cfg['bytes'] / 2**30:.2f} GiB bf16 in {cfg['tensors']} tensors, "
+        f"{cfg['repeats']} fresh processes each"
+    )
     for col in ("case", "median s", "min s", "max s", "GB/s", "x limit"):
         t.add_column(col, justify="left" if col == "case" else "right")
     limit = results["cases"].get("limit", {}).get("median")
@@ -48,9 +50,14 @@ def table(results: dict[str, Any]) -> Table:
             t.add_row(label(name), "[red]failed[/]", "", "", "", c.get("error", "")[:60])
             continue
         setup, part = name.startswith("setup_"), name.startswith(_PARTS)
-        t.add_row(label(name), f"{c['median']:.3f}", f"{c['min']:.3f}", f"{c['max']:.3f}",
-                  "" if setup else f"{c['gbps']:.2f}",
-                  "" if part or not limit else f"{limit / c['median']:.2f}")
+        t.add_row(
+            label(name),
+            f"{c['median']:.3f}",
+            f"{c['min']:.3f}",
+            f"{c['max']:.3f}",
+            "" if setup else f"{c['gbps']:.2f}",
+            "" if part or not limit else f"{limit / c['median']:.2f}",
+        )
     return t
 
 
@@ -78,8 +85,16 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     ys = range(len(rows))
     med = [c["median"] for _, c in rows]
     err = [[c["median"] - c["min"] for _, c in rows], [c["max"] - c["median"] for _, c in rows]]
-    colors = ["#4c72b0" if n.startswith("peerload") else "#dd8452" if n.startswith("modelexpress")
-              else "#55a868" if n.startswith("limit") else "#8c8c8c" for n, _ in rows]
+    colors = [
+        "#4c72b0"
+        if n.startswith("peerload")
+        else "#dd8452"
+        if n.startswith("modelexpress")
+        else "#55a868"
+        if n.startswith("limit")
+        else "#8c8c8c"
+        for n, _ in rows
+    ]
     ax.barh(list(ys), med, xerr=err, color=colors, capsize=3)
     ax.set_yticks(list(ys), [label(n) for n, _ in rows], fontsize=8)
     ax.invert_yaxis()
@@ -88,8 +103,9 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         ax.axvline(limit, color="#55a868", linestyle="--", linewidth=1)
     cfg = results["config"]
     ax.set_xlabel("seconds, fresh process, start to bytes in place (lower is better)")
-    ax.set_title(f"{cfg['bytes'] / 2**30:.2f} GiB bf16, {cfg['tensors']} tensors, "
-                 f"{results['machine']['cpus']} CPUs", fontsize=10)
+    ax.set_title(
+        f"{cfg['bytes'] / 2**30:.2f} GiB bf16, {cfg['tensors']} tensors, {results['machine']['cpus']} CPUs", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

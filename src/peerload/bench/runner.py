@@ -130,8 +130,9 @@ class Harness:
 class _Measurement:
     """One `measure` call: the seeds it started, its plan of runs, the raw results so far."""
 
-    def __init__(self, config: BenchConfig, harness: Harness, seeds: ExitStack, base: dict[str, Any],
-                 coordinator: dict[str, str]) -> None:
+    def __init__(
+        self, config: BenchConfig, harness: Harness, seeds: ExitStack, base: dict[str, Any], coordinator: dict[str, str]
+    ) -> None:
         self.config = config
         self.harness = harness
         self.seeds = seeds
@@ -146,8 +147,10 @@ class _Measurement:
         if "limit" in groups:
             items += [("limit", "limit", {}), ("limit_prefault", "limit", {"prefault": True})]
         if "storage" in groups:
-            items += [("safetensors_warm", "safetensors_load", {"cold": False}),
-                      ("safetensors_cold", "safetensors_load", {"cold": True})]
+            items += [
+                ("safetensors_warm", "safetensors_load", {"cold": False}),
+                ("safetensors_cold", "safetensors_load", {"cold": True}),
+            ]
         if groups & PEER_GROUPS:
             for kind in self.config.transports:
                 items += self._peer_items(kind, groups)
@@ -172,8 +175,10 @@ class _Measurement:
         args = {**own, "seed_ready": str(ready)}
         items: list[PlanItem] = []
         if "peerload" in groups:
-            items += [(f"peerload_{kind}", "target", {**args, "verify": True}),
-                      (f"peerload_{kind}_noverify", "target", {**args, "verify": False})]
+            items += [
+                (f"peerload_{kind}", "target", {**args, "verify": True}),
+                (f"peerload_{kind}_noverify", "target", {**args, "verify": False}),
+            ]
         if "setup" in groups:
             items.append((f"setup_{kind}", "setup", args))
         if "wire" in groups:
@@ -239,10 +244,17 @@ def measure(config: BenchConfig, progress: Callable[[str], None] = lambda s: Non
     """Run the configured groups, every case in fresh processes; the results document (see `summarise`)."""
     specs = inventory(config.total_bytes, config.tensors)
     path = _checkpoint(config, specs, progress)
-    base = {"specs": [[s.name, list(s.shape)] for s in specs], "path": str(path),
-            "model_name": f"peerload-bench/llama-{len(specs)}", "timeout_s": config.timeout_s}
-    with (_coordinator(config.groups) as coordinator,
-          tempfile.TemporaryDirectory(prefix="peerload-bench-") as tmp, ExitStack() as seeds):
+    base = {
+        "specs": [[s.name, list(s.shape)] for s in specs],
+        "path": str(path),
+        "model_name": f"peerload-bench/llama-{len(specs)}",
+        "timeout_s": config.timeout_s,
+    }
+    with (
+        _coordinator(config.groups) as coordinator,
+        tempfile.TemporaryDirectory(prefix="peerload-bench-") as tmp,
+        ExitStack() as seeds,
+    ):
         m = _Measurement(config, Harness(Path(tmp), config.timeout_s), seeds, base, coordinator)
         m.run_rounds(m.plan(), progress)
     return summarise(m.raw, config, specs)
@@ -270,9 +282,15 @@ def summarise(raw: dict[str, Runs], config: BenchConfig, specs: Sequence[TensorS
             entry["error"] = r.error
         cases[name] = entry
     return {
-        "config": {"size_gib": config.size_gib, "bytes": nbytes, "tensors": len(specs),
-                   "largest_tensor_bytes": max(s.nbytes for s in specs), "repeats": config.repeats,
-                   "transports": list(config.transports), "groups": list(config.groups)},
+        "config": {
+            "size_gib": config.size_gib,
+            "bytes": nbytes,
+            "tensors": len(specs),
+            "largest_tensor_bytes": max(s.nbytes for s in specs),
+            "repeats": config.repeats,
+            "transports": list(config.transports),
+            "groups": list(config.groups),
+        },
         "machine": machine(),
         "cases": cases,
         "ratios": ratios(cases, config.transports),
@@ -323,10 +341,10 @@ def ratios(cases: dict[str, Any], transports: Sequence[str]) -> dict[str, Any]:
                 "p2p_cold_vs_modelexpress": _ratio(mx, p2p),
             }
     head = dict(per.get(transports[0], {})) if transports else {}
-    out: dict[str, Any] = {k: head.get(k) for k in (*GOALS, "p2p_cold_to_limit_prefault",
-                                                     "p2p_cold_vs_warm_storage")}
-    out["p2p_noverify_vs_modelexpress"] = per.get(f"{transports[0]}_noverify", {}).get(
-        "p2p_cold_vs_modelexpress") if transports else None
+    out: dict[str, Any] = {k: head.get(k) for k in (*GOALS, "p2p_cold_to_limit_prefault", "p2p_cold_vs_warm_storage")}
+    out["p2p_noverify_vs_modelexpress"] = (
+        per.get(f"{transports[0]}_noverify", {}).get("p2p_cold_vs_modelexpress") if transports else None
+    )
     out["setup_s"] = _median(cases, f"setup_{transports[0]}") if transports else None
     out["per_transport"] = per
     out["goals"] = goals(out)
@@ -335,11 +353,17 @@ def ratios(cases: dict[str, Any], transports: Sequence[str]) -> dict[str, Any]:
 
 def goals(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each goal with its threshold, the measured value and whether it is met (None = not measured)."""
-    out = {k: {"goal": least, "value": values[k], "met": values[k] is not None and values[k] >= least,
-               "what": what} for k, (least, what) in GOALS.items()}
+    out = {
+        k: {"goal": least, "value": values[k], "met": values[k] is not None and values[k] >= least, "what": what}
+        for k, (least, what) in GOALS.items()
+    }
     setup = values["setup_s"]
-    out["setup_s"] = {"goal": SETUP_GOAL_S, "value": setup, "met": setup is not None and setup <= SETUP_GOAL_S,
-                      "what": f"setup (agent, registration, handshake) <= {SETUP_GOAL_S} s"}
+    out["setup_s"] = {
+        "goal": SETUP_GOAL_S,
+        "value": setup,
+        "met": setup is not None and setup <= SETUP_GOAL_S,
+        "what": f"setup (agent, registration, handshake) <= {SETUP_GOAL_S} s",
+    }
     return out
 
 
@@ -356,7 +380,14 @@ def machine() -> dict[str, Any]:
         thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
     except OSError:
         pass
-    return {"cpus": os.cpu_count(), "memory_gib": round(mem / GiB, 1), "kernel": platform.release(),
-            "python": platform.python_version(), "torch": torch.__version__, "thp": thp,
-            "host": platform.node(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "loadavg_at_end": list(os.getloadavg())}
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem / GiB, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "thp": thp,
+        "host": platform.node(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg_at_end": list(os.getloadavg()),
+    }

@@ -15,16 +15,21 @@ CURVE_CASES = ("limit", "safetensors_cold")
 _SKIP = frozenset({"limit_prefault", "safetensors_warm"})
 
 
-def run_scaling(config: BenchConfig, sizes_gib: Sequence[float],
-                progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def run_scaling(
+    config: BenchConfig, sizes_gib: Sequence[float], progress: Callable[[str], None] = lambda s: None
+) -> dict[str, Any]:
     """One `measure` per size with the first transport only; per-size medians and s/GiB."""
     transport = config.transports[0]
     points = []
     for size in sizes_gib:
         progress(f"scaling: {size:g} GiB")
-        cfg = dataclasses.replace(config, size_gib=size, transports=(transport,),
-                                  groups=("limit", "storage", "peerload"),
-                                  skip=_SKIP | {f"peerload_{transport}_noverify"})
+        cfg = dataclasses.replace(
+            config,
+            size_gib=size,
+            transports=(transport,),
+            groups=("limit", "storage", "peerload"),
+            skip=_SKIP | {f"peerload_{transport}_noverify"},
+        )
         r = measure(cfg, progress=progress)
         gib = r["config"]["bytes"] / 2**30
         row: dict[str, Any] = {"size_gib": gib, "machine": r["machine"]}
@@ -32,8 +37,13 @@ def run_scaling(config: BenchConfig, sizes_gib: Sequence[float],
             c = r["cases"].get(name, {})
             row[name] = {k: c[k] for k in ("median", "min", "max", "gbps", "error", "breakdown_median_s") if k in c}
         points.append(row)
-    return {"transport": transport, "repeats": config.repeats, "tensors": config.tensors, "points": points,
-            "linearity": linearity(points, transport)}
+    return {
+        "transport": transport,
+        "repeats": config.repeats,
+        "tensors": config.tensors,
+        "points": points,
+        "linearity": linearity(points, transport),
+    }
 
 
 def linearity(points: list[dict[str, Any]], transport: str) -> dict[str, list[float | None]]:
@@ -73,7 +83,7 @@ def plot_scaling(results: dict[str, Any], path: Path) -> Path:
     for n in (*CURVE_CASES, f"peerload_{tr}"):
         pts = [(p["size_gib"], p[n]["median"]) for p in results["points"] if "median" in p.get(n, {})]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=label(n))
+            ax.plot(*zip(*pts, strict=True), marker="o", label=label(n))
     ax.set_xlabel("checkpoint size, GiB")
     ax.set_ylabel("seconds, fresh process (median)")
     ax.legend(fontsize=8)

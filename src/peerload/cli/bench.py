@@ -27,10 +27,13 @@ def bench(
     transport: Annotated[str, typer.Option(help="nixl, transfer_engine, a comma list, or all.")] = "all",
     repeats: Annotated[int, typer.Option(help="Fresh processes per case.", min=1)] = 3,
     cases: Annotated[str, typer.Option(help="limit,storage,peerload,setup,wire,modelexpress or all.")] = "all",
-    scaling: Annotated[str, typer.Option(help="Comma list of GiB sizes: cold-load scaling curve "
-                                              "(limit, cold safetensors, P2P verified).")] = "",
-    control_plane: Annotated[bool, typer.Option("--control-plane", help="Benchmark the coordinator "
-                                                "(memory and Redis stores) instead.")] = False,
+    scaling: Annotated[
+        str,
+        typer.Option(help="Comma list of GiB sizes: cold-load scaling curve (limit, cold safetensors, P2P verified)."),
+    ] = "",
+    control_plane: Annotated[
+        bool, typer.Option("--control-plane", help="Benchmark the coordinator (memory and Redis stores) instead.")
+    ] = False,
     clients: Annotated[int, typer.Option(help="--control-plane: concurrent client threads.", min=1)] = 16,
     duration: Annotated[float, typer.Option(help="--control-plane: seconds per RPC and store.", min=0.5)] = 5.0,
     workers: Annotated[int, typer.Option(help="--control-plane: registered workers.", min=1)] = 1000,
@@ -49,15 +52,21 @@ def bench(
     if control_plane:
         from peerload.bench.control_plane import ControlPlaneConfig, run_control_plane, table
 
-        results = run_control_plane(ControlPlaneConfig(clients=clients, duration_s=duration, workers=workers),
-                                    progress=lambda s: console.log(s))
+        results = run_control_plane(
+            ControlPlaneConfig(clients=clients, duration_s=duration, workers=workers), progress=lambda s: console.log(s)
+        )
         path = out / "control_plane.json"
         path.write_text(json.dumps(results, indent=2))
         _emit(console, json_out, results, [table(results)], [path], started)
         return
-    config = BenchConfig(size_gib=size_gib, tensors=tensors, repeats=repeats, out=out,
-                         transports=_split(transport, tuple(TRANSPORTS), "--transport"),
-                         groups=_split(cases, GROUPS, "--cases"))
+    config = BenchConfig(
+        size_gib=size_gib,
+        tensors=tensors,
+        repeats=repeats,
+        out=out,
+        transports=_split(transport, tuple(TRANSPORTS), "--transport"),
+        groups=_split(cases, GROUPS, "--cases"),
+    )
     if scaling:
         from peerload.bench.scaling import run_scaling, scaling_table
 
@@ -83,8 +92,7 @@ def bench(
     _emit(console, json_out, results, [report.table(results), report.goals_table(results)], paths, started)
 
 
-def _emit(console: Console, json_out: bool, results: dict, tables: list, paths: list[Path],
-          started: float) -> None:
+def _emit(console: Console, json_out: bool, results: dict, tables: list, paths: list[Path], started: float) -> None:
     if json_out:
         typer.echo(json.dumps(results, indent=2))
     else:

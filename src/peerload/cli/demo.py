@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from peerload._process import stop_process, wait_ready_file
+from peerload._process import peerload_cmd, spawn, stop_process, wait_ready_file
 from peerload.errors import PeerloadError
 from peerload.identity import SourceIdentity
 from peerload.settings import Settings, debug_enabled
@@ -111,26 +110,21 @@ def _quiet_components() -> None:
 def _start_seed(model_dir: Path, settings: Settings, workdir: Path) -> tuple[subprocess.Popen, dict]:
     """A `peerload seed` process serving `model_dir`, once it is READY."""
     ready = workdir / "seed.ready"
-    with open(workdir / "seed.log", "wb") as seed_log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "peerload.cli.main",
-                "seed",
-                str(model_dir),
-                "--model-name",
-                MODEL_NAME,
-                "--coordinator",
-                settings.coordinator,
-                "--transport",
-                settings.transport,
-                "--ready-file",
-                str(ready),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=seed_log,
-        )
+    proc = spawn(
+        peerload_cmd(
+            "seed",
+            str(model_dir),
+            "--model-name",
+            MODEL_NAME,
+            "--coordinator",
+            settings.coordinator,
+            "--transport",
+            settings.transport,
+            "--ready-file",
+            str(ready),
+        ),
+        workdir / "seed.log",
+    )
     try:
         return proc, wait_ready_file(proc, ready, timeout_s=120)
     except BaseException:

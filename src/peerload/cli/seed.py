@@ -1,6 +1,5 @@
 """`peerload seed PATH`: load a checkpoint from disk and serve it as a READY source until signalled."""
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -8,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from peerload._process import write_ready_file
 from peerload.cli._model_options import ModelOptions, model_command, wait_for_signal
 from peerload.client import CoordinatorClient
 
@@ -39,15 +39,9 @@ def seed(
             err=True,
         )
         if ready_file is not None:
-            _write_ready_file(
+            write_ready_file(
                 ready_file,
                 {"worker_id": pub.worker_id, "source_id": pub.source_id, "rank": model.rank, "pid": os.getpid()},
             )
         wait_for_signal()
         typer.echo("stopping: marking the source STALE", err=True)
-
-
-def _write_ready_file(path: Path, info: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(info))
-    tmp.rename(path)  # atomic: readers never see half a file
