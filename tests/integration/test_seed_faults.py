@@ -20,7 +20,7 @@ from peerload._process import free_port, redis_server
 from peerload.client import CoordinatorClient, SourceStatus
 from peerload.identity import SourceIdentity
 from peerload.loader import load_into
-from peerload.seed.publisher import Backoff, Publisher, publish
+from peerload.seed.publisher import Publisher, publish
 from peerload.settings import Settings
 from peerload.tensors import collect
 from peerload.transport import create_transport
@@ -184,18 +184,6 @@ def test_coordinator_down_for_a_while_seed_serves_then_reappears(coordinator_fac
     server = coordinator_factory(port=port, heartbeat_timeout_s=4 * INTERVAL_S)
     took = seconds_until_ready(server.address, pub.worker_id, 10)
     assert took <= INTERVAL_S + SLACK_S, f"READY again after {took:.2f}s"
-
-
-def test_backoff_is_jittered_doubling_and_capped_at_the_interval():
-    import random
-
-    backoff = Backoff(0.125, 1.0, rng=random.Random(1))
-    delays = [backoff.next() for _ in range(8)]
-    steps = [0.125, 0.25, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
-    assert all(step / 2 <= d <= step for d, step in zip(delays, steps, strict=True)), delays
-    assert len(set(delays)) == len(delays), "jitter"
-    backoff.reset()
-    assert backoff.next() <= 0.125
 
 
 def _kill_thread(thread: threading.Thread) -> None:
