@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -16,7 +17,8 @@ from typing import Any
 import pytest
 import torch
 
-from peerload._process import free_port, redis_server
+from peerload._process import free_port
+from peerload.chaos.cluster import RedisProcess
 from peerload.client import CoordinatorClient, SourceStatus
 from peerload.identity import SourceIdentity
 from peerload.loader import load_into
@@ -24,7 +26,7 @@ from peerload.seed.publisher import Publisher, publish
 from peerload.settings import Settings
 from peerload.tensors import collect
 from peerload.transport import create_transport
-from peerload.transport.base import ReadOp
+from peerload.transport.base import EndpointInfo, ReadOp
 
 INTERVAL_S = 1.0
 # READY again within one heartbeat interval of the coordinator's return; this much more is
@@ -135,24 +137,23 @@ def test_redis_flushed_republishes(coordinator_factory, sources, redis_url):
 
 
 @pytest.mark.redis
-def test_redis_replaced_on_same_port_republishes(coordinator_factory, sources):
-    if not __import__("shutil").which("redis-server"):
+def test_redis_replaced_on_same_port_republishes(coordinator_factory, sources, tmp_path):
+    if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed")
-    port = free_port()
-    first = redis_server(port)
-    url = first.__enter__()
+    redis = RedisProcess(free_port(), tmp_path)
+    redis.start()
     try:
-        server = coordinator_factory("redis", redis_url=url, heartbeat_timeout_s=4 * INTERVAL_S)
+        server = coordinator_factory("redis", redis_url=redis.url, heartbeat_timeout_s=4 * INTERVAL_S)
         pub = sources("seed", server.address)
-    finally:
-        first.__exit__(None, None, None)  # the store is gone: beats get UNAVAILABLE meanwhile
-    time.sleep(2 * INTERVAL_S)
-    assert pub.republished == 0
-    with redis_server(port):
-        back = time.monotonic()
+        redis.stop()  # the store is gone: beats get UNAVAILABLE meanwhile
+        time.sleep(2 * INTERVAL_S)
+        assert pub.republished == 0
+        redis.start()  # a new, empty one on the same port
         took = seconds_until_ready(server.address, pub.worker_id, 15)
-        assert took <= INTERVAL_S + SLACK_S, f"READY again {time.monotonic() - back:.2f}s after Redis returned"
+        assert took <= INTERVAL_S + SLACK_S, f"READY again {took:.2f}s after Redis returned"
         assert pub.republished == 1
+    finally:
+        redis.close()
 
 
 def test_coordinator_down_for_a_while_seed_serves_then_reappears(coordinator_factory, sources, caplog):
@@ -172,8 +173,6 @@ def test_coordinator_down_for_a_while_seed_serves_then_reappears(coordinator_fac
         local = {r.name: r for r in reader.register(collect(dst).regions)}
         remote = pub.manifest.region_map()
         ops = [ReadOp(remote_addr=remote[n].addr, local_addr=local[n].addr, size=local[n].size) for n in local]
-        from peerload.transport.base import EndpointInfo
-
         peer = EndpointInfo(agent_name=record.agent_name, nixl_metadata=record.nixl_metadata)
         reader.read(peer, ops, timeout_s=30)
     assert all(torch.equal(dst[n], expected[n]) for n in expected)

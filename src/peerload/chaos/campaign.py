@@ -315,6 +315,14 @@ def markdown_table(report: dict[str, Any]) -> str:
     ]
     if seen:
         rows += ["", "What the loads ran into (trials each):", "", *(f"- {line}" for line in seen)]
+    notes = [
+        f"{f['what']}: {note}"
+        for f in report["faults"]
+        if f["status"] != "not run yet" and not f["codes"]
+        for note in f["notes"][:3]
+    ]
+    if notes:
+        rows += ["", "Notes:", "", *(f"- {line}" for line in notes)]
     model = report["model"]
     rows.append("")
     rows.append(

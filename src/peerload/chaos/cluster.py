@@ -97,6 +97,7 @@ class SeedProcess:
         self.worker_id = ""
         self.source_id = ""
         self.pid = 0
+        self.signalled: set[int] = set()  # signals this campaign sent
 
     def start(self, timeout_s: float = 90) -> SeedProcess:
         ready = self._log_dir / f"seed-{time.monotonic_ns()}.ready"
@@ -111,9 +112,17 @@ class SeedProcess:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def died_by_itself(self) -> int | None:
+        """The exit code of a seed that ended without being killed by us (a crash), else None."""
+        if self._proc is None or self._proc.poll() is None or signal.SIGKILL in self.signalled:
+            return None
+        return self._proc.returncode
+
     def signal(self, sig: int) -> None:
         """Send `sig` if the process still runs (a kill racing its exit is not an error)."""
         if self.alive:
+            self.signalled.add(sig)
             try:
                 os.kill(self.pid, sig)
             except ProcessLookupError:

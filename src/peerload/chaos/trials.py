@@ -167,12 +167,21 @@ class Cluster:
         except PeerloadError as exc:
             trial.outcome, trial.detail = "failed", f"{type(exc).__name__}: {exc}"
             trial.half_loaded = any(bool(t.any()) for t in destination.values())
+            self._note_crashes(trial)
             return
+        self._note_crashes(trial)
         trial.outcome = "storage" if result.source == "storage" else "peer"
         trial.detail = "; ".join(result.attempts)
         trial.corrupted = {n: sha256_of(t) for n, t in destination.items()} != self.expected
         if trial.recover_s is None:
             trial.recover_s = time.monotonic() - started
+
+    def _note_crashes(self, trial: Trial) -> None:
+        """A seed that ended without our signal crashed: say so (the campaign counts it)."""
+        for seed in self.seeds:
+            code = seed.died_by_itself
+            if code is not None:
+                trial.notes.append(f"seed {seed.worker_id} exited by itself with code {code}")
 
     def close(self) -> None:
         for seed in self.seeds:
@@ -211,6 +220,8 @@ def seed_sigkill(cluster: Cluster, rng: random.Random) -> Trial:
             trial.injected = True
 
     cluster.load(trial, _at_random_point(rng, kill))
+    if trial.outcome != "peer":  # the other seed should have served it: say why it did not
+        trial.notes.append(f"{trial.outcome}: {trial.detail[:300]}")
     return trial
 
 
