@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,69 @@ def redis_url(redis_server: str) -> str:
     client.flushall()
     client.close()
     return redis_server
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files made for a test: a CA, a server certificate it signed (127.0.0.1, localhost), its key,
+    and an unrelated CA that a client must not trust the server with."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    other_ca: Path
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA and a server certificate generated with `cryptography` (valid for one day)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    directory = tmp_path_factory.mktemp("tls")
+
+    def certificate(subject: str, key: Any, issuer: tuple[str, Any] | None, server: bool) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        issuer_name, issuer_key = (
+            (name, key)
+            if issuer is None
+            else (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer[0])]), issuer[1])
+        )
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=not server, path_length=None), critical=True)
+        )
+        if server:
+            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def write(name: str, data: bytes) -> Path:
+        path = directory / name
+        path.write_bytes(data)
+        return path
+
+    pem = serialization.Encoding.PEM
+    ca_key, other_key, server_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    ca = certificate("peerload test CA", ca_key, None, server=False)
+    other = certificate("some other CA", other_key, None, server=False)
+    server = certificate("localhost", server_key, ("peerload test CA", ca_key), server=True)
+    key_bytes = server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return TlsFiles(
+        ca=write("ca.pem", ca.public_bytes(pem)),
+        cert=write("server.pem", server.public_bytes(pem)),
+        key=write("server.key", key_bytes),
+        other_ca=write("other-ca.pem", other.public_bytes(pem)),
+    )
 
 
 @pytest.fixture

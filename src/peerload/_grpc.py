@@ -1,7 +1,7 @@
-"""Client-side gRPC plumbing shared by every peerload client: channels, deadlines, retries, errors.
+"""Client-side gRPC plumbing shared by every peerload client: channels, credentials, deadlines, retries, errors.
 
 The one place a `grpc.RpcError` becomes a peerload `ServiceError`, so nothing above the clients
-imports grpc to handle failures.
+imports grpc to handle failures, and the one place clients get TLS and their bearer token.
 """
 
 from __future__ import annotations
@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
+from peerload.credentials import TokenFile, read_pem
 from peerload.errors import ServiceError
+from peerload.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -23,17 +26,87 @@ _BACKOFF_MAX_S = 2.0
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-def open_channel(address: str, max_message_bytes: int, *, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-    """A plaintext channel to `address` whose messages may be up to `max_message_bytes`.
+@dataclass(frozen=True)
+class ChannelSecurity:
+    """How a client reaches peerload servers: TLS roots (None: plaintext) and its bearer token."""
+
+    root_certificates: bytes | None = None
+    server_name: str = ""  # checked in the server's certificate instead of the dialled host
+    token: Callable[[], str] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ChannelSecurity:
+        """TLS from `tls_ca` / `tls_server_name`; the token from `auth_token`, else `auth_token_file`.
+
+        Raises:
+            ConfigError: a named file cannot be read or holds no certificate / token.
+        """
+        roots = read_pem(settings.tls_ca, "tls_ca", "CERTIFICATE") if settings.tls_ca else None
+        token: Callable[[], str] | None = None
+        if settings.auth_token:
+            fixed = settings.auth_token
+            token = lambda: fixed  # noqa: E731
+        elif settings.auth_token_file:
+            token = TokenFile(settings.auth_token_file, "auth_token_file").first
+        return cls(root_certificates=roots, server_name=settings.tls_server_name, token=token)
+
+
+PLAINTEXT = ChannelSecurity()
+
+
+def open_channel(
+    address: str,
+    max_message_bytes: int,
+    security: ChannelSecurity = PLAINTEXT,
+    *,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A channel to `address` (TLS and a bearer token per `security`); messages up to `max_message_bytes`.
 
     `options` are further gRPC channel arguments (e.g. `PRIVATE_CONNECTION`).
     """
-    args = [
+    args: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         *options,
     ]
-    return grpc.insecure_channel(address, options=args)
+    if security.root_certificates is None:
+        channel = grpc.insecure_channel(address, options=args)
+    else:
+        if security.server_name:
+            args.append(("grpc.ssl_target_name_override", security.server_name))
+        credentials = grpc.ssl_channel_credentials(root_certificates=security.root_certificates)
+        channel = grpc.secure_channel(address, credentials, options=args)
+    if security.token is not None:
+        channel = grpc.intercept_channel(channel, _BearerToken(security.token))
+    return channel
+
+
+class _ClientCallDetails(grpc.ClientCallDetails):
+    def __init__(self, details: grpc.ClientCallDetails, metadata: list[tuple[str, str]]) -> None:
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = metadata
+        self.credentials = details.credentials
+        self.wait_for_ready = details.wait_for_ready
+        self.compression = details.compression
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call, the header the official client sends."""
+
+    def __init__(self, token: Callable[[], str]) -> None:
+        self._token = token
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {self._token()}")]
+        return _ClientCallDetails(details, metadata)
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(client_call_details), request)
 
 
 # Channel arguments for a connection of its own: no subchannel shared with other channels to the

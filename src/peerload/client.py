@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
-from peerload._grpc import PRIVATE_CONNECTION, Caller, open_channel
+from peerload._grpc import PLAINTEXT, PRIVATE_CONNECTION, Caller, ChannelSecurity, open_channel
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import SourceIdentity
 from peerload.limits import COORDINATOR_MAX_MESSAGE_BYTES
@@ -44,6 +44,7 @@ class CoordinatorClient:
         timeout_s: deadline of each RPC attempt.
         retries: how many times UNAVAILABLE is retried (with backoff 0.2 s, 0.4 s, ... <= 2 s).
         channel: an already open channel to use instead of one to `address` (tests).
+        security: TLS roots and bearer token (default: plaintext, no token).
         private_connection: dial a connection of this client's own, at once, instead of sharing
             one (and its reconnect backoff) with other clients of the same address.
     """
@@ -57,11 +58,18 @@ class CoordinatorClient:
         retries: int | None = None,
         private_connection: bool = False,
     ) -> CoordinatorClient:
-        """A client of `settings.coordinator` with the configured deadline and retries (or these)."""
+        """A client of `settings.coordinator` with the configured deadline, retries, TLS and token.
+
+        `timeout_s` and `retries` override the configured ones.
+
+        Raises:
+            ConfigError: the CA or token file named in the settings is unusable.
+        """
         return cls(
             settings.coordinator,
             timeout_s=settings.rpc_timeout_s if timeout_s is None else timeout_s,
             retries=settings.rpc_retries if retries is None else retries,
+            security=ChannelSecurity.from_settings(settings),
             private_connection=private_connection,
         )
 
@@ -72,6 +80,7 @@ class CoordinatorClient:
         timeout_s: float = 30.0,
         retries: int = 3,
         channel: grpc.Channel | None = None,
+        security: ChannelSecurity = PLAINTEXT,
         private_connection: bool = False,
     ) -> None:
         self.address = address
@@ -80,7 +89,7 @@ class CoordinatorClient:
         )
         if channel is None:
             extra = PRIVATE_CONNECTION if private_connection else ()
-            channel = open_channel(address, COORDINATOR_MAX_MESSAGE_BYTES, options=extra)
+            channel = open_channel(address, COORDINATOR_MAX_MESSAGE_BYTES, security, options=extra)
         self._channel = channel
         self._stub = pb_grpc.P2pServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)

@@ -16,6 +16,15 @@ class ConfigError(PeerloadError, ValueError):
     """A setting, option or argument is invalid; the message names it and the fix."""
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint file (safetensors, index or config.json) is missing or unreadable; names the file."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
 class MissingExtraError(ConfigError, ImportError):
     """An optional component was chosen but its package is not installed."""
 

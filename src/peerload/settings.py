@@ -2,21 +2,28 @@
 
 Precedence (highest first): explicit keyword overrides, a JSON config (ModelExpress style
 `{"url", "transport", "source"}` or peerload keys), PEERLOAD_* variables, the ModelExpress
-variables MODEL_EXPRESS_URL / MX_SERVER_ADDRESS, then the defaults below.
+variables MODEL_EXPRESS_URL / MX_SERVER_ADDRESS and MX_AUTH_TOKEN_PATH (its default token file
+too, when present), then the defaults below.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from peerload.components import STORES, TRANSPORTS, choices
+from peerload.credentials import is_token
 from peerload.errors import ConfigError
 
 DEFAULT_COORDINATOR = "127.0.0.1:8001"
+# Where the official ModelExpress client looks for its bearer token when MX_AUTH_TOKEN_PATH is unset.
+MX_DEFAULT_TOKEN_PATH = "/var/run/secrets/tokens/modelexpress"
 
 
 @dataclass(frozen=True)
@@ -39,10 +46,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8001
     store: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
     # Per-source limits of the coordinator: workers under one source id, descriptors per worker.
     max_workers_per_source: int = 4096
     max_tensors_per_worker: int = 262144
-    redis_url: str = "redis://127.0.0.1:6379/0"
     # Target side.
     transfer_timeout_s: float = 300.0
     # After a transfer timed out, how long to wait for the transport to stop writing into the
@@ -55,6 +62,19 @@ class Settings:
     chunk_bytes: int = 64 << 20
     # Address a seed advertises for its manifest server (the host part).
     advertise_host: str = "127.0.0.1"
+    # Security (docs/security.md). Clients: TLS to the coordinator and seeds, trusting this CA
+    # (PEM), optionally checking this name instead of the host; the bearer token to send, given
+    # as is or as a file (its first token; re-read when it changes).
+    tls_ca: str = ""
+    tls_server_name: str = ""
+    auth_token: str = field(default="", repr=False)
+    auth_token_file: str = ""
+    # Servers (the coordinator, a seed's gRPC server): TLS certificate and key (PEM); files of
+    # bearer tokens accepted on every RPC, and of those that may also publish and update status.
+    tls_cert: str = ""
+    tls_key: str = ""
+    accept_tokens_file: str = ""
+    accept_write_tokens_file: str = ""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -92,9 +112,23 @@ def split_host_port(address: str, what: str = "address") -> tuple[str, int]:
             text = text[len(prefix) :]
     text = text.rstrip("/")
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or not _is_host(host.strip("[]")):
         raise ConfigError(f"{what} {address!r} is not HOST:PORT (for example 127.0.0.1:8001)")
     return host.strip("[]"), int(port)
+
+
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _is_host(text: str) -> bool:
+    """An IP address or a DNS name (labels of letters, digits, '-' and '_')."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        pass
+    name = text[:-1] if text.endswith(".") else text
+    return 0 < len(name) <= 253 and all(_HOSTNAME.fullmatch(label) for label in name.split("."))
 
 
 def parse_bool(name: str, value: str | bool) -> bool:
@@ -153,10 +187,17 @@ def _from_peerload_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _from_mx_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for key in ("MX_SERVER_ADDRESS", "MODEL_EXPRESS_URL"):
         if env.get(key):
-            return {"coordinator": env[key]}
-    return {}
+            out["coordinator"] = env[key]
+            break
+    # The token file the official client sends from, read the same way (its default if present).
+    if env.get("MX_AUTH_TOKEN_PATH"):
+        out["auth_token_file"] = env["MX_AUTH_TOKEN_PATH"]
+    elif os.path.isfile(MX_DEFAULT_TOKEN_PATH):
+        out["auth_token_file"] = MX_DEFAULT_TOKEN_PATH
+    return out
 
 
 def _from_json_config(config: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -192,22 +233,31 @@ def _from_json_config(config: str | Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_TIMEOUTS = (
+    "rpc_timeout_s",
+    "heartbeat_interval_s",
+    "heartbeat_timeout_s",
+    "gc_timeout_s",
+    "transfer_timeout_s",
+    "settle_timeout_s",
+)
+_FILES = ("tls_ca", "tls_cert", "tls_key", "auth_token_file", "accept_tokens_file", "accept_write_tokens_file")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def _validate(s: Settings) -> None:
     if s.transport not in TRANSPORTS:
         raise ConfigError(f"transport {s.transport!r} is not supported; choose one of {choices(TRANSPORTS)}")
     if s.store not in STORES:
         raise ConfigError(f"store {s.store!r} is not supported; choose one of {choices(STORES)}")
     split_host_port(s.coordinator, what="coordinator")
-    for name in (
-        "rpc_timeout_s",
-        "heartbeat_interval_s",
-        "heartbeat_timeout_s",
-        "gc_timeout_s",
-        "transfer_timeout_s",
-        "settle_timeout_s",
-    ):
-        if getattr(s, name) <= 0:
-            raise ConfigError(f"{name} must be > 0, got {getattr(s, name)}")
+    for name in ("host", "advertise_host"):
+        if not _is_host(getattr(s, name)):
+            raise ConfigError(f"{name} {getattr(s, name)!r} is not an IP address or host name (e.g. 127.0.0.1)")
+    for name in _TIMEOUTS:
+        value = getattr(s, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} must be a number of seconds > 0, got {value}")
     if s.heartbeat_interval_s >= s.heartbeat_timeout_s:
         raise ConfigError(
             f"heartbeat_interval_s ({s.heartbeat_interval_s}) must be smaller than "
@@ -222,3 +272,19 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"chunk_bytes must be >= 4096, got {s.chunk_bytes}")
     if not 0 <= s.port < 65536:
         raise ConfigError(f"port must be in 0..65535 (0 picks a free port), got {s.port}")
+    if not s.redis_url.startswith(_REDIS_SCHEMES):
+        raise ConfigError(f"redis_url {s.redis_url!r} must start with {', '.join(_REDIS_SCHEMES)}")
+    _validate_security(s)
+
+
+def _validate_security(s: Settings) -> None:
+    for name in _FILES:
+        path = getattr(s, name)
+        if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            raise ConfigError(f"{name}: {path!r} is not a readable file")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise ConfigError("tls_cert and tls_key go together: give both (PEM files) or neither")
+    if s.auth_token and not is_token(s.auth_token):
+        raise ConfigError("auth_token must be printable ASCII without spaces (it is sent as a gRPC header)")
+    if s.tls_server_name and not _is_host(s.tls_server_name):
+        raise ConfigError(f"tls_server_name {s.tls_server_name!r} is not a host name")

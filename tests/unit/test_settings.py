@@ -71,3 +71,48 @@ def test_host_port_forms():
     assert split_host_port("[::1]:8001") == ("::1", 8001)
     with pytest.raises(ConfigError, match="HOST:PORT"):
         split_host_port("h:99999")
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"port": 80000}, "port must be in 0..65535"),
+        ({"port": -1}, "port must be in 0..65535"),
+        ({"host": "bad host"}, "host 'bad host' is not an IP address"),
+        ({"advertise_host": ""}, "advertise_host '' is not an IP address"),
+        ({"coordinator": "bad host:8001"}, "is not HOST:PORT"),
+        ({"rpc_timeout_s": float("nan")}, "rpc_timeout_s must be a number of seconds > 0"),
+        ({"transfer_timeout_s": float("inf")}, "transfer_timeout_s must be a number of seconds > 0"),
+        ({"gc_timeout_s": 0}, "gc_timeout_s must be a number of seconds > 0"),
+        ({"redis_url": "localhost:6379"}, "redis_url 'localhost:6379' must start with redis://"),
+        ({"tls_ca": "/no/such/ca.pem"}, "tls_ca: '/no/such/ca.pem' is not a readable file"),
+        ({"accept_tokens_file": "/no/such/tokens"}, "accept_tokens_file: '/no/such/tokens' is not a readable file"),
+        ({"auth_token": "two words"}, "auth_token must be printable ASCII without spaces"),
+        ({"tls_server_name": "not a name"}, "tls_server_name 'not a name' is not a host name"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_setting(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.load(env={}, **overrides)
+
+
+def test_tls_cert_and_key_go_together(tmp_path):
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match="tls_cert and tls_key go together"):
+        Settings.load(env={}, tls_cert=str(cert))
+
+
+def test_hosts_and_ports_that_are_fine():
+    s = Settings.load(env={}, host="0.0.0.0", advertise_host="node-1.cluster.local", port=0, coordinator="[::1]:8001")
+    assert (s.host, s.advertise_host, s.port) == ("0.0.0.0", "node-1.cluster.local", 0)
+    assert Settings.load(env={}, host="::").host == "::"
+
+
+def test_token_file_from_the_official_clients_variable_and_token_not_in_repr(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    assert Settings.load(env={"MX_AUTH_TOKEN_PATH": str(token)}).auth_token_file == str(token)
+    both = {"MX_AUTH_TOKEN_PATH": "/elsewhere", "PEERLOAD_AUTH_TOKEN_FILE": str(token)}
+    assert Settings.load(env=both).auth_token_file == str(token)
+    assert "s3cret" not in repr(Settings.load(env={}, auth_token="s3cret"))

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from peerload.adapters.quantize import quantize_int8
-from peerload.errors import ConfigError, MissingExtraError
+from peerload.errors import CheckpointError, ConfigError, MissingExtraError
 from peerload.tensors import module_tensors
 
 # Megatron-style tensor parallelism for Llama/Qwen2-like names: which dim each rank splits.
@@ -24,59 +25,129 @@ _ROW_PARALLEL = ("o_proj", "down_proj")
 
 
 def checkpoint_files(path: str | Path) -> list[Path]:
-    """The safetensors files of a checkpoint: a file, a sharded directory, or a plain directory."""
+    """The safetensors files of a checkpoint: a file, a sharded directory, or a plain directory.
+
+    Raises:
+        CheckpointError: not a .safetensors file or directory, a bad index, or a shard it names is missing.
+    """
     p = Path(path)
     if p.is_file():
         if p.suffix != ".safetensors":
-            raise ConfigError(f"{p} is not a .safetensors file")
+            raise CheckpointError(p, "not a .safetensors file; give a .safetensors file or a model directory")
         return [p]
     if not p.is_dir():
-        raise ConfigError(f"checkpoint path {p} does not exist")
+        raise CheckpointError(p, "does not exist; give a .safetensors file or a model directory")
     index = p / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [p / name for name in sorted(set(weight_map.values()))]
+        files = [p / name for name in sorted(set(_index_weight_map(index).values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise CheckpointError(index, f"names shard(s) missing from {p}: {shown}; download every shard")
+        return files
     files = sorted(p.glob("*.safetensors"))
     if not files:
-        raise ConfigError(f"no *.safetensors files in {p} (and no model.safetensors.index.json)")
+        raise CheckpointError(p, "has no *.safetensors files (and no model.safetensors.index.json)")
     return files
 
 
+def _index_weight_map(index: Path) -> dict[str, str]:
+    """The tensor name -> shard file map of a model.safetensors.index.json."""
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
+        raise CheckpointError(index, 'has no "weight_map" of tensor names to shard files')
+    return weight_map
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; CheckpointError naming the file otherwise."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(path, f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(path, f"cannot be read ({exc})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(path, f"must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
+def read_model_config(path: str | Path) -> dict[str, Any]:
+    """PATH/config.json as a dict ({} for a bare safetensors file or a directory without one).
+
+    Raises:
+        CheckpointError: config.json is not a JSON object.
+    """
+    config = Path(path) / "config.json"
+    return _read_json(config) if Path(path).is_dir() and config.exists() else {}
+
+
+def _safetensors_problem(error: Exception) -> str:
+    """A safetensors error as what it means for the file."""
+    text = str(error).removeprefix("Error while deserializing header: ").splitlines()[0]
+    if "header too large" in text or "header too small" in text:
+        return f"not a safetensors file ({text}); give a .safetensors checkpoint"
+    if "not fully covered" in text or "incomplete metadata" in text:
+        return "truncated: its header describes more bytes than the file holds; re-download or re-save it"
+    if "unknown variant" in text:
+        dtype = text.split("`")[1] if text.count("`") >= 2 else "?"
+        return f"corrupt header: unknown dtype {dtype}; re-download or re-save it"
+    return f"corrupt safetensors file ({text}); re-download or re-save it"
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors checkpoint, by name."""
+    """All tensors of a safetensors checkpoint, by name.
+
+    Raises:
+        CheckpointError: a file is not a readable safetensors file.
+    """
     tensors: dict[str, torch.Tensor] = {}
     for f in checkpoint_files(path):
-        tensors.update(load_file(str(f)))
+        try:
+            tensors.update(load_file(str(f)))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f, _safetensors_problem(exc)) from None
     return tensors
 
 
 def checkpoint_layout(path: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Names, shapes and dtypes of a checkpoint's tensors, read from headers only."""
+    """Names, shapes and dtypes of a checkpoint's tensors, read from headers only.
+
+    Raises:
+        CheckpointError: a file is not a readable safetensors file or holds a dtype peerload cannot load.
+    """
     layout = {}
     for f in checkpoint_files(path):
-        with safe_open(str(f), framework="pt") as fh:
-            for name in fh.keys():
-                sl = fh.get_slice(name)
-                layout[name] = (tuple(sl.get_shape()), _safetensors_dtype(sl.get_dtype()))
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for name in fh.keys():
+                    sl = fh.get_slice(name)
+                    layout[name] = (tuple(sl.get_shape()), _safetensors_dtype(f, name, sl.get_dtype()))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f, _safetensors_problem(exc)) from None
     return layout
 
 
-def _safetensors_dtype(code: str) -> torch.dtype:
-    table = {
-        "F64": torch.float64,
-        "F32": torch.float32,
-        "F16": torch.float16,
-        "BF16": torch.bfloat16,
-        "I64": torch.int64,
-        "I32": torch.int32,
-        "I16": torch.int16,
-        "I8": torch.int8,
-        "U8": torch.uint8,
-        "BOOL": torch.bool,
-    }
-    if code not in table:
-        raise ConfigError(f"safetensors dtype {code} is not supported")
-    return table[code]
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _safetensors_dtype(file: Path, name: str, code: str) -> torch.dtype:
+    if code not in _DTYPES:
+        raise CheckpointError(
+            file, f"tensor {name!r} has dtype {code}, which peerload cannot load ({', '.join(_DTYPES)})"
+        )
+    return _DTYPES[code]
 
 
 def has_model_config(path: str | Path) -> bool:
@@ -91,12 +162,31 @@ def _transformers():
     return transformers
 
 
+def auto_config(path: str | Path) -> Any:
+    """The transformers config of `path/config.json`.
+
+    Raises:
+        CheckpointError: config.json is invalid or names an architecture transformers does not know.
+        MissingExtraError: transformers is not installed.
+    """
+    transformers = _transformers()
+    try:
+        return transformers.AutoConfig.from_pretrained(str(path))
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(Path(path) / "config.json", f"not a usable model config: {problem}") from None
+
+
+def _meta_model(path: str | Path) -> torch.nn.Module:
+    """The model of `path/config.json` on the meta device (no memory)."""
+    config = auto_config(path)
+    with torch.device("meta"):
+        return _transformers().AutoModelForCausalLM.from_config(config)
+
+
 def build_empty_model(path: str | Path, *, quantize: str | None = None) -> torch.nn.Module:
     """The model of `path/config.json` with allocated but uninitialised tensors, post-processed."""
-    transformers = _transformers()
-    config = transformers.AutoConfig.from_pretrained(str(path))
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
+    model = _meta_model(path)
     _post_process(model, quantize)
     materialize(model)
     return model.eval()
@@ -104,8 +194,7 @@ def build_empty_model(path: str | Path, *, quantize: str | None = None) -> torch
 
 def load_model(path: str | Path, *, quantize: str | None = None) -> torch.nn.Module:
     """The model of `path` loaded from its safetensors files, post-processed."""
-    transformers = _transformers()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(path))
+    model = _transformers().AutoModelForCausalLM.from_pretrained(str(path), config=auto_config(path))
     _post_process(model, quantize)
     return model.eval()
 
@@ -212,10 +301,7 @@ def target_tensors(
         if tp_size == 1:
             destination: dict[str, torch.Tensor] | torch.nn.Module = build_empty_model(path, quantize=quantize)
         else:
-            transformers = _transformers()
-            config = transformers.AutoConfig.from_pretrained(str(path))
-            with torch.device("meta"):
-                meta = transformers.AutoModelForCausalLM.from_config(config)
+            meta = _meta_model(path)
             _post_process(meta, quantize)
             destination = empty_like_shard(module_tensors(meta, attributes=False), tp_size, tp_rank)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from peerload.errors import (
+    CheckpointError,
     ChecksumMismatch,
     ConfigError,
     CoordinatorError,
@@ -15,17 +16,59 @@ from peerload.errors import (
     MissingExtraError,
     PeerloadError,
     SeedServiceError,
+    ServiceError,
     TransportError,
 )
 
+_TLS_FAILED = ("handshake", "ssl", "tls", "socket closed")
+
+
+def _security_hint(error: ServiceError) -> str:
+    """What to fix when a service refused our credentials or TLS failed ("" otherwise)."""
+    if error.code == "UNAUTHENTICATED":
+        return (
+            f"the {error.service} requires a bearer token: set PEERLOAD_AUTH_TOKEN_FILE (or MX_AUTH_TOKEN_PATH) "
+            "to a file holding one it accepts."
+        )
+    if error.code == "PERMISSION_DENIED":
+        return f"this token may only read; publishing needs one of the {error.service}'s write tokens."
+    if error.code in ("UNAVAILABLE", "UNKNOWN") and any(word in error.details.lower() for word in _TLS_FAILED):
+        return (
+            "if the server uses TLS, set PEERLOAD_TLS_CA to the CA that signed its certificate (and "
+            "PEERLOAD_TLS_SERVER_NAME if the certificate names another host); see docs/security.md."
+        )
+    return ""
+
+
+def _unavailable(error: PeerloadError) -> str:
+    assert isinstance(error, ServiceError)
+    where = error.address or "that address"
+    return (
+        _security_hint(error) or f"is `peerload serve` running at {where}? See --coordinator (or PEERLOAD_COORDINATOR)."
+    )
+
+
+def _refused(error: PeerloadError) -> str:
+    assert isinstance(error, ServiceError)
+    return _security_hint(error) or "the coordinator refused the request; the message above names the field."
+
+
+def _seed_failed(error: PeerloadError) -> str:
+    assert isinstance(error, ServiceError)
+    return (
+        _security_hint(error) or "that seed is unreachable or is not a peerload seed; `peerload sources` lists seeds."
+    )
+
+
 # Most specific class first wins (looked up along the exception's MRO).
 _HINTS: dict[type[PeerloadError], Callable[[PeerloadError], str]] = {
-    CoordinatorUnavailable: lambda e: (
-        f"is `peerload serve` running at {getattr(e, 'address', '') or 'that address'}? "
-        "See --coordinator (or PEERLOAD_COORDINATOR)."
+    CoordinatorUnavailable: _unavailable,
+    CoordinatorError: _refused,
+    SeedServiceError: _seed_failed,
+    CheckpointError: lambda e: (
+        "PATH is a .safetensors file or a Hugging Face model directory (config.json and *.safetensors, "
+        "plus model.safetensors.index.json when sharded)."
     ),
-    CoordinatorError: lambda e: "the coordinator refused the request; the message above names the field.",
-    SeedServiceError: lambda e: "that seed is unreachable or is not a peerload seed; `peerload sources` lists seeds.",
     MissingExtraError: lambda e: f"install the extra: pip install 'peerload[{getattr(e, 'extra', '')}]'.",
     LayoutMismatch: lambda e: (
         "the seed's tensors differ from this model's: use the same checkpoint and the same "

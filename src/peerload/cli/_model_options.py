@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import signal
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
+from peerload.coordinator.registry import MAX_ID_CHARS
 from peerload.errors import ConfigError
 from peerload.identity import SourceIdentity, worker_rank
 from peerload.settings import Settings
@@ -105,13 +105,21 @@ def model_options(
     quantize: str | None,
     worker_id: str | None,
 ) -> ModelOptions:
-    """Validate the shared options and derive the identity and rank."""
+    """Validate the shared options and the checkpoint's files, and derive the identity and rank."""
+    from peerload.adapters import hf  # torch-heavy: imported only by the commands that load a model
+
     if not path.exists():
         raise ConfigError(f"{path} does not exist: give a .safetensors file or a model directory")
     if quantize is not None and quantize != "int8":
         raise ConfigError(f"--quantize {quantize!r} is not supported; the only choice is int8")
     rank = worker_rank(tp_rank, pp_rank, tp_size, pp_size)
-    config = model_config(path)
+    if worker_id is not None and (not worker_id.strip() or len(worker_id) > MAX_ID_CHARS):
+        raise ConfigError(f"--worker-id must be 1 to {MAX_ID_CHARS} characters and not blank, got {worker_id!r}")
+    # Every header and config.json is read now, so a bad file fails here, named, before any work.
+    layout = hf.checkpoint_layout(path)
+    config = hf.read_model_config(path)
+    if hf.has_model_config(path):
+        hf.auto_config(path)
     identity = SourceIdentity(
         model_name=model_name,
         revision=revision,
@@ -120,7 +128,7 @@ def model_options(
         expert_parallel_size=ep_size,
         # Runtime post-processing (--quantize) is not part of the identity: a target that forgot
         # it finds the source and is told exactly which tensors differ.
-        dtype=checkpoint_dtype(path, config),
+        dtype=checkpoint_dtype(config, layout),
         quantization=checkpoint_quantization(config),
     )
     return ModelOptions(
@@ -136,29 +144,29 @@ def model_options(
     )
 
 
-def model_config(path: Path) -> dict:
-    """PATH/config.json as a dict ({} for a bare safetensors file)."""
-    config = path / "config.json" if path.is_dir() else None
-    return json.loads(config.read_text()) if config is not None and config.exists() else {}
-
-
-def checkpoint_dtype(path: Path, config: dict) -> str:
+def checkpoint_dtype(config: dict, layout: Mapping[str, tuple[Any, Any]]) -> str:
     """The model's dtype as configured (config.json), else the commonest one in the checkpoint."""
     value = config.get("dtype") or config.get("torch_dtype")
     if value:
         return str(value).replace("torch.", "")
-    from peerload.adapters.hf import checkpoint_layout
-
-    try:
-        counts = Counter(str(dt).replace("torch.", "") for _, dt in checkpoint_layout(path).values())
-    except ConfigError:
-        return ""
+    counts = Counter(str(dt).replace("torch.", "") for _, dt in layout.values())
     return counts.most_common(1)[0][0] if counts else ""
 
 
 def checkpoint_quantization(config: dict) -> str:
     """The checkpoint's own quantization method (config.json quantization_config), or ""."""
-    return str((config.get("quantization_config") or {}).get("quant_method", ""))
+    quantization = config.get("quantization_config")
+    return str(quantization.get("quant_method", "")) if isinstance(quantization, dict) else ""
+
+
+def output_file(path: Path | None, option: str) -> None:
+    """Refuse an output file option (--report, --ready-file) that cannot be written, before any work."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{option} {path}: directory {path.parent} does not exist")
 
 
 def wait_for_signal() -> None:

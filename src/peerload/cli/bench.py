@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,17 @@ def _split(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
     if bad or not items:
         raise ConfigError(f"{what} {value!r} is not valid; choose from {', '.join(allowed)} or all")
     return items
+
+
+def _sizes(value: str) -> list[float]:
+    """--scaling's comma list of GiB sizes, each a number > 0."""
+    try:
+        sizes = [float(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or not all(math.isfinite(s) and s > 0 for s in sizes):
+        raise ConfigError(f"--scaling {value!r} is not a comma list of sizes in GiB > 0, such as 0.25,1,2")
+    return sizes
 
 
 def bench(
@@ -46,6 +58,15 @@ def bench(
     from peerload.bench.runner import GROUPS, BenchConfig
     from peerload.components import TRANSPORTS
 
+    # Every option is checked before the first measurement, which may take minutes.
+    for option, value in (("--size-gib", size_gib), ("--duration", duration)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{option} must be a finite number, got {value}")
+    transports = _split(transport, tuple(TRANSPORTS), "--transport")
+    groups = _split(cases, GROUPS, "--cases")
+    sizes = _sizes(scaling) if scaling else []
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory for the results")
     console = Console(stderr=json_out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -64,13 +85,12 @@ def bench(
         tensors=tensors,
         repeats=repeats,
         out=out,
-        transports=_split(transport, tuple(TRANSPORTS), "--transport"),
-        groups=_split(cases, GROUPS, "--cases"),
+        transports=transports,
+        groups=groups,
     )
     if scaling:
         from peerload.bench.scaling import run_scaling, scaling_table
 
-        sizes = [float(s) for s in scaling.split(",") if s.strip()]
         results = run_scaling(config, sizes, progress=lambda s: console.log(s))
         path = out / "scaling.json"
         path.write_text(json.dumps(results, indent=2))

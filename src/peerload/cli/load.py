@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from peerload.cli._model_options import ModelOptions, model_command, wait_for_signal
+from peerload.cli._model_options import ModelOptions, model_command, output_file, wait_for_signal
 
 if TYPE_CHECKING:
     from peerload.loader import LoadResult, Progress
@@ -37,6 +37,7 @@ def load(
     from peerload.adapters import hf  # torch-heavy: imported per command to keep the CLI fast
     from peerload.loader import load_into
 
+    output_file(report, "--report")
     settings = model.settings(verify_checksums=verify, storage_fallback=fallback, max_source_attempts=max_sources)
     destination, from_storage = hf.target_tensors(
         model.path, quantize=model.quantize, tp_size=model.tp_size, tp_rank=model.tp_rank

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from peerload.cli import bench, chaos, demo, load, seed, serve, sources
 from peerload.cli._errors import hint_for
-from peerload.errors import PeerloadError
+from peerload.errors import ConfigError, PeerloadError
 from peerload.settings import debug_enabled
 
 app = typer.Typer(
@@ -31,12 +31,13 @@ app.command()(bench.bench)
 app.command()(chaos.chaos)
 
 
-EXIT_ERROR = 1
+EXIT_ERROR = 1  # a runtime failure: unreachable service, refused request, failed load
+EXIT_USAGE = 2  # bad options, settings or input files (as click reports its own usage errors)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; a known peerload error becomes one line and a hint on stderr, exit status 1."""
+    """Run the CLI; a known peerload error becomes one line and a hint on stderr, exit status 2 or 1."""
     debug = debug_enabled()
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         if hint:
             err.print(f"[yellow]hint:[/] {hint}", markup=True, soft_wrap=True)
         err.print("[dim]set PEERLOAD_DEBUG=1 for the full traceback.[/]")
-        sys.exit(EXIT_ERROR)
+        sys.exit(EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_ERROR)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from peerload._process import write_ready_file
-from peerload.cli._model_options import ModelOptions, model_command, wait_for_signal
+from peerload.cli._model_options import ModelOptions, model_command, output_file, wait_for_signal
 from peerload.client import CoordinatorClient
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,12 @@ def seed(
     from peerload.adapters import hf  # torch-heavy: imported per command to keep the CLI fast
     from peerload.seed.publisher import publish
 
+    output_file(ready_file, "--ready-file")
     settings = model.settings()
-    # Fail before reading gigabytes from disk if nobody can be told about them.
+    # Fail before reading gigabytes from disk if nobody can be told about them (reachable, TLS, token).
     with CoordinatorClient.from_settings(settings) as client:
         client.health_check()
+        client.list_sources(model_name=model.identity.model_name, limit=1)
     tensors, _model = hf.seed_tensors(model.path, quantize=model.quantize, tp_size=model.tp_size, tp_rank=model.tp_rank)
     with publish(tensors, model.identity, rank=model.rank, settings=settings, worker_id=model.worker_id) as pub:
         typer.echo(

@@ -16,7 +16,9 @@ logger = logging.getLogger(__name__)
 
 def serve(
     host: Optional[str] = typer.Option(None, help="Address to listen on [default: 127.0.0.1, or PEERLOAD_HOST]."),
-    port: Optional[int] = typer.Option(None, help="Port; 0 picks a free one [default: 8001, or PEERLOAD_PORT]."),
+    port: Optional[int] = typer.Option(
+        None, min=0, max=65535, help="Port; 0 picks a free one, printed at start [default: 8001, or PEERLOAD_PORT]."
+    ),
     store: Optional[str] = typer.Option(None, help="Registry store: memory or redis [default: memory]."),
     redis_url: Optional[str] = typer.Option(None, help="Redis URL for --store redis."),
     heartbeat_timeout: Optional[float] = typer.Option(
@@ -26,22 +28,39 @@ def serve(
         None, help="Seconds without heartbeat before a STALE worker is deleted [default: 60]."
     ),
     metrics_port: Optional[int] = typer.Option(
-        None, help="Serve Prometheus /metrics on this port (0 picks a free one) [default: off]."
+        None, min=0, max=65535, help="Serve Prometheus /metrics on this port (0 picks a free one) [default: off]."
+    ),
+    tls_cert: Optional[str] = typer.Option(None, help="Serve TLS with this certificate (PEM); needs --tls-key."),
+    tls_key: Optional[str] = typer.Option(None, help="Private key (PEM) of --tls-cert."),
+    auth_token_file: Optional[str] = typer.Option(
+        None, help="Require a bearer token from this file (one per line, re-read on change) on every RPC."
+    ),
+    auth_write_token_file: Optional[str] = typer.Option(
+        None, help="Publishing and status updates need a token from this file (others only read)."
     ),
 ) -> None:
     """Run the coordinator (ModelExpress-compatible P2P metadata service)."""
     from peerload.coordinator.server import serve as start
 
     overrides = dict(
-        host=host, store=store, redis_url=redis_url, heartbeat_timeout_s=heartbeat_timeout, gc_timeout_s=gc_timeout
+        host=host,
+        port=port,
+        store=store,
+        redis_url=redis_url,
+        heartbeat_timeout_s=heartbeat_timeout,
+        gc_timeout_s=gc_timeout,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        accept_tokens_file=auth_token_file,
+        accept_write_tokens_file=auth_write_token_file,
     )
-    if heartbeat_timeout is not None:
+    if heartbeat_timeout is not None and heartbeat_timeout > 0:
         # Keep the settings' interval < timeout rule satisfiable when only the timeout is given.
         base = Settings.load()
         if base.heartbeat_interval_s >= heartbeat_timeout:
             overrides["heartbeat_interval_s"] = heartbeat_timeout / 2
     settings = Settings.load(**overrides)
-    server = start(settings, port=port, metrics_port=metrics_port)
+    server = start(settings, metrics_port=metrics_port)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -49,7 +68,10 @@ def serve(
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    typer.echo(f"peerload coordinator listening on {server.address} (store={settings.store})", err=True)
+    typer.echo(
+        f"peerload coordinator listening on {server.address} (store={settings.store}, {server.security.describe()})",
+        err=True,
+    )
     if server.metrics_port is not None:
         typer.echo(f"metrics on http://{settings.host}:{server.metrics_port}/metrics", err=True)
     try:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent import futures
 
-import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from peerload._gen.model_express import p2p_pb2 as pb
+from peerload._grpc_server import ServerSecurity, bind, new_server
 from peerload.coordinator.metrics import CoordinatorMetrics
 from peerload.coordinator.reaper import Reaper
 from peerload.coordinator.registry import Registry
@@ -22,6 +21,8 @@ from peerload.settings import Settings
 logger = logging.getLogger(__name__)
 
 P2P_SERVICE = pb.DESCRIPTOR.services_by_name["P2pService"].full_name
+# What a write token is needed for, when the coordinator restricts writes (accept_write_tokens_file).
+WRITE_METHODS = (f"/{P2P_SERVICE}/PublishMetadata", f"/{P2P_SERVICE}/UpdateStatus")
 
 
 class CoordinatorServer:
@@ -40,6 +41,7 @@ class CoordinatorServer:
         self.port = 0  # bound by start()
         # Port of the Prometheus /metrics endpoint, when one was asked for.
         self.metrics_port: int | None = None
+        self.security = ServerSecurity.from_settings(settings)
         self.registry = Registry(
             store,
             settings.heartbeat_timeout_s,
@@ -48,8 +50,10 @@ class CoordinatorServer:
             max_tensors_per_worker=settings.max_tensors_per_worker,
         )
         self._metrics = CoordinatorMetrics(self.registry)
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="peerload-rpc"),
+        self._server = new_server(
+            self.security,
+            max_workers=max_workers,
+            thread_name_prefix="peerload-rpc",
             # Larger requests are refused with RESOURCE_EXHAUSTED by gRPC itself, before any parsing.
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -57,6 +61,7 @@ class CoordinatorServer:
                 # A second server on the same port must fail loudly, not share the port.
                 ("grpc.so_reuseport", 0),
             ],
+            write_methods=WRITE_METHODS,
         )
         self._server.add_generic_rpc_handlers((p2p_handler(P2pServicer(self.registry), observe=self._metrics.observe),))
         self._health = health.HealthServicer()
@@ -73,7 +78,9 @@ class CoordinatorServer:
         Raises:
             ConfigError: the address or the metrics port cannot be bound.
         """
-        self.port = self._bind(port)
+        self.port = bind(
+            self._server, self.host, port, self.security, what="coordinator", fix="choose another --port or --host"
+        )
         self._server.start()
         if metrics_port is not None:
             try:
@@ -84,16 +91,6 @@ class CoordinatorServer:
                 ) from None
         self._reaper.start()
         self.set_serving(True)
-
-    def _bind(self, port: int) -> int:
-        target = f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
-        try:
-            bound = self._server.add_insecure_port(target)
-        except RuntimeError as exc:
-            raise ConfigError(f"cannot listen on {target}: {exc}; choose another --port or --host") from None
-        if bound == 0:
-            raise ConfigError(f"cannot listen on {target} (port in use?); choose another --port or --host")
-        return bound
 
     @property
     def address(self) -> str:
@@ -148,7 +145,8 @@ def serve(
     """Start a coordinator on settings.host:settings.port and return it running.
 
     Args:
-        settings: host, port, store, redis_url, heartbeat_timeout_s and gc_timeout_s are used.
+        settings: host, port, store, redis_url, heartbeat_timeout_s, gc_timeout_s, and the server
+            security settings (tls_cert, tls_key, accept_tokens_file, accept_write_tokens_file).
         port: overrides settings.port; 0 picks a free port (see `.port`).
         store: an already built store (default: `make_store(settings)`).
         max_message_bytes: larger requests are refused with RESOURCE_EXHAUSTED.
@@ -156,27 +154,34 @@ def serve(
         metrics_port: serve Prometheus /metrics on settings.host at this port (0: a free one).
 
     Raises:
-        ConfigError: the address cannot be bound or the store is misconfigured.
+        ConfigError: the address cannot be bound, the store is misconfigured, or a certificate,
+            key or token file is unusable.
         MissingExtraError: the Redis store was chosen without the `redis` package.
     """
     store_name = settings.store if store is None else type(store).__name__
-    coordinator = CoordinatorServer(
-        settings,
-        store if store is not None else make_store(settings),
-        max_message_bytes=max_message_bytes,
-        reap_interval_s=reap_interval_s,
-        max_workers=max_workers,
-    )
+    store = store if store is not None else make_store(settings)
+    try:
+        coordinator = CoordinatorServer(
+            settings,
+            store,
+            max_message_bytes=max_message_bytes,
+            reap_interval_s=reap_interval_s,
+            max_workers=max_workers,
+        )
+    except BaseException:
+        store.close()
+        raise
     try:
         coordinator.start(settings.port if port is None else port, metrics_port)
     except BaseException:
         coordinator.stop(grace_s=0)
         raise
     logger.info(
-        "coordinator listening on %s (store=%s, heartbeat_timeout=%ss, gc_timeout=%ss)",
+        "coordinator listening on %s (store=%s, heartbeat_timeout=%ss, gc_timeout=%ss, %s)",
         coordinator.address,
         store_name,
         settings.heartbeat_timeout_s,
         settings.gc_timeout_s,
+        coordinator.security.describe(),
     )
     return coordinator

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from peerload._grpc import ChannelSecurity
 from peerload.client import CoordinatorClient, SourceRef, SourceStatus
 from peerload.errors import (
     ChecksumMismatch,
@@ -127,7 +128,10 @@ class TargetLoad:
         self.worker_id = options.worker_id or new_worker_id(options.rank)
         self.seconds: dict[str, float] = {}
         self.attempts: list[str] = []
-        self.client = CoordinatorClient.from_settings(settings)
+        self.security = ChannelSecurity.from_settings(settings)
+        self.client = CoordinatorClient(
+            settings.coordinator, timeout_s=settings.rpc_timeout_s, retries=settings.rpc_retries, security=self.security
+        )
         self.transport: Transport | None = None
         self._waves: list[list[str]] = []
         self._faulting = Faulting([])
@@ -221,7 +225,9 @@ class TargetLoad:
                 raise NoSourceAvailable(f"source {worker_id} vanished before the transfer")
             if not record.worker_grpc_endpoint:
                 raise NoSourceAvailable(f"source {worker_id} serves no manifest endpoint (not a peerload seed?)")
-            manifest = fetch_manifest(record.worker_grpc_endpoint, worker_id, self.settings.rpc_timeout_s)
+            manifest = fetch_manifest(
+                record.worker_grpc_endpoint, worker_id, self.settings.rpc_timeout_s, security=self.security
+            )
             check_layout(tensor_set, manifest, source=worker_id)
             peer = EndpointInfo(
                 agent_name=record.agent_name,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from concurrent import futures
-
 import grpc
 from google.protobuf.message import DecodeError
 
 from peerload._gen.peerload.v1 import seed_pb2
-from peerload.errors import PeerloadError
+from peerload._grpc_server import OPEN, ServerSecurity, bind, new_server
 from peerload.limits import MANIFEST_MAX_BYTES, SEED_MAX_REQUEST_BYTES
 from peerload.manifest import Manifest
 from peerload.wire import manifest_to_proto
@@ -42,20 +40,24 @@ class _Servicer:
 
 
 class ManifestServer:
-    """Serves one manifest on HOST:<free port>; `endpoint` is what goes into WorkerMetadata."""
+    """Serves one manifest on HOST:<free port>; `endpoint` is what goes into WorkerMetadata.
 
-    def __init__(self, manifest: Manifest, host: str = "127.0.0.1", port: int = 0) -> None:
+    Raises:
+        ConfigError: HOST cannot be bound (see the advertise_host setting).
+    """
+
+    def __init__(
+        self, manifest: Manifest, host: str = "127.0.0.1", port: int = 0, security: ServerSecurity = OPEN
+    ) -> None:
         # Larger requests are refused with RESOURCE_EXHAUSTED by gRPC itself, before any parsing.
         options = [
             ("grpc.max_send_message_length", MANIFEST_MAX_BYTES),
             ("grpc.max_receive_message_length", SEED_MAX_REQUEST_BYTES),
         ]
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
+        self._server = new_server(security, max_workers=2, options=options, thread_name_prefix="peerload-seed-rpc")
         self._server.add_generic_rpc_handlers((_Servicer(manifest).handler(),))
-        bound = self._server.add_insecure_port(f"{host}:{port}")
-        if bound == 0:
-            raise PeerloadError(f"manifest server could not bind {host}:{port}")
-        self.endpoint = f"{host}:{bound}"
+        bound = bind(self._server, host, port, security, what="seed", fix="check the advertise_host setting")
+        self.endpoint = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
         self._server.start()
 
     def stop(self, grace: float = 0.5) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
+from peerload._grpc_server import ServerSecurity
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import SourceIdentity, new_worker_id
@@ -91,7 +92,8 @@ class Publisher:
             self.manifest: Manifest = tensor_set.manifest(
                 sums, worker_id=self.worker_id, source_id=self.source_id, worker_rank=rank
             )
-            self._server = ManifestServer(self.manifest, host=settings.advertise_host)
+            security = ServerSecurity.from_settings(settings)
+            self._server = ManifestServer(self.manifest, host=settings.advertise_host, security=security)
             self._publish()
         except BaseException:
             self._release()
