@@ -59,7 +59,7 @@ test-fast: install
 bench: install
 	$(BIN)/peerload bench
 
-# The fault campaign (about 15 minutes): figures into docs/chaos.json and docs/reliability.md.
+# The fault campaign (about 12 minutes): figures into docs/chaos.json and docs/reliability.md.
 chaos: install
 	$(BIN)/peerload chaos --out docs/chaos.json --markdown docs/reliability.md
 
