@@ -181,3 +181,89 @@ def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
         if server.proc.poll() is None:
             server.proc.kill()
             server.proc.wait(timeout=10)
+
+
+# -- tiny Hugging Face models, one per architecture family (random weights, save_pretrained) ----
+
+_LAYERS = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+_TINY_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "bert": ("BertModel", "BertConfig", {**_LAYERS, "vocab_size": 128, "max_position_embeddings": 64}),
+    "gpt2": (
+        "GPT2LMHeadModel",
+        "GPT2Config",
+        {
+            "vocab_size": 128,
+            "n_embd": 32,
+            "n_layer": 2,
+            "n_head": 2,
+            "n_positions": 64,
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+        },
+    ),
+    "llama": (
+        "LlamaForCausalLM",
+        "LlamaConfig",
+        {
+            **_LAYERS,
+            "vocab_size": 128,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 64,
+            "tie_word_embeddings": True,
+        },
+    ),
+    "t5": (
+        "T5ForConditionalGeneration",
+        "T5Config",
+        {"vocab_size": 128, "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 2, "num_heads": 2},
+    ),
+    "vit": ("ViTForImageClassification", "ViTConfig", {**_LAYERS, "image_size": 32, "patch_size": 8, "num_labels": 3}),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """tiny_model(kind) -> save_pretrained directory of a small random fp32 model (bert, gpt2, llama, t5, vit)."""
+    made: dict[str, Path] = {}
+
+    def make(kind: str) -> Path:
+        if kind not in made:
+            import torch
+            import transformers
+
+            class_name, config_name, options = _TINY_MODELS[kind]
+            config = getattr(transformers, config_name)(dtype="float32", **options)
+            torch.manual_seed(len(made))
+            directory = tmp_path_factory.mktemp(kind) / "model"
+            getattr(transformers, class_name)(config).save_pretrained(str(directory))
+            made[kind] = directory
+        return made[kind]
+
+    return make
+
+
+@pytest.fixture
+def seed_process(tmp_path: Path) -> Iterator[Callable[..., dict[str, Any]]]:
+    """start(path, coordinator, *args, name=...) -> the ready file of a `peerload seed` child (plus "proc", "log");
+    every seed is stopped (SIGTERM) after the test."""
+    from peerload._process import peerload_cmd, spawn, stop_process, wait_ready_file
+
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(path: Path, coordinator: str, *args: str, name: str, timeout_s: float = 120) -> dict[str, Any]:
+        ready = tmp_path / f"seed-{len(started)}.ready"
+        log = tmp_path / f"seed-{len(started)}.log"
+        cmd = peerload_cmd(
+            "seed", str(path), "--model-name", name, "--coordinator", coordinator, "--ready-file", str(ready), *args
+        )
+        proc = spawn(cmd, log, cwd=REPO)
+        started.append(proc)
+        try:
+            info = wait_ready_file(proc, ready, timeout_s=timeout_s)
+        except Exception as exc:
+            raise AssertionError(f"{exc}:\n{log.read_text(errors='replace')[-3000:]}") from None
+        return {**info, "proc": proc, "log": log}
+
+    yield start
+    for proc in started:
+        stop_process(proc, timeout_s=30)

@@ -157,6 +157,26 @@ class ChecksumMismatch(PeerloadError, ValueError):
         super().__init__(f"checksum mismatch from source {source or '?'} in: {shown}{more}")
 
 
+class CheckpointMismatch(ConfigError):
+    """A checkpoint and the model class built for it disagree on tensors (strict disk loading)."""
+
+    def __init__(self, path: str, model_class: str, missing: Sequence[str], unused: Sequence[str]) -> None:
+        self.path = path
+        self.model_class = model_class
+        self.missing = sorted(missing)  # model tensors the checkpoint lacks
+        self.unused = sorted(unused)  # checkpoint tensors the model does not use
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} tensor(s) of the model are not in it: {_some(self.missing)}")
+        if self.unused:
+            parts.append(f"{len(self.unused)} tensor(s) in it are not used by the model: {_some(self.unused)}")
+        super().__init__(f"checkpoint {path} does not fit {model_class}: {'; '.join(parts)}")
+
+
+def _some(names: Sequence[str], n: int = 8) -> str:
+    return ", ".join(names[:n]) + (f" (and {len(names) - n} more)" if len(names) > n else "")
+
+
 class LeaseRefused(PeerloadError, RuntimeError):
     """A seed granted no read lease: it is at its reader cap or closing; read from another source."""
 
@@ -170,10 +190,14 @@ class NoSourceAvailable(PeerloadError, LookupError):
 
 
 class LoadFailed(PeerloadError, RuntimeError):
-    """Neither a peer nor storage produced a verified model; the destination was rolled back."""
+    """Neither a peer nor storage produced a verified model; the destination was rolled back.
 
-    def __init__(self, message: str, attempts: Sequence[str] = ()) -> None:
+    `hint` says what to change when a source almost matched (e.g. the same model name on both sides).
+    """
+
+    def __init__(self, message: str, attempts: Sequence[str] = (), *, hint: str = "") -> None:
         self.attempts = list(attempts)
+        self.hint = hint
         detail = "".join(f"\n  - {a}" for a in self.attempts)
         super().__init__(message + detail)
 

@@ -85,8 +85,8 @@ class SourceIdentity:
         return cls(**data)
 
 
-def canonical_json(identity: SourceIdentity) -> str:
-    """The canonical form hashed into the source id: lower-cased strings, sorted keys."""
+def canonical_fields(identity: SourceIdentity) -> dict[str, Any]:
+    """The hashed fields as the hash sees them: lower-cased strings, optional ones only when set."""
     extra: dict[str, str] = {}
     # Sort by the original key first so that, of keys equal up to case, the same one wins
     # everywhere (the Rust server and the official Python client agree on this rule).
@@ -108,7 +108,12 @@ def canonical_json(identity: SourceIdentity) -> str:
     payload.update(
         {name: getattr(identity, name).lower() for name in OPTIONAL_HASHED_FIELDS if getattr(identity, name)}
     )
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return payload
+
+
+def canonical_json(identity: SourceIdentity) -> str:
+    """The canonical form hashed into the source id: lower-cased strings, sorted keys."""
+    return json.dumps(canonical_fields(identity), sort_keys=True, separators=(",", ":"))
 
 
 def compute_source_id(identity: SourceIdentity) -> str:

@@ -327,6 +327,40 @@ def test_no_weights_and_no_peer_is_one_clear_error(tiny_llama: dict[str, Any], c
     assert "no usable peer" in message[-1] and "Cannot find any model weights" in message[-1], message[-1]
 
 
+def test_near_misses_are_named_in_the_error(tiny_llama: dict[str, Any], coordinator_factory: Any) -> None:
+    """A seed started with `--model FULL` and no --served-model-name; a target with `--model BARE`.
+
+    The seed's record is published with the coordinator client under the identity a vLLM seed
+    publishes (test_seed_from_disk_then_target_from_peer checks that identity), to keep this short.
+    """
+    from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
+    from peerload.identity import BackendFramework, SourceIdentity
+
+    full, bare = str(tiny_llama["full"]), str(tiny_llama["bare"])
+    registry = coordinator_factory(heartbeat_timeout_s=300)
+    with CoordinatorClient(registry.address) as client:
+        for name, worker_id, status in (
+            (full, "vllm-seed-full", SourceStatus.READY),
+            (bare, "gone", SourceStatus.STALE),
+        ):
+            identity = SourceIdentity(model_name=name, backend_framework=BackendFramework.VLLM, dtype="float32")
+            source_id = client.publish(identity, WorkerInfo(rank=0), worker_id)
+            client.update_status(source_id, worker_id, 0, status)
+    proc = run_generate(
+        tiny_llama["bare"],
+        tiny_llama["prompts"],
+        load_format="peerload",
+        extra_config={"coordinator": registry.address},
+        env=vllm_env(),
+    )
+    assert proc.returncode != 0
+    assert f"could not load {bare}" in proc.stderr, proc.stderr[-6000:]
+    assert f"model_name is '{full}' there, '{bare}' here" in proc.stderr, proc.stderr[-6000:]
+    assert "worker vllm-seed-full, READY at rank 0" in proc.stderr
+    assert "worker gone of this identity" in proc.stderr and "is STALE at rank 0" in proc.stderr
+    assert "hint: give both sides the same model name" in proc.stderr and "--served-model-name" in proc.stderr
+
+
 def test_seed_from_disk_then_target_from_peer(
     tiny_llama: dict[str, Any], hf_tokens: list[list[int]], coordinator: Any, api_server: Any, free_port: Any
 ) -> None:

@@ -1,13 +1,14 @@
 """Hugging Face glue: read safetensors checkpoints, build models (empty or loaded), tp shards.
 
-A directory with a config.json becomes a `transformers` causal LM (so non-persistent buffers
-such as rotary tables travel too); a bare .safetensors file is moved as its tensors.
+A directory with a config.json becomes the `transformers` model its config names (see
+`hf_classes`; non-persistent buffers such as rotary tables travel too); a bare .safetensors file
+is moved as its tensors.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from peerload.adapters import hf_classes
+from peerload.adapters.hf_classes import transformers_module
 from peerload.adapters.quantize import quantize_int8
-from peerload.errors import CheckpointError, ConfigError, MissingExtraError
+from peerload.errors import CheckpointError, CheckpointMismatch, ConfigError
 from peerload.tensors import module_tensors
 
 # Megatron-style tensor parallelism for Llama/Qwen2-like names: which dim each rank splits.
@@ -154,12 +157,34 @@ def has_model_config(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.json").exists()
 
 
-def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise MissingExtraError("loading Hugging Face models", "transformers", "hf") from None
-    return transformers
+def has_weights(path: str | Path) -> bool:
+    """Whether `path` holds weights: a file, or a directory with *.safetensors or a shard index.
+
+    A model directory without weights (config.json only) is a valid target: its weights come from
+    a peer, and there is no storage fallback.
+    """
+    p = Path(path)
+    return not p.is_dir() or (p / "model.safetensors.index.json").exists() or any(p.glob("*.safetensors"))
+
+
+def build_empty_model(
+    path: str | Path, *, quantize: str | None = None, model_class: str | None = None
+) -> torch.nn.Module:
+    """The model of `path/config.json` with allocated but uninitialised tensors, post-processed.
+
+    Args:
+        path: a model directory with config.json.
+        quantize: post-processing ("int8") or None.
+        model_class: a transformers class name; default: config.json's `architectures` (see hf_classes).
+
+    Raises:
+        ConfigError: `model_class` is not a transformers model class, or none fits the config.
+        MissingExtraError: transformers is not installed.
+    """
+    meta = _meta_model(path, model_class)
+    _post_process(meta, quantize)
+    materialize(meta)
+    return meta.eval()
 
 
 def auto_config(path: str | Path) -> Any:
@@ -169,7 +194,7 @@ def auto_config(path: str | Path) -> Any:
         CheckpointError: config.json is invalid or names an architecture transformers does not know.
         MissingExtraError: transformers is not installed.
     """
-    transformers = _transformers()
+    transformers = transformers_module()
     try:
         return transformers.AutoConfig.from_pretrained(str(path))
     except (ValueError, TypeError, KeyError, OSError) as exc:
@@ -177,26 +202,87 @@ def auto_config(path: str | Path) -> Any:
         raise CheckpointError(Path(path) / "config.json", f"not a usable model config: {problem}") from None
 
 
-def _meta_model(path: str | Path) -> torch.nn.Module:
-    """The model of `path/config.json` on the meta device (no memory)."""
+def load_model(
+    path: str | Path,
+    *,
+    quantize: str | None = None,
+    model_class: str | None = None,
+    allow_missing: bool = False,
+    allow_unused: bool = False,
+) -> torch.nn.Module:
+    """The model of `path` loaded from its safetensors files, checked strictly, post-processed.
+
+    Args:
+        path, quantize, model_class: as for `build_empty_model`.
+        allow_missing: accept model tensors the checkpoint lacks (transformers initialises them).
+        allow_unused: accept checkpoint tensors the model does not use (they are dropped).
+
+    Raises:
+        CheckpointMismatch: tensors missing or unused, as transformers reports them, and not allowed.
+        ConfigError, MissingExtraError: as for `build_empty_model`.
+    """
     config = auto_config(path)
+    cls = hf_classes.model_class(config, model_class)
+    model, info = cls.from_pretrained(str(path), config=config, output_loading_info=True)
+    # Non-persistent buffers (rotary tables, position_ids) and tied weights are never reported.
+    missing = [] if allow_missing else info.get("missing_keys", ())
+    unused = [] if allow_unused else info.get("unexpected_keys", ())
+    if missing or unused:
+        raise CheckpointMismatch(str(path), type(model).__name__, missing, unused)
+    _post_process(model, quantize)
+    return model.eval()
+
+
+def _meta_model(path: str | Path, model_class: str | None) -> torch.nn.Module:
+    """The model of `path/config.json` on the meta device (shapes and names, no memory)."""
+    config = auto_config(path)
+    cls = hf_classes.model_class(config, model_class)
     with torch.device("meta"):
-        return _transformers().AutoModelForCausalLM.from_config(config)
+        return hf_classes.build(cls, config)
 
 
-def build_empty_model(path: str | Path, *, quantize: str | None = None) -> torch.nn.Module:
-    """The model of `path/config.json` with allocated but uninitialised tensors, post-processed."""
-    model = _meta_model(path)
-    _post_process(model, quantize)
-    materialize(model)
-    return model.eval()
+def model_names(model: torch.nn.Module, checkpoint_names: Iterable[str]) -> dict[str, str]:
+    """Checkpoint tensor name -> the model's name for it, renamed as transformers renames on loading.
+
+    Covers transformers' key renames and the base-model prefix (`bert.`, `model.`); a name that
+    transformers merges with others (e.g. fused experts) or drops has no entry.
+    """
+    own = dict(model.state_dict(keep_vars=True))
+    rename = _renamer(model, own)
+    out = {}
+    for name in checkpoint_names:
+        renamed, merged = rename(name)
+        if not merged and renamed in own:
+            out[name] = renamed
+    return out
 
 
-def load_model(path: str | Path, *, quantize: str | None = None) -> torch.nn.Module:
-    """The model of `path` loaded from its safetensors files, post-processed."""
-    model = _transformers().AutoModelForCausalLM.from_pretrained(str(path), config=auto_config(path))
-    _post_process(model, quantize)
-    return model.eval()
+def _renamer(model: torch.nn.Module, own: Mapping[str, object]) -> Callable[[str], tuple[str, bool]]:
+    """transformers' own renaming of checkpoint keys: name -> (model name, merged with others)."""
+    prefix = getattr(model, "base_model_prefix", "") or None
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:  # transformers 4.x has no conversion mapping to ask: only the base-model prefix moves
+        return lambda name: (_with_prefix(name, prefix, own), False)
+    conversions = get_model_conversion_mapping(model)
+    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
+    converters = [c for c in conversions if isinstance(c, WeightConverter)]
+
+    def rename(name: str) -> tuple[str, bool]:
+        renamed, converter = rename_source_key(name, renamings, converters, prefix, own)
+        return renamed, converter is not None
+
+    return rename
+
+
+def _with_prefix(name: str, prefix: str | None, own: Mapping[str, object]) -> str:
+    if prefix and name not in own:
+        if f"{prefix}.{name}" in own:
+            return f"{prefix}.{name}"
+        if name.startswith(f"{prefix}.") and name[len(prefix) + 1 :] in own:
+            return name[len(prefix) + 1 :]
+    return name
 
 
 def materialize(model: torch.nn.Module, device: str = "cpu") -> None:
@@ -251,6 +337,26 @@ def shard(tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank: int) -> di
     return out
 
 
+def check_shardable(model: torch.nn.Module | Mapping[str, torch.Tensor], tp_size: int, what: str = "") -> None:
+    """Refuse `tp_size` > 1 when a matrix matches no sharding rule (rather than a half-sharded model).
+
+    Raises:
+        ConfigError: naming the architecture (or `what`) and some of the uncovered tensors.
+    """
+    if tp_size == 1:
+        return
+    is_model = isinstance(model, torch.nn.Module)
+    tensors = module_tensors(model, attributes=False) if is_model else model
+    uncovered = sorted(n for n, t in tensors.items() if t.dim() >= 2 and shard_dim(n) is None)
+    if uncovered:
+        what = what or (type(model).__name__ if is_model else "these tensors")
+        raise ConfigError(
+            f"--tp-size {tp_size}: peerload has no tensor-parallel sharding rules for {what}: "
+            f"{len(uncovered)} matrix tensor(s) match none, such as {', '.join(uncovered[:3])}. peerload shards "
+            "Llama-style models (q/k/v/o_proj, gate/up/down_proj, embed_tokens, lm_head); use --tp-size 1"
+        )
+
+
 def unshard(shards: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Reassemble full tensors from every rank's shard (inverse of `shard`)."""
     out = {}
@@ -280,42 +386,75 @@ def empty_like_shard(tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank:
 
 
 def seed_tensors(
-    path: str | Path, *, quantize: str | None, tp_size: int, tp_rank: int
+    path: str | Path,
+    *,
+    quantize: str | None,
+    tp_size: int,
+    tp_rank: int,
+    model_class: str | None = None,
+    allow_missing: bool = False,
+    allow_unused: bool = False,
 ) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, torch.nn.Module | None]:
-    """What a seed publishes for `path`: (tensors or model, the model if one was built)."""
+    """What a seed publishes for `path`: (tensors or model, the model if one was built).
+
+    `model_class`, `allow_missing` and `allow_unused` are as for `load_model`.
+    """
     if has_model_config(path):
-        model = load_model(path, quantize=quantize)
+        if tp_size > 1:  # refuse before reading the weights
+            check_shardable(_meta_model(path, model_class), tp_size)
+        model = load_model(
+            path, quantize=quantize, model_class=model_class, allow_missing=allow_missing, allow_unused=allow_unused
+        )
         if tp_size == 1:
             return model, model
         return shard(module_tensors(model, attributes=False), tp_size, tp_rank), model
     if quantize:
         raise ConfigError("--quantize needs a model directory with config.json, not a bare safetensors file")
-    return shard(read_checkpoint(path), tp_size, tp_rank), None
+    tensors = read_checkpoint(path)
+    check_shardable(tensors, tp_size, what=f"the bare checkpoint {path}")
+    return shard(tensors, tp_size, tp_rank), None
 
 
 def target_tensors(
-    path: str | Path, *, quantize: str | None, tp_size: int, tp_rank: int
-) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, Callable[[], Mapping[str, torch.Tensor]]]:
-    """What a target allocates for `path` (empty, final layout) and how storage would fill it."""
+    path: str | Path,
+    *,
+    quantize: str | None,
+    tp_size: int,
+    tp_rank: int,
+    model_class: str | None = None,
+    allow_missing: bool = False,
+    allow_unused: bool = False,
+) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, Callable[[], Mapping[str, torch.Tensor]] | None]:
+    """What a target allocates for `path` (empty, final layout) and how storage would fill it.
+
+    The fallback is None for a model directory without weights. `model_class`, `allow_missing` and
+    `allow_unused` are as for `load_model` (the storage fallback).
+    """
     if has_model_config(path):
         if tp_size == 1:
-            destination: dict[str, torch.Tensor] | torch.nn.Module = build_empty_model(path, quantize=quantize)
+            destination: dict[str, torch.Tensor] | torch.nn.Module = build_empty_model(
+                path, quantize=quantize, model_class=model_class
+            )
         else:
-            meta = _meta_model(path)
+            meta = _meta_model(path, model_class)
+            check_shardable(meta, tp_size)
             _post_process(meta, quantize)
             destination = empty_like_shard(module_tensors(meta, attributes=False), tp_size, tp_rank)
 
         def from_storage() -> Mapping[str, torch.Tensor]:
-            model = load_model(path, quantize=quantize)
+            model = load_model(
+                path, quantize=quantize, model_class=model_class, allow_missing=allow_missing, allow_unused=allow_unused
+            )
             if tp_size > 1:
                 return shard(module_tensors(model, attributes=False), tp_size, tp_rank)
             return module_tensors(model)
 
-        return destination, from_storage
+        return destination, from_storage if has_weights(path) else None
     if quantize:
         raise ConfigError("--quantize needs a model directory with config.json, not a bare safetensors file")
     layout = checkpoint_layout(path)
     metas = {n: torch.empty(shape, dtype=dt, device="meta") for n, (shape, dt) in layout.items()}
+    check_shardable(metas, tp_size, what=f"the bare checkpoint {path}")
     return empty_like_shard(metas, tp_size, tp_rank), lambda: shard(read_checkpoint(path), tp_size, tp_rank)
 
 

@@ -165,6 +165,9 @@ class PeerloadModelLoader(BaseModelLoader):
             rebuild_derived_state(model, layout, model_config, device)
         if result.publisher is not None:
             live_sources.keep(result.publisher)
+        if result.source == "storage":  # say why no peer served (e.g. a near miss) where vLLM users look
+            for attempt in result.attempts:
+                log.warning("peerload: %s", attempt)
         log.info(
             "peerload: %s rank %d: %.1f MiB from %s in %.2fs (%.2f GB/s)%s",
             identity.model_name,
@@ -220,9 +223,12 @@ class PeerloadModelLoader(BaseModelLoader):
             if not storage_errors:
                 raise
             # Both ways failed: say so in one message, peers first (they were tried first).
+            hint = load.hint
             raise LoadFailed(
                 f"load format `{LOAD_FORMAT}` could not load {identity.model_name} (source id "
                 f"{identity.source_id()}, rank {rank}): no usable peer at coordinator "
-                f"{self.settings.coordinator}, and loading from disk failed: {storage_errors[0]}",
+                f"{self.settings.coordinator}, and loading from disk failed: {storage_errors[0]}"
+                + (f"\n  hint: {hint}" if hint else ""),
                 load.attempts,
+                hint=hint,
             ) from exc

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from peerload.errors import (
     CheckpointError,
+    CheckpointMismatch,
     ChecksumMismatch,
     ConfigError,
     CoordinatorError,
@@ -76,10 +77,14 @@ _HINTS: dict[type[PeerloadError], Callable[[PeerloadError], str]] = {
     ),
     ChecksumMismatch: lambda e: "the bytes read differ from what the seed published; the load was rolled back.",
     TransportError: lambda e: "the data plane failed; check that seed and target can reach each other.",
+    CheckpointMismatch: lambda e: (
+        "build the class the checkpoint was saved from (--model-class NAME), or accept the difference: "
+        "--allow-missing (the model initialises those tensors itself) / --allow-unused (they are ignored)."
+    ),
     DestinationAbandoned: lambda e: (
         "a stalled seed may still write into the destination; start a fresh process to load again."
     ),
-    LoadFailed: lambda e: "every way to load failed; each attempt is listed above.",
+    LoadFailed: lambda e: getattr(e, "hint", "") or "every way to load failed; each attempt is listed above.",
     ConfigError: lambda e: "see `peerload COMMAND --help` for the options and their values.",
 }
 

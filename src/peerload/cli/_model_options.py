@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, get_args
 
 import typer
 
@@ -37,6 +37,20 @@ class ModelOptions:
     coordinator: str | None
     transport: str | None
     worker_id: str | None
+    model_class: str | None = None
+    allow_missing: bool = False
+    allow_unused: bool = False
+
+    def hf_options(self) -> dict[str, Any]:
+        """The keyword arguments of `adapters.hf.seed_tensors` / `target_tensors` these options give."""
+        return {
+            "quantize": self.quantize,
+            "tp_size": self.tp_size,
+            "tp_rank": self.tp_rank,
+            "model_class": self.model_class,
+            "allow_missing": self.allow_missing,
+            "allow_unused": self.allow_unused,
+        }
 
     def settings(self, **more: Any) -> Settings:
         """Settings with this command's --coordinator / --transport over env and config."""
@@ -69,26 +83,77 @@ _SHARED: dict[str, tuple[Any, Any]] = {
         Annotated[Optional[str], typer.Option("--worker-id", help="Stable worker id (default: generated).")],
         None,
     ),
+    "model_class": (
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--model-class",
+                help="transformers class to build, e.g. BertModel or AutoModelForMaskedLM "
+                "(default: the class config.json names).",
+            ),
+        ],
+        None,
+    ),
+    "allow_missing": (
+        Annotated[
+            bool,
+            typer.Option("--allow-missing", help="Load even if the checkpoint lacks tensors of the model."),
+        ],
+        False,
+    ),
+    "allow_unused": (
+        Annotated[
+            bool,
+            typer.Option("--allow-unused", help="Load even if the checkpoint has tensors the model does not use."),
+        ],
+        False,
+    ),
 }
+
+# The options that make up a load's identity and rank (`peerload sources --explain` takes them too).
+IDENTITY_OPTIONS = ("path", "model_name", "revision", "tp_size", "tp_rank", "pp_size", "pp_rank", "ep_size")
 
 
 def model_command(command: Callable[..., None]) -> Callable[..., None]:
     """Give `command(model: ModelOptions, **own)` the shared options as CLI parameters."""
-    own = [p for p in inspect.signature(command).parameters.values() if p.name != "model"]
-    shared = [
-        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=ann)
-        for name, (ann, default) in _SHARED.items()
-    ]
+    return _with_options(command, "model", tuple(_SHARED), model_options)
+
+
+def identity_command(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command(identity_values: dict, **own)` load's identity options, all optional (None if not given)."""
+    return _with_options(command, "identity_values", IDENTITY_OPTIONS, dict, optional=True)
+
+
+def _with_options(
+    command: Callable[..., None], param: str, names: tuple[str, ...], make: Callable[..., Any], optional: bool = False
+) -> Callable[..., None]:
+    """`command` with the `_SHARED` options `names` as CLI parameters, handed over as `param=make(**values)`."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != param]
+    shared = []
+    for name in names:
+        annotation, default = _optional(name) if optional else _SHARED[name]
+        shared.append(
+            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+        )
 
     @functools.wraps(command)
     def run(**values: Any) -> None:
-        command(model=model_options(**{name: values.pop(name) for name in _SHARED}), **values)
+        command(**{param: make(**{name: values.pop(name) for name in names})}, **values)
 
     # typer builds the command from the signature: the shared options first, then the command's own.
     run.__signature__ = inspect.Signature([*shared, *own])  # type: ignore[attr-defined]
     run.__annotations__ = {p.name: p.annotation for p in (*shared, *own)}
     del run.__wrapped__  # or inspect.signature would follow it back to `command`
     return run
+
+
+def _optional(name: str) -> tuple[Any, Any]:
+    """`_SHARED[name]` with default None where it has no default (a required option made optional)."""
+    annotation, default = _SHARED[name]
+    if default is not inspect.Parameter.empty:
+        return annotation, default
+    base, *metadata = get_args(annotation)
+    return Annotated[(Optional[base], *metadata)], None
 
 
 def model_options(
@@ -104,33 +169,16 @@ def model_options(
     ep_size: int,
     quantize: str | None,
     worker_id: str | None,
+    model_class: str | None = None,
+    allow_missing: bool = False,
+    allow_unused: bool = False,
 ) -> ModelOptions:
     """Validate the shared options and the checkpoint's files, and derive the identity and rank."""
-    from peerload.adapters import hf  # torch-heavy: imported only by the commands that load a model
-
-    if not path.exists():
-        raise ConfigError(f"{path} does not exist: give a .safetensors file or a model directory")
     if quantize is not None and quantize != "int8":
         raise ConfigError(f"--quantize {quantize!r} is not supported; the only choice is int8")
-    rank = worker_rank(tp_rank, pp_rank, tp_size, pp_size)
     if worker_id is not None and (not worker_id.strip() or len(worker_id) > MAX_ID_CHARS):
         raise ConfigError(f"--worker-id must be 1 to {MAX_ID_CHARS} characters and not blank, got {worker_id!r}")
-    # Every header and config.json is read now, so a bad file fails here, named, before any work.
-    layout = hf.checkpoint_layout(path)
-    config = hf.read_model_config(path)
-    if hf.has_model_config(path):
-        hf.auto_config(path)
-    identity = SourceIdentity(
-        model_name=model_name,
-        revision=revision,
-        tensor_parallel_size=tp_size,
-        pipeline_parallel_size=pp_size,
-        expert_parallel_size=ep_size,
-        # Runtime post-processing (--quantize) is not part of the identity: a target that forgot
-        # it finds the source and is told exactly which tensors differ.
-        dtype=checkpoint_dtype(config, layout),
-        quantization=checkpoint_quantization(config),
-    )
+    identity, rank = identity_options(path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size)
     return ModelOptions(
         path=path,
         identity=identity,
@@ -141,7 +189,48 @@ def model_options(
         coordinator=coordinator,
         transport=transport,
         worker_id=worker_id,
+        model_class=model_class,
+        allow_missing=allow_missing,
+        allow_unused=allow_unused,
     )
+
+
+def identity_options(
+    path: Path,
+    model_name: str,
+    revision: str,
+    tp_size: int,
+    tp_rank: int,
+    pp_size: int,
+    pp_rank: int,
+    ep_size: int,
+    backend_framework: int = 0,
+) -> tuple[SourceIdentity, int]:
+    """The identity and worker rank of a seed or load of PATH with these options (its files checked)."""
+    from peerload.adapters import hf  # torch-heavy: imported only by the commands that read a model
+
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist: give a .safetensors file or a model directory")
+    rank = worker_rank(tp_rank, pp_rank, tp_size, pp_size)
+    # Every header and config.json is read now, so a bad file fails here, named, before any work.
+    # A model directory without weights is a target that can only load from peers.
+    layout = hf.checkpoint_layout(path) if hf.has_weights(path) or not hf.has_model_config(path) else {}
+    config = hf.read_model_config(path)
+    if hf.has_model_config(path):
+        hf.auto_config(path)
+    identity = SourceIdentity(
+        model_name=model_name,
+        revision=revision,
+        backend_framework=backend_framework,
+        tensor_parallel_size=tp_size,
+        pipeline_parallel_size=pp_size,
+        expert_parallel_size=ep_size,
+        # Runtime post-processing (--quantize) is not part of the identity: a target that forgot
+        # it finds the source and is told exactly which tensors differ.
+        dtype=checkpoint_dtype(config, layout),
+        quantization=checkpoint_quantization(config),
+    )
+    return identity, rank
 
 
 def checkpoint_dtype(config: dict, layout: Mapping[str, tuple[Any, Any]]) -> str:

@@ -39,10 +39,12 @@ def load(
 
     output_file(report, "--report")
     settings = model.settings(verify_checksums=verify, storage_fallback=fallback, max_source_attempts=max_sources)
-    destination, from_storage = hf.target_tensors(
-        model.path, quantize=model.quantize, tp_size=model.tp_size, tp_rank=model.tp_rank
-    )
+    destination, from_storage = hf.target_tensors(model.path, **model.hf_options())
     console = Console(stderr=True)
+    if from_storage is None and fallback:
+        console.print(
+            f"note: {model.path} holds no weights; only a peer can provide them (no storage fallback)", soft_wrap=True
+        )
     with _progress_bar(console, enabled=progress) as hook:
         result = load_into(
             destination,

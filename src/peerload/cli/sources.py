@@ -1,23 +1,27 @@
-"""`peerload sources`: the registry as a table or JSON."""
-
-from __future__ import annotations
+"""`peerload sources`: the registry as a table or JSON; `--explain`: what a load would find there."""
 
 import json
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from peerload.cli._model_options import identity_command, identity_options
 from peerload.client import CoordinatorClient
+from peerload.errors import ConfigError
+from peerload.identity import BackendFramework
 from peerload.settings import Settings
 
+if TYPE_CHECKING:
+    from peerload.loader.near_miss import Explanation
 
-def collect(client: CoordinatorClient) -> list[dict[str, Any]]:
-    """Every listed worker with its status and transport (one GetMetadata per worker)."""
+
+def collect(client: CoordinatorClient, model: str | None = None) -> list[dict[str, Any]]:
+    """Every listed worker (of `model`, if given) with its status and transport (one GetMetadata each)."""
     rows = []
-    for ref in client.list_sources():
+    for ref in client.list_sources(model_name=model):
         record = client.get_metadata(ref.mx_source_id, ref.worker_id)
         if record is None:  # deleted between the two calls
             continue
@@ -60,17 +64,85 @@ def render(rows: list[dict[str, Any]], console: Console | None = None) -> None:
     (console or Console(width=None if sys.stdout.isatty() else 160)).print(table)
 
 
+@identity_command
 def sources(
+    identity_values: dict[str, Any],
     coordinator: Optional[str] = typer.Option(
         None, help="Coordinator HOST:PORT [default: PEERLOAD_COORDINATOR, MX_SERVER_ADDRESS or 127.0.0.1:8001]."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    model: Annotated[Optional[str], typer.Option("--model", help="Only the sources of this model name.")] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Say what `peerload load PATH --model-name NAME` with the same options would find: READY matches, "
+            "else the near misses and what to change. Takes PATH and load's identity options.",
+        ),
+    ] = False,
+    framework: Annotated[
+        str, typer.Option("--framework", help="With --explain: the engine of the load: unknown, vllm, sglang, trt_llm.")
+    ] = "unknown",
 ) -> None:
     """List the source workers the coordinator knows: model, id, worker, rank, status, age, transport."""
     settings = Settings.load(coordinator=coordinator)
+    if explain:
+        explanation = _explain(settings, identity_values, framework)
+        if as_json:
+            typer.echo(json.dumps(explanation_dict(explanation), indent=2))
+        else:
+            typer.echo("\n".join(explanation_lines(explanation)))
+        return
     with CoordinatorClient.from_settings(settings) as client:
-        rows = collect(client)
+        rows = collect(client, model=model)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
         render(rows)
+
+
+def _explain(settings: Settings, values: dict[str, Any], framework: str) -> "Explanation":
+    from peerload.loader.survey import explain_sources
+
+    if values["path"] is None or values["model_name"] is None:
+        raise ConfigError("--explain needs PATH and --model-name, as `peerload load` takes them")
+    try:
+        engine = BackendFramework[framework.upper()]
+    except KeyError:
+        names = ", ".join(f.name.lower() for f in BackendFramework)
+        raise ConfigError(f"--framework {framework!r} is not one of {names}") from None
+    identity, rank = identity_options(**values, backend_framework=engine)
+    with CoordinatorClient.from_settings(settings) as client:
+        return explain_sources(client, identity, rank)
+
+
+def explanation_lines(explanation: "Explanation") -> list[str]:
+    """`--explain` as text: what is looked for, then the matches or the near misses with their fixes."""
+    ident = explanation.identity
+    lines = [
+        f"a load of {ident.model_name!r} at rank {explanation.rank} looks for source id {ident.source_id()} "
+        f"(dtype {ident.dtype or '-'}, quantization {ident.quantization or '-'}, tp {ident.tensor_parallel_size}, "
+        f"pp {ident.pipeline_parallel_size}, ep {ident.expert_parallel_size}, "
+        f"framework {BackendFramework(ident.backend_framework).name}, revision {ident.revision or '-'})"
+    ]
+    if explanation.matches:
+        workers = ", ".join(w.worker_id for w in explanation.matches)
+        lines.append(f"{len(explanation.matches)} READY source worker(s) match: {workers}")
+    elif not explanation.near_misses:
+        lines.append("no READY source matches, and no source differs in only one or two fields")
+    else:
+        lines.append("no READY source matches; near misses:")
+    for miss in explanation.near_misses:
+        lines += [f"  - {miss.describe()}", f"    to use it: {miss.fix}"]
+    return lines
+
+
+def explanation_dict(explanation: "Explanation") -> dict[str, Any]:
+    """`--explain --json`."""
+    return {
+        "identity": explanation.identity.as_dict(),
+        "source_id": explanation.identity.source_id(),
+        "rank": explanation.rank,
+        "matches": [w.worker_id for w in explanation.matches],
+        "near_misses": [m.as_dict() for m in explanation.near_misses],
+    }

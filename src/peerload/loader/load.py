@@ -34,6 +34,7 @@ from peerload.loader.faulting import Faulting, waves
 from peerload.loader.phases import PhaseTimer
 from peerload.loader.selection import order_sources
 from peerload.loader.storage import copy_into
+from peerload.loader.survey import explain_sources
 from peerload.manifest import Manifest
 from peerload.seed.publisher import Publisher
 from peerload.seed_client import fetch_manifest
@@ -135,6 +136,7 @@ class TargetLoad:
         self.transport: Transport | None = None
         self._waves: list[list[str]] = []
         self._faulting = Faulting([])
+        self.hint = ""  # what to change so that a near-miss source can serve (after discovery)
 
     # -- the sequence --------------------------------------------------------------------------
 
@@ -213,7 +215,19 @@ class TargetLoad:
             )
             self.attempts.append(reason)
             log.info("%s; loading from storage", reason)
+            self._explain_no_source()
         return candidates
+
+    def _explain_no_source(self) -> None:
+        """Add the sources that almost matched to the attempts (bounded RPCs; never fails the load)."""
+        with self._phase("discover"):
+            try:
+                found = explain_sources(self.client, self.identity, self.rank, exclude={self.worker_id})
+            except CoordinatorError as exc:
+                self.attempts.append(f"listing the coordinator's other sources failed: {exc}")
+                return
+        self.attempts.extend(found.attempt_lines())
+        self.hint = found.hint
 
     def _handshake(self, ref: SourceRef, tensor_set: TensorSet) -> PeerPlan:
         """Fetch the source's record and manifest; refuse it before any byte moves if it differs."""
@@ -284,6 +298,7 @@ class TargetLoad:
                 f"no peer could provide {self.identity.model_name} at rank {self.rank} and no storage "
                 "fallback is configured; the destination was rolled back",
                 self.attempts,
+                hint=self.hint,
             )
         with self._phase("storage"):
             self._faulting.join()
