@@ -9,7 +9,7 @@ VLLM_STAMP := $(VENV_VLLM)/.installed
 # installed without deps next to the few it needs at import time (see shared DESIGN.md).
 MX_DEPS := zstandard huggingface_hub google-crc32c boto3
 
-.PHONY: install system-deps demo lint format test test-fast bench proto vllm-venv clean
+.PHONY: install system-deps demo lint format test test-fast bench chaos proto vllm-venv clean
 
 install: $(STAMP)
 
@@ -58,6 +58,10 @@ test-fast: install
 
 bench: install
 	$(BIN)/peerload bench
+
+# The fault campaign (about 12 minutes): figures into docs/chaos.json and docs/reliability.md.
+chaos: install
+	$(BIN)/peerload chaos --out docs/chaos.json --markdown docs/reliability.md
 
 proto: install
 	$(BIN)/python scripts/gen_proto.py

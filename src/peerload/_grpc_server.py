@@ -14,9 +14,12 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from peerload.credentials import TokenFile, is_loopback, read_pem
 from peerload.errors import ConfigError
@@ -85,6 +88,31 @@ def new_server(
         interceptors.append(_TokenCheck(security, frozenset(write_methods)))
     executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
     return grpc.server(executor, options=list(options), interceptors=interceptors)
+
+
+def parsing_handler(service: ServiceDescriptor, messages: ModuleType, servicer: object) -> grpc.GenericRpcHandler:
+    """`service`'s unary methods on `servicer` (methods named as in the proto, taking (request, context)).
+
+    The handler parses each request itself, so undecodable bytes are answered INVALID_ARGUMENT
+    (gRPC's own deserializer would answer INTERNAL, as if the server had failed).
+    """
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(messages, method.input_type.name)
+        handlers[method.name] = _parsing_method(request_type, getattr(servicer, method.name))
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _parsing_method(request_type: type[Message], call: Callable[[Any, grpc.ServicerContext], Message]) -> Any:
+    def behaviour(data: bytes, context: grpc.ServicerContext) -> Message:
+        request = request_type()
+        try:
+            request.ParseFromString(data)
+        except DecodeError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {request_type.__name__}: {exc}")
+        return call(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(behaviour, response_serializer=lambda m: m.SerializeToString())
 
 
 def bind(server: grpc.Server, host: str, port: int, security: ServerSecurity, *, what: str, fix: str) -> int:

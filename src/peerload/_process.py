@@ -139,40 +139,28 @@ def start_serve(
     return server
 
 
-@contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server (no persistence) on a free loopback port; yields its URL."""
+def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """A redis-server (no persistence) on 127.0.0.1:`port`, once it accepts connections."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError(
             "redis-server is not installed (Debian: apt-get install redis-server; "
             "`make install` runs scripts/install_system_deps.sh)"
         )
-    port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"]
+    proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, proc, "redis-server", timeout_s=10)
+    return proc
+
+
+@contextmanager
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A throwaway redis-server (no persistence) on `port` (default: a free one); yields its URL."""
+    port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="peerload-redis-") as workdir:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_redis(port, Path(workdir))
         try:
-            wait_port(port, proc, "redis-server", timeout_s=10)
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             stop_process(proc, timeout_s=5)

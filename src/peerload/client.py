@@ -14,9 +14,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
-from peerload._grpc import PLAINTEXT, Caller, ChannelSecurity, open_channel
+from peerload._grpc import PLAINTEXT, PRIVATE_CONNECTION, Caller, ChannelSecurity, open_channel
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import SourceIdentity
+from peerload.limits import COORDINATOR_MAX_MESSAGE_BYTES
 from peerload.settings import Settings
 from peerload.wire import (
     SourceRef,
@@ -34,8 +35,6 @@ __all__ = ["CoordinatorClient", "SourceRef", "SourceStatus", "TensorInfo", "Work
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 64 << 20
-
 
 class CoordinatorClient:
     """Typed client of the coordinator's P2pService and health service.
@@ -46,20 +45,32 @@ class CoordinatorClient:
         retries: how many times UNAVAILABLE is retried (with backoff 0.2 s, 0.4 s, ... <= 2 s).
         channel: an already open channel to use instead of one to `address` (tests).
         security: TLS roots and bearer token (default: plaintext, no token).
+        private_connection: dial a connection of this client's own, at once, instead of sharing
+            one (and its reconnect backoff) with other clients of the same address.
     """
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> CoordinatorClient:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        timeout_s: float | None = None,
+        retries: int | None = None,
+        private_connection: bool = False,
+    ) -> CoordinatorClient:
         """A client of `settings.coordinator` with the configured deadline, retries, TLS and token.
+
+        `timeout_s` and `retries` override the configured ones.
 
         Raises:
             ConfigError: the CA or token file named in the settings is unusable.
         """
         return cls(
             settings.coordinator,
-            timeout_s=settings.rpc_timeout_s,
-            retries=settings.rpc_retries,
+            timeout_s=settings.rpc_timeout_s if timeout_s is None else timeout_s,
+            retries=settings.rpc_retries if retries is None else retries,
             security=ChannelSecurity.from_settings(settings),
+            private_connection=private_connection,
         )
 
     def __init__(
@@ -70,12 +81,16 @@ class CoordinatorClient:
         retries: int = 3,
         channel: grpc.Channel | None = None,
         security: ChannelSecurity = PLAINTEXT,
+        private_connection: bool = False,
     ) -> None:
         self.address = address
         self._call = Caller(
             address, timeout_s=timeout_s, retries=retries, error=CoordinatorError, unreachable=CoordinatorUnavailable
         )
-        self._channel = channel if channel is not None else open_channel(address, MAX_MESSAGE_BYTES, security)
+        if channel is None:
+            extra = PRIVATE_CONNECTION if private_connection else ()
+            channel = open_channel(address, COORDINATOR_MAX_MESSAGE_BYTES, security, options=extra)
+        self._channel = channel
         self._stub = pb_grpc.P2pServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

@@ -58,6 +58,14 @@ class StoreUnavailable(PeerloadError, ConnectionError):
     """The coordinator's backing store cannot be reached; maps to UNAVAILABLE."""
 
 
+class LimitExceeded(PeerloadError, OverflowError):
+    """A request would take the coordinator past a configured limit; maps to RESOURCE_EXHAUSTED."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        self.setting = setting
+        super().__init__(f"{message} (limit: setting {setting})")
+
+
 # --- client side of peerload's gRPC services ---------------------------------------------------
 
 
@@ -89,6 +97,15 @@ class SeedServiceError(ServiceError):
     """An RPC to a seed's own service (its manifest) failed: that source is unusable."""
 
     service = "seed"
+
+
+class InvalidManifest(SeedServiceError, ValueError):
+    """A seed answered with a manifest that is not well-formed; names the first bad field."""
+
+    def __init__(self, field: str, problem: str, address: str = "") -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__("GetManifest", "INVALID_MANIFEST", f"{field}: {problem}", address)
 
 
 # --- data plane ---------------------------------------------------------------------------------
@@ -183,6 +200,13 @@ class LoadFailed(PeerloadError, RuntimeError):
         self.hint = hint
         detail = "".join(f"\n  - {a}" for a in self.attempts)
         super().__init__(message + detail)
+
+
+class DestinationAbandoned(LoadFailed):
+    """A timed-out transfer may still write into the destination: it was given up, not rolled back.
+
+    Discard those tensors (allocate new ones to load again); they may change at any moment.
+    """
 
 
 # --- emulated hosts -----------------------------------------------------------------------------

@@ -91,3 +91,44 @@ def compare_layout(
         elif their_regions[name] != size:
             problems.append(f"storage of {name}: {their_regions[name]} bytes at the source, {size} here")
     return problems
+
+
+_ADDRESS_LIMIT = 1 << 64  # addr + size of a region must fit the 64-bit address space
+
+
+def _name_problem(where: str, name: str, seen: set[str], what: str) -> tuple[str, str] | None:
+    if not name:
+        return f"{where}.name", "is empty"
+    if name in seen:
+        return f"{where}.name", f"repeats {what} {name!r}"
+    seen.add(name)
+    return None
+
+
+def manifest_problem(m: Manifest) -> tuple[str, str] | None:
+    """The first malformed field of a manifest as (field, problem); None if it is well-formed."""
+    regions: set[str] = set()
+    for i, r in enumerate(m.regions):
+        where = f"regions[{i}]"
+        problem = _name_problem(where, r.name, regions, "region")
+        if problem:
+            return problem
+        if r.size and not r.addr:
+            return f"{where}.addr", f"is 0 for a region of {r.size} bytes"
+        if r.addr + r.size > _ADDRESS_LIMIT:
+            return f"{where}.size", f"{r.size} bytes at 0x{r.addr:x} run past the 64-bit address space"
+    names: set[str] = set()
+    for i, t in enumerate(m.tensors):
+        where = f"tensors[{i}]"
+        problem = _name_problem(where, t.name, names, "tensor")
+        if problem:
+            return problem
+        if t.region not in regions:
+            return f"{where}.region", f"names no region of this manifest ({t.region!r})"
+        if any(n < 0 for n in t.shape):
+            return f"{where}.shape", f"has a negative size: {list(t.shape)}"
+        if len(t.stride) != len(t.shape) or any(s < 0 for s in t.stride):
+            return f"{where}.stride", f"{list(t.stride)} does not fit shape {list(t.shape)}"
+        if t.storage_offset < 0:
+            return f"{where}.storage_offset", f"is negative ({t.storage_offset})"
+    return None

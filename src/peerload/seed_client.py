@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
 from peerload._grpc import PLAINTEXT, Caller, ChannelSecurity, open_channel
-from peerload.errors import LeaseRefused, SeedServiceError
-from peerload.manifest import Manifest
-from peerload.wire import MAX_MANIFEST_BYTES, manifest_from_proto
+from peerload.errors import InvalidManifest, LeaseRefused, SeedServiceError
+from peerload.limits import MANIFEST_MAX_BYTES
+from peerload.manifest import Manifest, manifest_problem
+from peerload.wire import manifest_from_proto
 
 # A seed at its reader cap answers RESOURCE_EXHAUSTED; one shutting down answers UNAVAILABLE.
 _REFUSED = {"RESOURCE_EXHAUSTED": False, "UNAVAILABLE": True}
@@ -19,7 +20,7 @@ class SeedClient:
         self.endpoint = endpoint
         self.worker_id = worker_id
         self._call = Caller(endpoint, timeout_s=timeout_s, retries=0, error=SeedServiceError)
-        self._channel = open_channel(endpoint, MAX_MANIFEST_BYTES, security)
+        self._channel = open_channel(endpoint, MANIFEST_MAX_BYTES, security)
         self._stub = seed_pb2_grpc.SeedServiceStub(self._channel)
 
     def manifest(self) -> Manifest:
@@ -28,9 +29,16 @@ class SeedClient:
         Raises:
             SeedServiceError: the seed cannot be reached, serves another worker, or is not a
                 peerload seed (UNIMPLEMENTED).
+            InvalidManifest: the manifest is malformed (names the first bad field).
         """
         request = seed_pb2.GetManifestRequest(worker_id=self.worker_id)
-        return manifest_from_proto(self._call("GetManifest", self._stub.GetManifest, request))
+        manifest = manifest_from_proto(self._call("GetManifest", self._stub.GetManifest, request))
+        problem = manifest_problem(manifest)
+        if problem is None and manifest.worker_id != self.worker_id:
+            problem = ("worker_id", f"is {manifest.worker_id!r}; asked for {self.worker_id!r}")
+        if problem is not None:
+            raise InvalidManifest(*problem, address=self.endpoint)
+        return manifest
 
     def acquire_lease(self, reader: str) -> str | None:
         """A read lease id, or None when the seed grants no leases (an older seed: read anyway).
@@ -72,7 +80,7 @@ def fetch_manifest(endpoint: str, worker_id: str, timeout_s: float, security: Ch
     """Ask the seed at `endpoint` for worker `worker_id`'s manifest (over TLS / with a token per `security`).
 
     Raises:
-        SeedServiceError: see `SeedClient.manifest`.
+        SeedServiceError, InvalidManifest: see `SeedClient.manifest`.
     """
     with SeedClient(endpoint, worker_id, timeout_s, security) as seed:
         return seed.manifest()

@@ -47,8 +47,14 @@ class Settings:
     port: int = 8001
     store: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Per-source limits of the coordinator: workers under one source id, descriptors per worker.
+    max_workers_per_source: int = 4096
+    max_tensors_per_worker: int = 262144
     # Target side.
     transfer_timeout_s: float = 300.0
+    # After a transfer timed out, how long to wait for the transport to stop writing into the
+    # destination before rolling back; past it the destination is given up, never returned.
+    settle_timeout_s: float = 60.0
     max_source_attempts: int = 3
     verify_checksums: bool = True
     storage_fallback: bool = True
@@ -254,6 +260,7 @@ _TIMEOUTS = (
     "transfer_timeout_s",
     "part_timeout_s",
     "lease_timeout_s",
+    "settle_timeout_s",
 )
 _FILES = ("tls_ca", "tls_cert", "tls_key", "auth_token_file", "accept_tokens_file", "accept_write_tokens_file")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -281,6 +288,9 @@ def _validate(s: Settings) -> None:
         raise ConfigError("rpc_retries must be >= 0 and max_source_attempts >= 1")
     if s.max_parallel_sources < 1:
         raise ConfigError(f"max_parallel_sources must be >= 1, got {s.max_parallel_sources}")
+    for name in ("max_workers_per_source", "max_tensors_per_worker"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(s, name)}")
     if s.chunk_bytes < 4096:
         raise ConfigError(f"chunk_bytes must be >= 4096, got {s.chunk_bytes}")
     for name in ("port", "metadata_port"):

@@ -278,9 +278,6 @@ def record_from_proto(response: pb.GetMetadataResponse) -> WorkerRecord:
 
 # -- seed manifest ------------------------------------------------------------------------------
 
-# Manifests of large models (thousands of tensors) exceed gRPC's 4 MiB default.
-MAX_MANIFEST_BYTES = 256 << 20
-
 
 def manifest_to_proto(m: Manifest) -> seed_pb2.Manifest:
     """The `peerload.v1.Manifest` message of a manifest."""

@@ -10,7 +10,8 @@ from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
 from peerload._grpc import PLAINTEXT, Caller, ChannelSecurity, open_channel
 from peerload.errors import SeedServiceError
-from peerload.wire import MAX_MANIFEST_BYTES, TensorManifest, tensor_manifest_from_proto
+from peerload.limits import MANIFEST_MAX_BYTES
+from peerload.wire import TensorManifest, tensor_manifest_from_proto
 
 
 class WorkerClient:
@@ -29,7 +30,7 @@ class WorkerClient:
         self.source_id = source_id
         self.worker_id = worker_id
         self._call = Caller(endpoint, timeout_s=timeout_s, retries=0, error=SeedServiceError)
-        self._channel = open_channel(endpoint, MAX_MANIFEST_BYTES, security)
+        self._channel = open_channel(endpoint, MANIFEST_MAX_BYTES, security)
         self._stub = pb_grpc.WorkerServiceStub(self._channel)
 
     def manifest(self) -> TensorManifest:

@@ -9,8 +9,6 @@ from typing import Any
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
@@ -239,92 +237,3 @@ def test_internal_errors_give_an_incident_id_not_the_exception_text() -> None:
             assert client.health_check()  # one failing RPC does not take the server down
     finally:
         server.stop(grace_s=0)
-
-
-def test_hypothesis_random_and_malformed_requests_never_break_the_server(
-    coordinator_factory: Callable[..., Any],
-) -> None:
-    server = coordinator_factory(max_message_bytes=64 << 10)
-    channel = grpc.insecure_channel(server.address)
-    stub = pb_grpc.P2pServiceStub(channel)
-    raw = {
-        name: channel.unary_unary(f"/model_express.p2p.P2pService/{name}")
-        for name in ("PublishMetadata", "ListSources", "GetMetadata", "UpdateStatus")
-    }
-    allowed = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
-    text = st.text(max_size=24)
-    enum = st.integers(-3, 12)
-    identities = st.builds(
-        pb.SourceIdentity,
-        model_name=text,
-        mx_version=text,
-        dtype=text,
-        mx_source_type=enum,
-        backend_framework=enum,
-        tensor_parallel_size=st.integers(0, 2**32 - 1),
-        extra_parameters=st.dictionaries(text, text, max_size=3),
-    )
-    workers = st.builds(
-        pb.WorkerMetadata,
-        worker_rank=st.integers(0, 2**32 - 1),
-        status=enum,
-        agent_name=text,
-        nixl_metadata=st.binary(max_size=64),
-        topology=st.dictionaries(text, text, max_size=2),
-    )
-    requests = st.one_of(
-        st.tuples(
-            st.just(stub.PublishMetadata),
-            st.builds(pb.PublishMetadataRequest, identity=identities, worker=workers, worker_id=text),
-        ),
-        st.tuples(
-            st.just(stub.ListSources),
-            st.builds(
-                pb.ListSourcesRequest,
-                identity=st.one_of(st.none(), identities),
-                status_filter=st.one_of(st.none(), enum),
-                worker_rank_filter=st.one_of(st.none(), st.integers(0, 5)),
-                limit=st.one_of(st.none(), st.integers(0, 3)),
-                min_updated_at=st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
-            ),
-        ),
-        st.tuples(st.just(stub.GetMetadata), st.builds(pb.GetMetadataRequest, mx_source_id=text, worker_id=text)),
-        st.tuples(
-            st.just(stub.UpdateStatus),
-            st.builds(
-                pb.UpdateStatusRequest,
-                mx_source_id=text,
-                worker_id=text,
-                status=enum,
-                worker_rank=st.integers(0, 9),
-                source_load=st.one_of(st.none(), st.floats(allow_nan=True)),
-            ),
-        ),
-        st.tuples(st.sampled_from(list(raw.values())), st.binary(max_size=256)),
-        st.tuples(st.just(raw["PublishMetadata"]), st.binary(min_size=70 << 10, max_size=70 << 10)),
-    )
-    sent = []
-
-    @settings(max_examples=700, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(st.lists(requests, min_size=1, max_size=5))
-    def send(batch: list[tuple[Any, Any]]) -> None:
-        for method, request in batch:
-            try:
-                method(request, timeout=5)
-                code = grpc.StatusCode.OK
-            except grpc.RpcError as exc:
-                code = exc.code()
-            assert code in allowed, (request, code)
-            sent.append(code)
-
-    try:
-        send()
-        assert len(sent) >= 1500
-        # Still answers correctly afterwards.
-        with CoordinatorClient(server.address, timeout_s=5) as client:
-            assert client.health_check()
-            sid = client.publish(LLAMA, WorkerInfo(rank=0), "after-fuzz")
-            assert client.update_status(sid, "after-fuzz", 0, SourceStatus.READY)
-            assert [r.worker_id for r in client.list_sources(LLAMA, status=SourceStatus.READY)] == ["after-fuzz"]
-    finally:
-        channel.close()

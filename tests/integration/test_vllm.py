@@ -399,3 +399,35 @@ def test_seed_from_disk_then_target_from_peer(
     assert f"from {ready[0].worker_id}" in output, output[-4000:]
     assert "serving as source" in output
     print(f"target run {time.monotonic() - started:.1f}s; tokens {target_tokens}", file=sys.stderr)
+
+
+def test_vllm_seed_publishes_again_after_coordinator_restart(
+    tiny_llama: dict[str, Any], coordinator_factory: Any, api_server: Any, free_port: Any
+) -> None:
+    """The plugin's source lives in vLLM's worker: a coordinator restart (memory store) must not lose it."""
+    from peerload.client import CoordinatorClient, SourceStatus
+    from peerload.identity import BackendFramework, SourceIdentity
+
+    interval = 1.0
+    server = coordinator_factory(heartbeat_timeout_s=4 * interval)
+    extra = {"coordinator": server.address, "heartbeat_interval_s": interval, "heartbeat_timeout_s": 4 * interval}
+    seed = api_server(tiny_llama["full"], free_port(), extra)
+    seed.wait_ready(timeout=180)
+    identity = SourceIdentity(model_name=SERVED_NAME, backend_framework=BackendFramework.VLLM, dtype="float32")
+
+    def ready() -> list[str]:
+        with CoordinatorClient(server.address, timeout_s=2, retries=0) as client:
+            return [r.worker_id for r in client.list_sources(identity, status=SourceStatus.READY)]
+
+    before = ready()
+    assert len(before) == 1, seed.log()[-4000:]
+    port = server.port
+    server.stop(grace_s=0)
+    server = coordinator_factory(port=port, heartbeat_timeout_s=4 * interval)
+    back = time.monotonic()
+    while not ready() and time.monotonic() - back < 10:
+        time.sleep(0.02)
+    took = time.monotonic() - back
+    assert ready() == before, seed.log()[-4000:]
+    assert took <= interval + 0.75, f"READY again after {took:.2f}s"
+    assert "publishing again" in seed.log()

@@ -11,6 +11,7 @@ from peerload.errors import (
     ConfigError,
     CoordinatorError,
     CoordinatorUnavailable,
+    DestinationAbandoned,
     FleetUnavailable,
     LayoutMismatch,
     LeaseRefused,
@@ -81,6 +82,9 @@ _HINTS: dict[type[PeerloadError], Callable[[PeerloadError], str]] = {
     CheckpointMismatch: lambda e: (
         "build the class the checkpoint was saved from (--model-class NAME), or accept the difference: "
         "--allow-missing (the model initialises those tensors itself) / --allow-unused (they are ignored)."
+    ),
+    DestinationAbandoned: lambda e: (
+        "a stalled seed may still write into the destination; start a fresh process to load again."
     ),
     LoadFailed: lambda e: getattr(e, "hint", "") or "every way to load failed; each attempt is listed above.",
     LeaseRefused: lambda e: (

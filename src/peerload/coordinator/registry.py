@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload.coordinator.store import Heartbeat, Store, WorkerEntry
-from peerload.errors import InvalidRequest
+from peerload.errors import InvalidRequest, LimitExceeded
 from peerload.identity import OPTIONAL_HASHED_FIELDS, compute_source_id
 from peerload.wire import SourceStatus
 
@@ -52,14 +52,27 @@ def source_id_of(identity: pb.SourceIdentity) -> str:
 
 
 class Registry:
-    """Publish / list / get / heartbeat over a Store; `clock` returns unix seconds."""
+    """Publish / list / get / heartbeat over a Store; `clock` returns unix seconds.
+
+    `max_workers_per_source` and `max_tensors_per_worker` bound what one source can make the
+    store hold (settings of the same names).
+    """
 
     def __init__(
-        self, store: Store, heartbeat_timeout_s: float, gc_timeout_s: float, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        heartbeat_timeout_s: float,
+        gc_timeout_s: float,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_workers_per_source: int = 4096,
+        max_tensors_per_worker: int = 262144,
     ) -> None:
         self.store = store
         self.heartbeat_timeout_ms = int(heartbeat_timeout_s * 1000)
         self.gc_timeout_ms = int(gc_timeout_s * 1000)
+        self.max_workers_per_source = max_workers_per_source
+        self.max_tensors_per_worker = max_tensors_per_worker
         self._clock = clock
 
     def now_ms(self) -> int:
@@ -81,7 +94,9 @@ class Registry:
         if not request.HasField("worker"):
             raise InvalidRequest("worker", "is required")
         _check_enum(pb.SourceStatus, request.worker.status, "worker.status")
+        self._check_descriptors(request.worker)
         sid = source_id_of(request.identity)
+        self._check_room(sid, worker_id)
         stored = pb.PublishMetadataRequest()
         stored.CopyFrom(request)
         stored.worker.status = INITIALIZING
@@ -107,6 +122,28 @@ class Registry:
             sid,
         )
         return sid
+
+    def _check_descriptors(self, worker: pb.WorkerMetadata) -> None:
+        limit = self.max_tensors_per_worker
+        for field, tensors in (
+            ("worker.tensors", worker.tensors),
+            ("worker.tensor_source.tensors", worker.tensor_source.tensors),
+        ):
+            if len(tensors) > limit:
+                raise InvalidRequest(
+                    field, f"has {len(tensors)} descriptors; the limit is {limit} (setting max_tensors_per_worker)"
+                )
+
+    def _check_room(self, sid: str, worker_id: str) -> None:
+        """A new worker must fit under max_workers_per_source (re-publishing one always does)."""
+        if self.store.get(sid, worker_id) is not None:
+            return
+        count = self.store.count(sid)
+        if count >= self.max_workers_per_source:
+            raise LimitExceeded(
+                "max_workers_per_source",
+                f"source {sid} already has {count} workers; wait for stale ones to be reaped or raise the limit",
+            )
 
     def list_sources(self, request: pb.ListSourcesRequest) -> list[pb.SourceInstanceRef]:
         """Matching workers, newest first."""

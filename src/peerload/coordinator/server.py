@@ -15,6 +15,7 @@ from peerload.coordinator.registry import Registry
 from peerload.coordinator.service import P2pServicer, p2p_handler
 from peerload.coordinator.store import Store, make_store
 from peerload.errors import ConfigError
+from peerload.limits import COORDINATOR_MAX_MESSAGE_BYTES
 from peerload.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -22,9 +23,6 @@ logger = logging.getLogger(__name__)
 P2P_SERVICE = pb.DESCRIPTOR.services_by_name["P2pService"].full_name
 # What a write token is needed for, when the coordinator restricts writes (accept_write_tokens_file).
 WRITE_METHODS = (f"/{P2P_SERVICE}/PublishMetadata", f"/{P2P_SERVICE}/UpdateStatus")
-# Requests above this are refused with RESOURCE_EXHAUSTED by gRPC itself, before any parsing.
-# 64 MiB holds ~500k tensor descriptors; the official client allows 100 MB per message.
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
 class CoordinatorServer:
@@ -35,7 +33,7 @@ class CoordinatorServer:
         settings: Settings,
         store: Store,
         *,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = COORDINATOR_MAX_MESSAGE_BYTES,
         reap_interval_s: float | None = None,
         max_workers: int = 16,
     ) -> None:
@@ -44,12 +42,19 @@ class CoordinatorServer:
         # Port of the Prometheus /metrics endpoint, when one was asked for.
         self.metrics_port: int | None = None
         self.security = ServerSecurity.from_settings(settings)
-        self.registry = Registry(store, settings.heartbeat_timeout_s, settings.gc_timeout_s)
+        self.registry = Registry(
+            store,
+            settings.heartbeat_timeout_s,
+            settings.gc_timeout_s,
+            max_workers_per_source=settings.max_workers_per_source,
+            max_tensors_per_worker=settings.max_tensors_per_worker,
+        )
         self._metrics = CoordinatorMetrics(self.registry)
         self._server = new_server(
             self.security,
             max_workers=max_workers,
             thread_name_prefix="peerload-rpc",
+            # Larger requests are refused with RESOURCE_EXHAUSTED by gRPC itself, before any parsing.
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -132,7 +137,7 @@ def serve(
     *,
     port: int | None = None,
     store: Store | None = None,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_message_bytes: int = COORDINATOR_MAX_MESSAGE_BYTES,
     reap_interval_s: float | None = None,
     max_workers: int = 16,
     metrics_port: int | None = None,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import grpc
 
-from peerload.errors import ConfigError, InvalidRequest, NotFound, StoreUnavailable
+from peerload.errors import ConfigError, InvalidRequest, LimitExceeded, NotFound, StoreUnavailable
 
 STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
+    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
 }

@@ -22,6 +22,7 @@ from peerload.errors import (
     ChecksumMismatch,
     ConfigError,
     CoordinatorError,
+    DestinationAbandoned,
     LayoutMismatch,
     LoadFailed,
     NoSourceAvailable,
@@ -228,6 +229,7 @@ class TargetLoad:
                 first.stats.error = f"{type(exc).__name__}: {exc}"
                 self.attempts.append(f"source {first.worker_id}: {first.stats.error}")
                 log.warning("source %s failed (%s); rolling back", first.worker_id, first.stats.error)
+                self._settle([first.worker_id])
                 self._rollback(tensor_set)
             first = self._next_usable(candidates, tensor_set)
         if first is None:
@@ -258,6 +260,10 @@ class TargetLoad:
         )
         with self._phase("transfer"):
             reading.run(sources, lambda: self._next_usable(candidates, tensor_set, parts_of=first))
+        if reading.timed_out:
+            # A timed-out read may land after its parts were read again: wait, then check them again.
+            self._settle(sorted(reading.timed_out))
+            reading.recheck()
         self.seconds["verify"] = reading.verify_seconds
         self._restarted_bytes = reading.scheduler.restarted_bytes
         missing = [parts[i] for i in reading.scheduler.missing()]
@@ -470,6 +476,19 @@ class TargetLoad:
 
     def _all_stats(self) -> list[SourceStats]:
         return [*self._used_mx, *(plan.stats for plan in self._used)]
+
+    def _settle(self, sources: list[str]) -> None:
+        """Before a rollback or a re-check: wait until failed transfers can no longer write into the destination."""
+        assert self.transport is not None
+        bound = self.settings.settle_timeout_s
+        with self._phase("settle"):
+            settled = self.transport.settle(bound)
+        if not settled:
+            raise DestinationAbandoned(
+                f"a timed-out transfer from source(s) {', '.join(sources)} may still write into the destination after "
+                f"{bound:g} s (settle_timeout_s): it was given up, not returned; discard it",
+                self.attempts,
+            )
 
     def _rollback(self, tensor_set: TensorSet) -> None:
         self._faulting.join()  # the page-touching fallback must not race these writes

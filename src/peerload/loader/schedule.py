@@ -149,6 +149,11 @@ class PartScheduler:
         self.restarted_bytes += self.sizes[part]
         self.pool.appendleft(part)
 
+    def invalidate(self, part: int) -> None:
+        """A delivered `part` turned out bad after all (overwritten later): it is missing again."""
+        self.state[part] = PartState.TODO
+        self.restarted_bytes += self.sizes[part]
+
     # -- the whole load ------------------------------------------------------------------------
 
     @property

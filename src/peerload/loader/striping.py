@@ -24,7 +24,7 @@ from peerload.errors import (
     TransferTimeout,
     TransportError,
 )
-from peerload.loader.schedule import PartScheduler
+from peerload.loader.schedule import PartScheduler, PartState
 from peerload.manifest import Manifest
 from peerload.parts import Part
 from peerload.seed_client import SeedClient
@@ -80,15 +80,25 @@ class PeerPlan:
     stats: SourceStats
     bad: ChecksumMismatch | None = None  # set by the hashing pool: the source sent a bad part
 
-    def release(self) -> None:
-        """Give the read lease back and close the seed channel (best effort: the lease lapses anyway)."""
+    def release(self, wait: bool = True) -> None:
+        """Give the read lease back and close the seed channel (best effort: the lease lapses anyway).
+
+        `wait=False` does it on a thread of its own: a failed source (stopped, partitioned) may not
+        answer before the RPC timeout, and the load must not wait for that.
+        """
+        lease, self.lease = self.lease, None
+        if wait:
+            self._give_back(lease)
+        else:
+            threading.Thread(target=self._give_back, args=(lease,), name="peerload-lease-release", daemon=True).start()
+
+    def _give_back(self, lease: str | None) -> None:
         try:
-            if self.lease is not None:
-                self.seed.release_lease(self.lease)
+            if lease is not None:
+                self.seed.release_lease(lease)
         except ServiceError as exc:
             log.debug("releasing the lease on %s failed: %s", self.worker_id, exc)
         finally:
-            self.lease = None
             self.seed.close()
 
 
@@ -131,6 +141,10 @@ class StripedRead:
         self._threads: list[threading.Thread] = []
         self._fatal: BaseException | None = None
         self._started: dict[str, float] = {}
+        # Sources dropped after a read timed out, and the parts they were reading: such a read may
+        # still land (Mooncake cannot cancel a batch), even after another source re-read the part.
+        self.timed_out: set[str] = set()
+        self._overwritable: set[int] = set()
 
     def run(self, sources: list[PeerPlan], next_source: NextSource) -> None:
         """Read until every part is verified or no source is left; re-raises a reader's bug."""
@@ -261,8 +275,27 @@ class StripedRead:
                     return None
                 self._cond.wait(_IDLE_WAIT_S)
 
+    def recheck(self) -> list[int]:
+        """After the transport settled: verify again the parts a timed-out read may have overwritten.
+
+        Parts that no longer match go back to missing (storage or a new load fills them); returns them.
+        """
+        bad = []
+        for index in sorted(self._overwritable):
+            if not self.options.verify or self.scheduler.state[index] is not PartState.DONE:
+                continue
+            if part_checksum(self.tensor_set.regions, self.parts[index]) != self.expected[index]:
+                self.scheduler.invalidate(index)
+                bad.append(index)
+        if bad:
+            log.warning("%d verified part(s) were overwritten by a late read; they count as missing", len(bad))
+        return bad
+
     def _drop(self, plan: PeerPlan, exc: BaseException) -> None:
         with self._cond:
+            if isinstance(exc, TransferTimeout):
+                self.timed_out.add(plan.worker_id)
+                self._overwritable.update(self.scheduler.sources[plan.worker_id].reading)
             requeued = self.scheduler.drop(plan.worker_id)
             self._cond.notify_all()
         plan.stats.error = f"{type(exc).__name__}: {exc}"
@@ -274,7 +307,7 @@ class StripedRead:
         )
         if self.options.on_drop is not None:
             self.options.on_drop(plan.worker_id, exc)
-        plan.release()
+        plan.release(wait=False)
         if self.scheduler.finished or self._fatal is not None:
             return
         spare = self._next_source()

@@ -8,19 +8,24 @@ import logging
 
 import grpc
 
-from peerload._gen.model_express import p2p_pb2_grpc
-from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
-from peerload._grpc_server import OPEN, ServerSecurity, bind, new_server
+from peerload._gen.model_express import p2p_pb2
+from peerload._gen.peerload.v1 import seed_pb2
+from peerload._grpc_server import OPEN, ServerSecurity, bind, new_server, parsing_handler
 from peerload.errors import LeaseRefused
+from peerload.limits import MANIFEST_MAX_BYTES, SEED_MAX_REQUEST_BYTES
 from peerload.manifest import Manifest
 from peerload.seed.leases import LeaseTable
 from peerload.seed.worker_service import WorkerServicer
-from peerload.wire import MAX_MANIFEST_BYTES, manifest_to_proto
+from peerload.wire import manifest_to_proto
 
 log = logging.getLogger(__name__)
+_SEED_SERVICE = seed_pb2.DESCRIPTOR.services_by_name["SeedService"]
+_WORKER_SERVICE = p2p_pb2.DESCRIPTOR.services_by_name["WorkerService"]
 
 
-class _Servicer(seed_pb2_grpc.SeedServiceServicer):
+class _Servicer:
+    """SeedService: the manifest and read leases of one worker."""
+
     def __init__(self, manifest: Manifest, leases: LeaseTable) -> None:
         self._manifest = manifest
         self._reply = manifest_to_proto(manifest)
@@ -78,12 +83,17 @@ class ManifestServer:
         port: int = 0,
         security: ServerSecurity = OPEN,
     ) -> None:
-        options = [("grpc.max_send_message_length", MAX_MANIFEST_BYTES), ("grpc.max_receive_message_length", 1 << 20)]
+        # Larger requests are refused with RESOURCE_EXHAUSTED by gRPC itself, before any parsing.
+        options = [
+            ("grpc.max_send_message_length", MANIFEST_MAX_BYTES),
+            ("grpc.max_receive_message_length", SEED_MAX_REQUEST_BYTES),
+        ]
         self.worker_service = worker_service
         self._server = new_server(security, max_workers=4, options=options, thread_name_prefix="peerload-seed-rpc")
-        seed_pb2_grpc.add_SeedServiceServicer_to_server(_Servicer(manifest, leases), self._server)
+        handlers = [parsing_handler(_SEED_SERVICE, seed_pb2, _Servicer(manifest, leases))]
         if worker_service is not None:
-            p2p_pb2_grpc.add_WorkerServiceServicer_to_server(worker_service, self._server)
+            handlers.append(parsing_handler(_WORKER_SERVICE, p2p_pb2, worker_service))
+        self._server.add_generic_rpc_handlers(handlers)
         bound = bind(self._server, host, port, security, what="seed", fix="check the advertise_host setting")
         self.endpoint = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
         self._server.start()

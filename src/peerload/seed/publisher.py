@@ -1,8 +1,14 @@
-"""Seed side: register tensors with a transport, serve the manifests, publish, heartbeat READY."""
+"""Seed side: register tensors with a transport, serve the manifests, publish, heartbeat READY.
+
+The heartbeat keeps a source listed through coordinator faults: refused (the coordinator lost
+its state) -> publish again at once; unreachable -> keep serving, retry with jittered backoff
+capped at one interval; transport broken -> heartbeat STALE and log why.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -11,7 +17,7 @@ import torch
 
 from peerload._grpc_server import ServerSecurity
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
-from peerload.errors import CoordinatorError
+from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import SourceIdentity, new_worker_id
 from peerload.manifest import Manifest
 from peerload.parts import plan_parts
@@ -26,6 +32,26 @@ from peerload.transport.base import EndpointInfo, Transport
 from peerload.wire import PEERLOAD_MANIFEST_KEY, TensorInfo, TensorManifest
 
 log = logging.getLogger(__name__)
+
+_FIRST_RETRY_FRACTION = 0.125  # first retry after an unreachable beat: this share of the interval
+
+
+class Backoff:
+    """Jittered exponential delays from `first_s`, doubling up to `cap_s` (never more)."""
+
+    def __init__(self, first_s: float, cap_s: float, rng: random.Random | None = None) -> None:
+        self.first_s, self.cap_s = first_s, cap_s
+        self._rng = rng or random.Random()
+        self._next = first_s
+
+    def next(self) -> float:
+        """The next delay: uniform in [half, all] of the current step, so a fleet does not retry in step."""
+        step = min(self._next, self.cap_s)
+        self._next = step * 2
+        return self._rng.uniform(step / 2, step)
+
+    def reset(self) -> None:
+        self._next = self.first_s
 
 
 class Publisher:
@@ -65,6 +91,11 @@ class Publisher:
         self._server: ManifestServer | None = None
         self._client = CoordinatorClient.from_settings(settings)
         self.leases = LeaseTable(settings.seed_max_readers, settings.lease_timeout_s)
+        self._beats = self._heartbeat_client()
+        self._unhealthy: str | None = None  # the transport's last complaint, if any
+        self._unreachable_since: float | None = None
+        # How often the coordinator had forgotten this worker and it published itself again.
+        self.republished = 0
         try:
             self.transport = transport or make_transport(settings, self.worker_id)
             if register:
@@ -137,16 +168,17 @@ class Publisher:
             topology={PEERLOAD_MANIFEST_KEY: server_endpoint},
         )
 
-    def _publish(self) -> None:
+    def _publish(self, client: CoordinatorClient | None = None, status: SourceStatus = SourceStatus.READY) -> None:
         assert self._server is not None
+        client = client or self._client
         worker = self._worker_info(self._endpoint, self._server.endpoint)
-        published_id = self._client.publish(self.identity, worker, worker_id=self.worker_id)
+        published_id = client.publish(self.identity, worker, worker_id=self.worker_id)
         if published_id != self.source_id:
             log.warning("coordinator computed source id %s, we computed %s", published_id, self.source_id)
             self.source_id = published_id
             if self._server.worker_service is not None:
                 self._server.worker_service.set_source_id(published_id)
-        self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.READY, 0.0)
+        client.update_status(self.source_id, self.worker_id, self.rank, status, float(self.leases.active()))
         log.info(
             "published %d tensors (%.1f MiB) as %s/%s rank %d via %s (ModelExpress readers: %s)",
             len(self.manifest.tensors),
@@ -158,15 +190,74 @@ class Publisher:
             "p2p" if self.settings.mx_p2p_metadata else "centralized",
         )
 
+    def _heartbeat_client(self) -> CoordinatorClient:
+        """A client for beats: one attempt within one interval, on a connection of its own."""
+        interval = self.settings.heartbeat_interval_s
+        return CoordinatorClient.from_settings(
+            self.settings, timeout_s=min(self.settings.rpc_timeout_s, interval), retries=0, private_connection=True
+        )
+
     def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval_s
-        while not self._closed.wait(interval):
+        backoff = Backoff(interval * _FIRST_RETRY_FRACTION, interval)
+        delay = interval
+        while not self._closed.wait(delay):
             try:
-                load = float(self.leases.active())  # readers now: targets prefer idle seeds
-                self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.READY, load)
+                self._beat()
+                backoff.reset()
+                delay = interval
             except CoordinatorError as exc:
-                # Keep serving: the coordinator may come back, and the next beat re-marks us READY.
-                log.warning("heartbeat failed, will retry in %.1fs: %s", interval, exc)
+                delay = backoff.next()
+                self._beat_failed(exc, delay)
+
+    def _beat(self) -> SourceStatus:
+        """One beat (READY, or STALE while the transport is broken); raises CoordinatorError."""
+        status = self._status()
+        load = float(self.leases.active())  # readers now: targets prefer idle seeds
+        known = self._beats.update_status(self.source_id, self.worker_id, self.rank, status, load)
+        if not known:
+            log.warning(
+                "coordinator %s no longer knows worker %s (restarted or lost its store): publishing again",
+                self.settings.coordinator,
+                self.worker_id,
+            )
+            self._publish(self._beats, status)
+            self.republished += 1
+        if self._unreachable_since is not None:
+            log.info(
+                "coordinator %s reachable again after %.1fs; %s is %s",
+                self.settings.coordinator,
+                time.monotonic() - self._unreachable_since,
+                self.worker_id,
+                status.name,
+            )
+            self._unreachable_since = None
+        return status
+
+    def _status(self) -> SourceStatus:
+        """READY if the transport can serve peers, else STALE (logged when it changes)."""
+        problem = self.transport.health()
+        if problem != self._unhealthy:
+            if problem is not None:
+                log.warning("worker %s cannot serve peers, heartbeating STALE: %s", self.worker_id, problem)
+            else:
+                log.info("worker %s can serve peers again, heartbeating READY", self.worker_id)
+            self._unhealthy = problem
+        return SourceStatus.READY if problem is None else SourceStatus.STALE
+
+    def _beat_failed(self, exc: CoordinatorError, retry_s: float) -> None:
+        """Log once per outage; peers that have our metadata keep reading meanwhile."""
+        if not isinstance(exc, CoordinatorUnavailable):
+            log.warning("heartbeat of %s refused, retrying in %.1fs: %s", self.worker_id, retry_s, exc)
+            return
+        if self._unreachable_since is None:
+            self._unreachable_since = time.monotonic()
+            log.warning("coordinator unreachable, still serving peers; retrying with backoff: %s", exc)
+        else:
+            log.debug("coordinator still unreachable, retrying in %.1fs: %s", retry_s, exc)
+        # A fresh connection, so gRPC's own reconnect backoff cannot delay our return.
+        self._beats.close()
+        self._beats = self._heartbeat_client()
 
     def close(self) -> None:
         """Mark the worker STALE, wait for open read leases (bounded), release transport, server, threads."""
@@ -193,6 +284,7 @@ class Publisher:
         if getattr(self, "transport", None) is not None:
             self.transport.close()
         self._client.close()
+        self._beats.close()
 
     def __enter__(self) -> Publisher:
         return self

@@ -113,6 +113,21 @@ class Transport(ABC):
             TransportError: the transfer failed, e.g. the peer died; names the peer.
         """
 
+    def health(self) -> str | None:
+        """Why this endpoint cannot serve peers now (e.g. its serving thread died), or None if it can.
+
+        A seed heartbeats STALE instead of READY while this returns a reason.
+        """
+        return None
+
+    def settle(self, timeout_s: float) -> bool:
+        """Wait until no failed or timed-out `read` can still write into local memory.
+
+        Returns False if one may still write after `timeout_s`: the destination must then be
+        given up, never rolled back and reused.
+        """
+        return True
+
     @abstractmethod
     def close(self) -> None:
         """Deregister everything and release the endpoint; idempotent."""

@@ -28,6 +28,8 @@ from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Regi
 
 log = logging.getLogger(__name__)
 
+_PROBE_TIMEOUT_S = 2.0  # health(): connecting to our own handshake port
+
 
 def _import_engine() -> Any:
     # Mooncake logs every INFO line (and a benign "Local segment descriptor not found" ERROR) to
@@ -99,6 +101,9 @@ class MooncakeTransport(Transport):
         # the same time (a striped load) gets an engine of its own, with the same registrations.
         self._readers: dict[str, Any] = {}  # peer session -> the engine that reads from it
         self._readers_lock = threading.Lock()
+        # Helper threads of reads that timed out: the engine cannot cancel a batch, so each may
+        # still write into local memory until it returns.
+        self._stalled: list[threading.Thread] = []
         self._closed = False
 
     def register(self, tensors: Mapping[str, torch.Tensor]) -> list[Region]:
@@ -235,10 +240,30 @@ class MooncakeTransport(Transport):
         worker.start()
         worker.join(budget_s)
         if worker.is_alive():
-            # The engine cannot cancel a batch: it may still land later, so the caller must
-            # treat the destination as garbage (the loader rolls back anyway).
+            self._stalled.append(worker)  # see settle(): it may still land later
             raise TransferTimeout(f"read not done within {timeout_s:g} s", who)
         return result[0]
+
+    def settle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        for worker in list(self._stalled):
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if not worker.is_alive():
+                self._stalled.remove(worker)
+        return not self._stalled
+
+    def health(self) -> str | None:
+        if self._closed:
+            return f"TransferEngine endpoint {self.name!r} is closed"
+        # Peers handshake with the engine on this port before every new session: if it refuses
+        # connections, no peer can read from us.
+        host, port = split_host_port(self.session_id)
+        try:
+            with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
+                pass
+        except OSError as e:
+            return f"the TransferEngine of {self.name!r} does not accept connections on {self.session_id}: {e}"
+        return None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -248,6 +273,14 @@ class MooncakeTransport(Transport):
         if self._closed:
             return
         self._closed = True
+        if not self.settle(0):
+            # Unregistering under a batch the engine still runs is undefined: keep memory and
+            # engine (the helper thread holds it) until the process exits.
+            log.warning(
+                "TransferEngine %r closed with a timed-out read still running; memory stays registered", self.name
+            )
+            self._engine = None
+            return
         addrs = self._users.keys()
         self._users = RangeUsers(self._unregister)
         self._spans = []

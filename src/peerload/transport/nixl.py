@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 _MD_MAGIC = b"nixlSerDes"  # every NIXL agent metadata blob starts with this tag
 _NOTIF = b"peerload:"  # prefix of our notifications; b"peerload:done:" ends a read
 _FETCHED = b"fetched:"  # what `_peers` holds for a peer whose metadata came from its listen thread
+# Polls failing without a break for this long mean the agent is broken, not one bad poll.
+_POLL_FAILING_BROKEN_S = 5.0
 
 
 # Fail at import (configuration time) when NIXL is absent, without importing it yet: UCX must
@@ -143,6 +145,8 @@ class NixlTransport(Transport):
         self._ranges: list[tuple[int, int, bool]] = []  # sorted (start, end, is_cuda)
         self._peers: dict[str, bytes] = {}  # remote agent name -> metadata loaded
         self._serve_thread: threading.Thread | None = None
+        self._serve_error: str | None = None  # why the serving thread stopped, if it did by itself
+        self._polls_failing: tuple[float, str] | None = None  # (since, last error) of failing polls
         self._stop = threading.Event()
         self._closed = False
 
@@ -233,7 +237,26 @@ class NixlTransport(Transport):
             self._serve_thread.start()
         return EndpointInfo(agent_name=self.name, nixl_metadata=md)
 
+    def health(self) -> str | None:
+        if self._closed:
+            return f"NIXL endpoint {self.name!r} is closed"
+        thread = self._serve_thread
+        if thread is not None and not thread.is_alive():
+            return f"the NIXL serving thread of {self.name!r} died: {self._serve_error or 'no reason recorded'}"
+        failing = self._polls_failing
+        if failing is not None and time.monotonic() - failing[0] > _POLL_FAILING_BROKEN_S:
+            seconds = time.monotonic() - failing[0]
+            return f"NIXL notification polls of {self.name!r} failing for {seconds:.0f}s: {failing[1]}"
+        return None
+
     def _serve(self) -> None:
+        try:
+            self._serve_loop()
+        except BaseException as e:  # recorded for health(): a seed must not advertise READY without it
+            self._serve_error = f"{type(e).__name__}: {e}"
+            log.error("NIXL serving thread of %r stopped: %s", self.name, self._serve_error)
+
+    def _serve_loop(self) -> None:
         """Drive UCX progress so peers can connect and read; fast while reads are active."""
         active: dict[str, float] = {}  # peer -> poll fast until this time
         delay = self._active_poll_s
@@ -241,8 +264,13 @@ class NixlTransport(Transport):
             try:
                 with self._lock:
                     notifs = self._agent.get_new_notifs()
+                self._polls_failing = None
             except Exception as e:  # keep serving: one bad poll must not stop the seed
-                log.warning("NIXL notification poll failed on %r: %s", self.name, e)
+                if self._polls_failing is None:
+                    log.warning("NIXL notification poll failed on %r: %s", self.name, e)
+                    self._polls_failing = (time.monotonic(), str(e))
+                else:
+                    self._polls_failing = (self._polls_failing[0], str(e))
                 notifs = {}
             now = time.monotonic()
             for peer, msgs in notifs.items():

@@ -48,6 +48,10 @@ class Store(ABC):
     def entries(self, mx_source_id: str | None = None) -> list[WorkerEntry]:
         """All entries, or those of one source id."""
 
+    def count(self, mx_source_id: str) -> int:
+        """How many workers one source id has (override where listing them all is costly)."""
+        return len(self.entries(mx_source_id))
+
     @abstractmethod
     def heartbeat(
         self,

@@ -114,6 +114,9 @@ class RedisStore(Store):
         # A hash deleted between SMEMBERS and HGETALL comes back empty: skip it.
         return [_decode(raw) for raw in self._call("list", run) if raw]
 
+    def count(self, mx_source_id: str) -> int:
+        return int(self._call("count", lambda: self._client.scard(self._src(mx_source_id))))
+
     def heartbeat(
         self,
         mx_source_id: str,

@@ -1,0 +1,102 @@
+"""A Mooncake batch that timed out may still write: a real `peerload seed` SIGSTOPped mid-transfer.
+
+The seed serves checkpoint A; the target's storage fallback is checkpoint B (same layout, other
+bytes), so a late write of the stalled batch after the fallback would show as A's bytes in B.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from peerload.adapters import hf
+from peerload.chaos.cluster import SeedProcess
+from peerload.cli._model_options import model_options
+from peerload.errors import DestinationAbandoned
+from peerload.loader import Progress, load_into
+from peerload.settings import Settings
+
+pytest.importorskip("mooncake.engine")
+NAME = "test/stalled"
+TIMEOUT_S = 2.0
+
+
+def checkpoint(path: Path, seed: int) -> Path:
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    save_file({f"w{i}": torch.randn(512, 512, generator=g) for i in range(8)}, str(path))  # 8 x 1 MiB
+    return path
+
+
+@pytest.fixture
+def stalled(tmp_path: Path, coordinator):
+    """(seed serving A, destination + fallback of B, a progress hook that SIGSTOPs the seed once)."""
+    a, b = checkpoint(tmp_path / "a.safetensors", 1), checkpoint(tmp_path / "b.safetensors", 2)
+    seed = SeedProcess(a, NAME, coordinator.address, tmp_path, "--transport", "transfer_engine").start()
+    stopped = threading.Event()
+
+    def stop_on_first_bytes(event: Progress) -> None:
+        if not stopped.is_set():
+            seed.signal(signal.SIGSTOP)
+            stopped.set()
+
+    destination, from_storage = hf.target_tensors(b, quantize=None, tp_size=1, tp_rank=0)
+    identity = model_options(a, NAME, None, None, "", 1, 0, 1, 0, 1, None, None).identity
+    yield seed, destination, from_storage, identity, stop_on_first_bytes, stopped
+    seed.close()
+
+
+def settings(coordinator, settle_s: float) -> Settings:
+    return Settings.load(
+        env={},
+        coordinator=coordinator.address,
+        transport="transfer_engine",
+        transfer_timeout_s=TIMEOUT_S,
+        settle_timeout_s=settle_s,
+        chunk_bytes=1 << 20,
+        max_source_attempts=1,
+    )
+
+
+def test_timed_out_batch_lands_before_rollback_then_storage_is_exact(stalled, coordinator):
+    seed, destination, from_storage, identity, hook, stopped = stalled
+    resume = threading.Timer(TIMEOUT_S * 2, lambda: seed.signal(signal.SIGCONT))  # after the timeout
+    resume.start()
+    try:
+        result = load_into(
+            destination, identity, settings=settings(coordinator, 30), fallback=from_storage, progress=hook
+        )
+    finally:
+        resume.cancel()
+        seed.signal(signal.SIGCONT)
+    assert stopped.is_set()
+    assert result.source == "storage", result.attempts
+    assert any("TransferTimeout" in a for a in result.attempts), result.attempts
+    # The loader waited for the stalled batch (the seed resumed at 2x the timeout) before rolling back.
+    assert result.seconds["settle"] >= TIMEOUT_S * 0.5, result.seconds
+    time.sleep(1.0)  # a late write would land by now
+    expected = dict(from_storage())
+    assert all(torch.equal(destination[n], expected[n]) for n in expected), "a late write corrupted storage bytes"
+    result.close()
+
+
+def test_batch_still_running_after_the_bound_gives_the_destination_up(stalled, coordinator):
+    seed, destination, from_storage, identity, hook, stopped = stalled
+    started = time.monotonic()
+    with pytest.raises(DestinationAbandoned) as info:
+        load_into(destination, identity, settings=settings(coordinator, 1.0), fallback=from_storage, progress=hook)
+    assert time.monotonic() - started < TIMEOUT_S + 1.0 + 10
+    assert "settle_timeout_s" in str(info.value) and seed.worker_id in str(info.value)
+    before = {n: t.clone() for n, t in destination.items()}
+    seed.signal(signal.SIGCONT)
+    # The hazard was real: once the seed runs again, the abandoned batch writes A's bytes.
+    deadline = time.monotonic() + 10
+    while all(torch.equal(destination[n], before[n]) for n in before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(not torch.equal(destination[n], before[n]) for n in before), "the stalled batch never landed"
