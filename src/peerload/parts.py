@@ -80,3 +80,18 @@ def _cut(name: str, size: int, part_bytes: int) -> list[Piece]:
     per_part = -(-size // count)
     step = -(-per_part // PART_ALIGN) * PART_ALIGN  # ceil(size / count), page-aligned
     return [Piece(name, off, min(step, size - off)) for off in range(0, size, step)]
+
+
+def encode_held(held: Iterable[int], count: int) -> bytes:
+    """A bitmap of `count` parts: bit i (byte i // 8, least significant bit first) set when i is held."""
+    bits = bytearray(-(-count // 8))
+    for i in held:
+        if not 0 <= i < count:
+            raise ValueError(f"part {i} is outside a plan of {count} parts")
+        bits[i // 8] |= 1 << (i % 8)
+    return bytes(bits)
+
+
+def decode_held(bitmap: bytes, count: int) -> set[int]:
+    """The parts a bitmap from `encode_held` marks as held (bits past `count` are ignored)."""
+    return {i for i in range(min(count, len(bitmap) * 8)) if bitmap[i // 8] >> (i % 8) & 1}

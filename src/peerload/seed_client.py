@@ -7,6 +7,7 @@ from peerload._grpc import PLAINTEXT, Caller, ChannelSecurity, open_channel
 from peerload.errors import InvalidManifest, LeaseRefused, SeedServiceError
 from peerload.limits import MANIFEST_MAX_BYTES
 from peerload.manifest import Manifest, manifest_problem
+from peerload.parts import decode_held
 from peerload.wire import manifest_from_proto
 
 # A seed at its reader cap answers RESOURCE_EXHAUSTED; one shutting down answers UNAVAILABLE.
@@ -56,6 +57,28 @@ class SeedClient:
             if exc.code in _REFUSED:
                 raise LeaseRefused(f"seed {self.worker_id}: {exc.details}", closing=_REFUSED[exc.code]) from None
             raise
+
+    def availability(self, part_count: int) -> tuple[int, set[int] | None]:
+        """(version, the verified parts) of a worker still loading; (version, None) when it holds all.
+
+        An older seed (UNIMPLEMENTED) is complete: only loaded workers served then.
+
+        Raises:
+            SeedServiceError: the seed cannot be reached, or its plan has another part count.
+        """
+        request = seed_pb2.GetAvailabilityRequest(worker_id=self.worker_id)
+        try:
+            reply = self._call("GetAvailability", self._stub.GetAvailability, request)
+        except SeedServiceError as exc:
+            if exc.code == "UNIMPLEMENTED":
+                return 0, None
+            raise
+        if reply.complete:
+            return reply.version, None
+        if reply.part_count != part_count:
+            problem = f"reports {reply.part_count} parts, the plan has {part_count}"
+            raise SeedServiceError("GetAvailability", "FAILED_PRECONDITION", problem, self.endpoint)
+        return reply.version, decode_held(reply.bitmap, part_count)
 
     def release_lease(self, lease_id: str) -> bool:
         """End a lease; False if the seed no longer knew it.

@@ -65,6 +65,9 @@ class Settings:
     # source before that source counts as stalled (dropped; its parts go to the others).
     max_parallel_sources: int = 4
     part_timeout_s: float = 60.0
+    # Fan-out: a loading target serves the parts it has verified to other loading targets (listed
+    # INITIALIZING until complete), and reads from such targets itself.
+    serve_while_loading: bool = True
     # Address a seed advertises for its manifest server (the host part).
     advertise_host: str = "127.0.0.1"
     # Seed side: concurrent readers one seed serves (0 = no cap), how long a read lease lasts when

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from peerload._grpc import ChannelSecurity
-from peerload.client import CoordinatorClient, SourceRef, SourceStatus, WorkerRecord
+from peerload.client import CoordinatorClient, SourceRef, WorkerRecord
 from peerload.errors import (
     ChecksumMismatch,
     ConfigError,
@@ -34,10 +34,10 @@ from peerload.loader import mx_source
 from peerload.loader.faulting import Faulting, waves
 from peerload.loader.network import describe_path
 from peerload.loader.phases import PhaseTimer
-from peerload.loader.selection import order_sources
 from peerload.loader.storage import copy_into, fill_parts
 from peerload.loader.striping import SOURCE_FAILURES, PeerPlan, SourceStats, StripedRead, StripeOptions
 from peerload.loader.survey import explain_sources
+from peerload.loader.swarm import first_part, list_candidates, serve_while_loading
 from peerload.manifest import CHECKSUM_ALGORITHM, Manifest
 from peerload.parts import Part, plan_parts
 from peerload.seed.publisher import Publisher
@@ -158,6 +158,11 @@ class TargetLoad:
         self._used: list[PeerPlan] = []  # sources handshaken and read from (their leases are ours)
         self._used_mx: list[SourceStats] = []  # official ModelExpress seeds read from
         self._candidates_lock = threading.Lock()  # readers replace dropped sources concurrently
+        self._tried: set[str] = {self.worker_id}  # sources handshaken (or refused) already
+        # Fan-out: read from sources still loading; serve our own verified parts while loading.
+        self._swarm = settings.serve_while_loading
+        self._serve = settings.serve_while_loading and options.publish and settings.verify_checksums
+        self._early: Publisher | None = None  # this load, published INITIALIZING while it loads
         self._restarted_bytes = 0
         self._storage_bytes = 0
         self.unverified = ""  # why the bytes from peers were not content-verified
@@ -175,6 +180,7 @@ class TargetLoad:
                 self._from_storage(tensor_set, outcome)
             publisher = self._publish(tensor_set, outcome) if self.options.publish and coordinator_up else None
         except BaseException:
+            self._withdraw()
             self._finish(keep_transport=False)
             raise
         self._finish(keep_transport=publisher is not None)
@@ -238,6 +244,8 @@ class TargetLoad:
             self.unverified = "checksum verification is turned off"
         parts = first.manifest.parts() or self._fallback_plan(tensor_set)
         expected = list(first.manifest.part_checksums)
+        self._serve_while_loading(tensor_set, first)
+        availability = self._early.availability if self._early is not None else None
         sources = [first]
         while len(sources) < self.settings.max_parallel_sources:
             more = self._next_usable(candidates, tensor_set, parts_of=first)
@@ -256,6 +264,11 @@ class TargetLoad:
                 wait_faulted=None if populate_supported() else self._wait_faulted(tensor_set, parts),
                 on_bytes=self._progress_hook(tensor_set.total_bytes),
                 on_drop=lambda name, exc: self.attempts.append(f"source {name}: {type(exc).__name__}: {exc}"),
+                on_verified=availability.mark if availability is not None else None,
+                on_invalid=availability.unmark if availability is not None else None,
+                more_sources=(lambda room: self._join(room, tensor_set, first)) if self._swarm else None,
+                max_sources=self.settings.max_parallel_sources,
+                start=first_part(self.worker_id, len(parts)),
             ),
         )
         with self._phase("transfer"):
@@ -267,6 +280,8 @@ class TargetLoad:
         self.seconds["verify"] = reading.verify_seconds
         self._restarted_bytes = reading.scheduler.restarted_bytes
         missing = [parts[i] for i in reading.scheduler.missing()]
+        if self._early is not None and missing:
+            self._withdraw()  # storage fills the rest; the plain publish path serves the result
         return _PeerOutcome(parts=parts, missing=missing, part_bytes=first.manifest.part_bytes, sums=expected)
 
     def _next_usable(
@@ -279,6 +294,9 @@ class TargetLoad:
         """
         with self._candidates_lock:
             for ref in candidates:
+                if ref.worker_id in self._tried:
+                    continue
+                self._tried.add(ref.worker_id)
                 try:
                     plan = self._handshake(ref, tensor_set, parts_of)
                 except SOURCE_FAILURES as exc:
@@ -290,16 +308,57 @@ class TargetLoad:
                 return plan
         return None
 
+    def _serve_while_loading(self, tensor_set: TensorSet, first: PeerPlan) -> None:
+        """Publish this load INITIALIZING, serving its parts as they verify (fan-out); best effort."""
+        if not self._serve or first.manifest.part_bytes == 0:
+            return
+        assert self.transport is not None
+        with self._phase("publish"):
+            try:
+                self._early = serve_while_loading(
+                    tensor_set,
+                    self.identity,
+                    self.settings,
+                    rank=self.rank,
+                    worker_id=self.worker_id,
+                    transport=self.transport,
+                    plan_of=first.manifest,
+                )
+            except PeerloadError as exc:
+                self.attempts.append(f"serving while loading failed (loading anyway): {exc}")
+                log.warning("cannot serve while loading, loading anyway: %s", exc)
+
+    def _withdraw(self) -> None:
+        """Stop serving this load's parts (before memory is rolled back or storage fills it)."""
+        early, self._early = self._early, None
+        if early is not None:
+            early.withdraw()
+
+    def _join(self, room: int, tensor_set: TensorSet, first: PeerPlan) -> list[PeerPlan]:
+        """Up to `room` sources that appeared since the load began (READY or still loading), handshaken."""
+        try:
+            refs = list_candidates(self.client, self.identity, self.rank, set(self._tried), loading=True)
+        except CoordinatorError as exc:
+            log.debug("looking for more sources failed: %s", exc)
+            return []
+        joined: list[PeerPlan] = []
+        for ref in refs:
+            if len(joined) >= room:
+                break
+            found = self._next_usable(iter([ref]), tensor_set, parts_of=first)
+            if isinstance(found, PeerPlan):
+                joined.append(found)
+        return joined
+
     def _discover(self) -> list[SourceRef]:
         with self._phase("discover"):
             try:
-                refs = self.client.list_sources(self.identity, status=SourceStatus.READY, worker_rank=self.rank)
+                candidates = list_candidates(self.client, self.identity, self.rank, {self.worker_id}, self._swarm)
             except CoordinatorError as exc:
                 if self.fallback is None:
                     raise
                 self.attempts.append(f"discovery failed: {exc}")
                 return []
-            candidates = order_sources(refs, exclude={self.worker_id})
         if not candidates:
             reason = (
                 f"no READY source of {self.identity.model_name} (id {self.identity.source_id()}) at rank {self.rank}"
@@ -341,13 +400,31 @@ class TargetLoad:
                     transfer_engine_session_id=record.transfer_engine_session_id,
                 )
                 self._check_source(tensor_set, manifest, peer, worker_id, parts_of)
+                version, holds = seed.availability(len(manifest.parts())) if manifest.part_bytes else (0, None)
+                if holds is not None and parts_of is not None:
+                    self._check_loading_source(manifest, parts_of, worker_id)
                 lease = seed.acquire_lease(self.worker_id)
             except BaseException:
                 seed.close()
                 raise
         host = split_host_port(record.manifest_endpoint)[0]
         stats = SourceStats(worker_id, peer.transport, describe_path(peer.transport, host))
-        return PeerPlan(worker_id=worker_id, peer=peer, manifest=manifest, seed=seed, lease=lease, stats=stats)
+        return PeerPlan(
+            worker_id=worker_id,
+            peer=peer,
+            manifest=manifest,
+            seed=seed,
+            lease=lease,
+            stats=stats,
+            holds=holds,
+            version=version,
+        )
+
+    @staticmethod
+    def _check_loading_source(manifest: Manifest, parts_of: PeerPlan, worker_id: str) -> None:
+        """A source still loading must expect the very part checksums this load expects."""
+        if list(manifest.part_checksums) != list(parts_of.manifest.part_checksums):
+            raise LayoutMismatch(["source is loading other bytes (its part checksums differ from ours)"], worker_id)
 
     def _check_source(
         self, tensor_set: TensorSet, manifest: Manifest, peer: EndpointInfo, worker_id: str, parts_of: PeerPlan | None
@@ -446,6 +523,11 @@ class TargetLoad:
                 raise
 
     def _publish(self, tensor_set: TensorSet, outcome: _PeerOutcome | None) -> Publisher | None:
+        if self._early is not None:  # served while loading, every part verified: now complete
+            early, self._early = self._early, None
+            with self._phase("publish"):
+                early.ready()
+            return early
         # Checksums verified from peers are reused; after storage filled bytes they are recomputed.
         reuse = outcome is not None and not outcome.missing and outcome.sums
         with self._phase("publish"):
@@ -491,6 +573,7 @@ class TargetLoad:
             )
 
     def _rollback(self, tensor_set: TensorSet) -> None:
+        self._withdraw()  # nobody may read these parts once they are zeroed
         self._faulting.join()  # the page-touching fallback must not race these writes
         for flat in tensor_set.regions.values():
             flat.zero_()

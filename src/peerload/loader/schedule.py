@@ -4,13 +4,20 @@ Parts are dealt to the sources in contiguous blocks (least loaded source first);
 its own block front to back, and when it runs dry it steals from the back of the block with the
 most bytes left, so a fast source ends up reading more. A dropped source's unfinished parts go
 back to a shared pool that every source serves before its own block. The loader drives it from
-reader threads under one lock; a simulator can drive it with simulated time.
+reader threads under one lock; the fleet simulator (`peerload.sim`) drives the very same code
+with simulated time.
+
+Swarm (sources still loading): a partial source holds only some parts (`set_holdings`, growing as
+it verifies them) and takes, among the parts it holds, those fewest partial sources hold first
+(rarest first, ties in this load's own `start`-rotated order, so simultaneous targets begin at
+different parts). A complete source leaves the parts some live partial source holds to it, so
+the original seeds serve parts nobody else has: about one copy for the whole fleet.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -33,6 +40,7 @@ class SourceProgress:
     delivered: list[int] = field(default_factory=list)
     delivered_bytes: int = 0
     alive: bool = True
+    holds: set[int] | None = None  # parts a loading source may serve; None: all (a complete source)
 
 
 class PartScheduler:
@@ -41,29 +49,41 @@ class PartScheduler:
     Args:
         sizes: bytes of each part, in plan order.
         max_reading: parts one source may have in flight at once (being read or verified).
+        start: the part this load reads first; the plan is read in order from there, wrapping.
     """
 
-    def __init__(self, sizes: Sequence[int], *, max_reading: int = 1) -> None:
+    def __init__(self, sizes: Sequence[int], *, max_reading: int = 1, start: int = 0) -> None:
         if max_reading < 1:
             raise ValueError(f"max_reading must be >= 1, got {max_reading}")
         self.sizes = list(sizes)
         self.max_reading = max_reading
-        self.state = [PartState.TODO] * len(self.sizes)
+        count = len(self.sizes)
+        start = start % count if count else 0
+        self.order = [(i - start) % count for i in range(count)]  # part -> its position in this load
+        self.state = [PartState.TODO] * count
         self.sources: dict[str, SourceProgress] = {}
-        self.pool: deque[int] = deque(range(len(self.sizes)))  # parts nobody holds
+        self.pool: deque[int] = deque(sorted(range(count), key=self.order.__getitem__))  # parts nobody holds
+        self.partial_holders = [0] * count  # live partial sources holding each part
         self.started: set[int] = set()  # parts whose bytes were read at least once
         self.restarted_bytes = 0  # bytes of parts read again after a failed read
 
     # -- sources -------------------------------------------------------------------------------
 
-    def add_sources(self, names: Sequence[str]) -> None:
-        """Add sources (least loaded first) and deal them the pooled parts in contiguous blocks."""
+    def add_sources(self, names: Sequence[str], partial: dict[str, Iterable[int]] | None = None) -> None:
+        """Add sources (least loaded first) and deal the complete ones the pooled parts in contiguous blocks.
+
+        `partial` maps the sources still loading to the parts they hold now (see `set_holdings`).
+        """
+        partial = partial or {}
         fresh = [n for n in names if n not in self.sources]
         for name in fresh:
             self.sources[name] = SourceProgress(name)
+            if name in partial:
+                self.set_holdings(name, partial[name])
+        fresh = [n for n in fresh if self.sources[n].holds is None]
         if not fresh or not self.pool:
             return
-        todo = sorted(self.pool)
+        todo = sorted(self.pool, key=self.order.__getitem__)
         self.pool.clear()
         share = sum(self.sizes[i] for i in todo) / len(fresh)
         held, k = 0, 0
@@ -74,6 +94,19 @@ class PartScheduler:
             self.sources[fresh[k]].queue.append(i)
             held += self.sizes[i]
 
+    def set_holdings(self, name: str, parts: Iterable[int] | None) -> None:
+        """`name` (still loading) holds `parts` now; None: it holds every part (it completed)."""
+        src = self.sources[name]
+        new = None if parts is None else {i for i in parts if 0 <= i < len(self.sizes)}
+        if src.alive:
+            self._count_holders(src.holds, -1)
+            self._count_holders(new, +1)
+        src.holds = new
+
+    def _count_holders(self, holds: set[int] | None, delta: int) -> None:
+        for i in holds or ():
+            self.partial_holders[i] += delta
+
     def drop(self, name: str) -> list[int]:
         """Stop using `name`; the parts it was reading or had queued go back to the pool.
 
@@ -81,6 +114,8 @@ class PartScheduler:
         bytes already in place are not read again unless they turn out bad. Returns the re-queued.
         """
         src = self.sources[name]
+        if src.alive:
+            self._count_holders(src.holds, -1)
         src.alive = False
         back = sorted(src.reading) + list(src.queue)
         for i in src.reading:
@@ -95,6 +130,13 @@ class PartScheduler:
     def alive(self) -> list[str]:
         return [n for n, s in self.sources.items() if s.alive]
 
+    def complete_alive(self) -> bool:
+        """Whether a live source holds every part (else only loading sources are left)."""
+        return any(s.alive and s.holds is None for s in self.sources.values())
+
+    def _partial_alive(self) -> bool:
+        return any(s.alive and s.holds is not None for s in self.sources.values())
+
     # -- parts ---------------------------------------------------------------------------------
 
     def next_for(self, name: str) -> int | None:
@@ -102,7 +144,11 @@ class PartScheduler:
         src = self.sources[name]
         if not src.alive or len(src.reading) + len(src.verifying) >= self.max_reading:
             return None
-        if self.pool:
+        if src.holds is not None:
+            part = self._rarest_held(src.holds)
+        elif self._partial_alive():
+            part = self._unshared(src, name)
+        elif self.pool:
             part = self.pool.popleft()
         elif src.queue:
             part = src.queue.popleft()
@@ -111,10 +157,42 @@ class PartScheduler:
             if victim is None:
                 return None
             part = victim.queue.pop()
+        if part is None:
+            return None
         src.reading.add(part)
         self.state[part] = PartState.READING
         self.started.add(part)
         return part
+
+    def _rarest_held(self, holds: set[int]) -> int | None:
+        """Of the parts left that a partial source holds: fewest partial holders first, then load order."""
+        todo = [i for i in holds if self.state[i] is PartState.TODO]
+        if not todo:
+            return None
+        part = min(todo, key=lambda i: (self.partial_holders[i], self.order[i]))
+        self._unqueue(part)
+        return part
+
+    def _unshared(self, src: SourceProgress, name: str) -> int | None:
+        """A complete source's next part that no live partial source holds: pool, own block, then steal."""
+        victim = self._victim(exclude=name)
+        lines = [self.pool, src.queue, reversed(victim.queue) if victim else ()]
+        for line in lines:
+            for i in line:
+                if not self.partial_holders[i]:
+                    self._unqueue(i)
+                    return i
+        return None
+
+    def _unqueue(self, part: int) -> None:
+        """Take a TODO part out of the pool or whichever block holds it."""
+        if part in self.pool:
+            self.pool.remove(part)
+            return
+        for s in self.sources.values():
+            if part in s.queue:
+                s.queue.remove(part)
+                return
 
     def _victim(self, exclude: str) -> SourceProgress | None:
         """The source with the most queued bytes (ties: the first added)."""
@@ -161,9 +239,11 @@ class PartScheduler:
         return all(s is PartState.DONE for s in self.state)
 
     def waiting_is_useful(self) -> bool:
-        """Whether a source with nothing to take should wait (parts in flight may still fail)."""
-        return any(s.reading for s in self.sources.values() if s.alive) or any(
-            s.verifying for s in self.sources.values()
+        """Whether a source with nothing to take should wait (parts in flight may fail, loading sources grow)."""
+        return (
+            any(s.reading for s in self.sources.values() if s.alive)
+            or any(s.verifying for s in self.sources.values())
+            or (not self.finished and self._partial_alive())
         )
 
     def missing(self) -> list[int]:

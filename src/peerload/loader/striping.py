@@ -3,7 +3,8 @@
 The policy (who reads which part next) is `PartScheduler`; this module only runs it: each
 reader asks for a part, READs it, checks its checksum, and reports it done. A source that fails
 (dies, stalls past `part_timeout_s`, sends a bad part) is dropped: its unfinished parts go back
-to the others and a spare source, if any, takes its place.
+to the others and a spare source, if any, takes its place. Sources still loading are polled for
+the parts they hold (`poll_s`), and sources that appear during the load join it (`more_sources`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 SOURCE_FAILURES = (TransportError, LayoutMismatch, ChecksumMismatch, ServiceError, NoSourceAvailable, LeaseRefused)
 # A reader with nothing to take re-checks this often whether a failed source left parts behind.
 _IDLE_WAIT_S = 0.05
+# How often the sources still loading are asked which parts they hold, and the fleet for new ones.
+POLL_S = 0.1
+DISCOVER_S = 0.5
 
 
 @dataclass
@@ -79,6 +83,9 @@ class PeerPlan:
     lease: str | None
     stats: SourceStats
     bad: ChecksumMismatch | None = None  # set by the hashing pool: the source sent a bad part
+    holds: set[int] | None = None  # a source still loading: the verified parts it serves; None: all
+    version: int = 0  # of `holds`, as the source reported it
+    reading_now: int | None = None  # the part its reader thread is reading (even after a drop)
 
     def release(self, wait: bool = True) -> None:
         """Give the read lease back and close the seed channel (best effort: the lease lapses anyway).
@@ -103,6 +110,7 @@ class PeerPlan:
 
 
 NextSource = Callable[[], "PeerPlan | None"]  # handshakes the next spare source, None when none is left
+MoreSources = Callable[[int], "list[PeerPlan]"]  # handshakes up to N sources that appeared since
 BytesHook = Callable[[str, int], None]  # (source, bytes just arrived)
 
 
@@ -116,6 +124,11 @@ class StripeOptions:
     wait_faulted: Callable[[Part], None] | None = None  # blocks until a part's pages are resident
     on_bytes: BytesHook | None = None
     on_drop: Callable[[str, BaseException], None] | None = None
+    on_verified: Callable[[int], None] | None = None  # a part's checksum matched (it may be served)
+    on_invalid: Callable[[int], None] | None = None  # a verified part may have been overwritten
+    more_sources: MoreSources | None = None
+    max_sources: int = 1  # live sources at once, counting those that join later
+    start: int = 0  # the part this load reads first (see PartScheduler)
 
 
 class StripedRead:
@@ -135,7 +148,7 @@ class StripedRead:
         self.expected = expected
         self.options = options
         # Per source: one part being read while the previous one is hashed.
-        self.scheduler = PartScheduler([p.nbytes for p in parts], max_reading=2)
+        self.scheduler = PartScheduler([p.nbytes for p in parts], max_reading=2, start=options.start)
         self.verify_seconds = 0.0
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -145,22 +158,74 @@ class StripedRead:
         # still land (Mooncake cannot cancel a batch), even after another source re-read the part.
         self.timed_out: set[str] = set()
         self._overwritable: set[int] = set()
+        self._plans: dict[str, PeerPlan] = {}
+        self._grew_at = time.monotonic()  # when a loading source last reported new parts
+        self._over = threading.Event()
 
     def run(self, sources: list[PeerPlan], next_source: NextSource) -> None:
         """Read until every part is verified or no source is left; re-raises a reader's bug."""
         self._next_source = next_source
-        with self._cond:
-            self.scheduler.add_sources([s.worker_id for s in sources])
+        self._add(sources)
+        poller = threading.Thread(target=self._poll, name="peerload-swarm-poll", daemon=True)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="peerload-verify") as self._hashing:
             for plan in sources:
                 self._start(plan)
+            poller.start()
             try:
                 self._join_readers()
             except BaseException as exc:  # e.g. Ctrl-C: readers stop after the part in hand
                 self._stop_all(exc)
                 raise
+            finally:
+                self._over.set()
+                poller.join()
         if self._fatal is not None:
             raise self._fatal
+
+    def _add(self, plans: list[PeerPlan]) -> None:
+        with self._cond:
+            for plan in plans:
+                self._plans[plan.worker_id] = plan
+            partial = {p.worker_id: p.holds for p in plans if p.holds is not None}
+            self.scheduler.add_sources([p.worker_id for p in plans], partial)
+            self._cond.notify_all()
+
+    # -- sources still loading, and sources that appear ----------------------------------------
+
+    def _poll(self) -> None:
+        """Refresh what loading sources hold (every POLL_S) and let new sources join (every DISCOVER_S)."""
+        next_discovery = time.monotonic() + DISCOVER_S
+        while not self._over.wait(POLL_S):
+            with self._cond:
+                loading = [self._plans[n] for n in self.scheduler.alive if self.scheduler.sources[n].holds is not None]
+            for plan in loading:
+                self._refresh(plan)
+            if self.options.more_sources is not None and time.monotonic() >= next_discovery:
+                next_discovery = time.monotonic() + DISCOVER_S
+                with self._cond:
+                    room = self.options.max_sources - len(self.scheduler.alive)
+                    done = self.scheduler.finished
+                if room > 0 and not done:
+                    joined = self.options.more_sources(room)
+                    self._add(joined)
+                    for plan in joined:
+                        self._start(plan)
+
+    def _refresh(self, plan: PeerPlan) -> None:
+        try:
+            version, holds = plan.seed.availability(len(self.parts))
+        except SOURCE_FAILURES as exc:
+            self._drop(plan, exc)
+            return
+        if version == plan.version and holds is not None:
+            return
+        with self._cond:
+            if not self.scheduler.sources[plan.worker_id].alive:
+                return
+            plan.version, plan.holds = version, holds
+            self.scheduler.set_holdings(plan.worker_id, holds)
+            self._grew_at = time.monotonic()
+            self._cond.notify_all()
 
     def _join_readers(self) -> None:
         while True:
@@ -218,6 +283,7 @@ class StripedRead:
             if left <= 0:
                 raise TransferTimeout("the load's transfer timeout passed", name)
             self._started.setdefault(name, time.perf_counter())
+            plan.reading_now = index
             self.transport.read(
                 plan.peer,
                 self._ops(plan.manifest, part),
@@ -225,8 +291,11 @@ class StripedRead:
                 progress=self._progress(name),
                 last=False,  # more parts follow; the seed's fast polling lingers after the last one
             )
+            plan.reading_now = None
             if self.options.verify:
                 with self._cond:
+                    if index not in self.scheduler.sources[name].reading:  # dropped meanwhile (poller)
+                        break
                     self.scheduler.read_done(name, index)
                 pending = [f for f in pending if not f.done()]
                 pending.append(self._hashing.submit(self._verify, plan, index))
@@ -245,6 +314,8 @@ class StripedRead:
         self.verify_seconds += time.perf_counter() - began
         if digest == self.expected[index]:
             self._delivered(plan, index)
+            if self.options.on_verified is not None:
+                self.options.on_verified(index)
             return
         plan.bad = ChecksumMismatch(part.regions, source=plan.worker_id)
         with self._cond:
@@ -266,14 +337,22 @@ class StripedRead:
         """The next part for `name`; waits while other sources' reads may still fail; None: stop."""
         with self._cond:
             while True:
-                if self._fatal is not None:
+                if self._fatal is not None or not self.scheduler.sources[name].alive:
                     return None
                 index = self.scheduler.next_for(name)
                 if index is not None:
                     return index
-                if self.scheduler.finished or not self.scheduler.waiting_is_useful():
+                if self.scheduler.finished or not self.scheduler.waiting_is_useful() or self._hopeless():
                     return None
                 self._cond.wait(_IDLE_WAIT_S)
+
+    def _hopeless(self) -> bool:
+        """Past the deadline, or only loading sources left and none of them grew for a part timeout."""
+        now = time.monotonic()
+        if now >= self.options.deadline:
+            return True
+        idle = now - self._grew_at
+        return not self.scheduler.complete_alive() and idle > self.options.part_timeout_s
 
     def recheck(self) -> list[int]:
         """After the transport settled: verify again the parts a timed-out read may have overwritten.
@@ -286,6 +365,8 @@ class StripedRead:
                 continue
             if part_checksum(self.tensor_set.regions, self.parts[index]) != self.expected[index]:
                 self.scheduler.invalidate(index)
+                if self.options.on_invalid is not None:
+                    self.options.on_invalid(index)
                 bad.append(index)
         if bad:
             log.warning("%d verified part(s) were overwritten by a late read; they count as missing", len(bad))
@@ -296,6 +377,11 @@ class StripedRead:
             if isinstance(exc, TransferTimeout):
                 self.timed_out.add(plan.worker_id)
                 self._overwritable.update(self.scheduler.sources[plan.worker_id].reading)
+                if plan.reading_now is not None:
+                    self._overwritable.add(plan.reading_now)
+            if not self.scheduler.sources[plan.worker_id].alive:  # the poller and its reader both saw it
+                plan.release(wait=False)
+                return
             requeued = self.scheduler.drop(plan.worker_id)
             self._cond.notify_all()
         plan.stats.error = f"{type(exc).__name__}: {exc}"

@@ -14,6 +14,7 @@ from peerload._grpc_server import OPEN, ServerSecurity, bind, new_server, parsin
 from peerload.errors import LeaseRefused
 from peerload.limits import MANIFEST_MAX_BYTES, SEED_MAX_REQUEST_BYTES
 from peerload.manifest import Manifest
+from peerload.seed.availability import PartAvailability
 from peerload.seed.leases import LeaseTable
 from peerload.seed.worker_service import WorkerServicer
 from peerload.wire import manifest_to_proto
@@ -26,10 +27,12 @@ _WORKER_SERVICE = p2p_pb2.DESCRIPTOR.services_by_name["WorkerService"]
 class _Servicer:
     """SeedService: the manifest and read leases of one worker."""
 
-    def __init__(self, manifest: Manifest, leases: LeaseTable) -> None:
+    def __init__(self, manifest: Manifest, leases: LeaseTable, availability: PartAvailability | None) -> None:
         self._manifest = manifest
         self._reply = manifest_to_proto(manifest)
         self._leases = leases
+        self._availability = availability
+        self._part_count = len(manifest.parts())
 
     def _check_worker(self, worker_id: str, context: grpc.ServicerContext) -> None:
         if worker_id and worker_id != self._manifest.worker_id:
@@ -54,6 +57,17 @@ class _Servicer:
         log.debug("lease %s granted to %s", lease.lease_id, request.reader)
         return seed_pb2.AcquireLeaseResponse(lease_id=lease.lease_id, ttl_ms=int(self._leases.timeout_s * 1000))
 
+    def GetAvailability(
+        self, request: seed_pb2.GetAvailabilityRequest, context: grpc.ServicerContext
+    ) -> seed_pb2.Availability:
+        self._check_worker(request.worker_id, context)
+        if self._availability is None:  # a complete seed
+            return seed_pb2.Availability(part_count=self._part_count, complete=True)
+        snap = self._availability.snapshot()
+        return seed_pb2.Availability(
+            version=snap.version, bitmap=snap.bitmap, part_count=snap.part_count, complete=snap.complete
+        )
+
     def ReleaseLease(
         self, request: seed_pb2.ReleaseLeaseRequest, context: grpc.ServicerContext
     ) -> seed_pb2.ReleaseLeaseResponse:
@@ -69,6 +83,7 @@ class ManifestServer:
         manifest: the peerload manifest (SeedService).
         leases: the worker's read leases (SeedService.AcquireLease/ReleaseLease).
         worker_service: the ModelExpress WorkerService of the same worker, or None.
+        availability: the verified parts of a worker still loading; None: a complete seed.
 
     Raises:
         ConfigError: HOST cannot be bound (see the advertise_host setting).
@@ -82,6 +97,7 @@ class ManifestServer:
         host: str = "127.0.0.1",
         port: int = 0,
         security: ServerSecurity = OPEN,
+        availability: PartAvailability | None = None,
     ) -> None:
         # Larger requests are refused with RESOURCE_EXHAUSTED by gRPC itself, before any parsing.
         options = [
@@ -90,7 +106,7 @@ class ManifestServer:
         ]
         self.worker_service = worker_service
         self._server = new_server(security, max_workers=4, options=options, thread_name_prefix="peerload-seed-rpc")
-        handlers = [parsing_handler(_SEED_SERVICE, seed_pb2, _Servicer(manifest, leases))]
+        handlers = [parsing_handler(_SEED_SERVICE, seed_pb2, _Servicer(manifest, leases, availability))]
         if worker_service is not None:
             handlers.append(parsing_handler(_WORKER_SERVICE, p2p_pb2, worker_service))
         self._server.add_generic_rpc_handlers(handlers)

@@ -21,6 +21,7 @@ from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import SourceIdentity, new_worker_id
 from peerload.manifest import Manifest
 from peerload.parts import plan_parts
+from peerload.seed.availability import PartAvailability
 from peerload.seed.descriptors import named_descriptors
 from peerload.seed.leases import LeaseTable
 from peerload.seed.manifest_server import ManifestServer
@@ -64,7 +65,9 @@ class Publisher:
     descriptors from its WorkerService (P2P metadata mode) or in the record (centralized mode).
     `part_sums` = (part_bytes, one checksum per part) reuses checksums a target just verified.
     `leases` (one table for both services) caps concurrent readers; its count of open leases is
-    the load each heartbeat reports.
+    the load each heartbeat reports. With `availability` the worker is still loading: it is listed
+    INITIALIZING (readers that list only READY sources never see it) and serves only the parts
+    marked there, until `ready()`; `withdraw()` takes it back without releasing the transport.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class Publisher:
         transport: Transport | None = None,
         region_checksums: Mapping[str, str] | None = None,
         part_sums: tuple[int, Sequence[str]] | None = None,
+        availability: PartAvailability | None = None,
     ) -> None:
         self.identity = identity
         self.rank = rank
@@ -96,6 +100,9 @@ class Publisher:
         self._unreachable_since: float | None = None
         # How often the coordinator had forgotten this worker and it published itself again.
         self.republished = 0
+        self.availability = availability
+        self._loading = availability is not None
+        self._owns_transport = True
         try:
             self.transport = transport or make_transport(settings, self.worker_id)
             if register:
@@ -116,9 +123,14 @@ class Publisher:
             self.descriptors = named_descriptors(tensor_set)
             security = ServerSecurity.from_settings(settings)
             self._server = ManifestServer(
-                self.manifest, self.leases, self._worker_service(), host=settings.advertise_host, security=security
+                self.manifest,
+                self.leases,
+                self._worker_service(),
+                host=settings.advertise_host,
+                security=security,
+                availability=availability,
             )
-            self._publish()
+            self._publish(status=SourceStatus.INITIALIZING if self._loading else SourceStatus.READY)
         except BaseException:
             self._release()
             raise
@@ -145,12 +157,21 @@ class Publisher:
             agent_name=self._endpoint.agent_name,
             accelerator=self.accelerator,
         )
+        unreadable = self._unreadable_reason()
+        service = WorkerServicer(manifest, self.leases, unreadable)
+        if self._loading and not unreadable:
+            # ModelExpress readers read whole tensors without checksums: never from a loading worker.
+            service.set_unreadable("this worker is still loading; read from a READY source")
+        return service
+
+    def _unreadable_reason(self) -> str:
+        """Why ModelExpress readers cannot read this worker at all ("" when they can)."""
         unreadable = ""
         if self.transport.kind != "nixl":
             unreadable = f"this seed serves over {self.transport.kind}; the modelexpress client reads NIXL seeds only"
-        elif not manifest.metadata_endpoint:
+        elif not self.metadata_endpoint:
             unreadable = "this seed's NIXL agent runs no listen thread, so its metadata cannot be fetched"
-        return WorkerServicer(manifest, self.leases, unreadable)
+        return unreadable
 
     def _worker_info(self, endpoint: EndpointInfo, server_endpoint: str) -> WorkerInfo:
         """The record: P2P metadata mode (lightweight, WorkerService) or centralized (descriptors)."""
@@ -234,8 +255,30 @@ class Publisher:
             self._unreachable_since = None
         return status
 
+    @property
+    def loading(self) -> bool:
+        return self._loading
+
+    def ready(self) -> None:
+        """Every part is verified: heartbeat READY from now on (announced at once, best effort)."""
+        self._loading = False
+        if self._server is not None and self._server.worker_service is not None:
+            self._server.worker_service.set_unreadable(self._unreadable_reason())
+        try:
+            status = self._status()
+            self._client.update_status(self.source_id, self.worker_id, self.rank, status, float(self.leases.active()))
+        except CoordinatorError as exc:
+            log.warning("could not announce %s READY now (the next heartbeat will): %s", self.worker_id, exc)
+
+    def withdraw(self) -> None:
+        """A load that failed: serve no part, go STALE, stop serving; the caller keeps the transport."""
+        if self.availability is not None:
+            self.availability.clear()
+        self._owns_transport = False
+        self.close(wait_readers=False)
+
     def _status(self) -> SourceStatus:
-        """READY if the transport can serve peers, else STALE (logged when it changes)."""
+        """READY (INITIALIZING while loading) if the transport can serve peers, else STALE (logged when it changes)."""
         problem = self.transport.health()
         if problem != self._unhealthy:
             if problem is not None:
@@ -243,7 +286,9 @@ class Publisher:
             else:
                 log.info("worker %s can serve peers again, heartbeating READY", self.worker_id)
             self._unhealthy = problem
-        return SourceStatus.READY if problem is None else SourceStatus.STALE
+        if problem is not None:
+            return SourceStatus.STALE
+        return SourceStatus.INITIALIZING if self._loading else SourceStatus.READY
 
     def _beat_failed(self, exc: CoordinatorError, retry_s: float) -> None:
         """Log once per outage; peers that have our metadata keep reading meanwhile."""
@@ -259,7 +304,7 @@ class Publisher:
         self._beats.close()
         self._beats = self._heartbeat_client()
 
-    def close(self) -> None:
+    def close(self, wait_readers: bool = True) -> None:
         """Mark the worker STALE, wait for open read leases (bounded), release transport, server, threads."""
         if self._closed.is_set():
             return
@@ -271,7 +316,7 @@ class Publisher:
         except CoordinatorError as exc:
             log.warning("could not mark %s STALE (the reaper will): %s", self.worker_id, exc)
         # Readers hold leases on our memory: refuse new ones, and deregister only when they end.
-        wait_s = self.settings.lease_close_wait_s
+        wait_s = self.settings.lease_close_wait_s if wait_readers else 0.0
         still_open = self.leases.close(wait_s)
         if still_open:
             log.warning("closing with %d read lease(s) still open after %.1f s", still_open, wait_s)
@@ -281,7 +326,7 @@ class Publisher:
         self._closed.set()
         if self._server is not None:
             self._server.stop()
-        if getattr(self, "transport", None) is not None:
+        if getattr(self, "transport", None) is not None and self._owns_transport:
             self.transport.close()
         self._client.close()
         self._beats.close()

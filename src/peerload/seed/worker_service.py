@@ -40,6 +40,10 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         self._leases = leases
         self._unreadable = unreadable
 
+    def set_unreadable(self, reason: str) -> None:
+        """Why tensor reads are refused from now on ("" : they are served)."""
+        self._unreadable = reason
+
     def set_source_id(self, source_id: str) -> None:
         """The mx_source_id the coordinator computed (requests must name it)."""
         self._reply.mx_source_id = source_id

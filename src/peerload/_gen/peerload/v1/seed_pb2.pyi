@@ -63,6 +63,24 @@ class Manifest(_message.Message):
     part_checksums: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, worker_id: _Optional[str] = ..., mx_source_id: _Optional[str] = ..., worker_rank: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorEntry, _Mapping]]] = ..., checksum_algorithm: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[RegionEntry, _Mapping]]] = ..., part_bytes: _Optional[int] = ..., part_checksums: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class GetAvailabilityRequest(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+
+class Availability(_message.Message):
+    __slots__ = ("version", "bitmap", "part_count", "complete")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BITMAP_FIELD_NUMBER: _ClassVar[int]
+    PART_COUNT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    bitmap: bytes
+    part_count: int
+    complete: bool
+    def __init__(self, version: _Optional[int] = ..., bitmap: _Optional[bytes] = ..., part_count: _Optional[int] = ..., complete: bool = ...) -> None: ...
+
 class AcquireLeaseRequest(_message.Message):
     __slots__ = ("worker_id", "reader")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]

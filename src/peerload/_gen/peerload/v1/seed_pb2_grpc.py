@@ -49,6 +49,11 @@ class SeedServiceStub(object):
                 request_serializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.ReleaseLeaseRequest.SerializeToString,
                 response_deserializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.ReleaseLeaseResponse.FromString,
                 _registered_method=True)
+        self.GetAvailability = channel.unary_unary(
+                '/peerload.v1.SeedService/GetAvailability',
+                request_serializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.GetAvailabilityRequest.SerializeToString,
+                response_deserializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.Availability.FromString,
+                _registered_method=True)
 
 
 class SeedServiceServicer(object):
@@ -74,6 +79,13 @@ class SeedServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAvailability(self, request, context):
+        """The verified parts of a worker that is still loading (a complete seed answers complete).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SeedServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +103,11 @@ def add_SeedServiceServicer_to_server(servicer, server):
                     servicer.ReleaseLease,
                     request_deserializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.ReleaseLeaseRequest.FromString,
                     response_serializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'GetAvailability': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAvailability,
+                    request_deserializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.GetAvailabilityRequest.FromString,
+                    response_serializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.Availability.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,6 +191,33 @@ class SeedService(object):
             '/peerload.v1.SeedService/ReleaseLease',
             peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.ReleaseLeaseRequest.SerializeToString,
             peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAvailability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerload.v1.SeedService/GetAvailability',
+            peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.GetAvailabilityRequest.SerializeToString,
+            peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.Availability.FromString,
             options,
             channel_credentials,
             insecure,
