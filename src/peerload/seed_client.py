@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
 from peerload._grpc import PLAINTEXT, Caller, ChannelSecurity, open_channel
 from peerload.errors import InvalidManifest, LeaseRefused, SeedServiceError
@@ -9,6 +11,16 @@ from peerload.limits import MANIFEST_MAX_BYTES
 from peerload.manifest import Manifest, manifest_problem
 from peerload.parts import decode_held
 from peerload.wire import manifest_from_proto
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What a source holds: `parts` verified (None: every part), `pending` being read by it now."""
+
+    version: int
+    parts: set[int] | None
+    pending: set[int] = field(default_factory=set)
+
 
 # A seed at its reader cap answers RESOURCE_EXHAUSTED; one shutting down answers UNAVAILABLE.
 _REFUSED = {"RESOURCE_EXHAUSTED": False, "UNAVAILABLE": True}
@@ -58,8 +70,8 @@ class SeedClient:
                 raise LeaseRefused(f"seed {self.worker_id}: {exc.details}", closing=_REFUSED[exc.code]) from None
             raise
 
-    def availability(self, part_count: int) -> tuple[int, set[int] | None]:
-        """(version, the verified parts) of a worker still loading; (version, None) when it holds all.
+    def availability(self, part_count: int) -> Holdings:
+        """The verified parts of a worker still loading (`parts` None when it holds them all).
 
         An older seed (UNIMPLEMENTED) is complete: only loaded workers served then.
 
@@ -71,14 +83,14 @@ class SeedClient:
             reply = self._call("GetAvailability", self._stub.GetAvailability, request)
         except SeedServiceError as exc:
             if exc.code == "UNIMPLEMENTED":
-                return 0, None
+                return Holdings(0, None)
             raise
         if reply.complete:
-            return reply.version, None
+            return Holdings(reply.version, None)
         if reply.part_count != part_count:
             problem = f"reports {reply.part_count} parts, the plan has {part_count}"
             raise SeedServiceError("GetAvailability", "FAILED_PRECONDITION", problem, self.endpoint)
-        return reply.version, decode_held(reply.bitmap, part_count)
+        return Holdings(reply.version, decode_held(reply.bitmap, part_count), decode_held(reply.pending, part_count))
 
     def release_lease(self, lease_id: str) -> bool:
         """End a lease; False if the seed no longer knew it.

@@ -41,7 +41,7 @@ from peerload.loader.swarm import first_part, list_candidates, serve_while_loadi
 from peerload.manifest import CHECKSUM_ALGORITHM, Manifest
 from peerload.parts import Part, plan_parts
 from peerload.seed.publisher import Publisher
-from peerload.seed_client import SeedClient
+from peerload.seed_client import Holdings, SeedClient
 from peerload.settings import Settings, split_host_port
 from peerload.tensors import TensorSet, check_layout, collect
 from peerload.transport import make_transport, populate_supported
@@ -271,6 +271,8 @@ class TargetLoad:
                 start=first_part(self.worker_id, len(parts)),
             ),
         )
+        if availability is not None:
+            availability.pending_from(reading.in_flight)
         with self._phase("transfer"):
             reading.run(sources, lambda: self._next_usable(candidates, tensor_set, parts_of=first))
         if reading.timed_out:
@@ -400,8 +402,8 @@ class TargetLoad:
                     transfer_engine_session_id=record.transfer_engine_session_id,
                 )
                 self._check_source(tensor_set, manifest, peer, worker_id, parts_of)
-                version, holds = seed.availability(len(manifest.parts())) if manifest.part_bytes else (0, None)
-                if holds is not None and parts_of is not None:
+                held = seed.availability(len(manifest.parts())) if manifest.part_bytes else Holdings(0, None)
+                if held.parts is not None and parts_of is not None:
                     self._check_loading_source(manifest, parts_of, worker_id)
                 lease = seed.acquire_lease(self.worker_id)
             except BaseException:
@@ -416,8 +418,8 @@ class TargetLoad:
             seed=seed,
             lease=lease,
             stats=stats,
-            holds=holds,
-            version=version,
+            holds=held.parts,
+            version=held.version,
         )
 
     @staticmethod

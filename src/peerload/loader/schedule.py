@@ -10,8 +10,9 @@ with simulated time.
 Swarm (sources still loading): a partial source holds only some parts (`set_holdings`, growing as
 it verifies them) and takes, among the parts it holds, those fewest partial sources hold first
 (rarest first, ties in this load's own `start`-rotated order, so simultaneous targets begin at
-different parts). A complete source leaves the parts some live partial source holds to it, so
-the original seeds serve parts nobody else has: about one copy for the whole fleet.
+different parts). A complete source leaves the parts some live partial source holds, or is
+reading now (`pending`), to it, so the original seeds serve parts nobody else has or will soon
+have: about one copy for the whole fleet.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class SourceProgress:
     delivered_bytes: int = 0
     alive: bool = True
     holds: set[int] | None = None  # parts a loading source may serve; None: all (a complete source)
+    pending: set[int] = field(default_factory=set)  # parts a loading source is reading now
 
 
 class PartScheduler:
@@ -64,6 +66,7 @@ class PartScheduler:
         self.sources: dict[str, SourceProgress] = {}
         self.pool: deque[int] = deque(sorted(range(count), key=self.order.__getitem__))  # parts nobody holds
         self.partial_holders = [0] * count  # live partial sources holding each part
+        self.partial_pending = [0] * count  # live partial sources reading each part now
         self.started: set[int] = set()  # parts whose bytes were read at least once
         self.restarted_bytes = 0  # bytes of parts read again after a failed read
 
@@ -94,18 +97,22 @@ class PartScheduler:
             self.sources[fresh[k]].queue.append(i)
             held += self.sizes[i]
 
-    def set_holdings(self, name: str, parts: Iterable[int] | None) -> None:
-        """`name` (still loading) holds `parts` now; None: it holds every part (it completed)."""
+    def set_holdings(self, name: str, parts: Iterable[int] | None, pending: Iterable[int] = ()) -> None:
+        """`name` (still loading) holds `parts` and is reading `pending` now; None: it holds every part."""
         src = self.sources[name]
         new = None if parts is None else {i for i in parts if 0 <= i < len(self.sizes)}
+        reading = set() if new is None else {i for i in pending if 0 <= i < len(self.sizes)} - new
         if src.alive:
-            self._count_holders(src.holds, -1)
-            self._count_holders(new, +1)
-        src.holds = new
+            self._count(src, -1)
+        src.holds, src.pending = new, reading
+        if src.alive:
+            self._count(src, +1)
 
-    def _count_holders(self, holds: set[int] | None, delta: int) -> None:
-        for i in holds or ():
+    def _count(self, src: SourceProgress, delta: int) -> None:
+        for i in src.holds or ():
             self.partial_holders[i] += delta
+        for i in src.pending:
+            self.partial_pending[i] += delta
 
     def drop(self, name: str) -> list[int]:
         """Stop using `name`; the parts it was reading or had queued go back to the pool.
@@ -115,7 +122,7 @@ class PartScheduler:
         """
         src = self.sources[name]
         if src.alive:
-            self._count_holders(src.holds, -1)
+            self._count(src, -1)
         src.alive = False
         back = sorted(src.reading) + list(src.queue)
         for i in src.reading:
@@ -164,6 +171,10 @@ class PartScheduler:
         self.started.add(part)
         return part
 
+    def in_flight(self) -> set[int]:
+        """Parts being read or checked now (what a loading target reports as pending)."""
+        return {i for s in self.sources.values() for i in (*s.reading, *s.verifying)}
+
     def _rarest_held(self, holds: set[int]) -> int | None:
         """Of the parts left that a partial source holds: fewest partial holders first, then load order."""
         todo = [i for i in holds if self.state[i] is PartState.TODO]
@@ -174,12 +185,12 @@ class PartScheduler:
         return part
 
     def _unshared(self, src: SourceProgress, name: str) -> int | None:
-        """A complete source's next part that no live partial source holds: pool, own block, then steal."""
+        """A complete source's next part no live partial source holds or reads: pool, own block, then steal."""
         victim = self._victim(exclude=name)
         lines = [self.pool, src.queue, reversed(victim.queue) if victim else ()]
         for line in lines:
             for i in line:
-                if not self.partial_holders[i]:
+                if not self.partial_holders[i] and not self.partial_pending[i]:
                     self._unqueue(i)
                     return i
         return None

@@ -213,19 +213,23 @@ class StripedRead:
 
     def _refresh(self, plan: PeerPlan) -> None:
         try:
-            version, holds = plan.seed.availability(len(self.parts))
+            held = plan.seed.availability(len(self.parts))
         except SOURCE_FAILURES as exc:
             self._drop(plan, exc)
-            return
-        if version == plan.version and holds is not None:
             return
         with self._cond:
             if not self.scheduler.sources[plan.worker_id].alive:
                 return
-            plan.version, plan.holds = version, holds
-            self.scheduler.set_holdings(plan.worker_id, holds)
-            self._grew_at = time.monotonic()
+            if held.version != plan.version or held.parts is None:
+                self._grew_at = time.monotonic()
+            plan.version, plan.holds = held.version, held.parts
+            self.scheduler.set_holdings(plan.worker_id, held.parts, held.pending)
             self._cond.notify_all()
+
+    def in_flight(self) -> set[int]:
+        """Parts this load is reading or checking now (served to others as `pending`)."""
+        with self._cond:
+            return self.scheduler.in_flight()
 
     def _join_readers(self) -> None:
         while True:

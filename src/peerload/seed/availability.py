@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from peerload.parts import encode_held
@@ -16,6 +17,7 @@ class AvailabilitySnapshot:
     bitmap: bytes
     part_count: int
     complete: bool
+    pending: bytes = b""  # parts being read now (not served)
 
 
 class PartAvailability:
@@ -26,6 +28,11 @@ class PartAvailability:
         self._held: set[int] = set()
         self._version = 0
         self._lock = threading.Lock()
+        self._pending: Callable[[], Iterable[int]] = tuple
+
+    def pending_from(self, parts_in_flight: Callable[[], Iterable[int]]) -> None:
+        """Where the parts being read now come from (the load's scheduler)."""
+        self._pending = parts_in_flight
 
     def mark(self, part: int) -> None:
         """`part` arrived and its checksum matched: readers may take it from now on."""
@@ -55,7 +62,14 @@ class PartAvailability:
             return len(self._held)
 
     def snapshot(self) -> AvailabilitySnapshot:
+        pending = set(self._pending())
         with self._lock:
             held = sorted(self._held)
             version = self._version
-        return AvailabilitySnapshot(version, encode_held(held, self.count), self.count, len(held) == self.count)
+        return AvailabilitySnapshot(
+            version,
+            encode_held(held, self.count),
+            self.count,
+            len(held) == self.count,
+            encode_held(pending - set(held), self.count),
+        )

@@ -65,7 +65,11 @@ class _Servicer:
             return seed_pb2.Availability(part_count=self._part_count, complete=True)
         snap = self._availability.snapshot()
         return seed_pb2.Availability(
-            version=snap.version, bitmap=snap.bitmap, part_count=snap.part_count, complete=snap.complete
+            version=snap.version,
+            bitmap=snap.bitmap,
+            part_count=snap.part_count,
+            complete=snap.complete,
+            pending=snap.pending,
         )
 
     def ReleaseLease(

@@ -70,16 +70,18 @@ class GetAvailabilityRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
 
 class Availability(_message.Message):
-    __slots__ = ("version", "bitmap", "part_count", "complete")
+    __slots__ = ("version", "bitmap", "part_count", "complete", "pending")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BITMAP_FIELD_NUMBER: _ClassVar[int]
     PART_COUNT_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
     version: int
     bitmap: bytes
     part_count: int
     complete: bool
-    def __init__(self, version: _Optional[int] = ..., bitmap: _Optional[bytes] = ..., part_count: _Optional[int] = ..., complete: bool = ...) -> None: ...
+    pending: bytes
+    def __init__(self, version: _Optional[int] = ..., bitmap: _Optional[bytes] = ..., part_count: _Optional[int] = ..., complete: bool = ..., pending: _Optional[bytes] = ...) -> None: ...
 
 class AcquireLeaseRequest(_message.Message):
     __slots__ = ("worker_id", "reader")
