@@ -54,8 +54,9 @@ def swarm(
     go, hold = tmp / "go", tmp / "hold"
     procs = {}
     for h in hosts:
-        cmd = [sys.executable, str(PEERS), str(model), NAME, coordinator, str(tmp / f"t{h}.json"),
-               "--prepared", str(tmp / f"t{h}.prepared"), "--go", str(go), "--hold", str(hold), *extra.get(h, [])]  # fmt: skip
+        files = ["--prepared", str(tmp / f"t{h}.prepared"), "--go", str(go), "--hold", str(hold)]
+        cmd = [sys.executable, str(PEERS), str(model), NAME, coordinator, str(tmp / f"t{h}.json"), *files]
+        cmd += extra.get(h, [])
         procs[h] = fleet.popen(h, cmd, log_path=tmp / f"t{h}.log", env=ENV)
     _wait(lambda: all((tmp / f"t{h}.prepared").exists() for h in hosts), procs, 90, tmp)
     go.write_text("")
