@@ -9,11 +9,14 @@ from peerload.parts import decode_held, encode_held
 from peerload.seed.availability import PartAvailability
 
 
-def test_a_load_starts_at_its_own_part_and_wraps():
-    s = PartScheduler([1] * 5, start=3)
-    s.add_sources(["seed"])
-    assert list(s.sources["seed"].queue) == [3, 4, 0, 1, 2]
-    assert PartScheduler([1] * 5, start=8).order == PartScheduler([1] * 5, start=3).order
+def test_each_load_has_its_own_part_order():
+    a, b = PartScheduler([1] * 64, shuffle=1), PartScheduler([1] * 64, shuffle=2)
+    a.add_sources(["seed"])
+    b.add_sources(["seed"])
+    assert sorted(a.sources["seed"].queue) == list(range(64))
+    assert list(a.sources["seed"].queue) != list(b.sources["seed"].queue)
+    assert PartScheduler([1] * 64, shuffle=1).order == a.order  # deterministic
+    assert PartScheduler([1] * 4).order == [0, 1, 2, 3]
 
 
 def test_a_loading_source_is_given_only_parts_it_holds_and_more_as_it_grows():

@@ -37,7 +37,7 @@ from peerload.loader.phases import PhaseTimer
 from peerload.loader.storage import copy_into, fill_parts
 from peerload.loader.striping import SOURCE_FAILURES, PeerPlan, SourceStats, StripedRead, StripeOptions
 from peerload.loader.survey import explain_sources
-from peerload.loader.swarm import first_part, list_candidates, serve_while_loading
+from peerload.loader.swarm import list_candidates, part_order_seed, serve_while_loading
 from peerload.manifest import CHECKSUM_ALGORITHM, Manifest
 from peerload.parts import Part, plan_parts
 from peerload.seed.publisher import Publisher
@@ -268,7 +268,7 @@ class TargetLoad:
                 on_invalid=availability.unmark if availability is not None else None,
                 more_sources=(lambda room: self._join(room, tensor_set, first)) if self._swarm else None,
                 max_sources=self.settings.max_parallel_sources,
-                start=first_part(self.worker_id, len(parts)),
+                shuffle=part_order_seed(self.worker_id) if self._swarm else None,
             ),
         )
         if availability is not None:

@@ -9,14 +9,15 @@ with simulated time.
 
 Swarm (sources still loading): a partial source holds only some parts (`set_holdings`, growing as
 it verifies them) and takes, among the parts it holds, those fewest partial sources hold first
-(rarest first, ties in this load's own `start`-rotated order, so simultaneous targets begin at
-different parts). A complete source leaves the parts some live partial source holds, or is
-reading now (`pending`), to it, so the original seeds serve parts nobody else has or will soon
-have: about one copy for the whole fleet.
+(rarest first, ties in this load's own shuffled order, so targets that start together ask the
+seeds for different parts and do not fall into step). A complete source leaves the parts some
+live partial source holds, or is reading now (`pending`), to it, so the original seeds serve
+parts nobody else has or will soon have: about one copy for the whole fleet.
 """
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,17 +52,22 @@ class PartScheduler:
     Args:
         sizes: bytes of each part, in plan order.
         max_reading: parts one source may have in flight at once (being read or verified).
-        start: the part this load reads first; the plan is read in order from there, wrapping.
+        shuffle: seed of this load's own part order (None: plan order). Loads that may read each
+            other use different ones, so they ask the seeds for different parts.
     """
 
-    def __init__(self, sizes: Sequence[int], *, max_reading: int = 1, start: int = 0) -> None:
+    def __init__(self, sizes: Sequence[int], *, max_reading: int = 1, shuffle: int | None = None) -> None:
         if max_reading < 1:
             raise ValueError(f"max_reading must be >= 1, got {max_reading}")
         self.sizes = list(sizes)
         self.max_reading = max_reading
         count = len(self.sizes)
-        start = start % count if count else 0
-        self.order = [(i - start) % count for i in range(count)]  # part -> its position in this load
+        ranked = list(range(count))
+        if shuffle is not None:
+            random.Random(shuffle).shuffle(ranked)
+        self.order = [0] * count  # part -> its position in this load's order
+        for position, part in enumerate(ranked):
+            self.order[part] = position
         self.state = [PartState.TODO] * count
         self.sources: dict[str, SourceProgress] = {}
         self.pool: deque[int] = deque(sorted(range(count), key=self.order.__getitem__))  # parts nobody holds

@@ -128,7 +128,7 @@ class StripeOptions:
     on_invalid: Callable[[int], None] | None = None  # a verified part may have been overwritten
     more_sources: MoreSources | None = None
     max_sources: int = 1  # live sources at once, counting those that join later
-    start: int = 0  # the part this load reads first (see PartScheduler)
+    shuffle: int | None = None  # this load's own part order (see PartScheduler)
 
 
 class StripedRead:
@@ -148,7 +148,7 @@ class StripedRead:
         self.expected = expected
         self.options = options
         # Per source: one part being read while the previous one is hashed.
-        self.scheduler = PartScheduler([p.nbytes for p in parts], max_reading=2, start=options.start)
+        self.scheduler = PartScheduler([p.nbytes for p in parts], max_reading=2, shuffle=options.shuffle)
         self.verify_seconds = 0.0
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []

@@ -31,9 +31,9 @@ def list_candidates(
     return ready + order_sources(partial, exclude=exclude | {r.worker_id for r in ready})
 
 
-def first_part(worker_id: str, part_count: int) -> int:
-    """Where this load starts reading: spread by worker id, so targets that start together differ."""
-    return zlib.crc32(worker_id.encode()) % part_count if part_count else 0
+def part_order_seed(worker_id: str) -> int:
+    """This load's own part order (by worker id), so targets that start together ask for different parts."""
+    return zlib.crc32(worker_id.encode())
 
 
 def serve_while_loading(
