@@ -33,6 +33,17 @@ def _sizes(value: str) -> list[float]:
     return sizes
 
 
+def _counts(value: str) -> list[int]:
+    """--targets' comma list of target counts, each an integer >= 1."""
+    try:
+        counts = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"--targets {value!r} is not a comma list of target counts >= 1, such as 1,2,4,8")
+    return sorted(set(counts))
+
+
 def bench(
     size_gib: Annotated[
         Optional[float], typer.Option(help="Checkpoint size in GiB [default: 2, or 1 with --fleet].", min=0.001)
@@ -54,6 +65,14 @@ def bench(
     target_nic_gbit: Annotated[
         Optional[float], typer.Option(help="--fleet: the target's NIC cap [default: 4 x --nic-gbit].", min=0.01)
     ] = None,
+    targets: Annotated[
+        str,
+        typer.Option(
+            help="--fleet: comma list of target counts started at once from one seed (fan-out); only this runs, "
+            "and fleet.json gains fanout and origin_copies."
+        ),
+    ] = "",
+    part_mib: Annotated[int, typer.Option(help="--fleet --targets: part size in MiB.", min=1)] = 16,
     control_plane: Annotated[
         bool, typer.Option("--control-plane", help="Benchmark the coordinator (memory and Redis stores) instead.")
     ] = False,
@@ -77,11 +96,17 @@ def bench(
     transports = _split(transport, tuple(TRANSPORTS), "--transport")
     groups = _split(cases, GROUPS, "--cases")
     sizes = _sizes(scaling) if scaling else []
+    counts = _counts(targets) if targets else []
+    if counts and not fleet:
+        raise ConfigError("--targets needs --fleet (targets run on emulated hosts)")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a directory for the results")
     console = Console(stderr=json_out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    if fleet and counts:
+        _fanout(console, json_out, out, counts, size_gib or 1.0, nic_gbit, part_mib, transports[0], plot, started)
+        return
     if fleet:
         from peerload.bench.fleet import FleetBenchConfig, fleet_table, plot_fleet, run_fleet
 
@@ -148,3 +173,33 @@ def _emit(console: Console, json_out: bool, results: dict, tables: list, paths: 
         for t in tables:
             console.print(t)
     console.print(f"wrote {', '.join(map(str, paths))} in {time.perf_counter() - started:.0f} s")
+
+
+def _fanout(
+    console: Console,
+    json_out: bool,
+    out: Path,
+    counts: list[int],
+    size_gib: float,
+    nic_gbit: float,
+    part_mib: int,
+    transport: str,
+    plot: bool,
+    started: float,
+) -> None:
+    """Run the fan-out measurement and merge it into fleet.json (other fleet figures are kept)."""
+    import tempfile
+
+    from peerload.bench.fanout import FanoutConfig, fanout_table, plot_fanout, run_fanout
+
+    config = FanoutConfig(
+        targets=counts, size_gib=size_gib, nic_gbit=nic_gbit, part_mib=part_mib, transport=transport, out=out
+    )
+    with tempfile.TemporaryDirectory(prefix="peerload-fanout-") as tmp:
+        run = run_fanout(config, Path(tmp), progress=lambda s: console.log(s))
+    path = out / "fleet.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results.update({"fanout": run["fanout"], "origin_copies": run["origin_copies"], "fanout_run": run})
+    path.write_text(json.dumps(results, indent=2))
+    paths = [path, *([plot_fanout(run, out / "fanout.png")] if plot else [])]
+    _emit(console, json_out, results, [fanout_table(run)], paths, started)
