@@ -8,7 +8,7 @@ import sys
 import typer
 from rich.console import Console
 
-from peerload.cli import bench, chaos, demo, load, seed, serve, sources
+from peerload.cli import bench, chaos, demo, load, seed, serve, simulate, sources
 from peerload.cli._errors import hint_for
 from peerload.errors import ConfigError, PeerloadError
 from peerload.settings import debug_enabled
@@ -29,6 +29,7 @@ app.command()(seed.seed)
 app.command()(load.load)
 app.command()(bench.bench)
 app.command()(chaos.chaos)
+app.command()(simulate.simulate)
 
 
 EXIT_ERROR = 1  # a runtime failure: unreachable service, refused request, failed load

@@ -9,9 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from peerload._grpc import PLAINTEXT, ChannelSecurity
 from peerload.cli._model_options import identity_command, identity_options
-from peerload.client import CoordinatorClient
-from peerload.errors import ConfigError
+from peerload.client import CoordinatorClient, SourceStatus, WorkerRecord
+from peerload.errors import ConfigError, SeedServiceError
 from peerload.identity import BackendFramework
 from peerload.settings import Settings
 
@@ -19,14 +20,34 @@ if TYPE_CHECKING:
     from peerload.loader.near_miss import Explanation
 
 
-def collect(client: CoordinatorClient, model: str | None = None) -> list[dict[str, Any]]:
+# A loading worker is asked for its parts with this deadline: a row must not hang the listing.
+HOLDINGS_TIMEOUT_S = 2.0
+
+
+def holdings(record: WorkerRecord, security: ChannelSecurity = PLAINTEXT) -> str:
+    """ "held/total" verified parts of a peerload worker still loading ("?" when it does not answer)."""
+    from peerload.seed_client import SeedClient
+
+    try:
+        with SeedClient(record.manifest_endpoint, record.worker_id, HOLDINGS_TIMEOUT_S, security) as seed:
+            count = len(seed.manifest().parts())
+            held = seed.availability(count)
+    except SeedServiceError:
+        return "?"
+    return f"{count}/{count}" if held.parts is None else f"{len(held.parts)}/{count}"
+
+
+def collect(
+    client: CoordinatorClient, model: str | None = None, security: ChannelSecurity = PLAINTEXT
+) -> list[dict[str, Any]]:
     """Every listed worker (of `model`, if given) with its status, kind, mode and transport (one
-    GetMetadata each)."""
+    GetMetadata each; a peerload worker still loading is also asked how many parts it holds)."""
     rows = []
     for ref in client.list_sources(model_name=model):
         record = client.get_metadata(ref.mx_source_id, ref.worker_id)
         if record is None:  # deleted between the two calls
             continue
+        loading = record.status == SourceStatus.INITIALIZING and record.kind == "peerload"
         rows.append(
             {
                 "model": ref.model_name,
@@ -43,6 +64,8 @@ def collect(client: CoordinatorClient, model: str | None = None) -> list[dict[st
                 "accelerator": ref.accelerator,
                 "source_load": ref.source_load,
                 "tensors": len(record.tensors),
+                # verified parts / all parts, for a peerload worker still loading (serving as it loads)
+                "parts": holdings(record, security) if loading and record.manifest_endpoint else "",
             }
         )
     return rows
@@ -51,7 +74,7 @@ def collect(client: CoordinatorClient, model: str | None = None) -> list[dict[st
 def render(rows: list[dict[str, Any]], console: Console | None = None) -> None:
     """Print rows from `collect` as a rich table."""
     table = Table(title=f"{len(rows)} source worker(s)", title_justify="left")
-    for column in ("model", "source id", "worker", "rank", "status", "age", "kind", "transport"):
+    for column in ("model", "source id", "worker", "rank", "status", "parts", "age", "kind", "transport"):
         table.add_column(column, justify="right" if column in ("rank", "age") else "left")
     colors = {"READY": "green", "INITIALIZING": "yellow", "STALE": "red"}
     for row in rows:
@@ -62,6 +85,7 @@ def render(rows: list[dict[str, Any]], console: Console | None = None) -> None:
             row["worker_id"],
             str(row["worker_rank"]),
             f"[{colors.get(status, 'white')}]{status}[/]",
+            row["parts"] or "-",
             f"{row['age_s']:.1f}s",
             f"{row['kind']} ({row['mode']})",
             row["transport"] or "-",
@@ -90,7 +114,10 @@ def sources(
         str, typer.Option("--framework", help="With --explain: the engine of the load: unknown, vllm, sglang, trt_llm.")
     ] = "unknown",
 ) -> None:
-    """List the source workers the coordinator knows: model, id, worker, rank, status, age, kind, transport.
+    """List the source workers the coordinator knows: model, id, worker, rank, status, parts, age, kind, transport.
+
+    A worker still loading (INITIALIZING) already serves the parts it has verified; `parts` shows
+    how many it holds of all.
 
     Kind is peerload or modelexpress (the official client), with how ModelExpress readers reach
     the worker: p2p (its WorkerService) or centralized (the coordinator record).
@@ -104,7 +131,7 @@ def sources(
             typer.echo("\n".join(explanation_lines(explanation)))
         return
     with CoordinatorClient.from_settings(settings) as client:
-        rows = collect(client, model=model)
+        rows = collect(client, model=model, security=ChannelSecurity.from_settings(settings))
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:

@@ -8,8 +8,10 @@ load), so the model and the loader cannot drift apart. What is modelled, and how
 - a source serves at most `seed_max_readers` targets (read leases); a target reads at most
   `max_sources` sources and `max_reading` parts per source at once;
 - loading sources' holdings reach their readers every `poll_s`, new sources every `discover_s`;
-- seeds may fail at given times: their reads in flight are lost and read again elsewhere.
-Not modelled: hashing time, CPU limits, coordinator latency, fair-share leftovers between flows.
+- seeds may fail at given times: their reads in flight are lost and read again elsewhere;
+- `fabric_bps` (0: none) caps all reads together, shared equally: emulated hosts on one small
+  machine share its cores, which bound the sum of their transfers (calibration).
+Not modelled: hashing time, coordinator latency, fair-share leftovers between flows.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class SimConfig:
     model_bytes: int = 1 << 30
     part_bytes: int = 64 << 20
     nic_bps: float = 2e9 / 8
+    fabric_bps: float = 0.0
     max_sources: int = 4
     max_reading: int = 2
     seed_max_readers: int = 8
@@ -218,12 +221,14 @@ class _Fleet:
             if r.setup_left <= 0:
                 up[r.source] = up.get(r.source, 0) + 1
                 down[r.target] = down.get(r.target, 0) + 1
+        flowing = sum(up.values())
+        fabric = self.cfg.fabric_bps / flowing if self.cfg.fabric_bps and flowing else float("inf")
         finished = []
         for r in self.reads:
             if r.setup_left > 0:
                 r.setup_left -= dt
                 continue
-            r.left -= min(nic / up[r.source], nic / down[r.target]) * dt
+            r.left -= min(nic / up[r.source], nic / down[r.target], fabric) * dt
             if r.left <= 0:
                 finished.append(r)
         for r in finished:
