@@ -29,6 +29,9 @@ def simulate(
     size_gib: Annotated[float, typer.Option(help="Model size in GiB.", min=0.001)] = 1.0,
     part_mib: Annotated[int, typer.Option(help="Part size in MiB.", min=1)] = 16,
     nic_gbit: Annotated[float, typer.Option(help="Every host's NIC, Gbit/s each way.", min=0.001)] = 2.0,
+    fabric_gbit: Annotated[
+        float, typer.Option(help="Cap on all reads together, Gbit/s (0: none; calibration for shared CPUs).", min=0)
+    ] = 0.0,
     seeds: Annotated[int, typer.Option(help="Original seeds (complete from the start).", min=1)] = 1,
     striping_seeds: Annotated[int, typer.Option(help="Seeds in the striping-only mode.", min=1)] = 4,
     setup_ms: Annotated[float, typer.Option(help="Cost of one part read before bytes flow, ms.", min=0)] = 5.0,
@@ -57,6 +60,7 @@ def simulate(
             model_bytes=int(size_gib * (1 << 30)),
             part_bytes=part_mib << 20,
             nic_bps=nic_gbit * 1e9 / 8,
+            fabric_bps=fabric_gbit * 1e9 / 8,
             setup_s=setup_ms / 1000,
             start_s=start_ms / 1000,
             dt=dt_ms / 1000,
