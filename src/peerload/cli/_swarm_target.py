@@ -1,6 +1,6 @@
 """One target of a fan-out run: prepare, wait for the common start, load, report, keep serving.
 
-python -m peerload.bench.swarm_target MODEL NAME COORD OUT --prepared F --go F --hold F
+python -m peerload.cli._swarm_target MODEL NAME COORD OUT --prepared F --go F --hold F
 
 Settings come from the environment (PEERLOAD_*). The report has the load's sources (bytes per
 source), wall-clock start and end, and per-tensor sha256; the target serves until F --hold exists.
@@ -27,7 +27,7 @@ def _wait_for(path: Path, timeout_s: float) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="peerload.bench.swarm_target")
+    p = argparse.ArgumentParser(prog="peerload.cli._swarm_target")
     for a in ("model", "name", "coord", "out"):
         p.add_argument(a)
     for a in ("--prepared", "--go", "--hold"):
