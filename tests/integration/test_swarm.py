@@ -134,3 +134,21 @@ def test_a_part_is_never_served_before_its_checksum_matched(checkpoint, tmp_path
         assert r["sha256"] == expected and r["storage_bytes"] == 0, r["attempts"]
         assert not any("ChecksumMismatch" in a for a in r["attempts"]), r["attempts"]
     assert served_by(reports, evil["worker_id"]) > 0, "the loading target served no part at all"
+
+
+def test_targets_refused_by_a_busy_seed_wait_and_read_from_a_loading_peer(checkpoint, tmp_path):
+    model, expected, size = checkpoint
+    with make_fleet(4, nic_gbit=0.25) as fleet:
+        coordinator = start_coordinator(fleet, 0, tmp_path)
+        _, seed = start_seed(
+            fleet, 0, model, NAME, coordinator, tmp_path, env={**ENV, "PEERLOAD_SEED_MAX_READERS": "1"}
+        )
+        reports = swarm(fleet, model, coordinator, tmp_path, [1, 2, 3], {})
+    assert fleet.leftovers() == []
+    assert sorted(reports) == [1, 2, 3]
+    for r in reports.values():
+        assert r["sha256"] == expected and r["storage_bytes"] == 0, r["attempts"]
+    refused = [r for r in reports.values() if any("LeaseRefused" in a for a in r["attempts"])]
+    assert len(refused) >= 2, [r["attempts"] for r in reports.values()]
+    # one target at a time may read the seed: the others got most of their bytes from loading peers
+    assert served_by(reports, seed["worker_id"]) < 2 * size

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 import torch
 
 from peerload._grpc import ChannelSecurity
-from peerload.client import CoordinatorClient, SourceRef, WorkerRecord
+from peerload.client import CoordinatorClient, SourceRef, SourceStatus, WorkerRecord
 from peerload.errors import (
     ChecksumMismatch,
     ConfigError,
     CoordinatorError,
     DestinationAbandoned,
     LayoutMismatch,
+    LeaseRefused,
     LoadFailed,
     NoSourceAvailable,
     PeerloadError,
@@ -35,7 +36,7 @@ from peerload.loader.faulting import Faulting, waves
 from peerload.loader.network import describe_path
 from peerload.loader.phases import PhaseTimer
 from peerload.loader.storage import copy_into, fill_parts
-from peerload.loader.striping import SOURCE_FAILURES, PeerPlan, SourceStats, StripedRead, StripeOptions
+from peerload.loader.striping import DISCOVER_S, SOURCE_FAILURES, PeerPlan, SourceStats, StripedRead, StripeOptions
 from peerload.loader.survey import explain_sources
 from peerload.loader.swarm import list_candidates, part_order_seed, serve_while_loading
 from peerload.manifest import CHECKSUM_ALGORITHM, Manifest
@@ -163,6 +164,7 @@ class TargetLoad:
         self._swarm = settings.serve_while_loading
         self._serve = settings.serve_while_loading and options.publish and settings.verify_checksums
         self._early: Publisher | None = None  # this load, published INITIALIZING while it loads
+        self._busy = False  # a source refused us only because it served its maximum of readers
         self._restarted_bytes = 0
         self._storage_bytes = 0
         self.unverified = ""  # why the bytes from peers were not content-verified
@@ -238,6 +240,8 @@ class TargetLoad:
                 self._settle([first.worker_id])
                 self._rollback(tensor_set)
             first = self._next_usable(candidates, tensor_set)
+        if first is None and self._swarm and self._busy:
+            first = self._wait_for_a_source(tensor_set)
         if first is None:
             return None
         if not self.settings.verify_checksums:
@@ -304,6 +308,9 @@ class TargetLoad:
                 except SOURCE_FAILURES as exc:
                     self.attempts.append(f"source {ref.worker_id}: {type(exc).__name__}: {exc}")
                     log.warning("source %s refused (%s: %s)", ref.worker_id, type(exc).__name__, exc)
+                    if isinstance(exc, LeaseRefused) and not exc.closing:
+                        self._tried.discard(ref.worker_id)  # at its reader cap now: worth asking again later
+                        self._busy = True
                     continue
                 if isinstance(plan, PeerPlan):
                     self._used.append(plan)
@@ -329,6 +336,25 @@ class TargetLoad:
             except PeerloadError as exc:
                 self.attempts.append(f"serving while loading failed (loading anyway): {exc}")
                 log.warning("cannot serve while loading, loading anyway: %s", exc)
+
+    def _wait_for_a_source(self, tensor_set: TensorSet) -> PeerPlan | None:
+        """Every source was at its reader cap: look again (READY and loading) for up to part_timeout_s."""
+        deadline = time.monotonic() + min(self.settings.part_timeout_s, self.settings.transfer_timeout_s)
+        log.info("every source serves its maximum of readers; waiting for one (or a loading peer)")
+        with self._phase("discover"):
+            while time.monotonic() < deadline:
+                time.sleep(DISCOVER_S)
+                try:
+                    refs = list_candidates(self.client, self.identity, self.rank, set(self._tried), loading=True)
+                except CoordinatorError as exc:
+                    log.debug("looking for a source failed: %s", exc)
+                    continue
+                found = self._next_usable(iter(refs), tensor_set)
+                if isinstance(found, _MxPlan):  # only peerload sources can start a striped load here
+                    found.read.release()
+                elif found is not None:
+                    return found
+        return None
 
     def _withdraw(self) -> None:
         """Stop serving this load's parts (before memory is rolled back or storage fills it)."""
@@ -390,6 +416,8 @@ class TargetLoad:
             if record is None:
                 raise NoSourceAvailable(f"source {worker_id} vanished before the transfer")
             if record.kind == MODELEXPRESS:
+                if record.status != SourceStatus.READY:
+                    raise NoSourceAvailable(f"source {worker_id} is a ModelExpress seed that is not READY yet")
                 if parts_of is not None:
                     raise NoSourceAvailable(f"source {worker_id} is a ModelExpress seed: it cannot join a striped load")
                 return self._modelexpress_plan(record, tensor_set)
