@@ -345,11 +345,11 @@ class TargetLoad:
             while time.monotonic() < deadline:
                 time.sleep(DISCOVER_S)
                 try:
-                    refs = list_candidates(self.client, self.identity, self.rank, set(self._tried), loading=True)
+                    ready, partial = list_candidates(self.client, self.identity, self.rank, set(self._tried), True)
                 except CoordinatorError as exc:
                     log.debug("looking for a source failed: %s", exc)
                     continue
-                found = self._next_usable(iter(refs), tensor_set)
+                found = self._next_usable(iter(ready + partial), tensor_set)
                 if isinstance(found, _MxPlan):  # only peerload sources can start a striped load here
                     found.read.release()
                 elif found is not None:
@@ -365,12 +365,12 @@ class TargetLoad:
     def _join(self, room: int, tensor_set: TensorSet, first: PeerPlan) -> list[PeerPlan]:
         """Up to `room` sources that appeared since the load began (READY or still loading), handshaken."""
         try:
-            refs = list_candidates(self.client, self.identity, self.rank, set(self._tried), loading=True)
+            ready, partial = list_candidates(self.client, self.identity, self.rank, set(self._tried), True)
         except CoordinatorError as exc:
             log.debug("looking for more sources failed: %s", exc)
             return []
         joined: list[PeerPlan] = []
-        for ref in refs:
+        for ref in ready + partial:
             if len(joined) >= room:
                 break
             found = self._next_usable(iter([ref]), tensor_set, parts_of=first)
@@ -381,20 +381,21 @@ class TargetLoad:
     def _discover(self) -> list[SourceRef]:
         with self._phase("discover"):
             try:
-                candidates = list_candidates(self.client, self.identity, self.rank, {self.worker_id}, self._swarm)
+                ready, partial = list_candidates(self.client, self.identity, self.rank, {self.worker_id}, self._swarm)
             except CoordinatorError as exc:
                 if self.fallback is None:
                     raise
                 self.attempts.append(f"discovery failed: {exc}")
                 return []
-        if not candidates:
+        if not ready:
             reason = (
                 f"no READY source of {self.identity.model_name} (id {self.identity.source_id()}) at rank {self.rank}"
             )
             self.attempts.append(reason)
-            log.info("%s; loading from storage", reason)
+            if not partial:
+                log.info("%s; loading from storage", reason)
             self._explain_no_source()
-        return candidates
+        return ready + partial
 
     def _explain_no_source(self) -> None:
         """Add the sources that almost matched to the attempts (bounded RPCs; never fails the load)."""

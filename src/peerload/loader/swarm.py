@@ -22,13 +22,13 @@ from peerload.transport.base import Transport
 
 def list_candidates(
     client: CoordinatorClient, identity: SourceIdentity, rank: int, exclude: set[str], loading: bool
-) -> list[SourceRef]:
-    """READY sources (least loaded first), then, with `loading`, those still loading (likewise)."""
+) -> tuple[list[SourceRef], list[SourceRef]]:
+    """(READY sources, sources still loading), each least loaded first; the second is empty without `loading`."""
     ready = order_sources(client.list_sources(identity, status=SourceStatus.READY, worker_rank=rank), exclude=exclude)
     if not loading:
-        return ready
+        return ready, []
     partial = client.list_sources(identity, status=SourceStatus.INITIALIZING, worker_rank=rank)
-    return ready + order_sources(partial, exclude=exclude | {r.worker_id for r in ready})
+    return ready, order_sources(partial, exclude=exclude | {r.worker_id for r in ready})
 
 
 def part_order_seed(worker_id: str) -> int:
