@@ -1,7 +1,7 @@
 """The fault campaign: each fault a fixed number of times within a time bound; chaos.json + a table.
 
-A fault is one entry of `FAULTS`. Faults that need emulated hosts (network faults) are listed with
-`needs` and reported as not run until their harness exists; adding one is one more entry.
+A fault is one entry of `FAULTS`. Network faults run on emulated hosts (`peerload.fleet`); where
+those cannot be made (not root, no `nft`) they are reported as not run here, with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from peerload.chaos import fuzz
+from peerload.chaos.network import FleetCluster, packet_loss, partition
 from peerload.chaos.trials import (
     Cluster,
     Trial,
@@ -31,8 +32,10 @@ from peerload.chaos.trials import (
     write_checkpoint,
 )
 from peerload.client import CoordinatorClient
+from peerload.errors import FleetUnavailable
 
-TrialFn = Callable[[Cluster, random.Random], Trial]
+AnyCluster = Cluster | FleetCluster
+TrialFn = Callable[[Any, random.Random], Trial]
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class Fault:
     trials: int  # full campaign
     quick: int  # `--quick` (what `make test` runs)
     run: TrialFn | None = None  # a load-level trial; None for fuzzing or not-yet-runnable faults
-    cluster: str = "nixl"  # key of the cluster it runs on (see `_CLUSTERS`)
+    cluster: str = "nixl"  # key of the cluster it runs on (see `_CLUSTERS`; "fleet": emulated hosts)
     fuzz: str = ""  # "coordinator" | "seed" | "manifests": a fuzzing run of `trials` messages
     needs: str = ""  # why it cannot run yet (then it is reported, not run)
 
@@ -89,17 +92,19 @@ FAULTS: tuple[Fault, ...] = (
     Fault("fuzz-manifests", "fuzzed manifests read by a target", 10_000, 300, fuzz="manifests"),
     Fault(
         "packet-loss-5pct",
-        "5% packet loss between seed and target hosts",
+        "5% packet loss each way between the target and one seed (emulated hosts, NIXL over tcp)",
         10,
         1,
-        needs="the emulated-host network harness (network namespaces, tc netem)",
+        packet_loss,
+        cluster="fleet",
     ),
     Fault(
         "partition-10s",
-        "10 s network partition between seed and target hosts",
+        "one seed's host cut off for 10 s at a random point of a load (emulated hosts, 3 s part timeout)",
         10,
         1,
-        needs="the emulated-host network harness (network namespaces, tc netem)",
+        partition,
+        cluster="fleet",
     ),
 )
 # How each kind of cluster is built: (transport, store).
@@ -112,7 +117,7 @@ class FaultResult:
 
     name: str
     what: str
-    status: str  # "ran" | "stopped at the time bound" | "not run yet" | "failed to run"
+    status: str  # "ran" | "stopped at the time bound" | "not run yet" | "not run here" | "failed to run"
     planned: int
     trials: int = 0
     faults_injected: int = 0
@@ -172,12 +177,15 @@ def run_campaign(options: CampaignOptions) -> dict[str, Any]:
     results = []
     with _workdir(options.workdir) as workdir, ExitStack() as clusters:
         checkpoint = write_checkpoint(workdir / "model.safetensors", options.tensors, options.tensor_mib, options.seed)
-        built: dict[str, Cluster] = {}
+        built: dict[str, AnyCluster] = {}
 
-        def cluster(key: str) -> Cluster:
+        def cluster(key: str) -> AnyCluster:
             if key not in built:
-                transport, store = _CLUSTERS[key]
-                built[key] = Cluster(workdir, checkpoint, transport=transport, store=store)
+                if key == "fleet":
+                    built[key] = FleetCluster(workdir, checkpoint)
+                else:
+                    transport, store = _CLUSTERS[key]
+                    built[key] = Cluster(workdir, checkpoint, transport=transport, store=store)
                 clusters.callback(built[key].close)
             return built[key]
 
@@ -200,7 +208,7 @@ def run_campaign(options: CampaignOptions) -> dict[str, Any]:
 
 
 def _run_fault(
-    fault: Fault, planned: int, cluster: Callable[[str], Cluster], rng: random.Random, options: CampaignOptions
+    fault: Fault, planned: int, cluster: Callable[[str], AnyCluster], rng: random.Random, options: CampaignOptions
 ) -> FaultResult:
     result = FaultResult(fault.name, fault.what, "ran", planned)
     if fault.needs:
@@ -222,6 +230,9 @@ def _run_fault(
                 result.add(trial)
                 if trial.recover_s is not None:
                     recover.append(trial.recover_s)
+    except FleetUnavailable as exc:  # no emulated hosts on this machine: said, not a failure
+        result.status = "not run here"
+        result.notes.append(str(exc))
     except Exception as exc:  # a campaign reports a fault it could not run, and goes on
         result.status = "failed to run"
         result.notes.append(f"{type(exc).__name__}: {exc}")
@@ -236,11 +247,14 @@ def _run_fault(
     return result
 
 
-def _fuzz(fault: Fault, messages: int, cluster: Callable[[str], Cluster], result: FaultResult, seed: int) -> None:
+def _fuzz(fault: Fault, messages: int, cluster: Callable[[str], AnyCluster], result: FaultResult, seed: int) -> None:
     if fault.fuzz == "coordinator":
-        report = fuzz.fuzz_coordinator(cluster(fault.cluster).coordinator.address, messages, seed)
+        c = cluster(fault.cluster)
+        assert isinstance(c, Cluster)
+        report = fuzz.fuzz_coordinator(c.coordinator.address, messages, seed)
     elif fault.fuzz == "seed":
         c = cluster(fault.cluster)
+        assert isinstance(c, Cluster)
         seed_proc = c.ensure_seeds()[0]
         with CoordinatorClient(c.coordinator.address, timeout_s=10) as client:
             record = client.get_metadata(seed_proc.source_id, seed_proc.worker_id)
@@ -255,8 +269,8 @@ def _fuzz(fault: Fault, messages: int, cluster: Callable[[str], Cluster], result
 
 
 def _summary(r: FaultResult) -> str:
-    if r.status == "not run yet":
-        return r.status
+    if r.status in ("not run yet", "not run here"):
+        return f"{r.status}: {r.notes[0]}" if r.notes else r.status
     if r.codes:
         return f"{r.trials} messages, {r.server_errors} server errors ({r.seconds:.0f} s)"
     return (
@@ -291,8 +305,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for f in report["faults"]:
-        if f["status"] == "not run yet":
-            rows.append(f"| {f['what']} | not run yet ({f['planned']} planned) | | | | | | {f['notes'][0]} |")
+        if f["status"] in ("not run yet", "not run here"):
+            rows.append(f"| {f['what']} | {f['status']} ({f['planned']} planned) | | | | | | {f['notes'][0]} |")
             continue
         trials = f"{f['trials']}" + ("" if f["trials"] == f["planned"] else f" of {f['planned']}")
         if f["codes"]:
@@ -318,7 +332,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     notes = [
         f"{f['what']}: {note}"
         for f in report["faults"]
-        if f["status"] != "not run yet" and not f["codes"]
+        if f["status"] not in ("not run yet", "not run here") and not f["codes"]
         for note in f["notes"][:3]
     ]
     if notes:
