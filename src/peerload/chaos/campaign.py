@@ -33,6 +33,7 @@ from peerload.chaos.trials import (
 )
 from peerload.client import CoordinatorClient
 from peerload.errors import FleetUnavailable
+from peerload.settings import Settings
 
 AnyCluster = Cluster | FleetCluster
 TrialFn = Callable[[Any, random.Random], Trial]
@@ -48,7 +49,7 @@ class Fault:
     quick: int  # `--quick` (what `make test` runs)
     run: TrialFn | None = None  # a load-level trial; None for fuzzing or not-yet-runnable faults
     cluster: str = "nixl"  # key of the cluster it runs on (see `_CLUSTERS`; "fleet": emulated hosts)
-    fuzz: str = ""  # "coordinator" | "seed" | "manifests": a fuzzing run of `trials` messages
+    fuzz: str = ""  # "coordinator" | "seed" | "leases" | "worker" | "manifests": `trials` messages
     needs: str = ""  # why it cannot run yet (then it is reported, not run)
 
 
@@ -89,6 +90,20 @@ FAULTS: tuple[Fault, ...] = (
     Fault("flipped-byte", "one byte flipped in every seed's memory after publish", 100, 3, flipped_byte),
     Fault("fuzz-coordinator", "fuzzed P2pService messages (coordinator)", 10_000, 300, fuzz="coordinator"),
     Fault("fuzz-seed", "fuzzed SeedService messages (a seed's manifest service)", 10_000, 300, fuzz="seed"),
+    Fault(
+        "fuzz-seed-leases",
+        "fuzzed SeedService AcquireLease/ReleaseLease messages (a seed's read leases)",
+        10_000,
+        300,
+        fuzz="leases",
+    ),
+    Fault(
+        "fuzz-worker",
+        "fuzzed WorkerService messages (a seed's ModelExpress tensor and artifact RPCs)",
+        10_000,
+        300,
+        fuzz="worker",
+    ),
     Fault("fuzz-manifests", "fuzzed manifests read by a target", 10_000, 300, fuzz="manifests"),
     Fault(
         "packet-loss-5pct",
@@ -260,12 +275,44 @@ def _fuzz(fault: Fault, messages: int, cluster: Callable[[str], AnyCluster], res
             record = client.get_metadata(seed_proc.source_id, seed_proc.worker_id)
         assert record is not None
         report = fuzz.fuzz_seed(record.worker_grpc_endpoint, seed_proc.worker_id, messages, seed)
+    elif fault.fuzz in ("leases", "worker"):
+        c = cluster(fault.cluster)
+        assert isinstance(c, Cluster)
+        report = _fuzz_leases(fault.fuzz, c, messages, seed)
     else:
         report = fuzz.fuzz_manifests(messages, seed)
     result.trials = result.faults_injected = report.messages
     result.codes = report.codes
     result.server_errors = len(report.unexpected)
     result.notes.extend(report.unexpected[:5])
+
+
+def _fuzz_leases(kind: str, c: Cluster, messages: int, seed: int) -> fuzz.FuzzReport:
+    """Fuzz one seed's lease RPCs; then its open leases (as its heartbeats report them) must be 0
+    and a real target must still load the model bit-exact."""
+    seed_proc = c.ensure_seeds()[0]
+    with CoordinatorClient(c.coordinator.address, timeout_s=10) as client:
+        record = client.get_metadata(seed_proc.source_id, seed_proc.worker_id)
+    assert record is not None and c.identity is not None
+    identity = c.identity
+
+    def active() -> int:
+        with CoordinatorClient(c.coordinator.address, timeout_s=10) as client:
+            refs = [r for r in client.list_sources(identity) if r.worker_id == seed_proc.worker_id]
+        return int(refs[0].source_load or 0) if refs else 0
+
+    cap = Settings.load(env={}).seed_max_readers  # the campaign's seeds keep the default cap
+    endpoint, worker_id = record.worker_grpc_endpoint, seed_proc.worker_id
+    if kind == "leases":
+        report = fuzz.fuzz_leases(endpoint, worker_id, messages, seed, max_readers=cap, active=active)
+    else:
+        source_id = seed_proc.source_id
+        report = fuzz.fuzz_worker(endpoint, source_id, worker_id, messages, seed, max_readers=cap, active=active)
+    after = Trial()
+    c.load(after)
+    if after.outcome != "peer" or after.corrupted:
+        report.unexpected.append(f"a load after fuzzing came out {after.outcome}, corrupted={after.corrupted}")
+    return report
 
 
 def _summary(r: FaultResult) -> str:
