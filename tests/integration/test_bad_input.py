@@ -79,8 +79,8 @@ def test_fuzzed_worker_service_requests_never_break_a_seed(seed):
     assert report.ok, report.unexpected
     assert set(report.codes) <= WORKER_ALLOWED_CODES
     # real leases granted, requests for other sources refused, artifacts not served, garbage refused
-    for code in ("OK", "FAILED_PRECONDITION", "UNIMPLEMENTED", "INVALID_ARGUMENT"):
-        assert report.codes.get(code), report.codes
+    for code in ("OK", "FAILED_PRECONDITION", "UNIMPLEMENTED", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"):
+        assert report.codes.get(code), report.codes  # RESOURCE_EXHAUSTED: fuzzing reached the reader cap
     assert seed.leases.active() == 0
 
 
