@@ -166,6 +166,18 @@ def run_peerload() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 @pytest.fixture
+def run_model_command(run_peerload: Callable[..., subprocess.CompletedProcess[str]]) -> Callable[..., Any]:
+    """run(command, path, model_name, coordinator, *args, **kw): `peerload COMMAND PATH --model-name ...`."""
+
+    def run(
+        command: str, path: Path, model_name: str, coordinator: str, *args: str, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
+        return run_peerload(command, str(path), "--model-name", model_name, "--coordinator", coordinator, *args, **kw)
+
+    return run
+
+
+@pytest.fixture
 def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     """start(*serve_args, port=None) -> ServeProcess (`peerload serve --host 127.0.0.1 ARGS`), ready to answer."""
     started: list[ServeProcess] = []

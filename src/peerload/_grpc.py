@@ -82,6 +82,25 @@ def open_channel(
     return channel
 
 
+_Client = TypeVar("_Client", bound="ChannelClient")
+
+
+class ChannelClient:
+    """A client that owns one channel (`self._channel`): `close()` it, or use it in a `with`."""
+
+    _channel: grpc.Channel
+
+    def close(self) -> None:
+        """Close the channel; the client cannot be used afterwards."""
+        self._channel.close()
+
+    def __enter__(self: _Client) -> _Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class _ClientCallDetails(grpc.ClientCallDetails):
     def __init__(self, details: grpc.ClientCallDetails, metadata: list[tuple[str, str]]) -> None:
         self.method = details.method

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
-from peerload._grpc import PLAINTEXT, PRIVATE_CONNECTION, Caller, ChannelSecurity, open_channel
+from peerload._grpc import PLAINTEXT, PRIVATE_CONNECTION, Caller, ChannelClient, ChannelSecurity, open_channel
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import SourceIdentity
 from peerload.limits import COORDINATOR_MAX_MESSAGE_BYTES
@@ -36,7 +36,7 @@ __all__ = ["CoordinatorClient", "SourceRef", "SourceStatus", "TensorInfo", "Work
 logger = logging.getLogger(__name__)
 
 
-class CoordinatorClient:
+class CoordinatorClient(ChannelClient):
     """Typed client of the coordinator's P2pService and health service.
 
     Args:
@@ -180,13 +180,3 @@ class CoordinatorClient:
         if not response.success:
             logger.info("UpdateStatus of %s/%s refused: %s", source_id, worker_id, response.message)
         return response.success
-
-    def close(self) -> None:
-        """Close the channel; the client cannot be used afterwards."""
-        self._channel.close()
-
-    def __enter__(self) -> CoordinatorClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

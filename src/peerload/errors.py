@@ -134,16 +134,20 @@ class PeerMetadataError(TransportError, ValueError):
 # --- loading ------------------------------------------------------------------------------------
 
 
+def _some(items: Sequence[str], sep: str = ", ", show: int = 10) -> str:
+    """The first `show` items joined by `sep`, and how many more there are."""
+    more = f" (and {len(items) - show} more)" if len(items) > show else ""
+    return sep.join(items[:show]) + more
+
+
 class LayoutMismatch(PeerloadError, ValueError):
     """The source's tensors do not match the target's layout; lists what differs."""
 
     def __init__(self, problems: Sequence[str], source: str = "") -> None:
         self.problems = list(problems)
         self.source = source
-        shown = "; ".join(self.problems[:10])
-        more = f" (and {len(self.problems) - 10} more)" if len(self.problems) > 10 else ""
         where = f" of source {source}" if source else ""
-        super().__init__(f"layout mismatch{where}: {shown}{more}")
+        super().__init__(f"layout mismatch{where}: {_some(self.problems, '; ')}")
 
 
 class ChecksumMismatch(PeerloadError, ValueError):
@@ -152,9 +156,7 @@ class ChecksumMismatch(PeerloadError, ValueError):
     def __init__(self, tensors: Sequence[str], source: str = "") -> None:
         self.tensors = list(tensors)
         self.source = source
-        shown = ", ".join(self.tensors[:10])
-        more = f" (and {len(self.tensors) - 10} more)" if len(self.tensors) > 10 else ""
-        super().__init__(f"checksum mismatch from source {source or '?'} in: {shown}{more}")
+        super().__init__(f"checksum mismatch from source {source or '?'} in: {_some(self.tensors, ', ')}")
 
 
 class CheckpointMismatch(ConfigError):
@@ -171,10 +173,6 @@ class CheckpointMismatch(ConfigError):
         if self.unused:
             parts.append(f"{len(self.unused)} tensor(s) in it are not used by the model: {_some(self.unused)}")
         super().__init__(f"checkpoint {path} does not fit {model_class}: {'; '.join(parts)}")
-
-
-def _some(names: Sequence[str], n: int = 8) -> str:
-    return ", ".join(names[:n]) + (f" (and {len(names) - n} more)" if len(names) > n else "")
 
 
 class LeaseRefused(PeerloadError, RuntimeError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from peerload.parts import Part, plan_parts
+from peerload.parts import PART_ALIGN, Part, count_parts, plan_parts
 
 CHECKSUM_ALGORITHM = "xxh3_64"
 
@@ -131,4 +131,23 @@ def manifest_problem(m: Manifest) -> tuple[str, str] | None:
             return f"{where}.stride", f"{list(t.stride)} does not fit shape {list(t.shape)}"
         if t.storage_offset < 0:
             return f"{where}.storage_offset", f"is negative ({t.storage_offset})"
+    return _parts_problem(m)
+
+
+def _parts_problem(m: Manifest) -> tuple[str, str] | None:
+    """A part plan that cannot be computed, or checksums that do not fit it (one per part)."""
+    if not m.part_bytes:
+        if m.part_checksums:
+            return "part_checksums", f"has {len(m.part_checksums)} checksums but part_bytes is 0 (no part plan)"
+        return None
+    if m.part_bytes < PART_ALIGN:
+        return "part_bytes", f"is {m.part_bytes}; parts are at least {PART_ALIGN} bytes"
+    if not m.part_checksums:
+        return None  # a seed that publishes no checksums: a verifying target refuses it later
+    parts = count_parts(((r.name, r.size) for r in m.regions), m.part_bytes)
+    if len(m.part_checksums) != parts:
+        return "part_checksums", f"has {len(m.part_checksums)} checksums for {parts} parts of {m.part_bytes} bytes"
+    for i, digest in enumerate(m.part_checksums):
+        if not digest:
+            return f"part_checksums[{i}]", "is empty"
     return None

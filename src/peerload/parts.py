@@ -75,10 +75,38 @@ def plan_parts(regions: Iterable[tuple[str, int]], part_bytes: int) -> list[Part
     return [Part(i, pieces) for i, pieces in enumerate(parts)]
 
 
-def _cut(name: str, size: int, part_bytes: int) -> list[Piece]:
+def count_parts(regions: Iterable[tuple[str, int]], part_bytes: int) -> int:
+    """len(plan_parts(regions, part_bytes)), computed without making the parts (sizes may be hostile).
+
+    Raises:
+        ConfigError: part_bytes < PART_ALIGN.
+    """
+    if part_bytes < PART_ALIGN:
+        raise ConfigError(f"part_bytes must be >= {PART_ALIGN}, got {part_bytes}")
+    count = group_bytes = 0
+    for _, size in regions:
+        if size <= 0:
+            continue
+        if size > part_bytes:
+            count += (group_bytes > 0) + -(-size // _step(size, part_bytes))
+            group_bytes = 0
+            continue
+        if group_bytes and group_bytes + size > part_bytes:
+            count += 1
+            group_bytes = 0
+        group_bytes += size
+    return count + (group_bytes > 0)
+
+
+def _step(size: int, part_bytes: int) -> int:
+    """Bytes per piece of a region cut into near-equal parts: ceil(size / count), page-aligned."""
     count = -(-size // part_bytes)
     per_part = -(-size // count)
-    step = -(-per_part // PART_ALIGN) * PART_ALIGN  # ceil(size / count), page-aligned
+    return -(-per_part // PART_ALIGN) * PART_ALIGN
+
+
+def _cut(name: str, size: int, part_bytes: int) -> list[Piece]:
+    step = _step(size, part_bytes)
     return [Piece(name, off, min(step, size - off)) for off in range(0, size, step)]
 
 

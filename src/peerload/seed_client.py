@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
-from peerload._grpc import PLAINTEXT, Caller, ChannelSecurity, open_channel
+from peerload._grpc import PLAINTEXT, Caller, ChannelClient, ChannelSecurity, open_channel
 from peerload.errors import InvalidManifest, LeaseRefused, SeedServiceError
 from peerload.limits import MANIFEST_MAX_BYTES
 from peerload.manifest import Manifest, manifest_problem
@@ -26,7 +26,7 @@ class Holdings:
 _REFUSED = {"RESOURCE_EXHAUSTED": False, "UNAVAILABLE": True}
 
 
-class SeedClient:
+class SeedClient(ChannelClient):
     """One channel (TLS / token per `security`) to the seed at `endpoint` serving `worker_id`; `close()` it."""
 
     def __init__(self, endpoint: str, worker_id: str, timeout_s: float, security: ChannelSecurity = PLAINTEXT) -> None:
@@ -100,15 +100,6 @@ class SeedClient:
         """
         request = seed_pb2.ReleaseLeaseRequest(lease_id=lease_id)
         return self._call("ReleaseLease", self._stub.ReleaseLease, request).released
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> SeedClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def fetch_manifest(endpoint: str, worker_id: str, timeout_s: float, security: ChannelSecurity = PLAINTEXT) -> Manifest:

@@ -76,20 +76,11 @@ class WorkerInfo:
             raise ConfigError(f"WorkerInfo.rank must be >= 0, got {self.rank}")
 
 
-@dataclass(frozen=True)
-class SourceRef:
-    """One listed worker (wire `SourceInstanceRef`)."""
+class _Listed:
+    """What a listed worker and its full record both tell: age and kind."""
 
-    mx_source_id: str
-    worker_id: str
-    model_name: str
-    worker_rank: int
-    accelerator: str
     updated_at_ms: int
-    topology: dict[str, str]
-    source_load: float | None = None
-    training_step: int | None = None
-    layout_signature: str | None = None
+    topology: Mapping[str, str]
 
     @property
     def age_s(self) -> float:
@@ -103,7 +94,23 @@ class SourceRef:
 
 
 @dataclass(frozen=True)
-class WorkerRecord:
+class SourceRef(_Listed):
+    """One listed worker (wire `SourceInstanceRef`)."""
+
+    mx_source_id: str
+    worker_id: str
+    model_name: str
+    worker_rank: int
+    accelerator: str
+    updated_at_ms: int
+    topology: dict[str, str]
+    source_load: float | None = None
+    training_step: int | None = None
+    layout_signature: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerRecord(_Listed):
     """A worker's full metadata (wire `GetMetadataResponse`)."""
 
     mx_source_id: str
@@ -130,15 +137,6 @@ class WorkerRecord:
         if self.transfer_engine_session_id is not None:
             return "transfer_engine"
         return ""
-
-    @property
-    def age_s(self) -> float:
-        return max(0.0, time.time() - self.updated_at_ms / 1000)
-
-    @property
-    def kind(self) -> str:
-        """PEERLOAD or MODELEXPRESS (see `seed_kind`)."""
-        return seed_kind(self.topology)
 
     @property
     def mode(self) -> str:

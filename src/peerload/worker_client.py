@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
-from peerload._grpc import PLAINTEXT, Caller, ChannelSecurity, open_channel
+from peerload._grpc import PLAINTEXT, Caller, ChannelClient, ChannelSecurity, open_channel
 from peerload.errors import SeedServiceError
 from peerload.limits import MANIFEST_MAX_BYTES
 from peerload.wire import TensorManifest, tensor_manifest_from_proto
 
 
-class WorkerClient:
+class WorkerClient(ChannelClient):
     """One channel to the WorkerService at `endpoint` for worker `worker_id` of `source_id` (TLS and
     a bearer token per `security`).
 
@@ -62,12 +62,3 @@ class WorkerClient:
         if manifest.worker_id and manifest.worker_id != self.worker_id:
             raise self._call.rejected(rpc, f"answered for worker {manifest.worker_id!r}, not {self.worker_id!r}")
         return manifest
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> WorkerClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

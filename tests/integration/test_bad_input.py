@@ -10,7 +10,15 @@ import grpc
 import pytest
 import torch
 
-from peerload.chaos.fuzz import ALLOWED_CODES, fuzz_coordinator, fuzz_manifests, fuzz_seed
+from peerload.chaos.fuzz import (
+    ALLOWED_CODES,
+    WORKER_ALLOWED_CODES,
+    fuzz_coordinator,
+    fuzz_leases,
+    fuzz_manifests,
+    fuzz_seed,
+    fuzz_worker,
+)
 from peerload.client import CoordinatorClient, TensorInfo, WorkerInfo
 from peerload.errors import CoordinatorError
 from peerload.identity import SourceIdentity
@@ -53,11 +61,36 @@ def test_fuzzed_requests_never_break_a_seed(seed):
     assert report.messages == MESSAGES and report.codes.get("INVALID_ARGUMENT") and report.codes.get("NOT_FOUND")
 
 
+def test_fuzzed_lease_requests_stay_under_the_cap_and_leave_no_lease_open(seed):
+    """Fuzzing takes real leases (the real worker id is drawn often) but never more than the cap;
+    afterwards a real reader gets a lease and the seed's table is empty again."""
+    cap = seed.leases.max_readers
+    report = fuzz_leases(seed._server.endpoint, seed.worker_id, MESSAGES, seed=4, max_readers=cap,
+                         active=seed.leases.active)  # fmt: skip
+    assert report.ok, report.unexpected
+    assert set(report.codes) <= ALLOWED_CODES and report.codes.get("OK") and report.codes.get("INVALID_ARGUMENT")
+    assert report.codes.get("RESOURCE_EXHAUSTED") or report.codes.get("NOT_FOUND"), report.codes
+    assert seed.leases.active() == 0
+
+
+def test_fuzzed_worker_service_requests_never_break_a_seed(seed):
+    report = fuzz_worker(seed._server.endpoint, seed.source_id, seed.worker_id, MESSAGES, seed=5,
+                         max_readers=seed.leases.max_readers, active=seed.leases.active)  # fmt: skip
+    assert report.ok, report.unexpected
+    assert set(report.codes) <= WORKER_ALLOWED_CODES
+    # real leases granted, requests for other sources refused, artifacts not served, garbage refused
+    for code in ("OK", "FAILED_PRECONDITION", "UNIMPLEMENTED", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"):
+        assert report.codes.get(code), report.codes  # RESOURCE_EXHAUSTED: fuzzing reached the reader cap
+    assert seed.leases.active() == 0
+
+
 def test_fuzzed_manifests_are_accepted_or_refused_naming_the_field():
     report = fuzz_manifests(MESSAGES, seed=3)
     assert report.ok, report.unexpected
     refused = {k for k in report.codes if k.startswith("InvalidManifest:")}
     assert len(refused) >= 4, report.codes  # several distinct fields named
+    # part plans whose checksums do not fit are among them (the fuzzer draws part fields too)
+    assert any("part_" in k for k in refused), report.codes
 
 
 def raw_call(address: str, path: str, data: bytes) -> grpc.StatusCode:

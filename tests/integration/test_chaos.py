@@ -37,8 +37,8 @@ def test_quick_campaign_finds_no_corrupted_or_half_loaded_model(run_peerload, tm
     assert set(faults) == {f.name for f in FAULTS}
     for fault in FAULTS:
         got = faults[fault.name]
-        if fault.needs:
-            assert got["status"] == "not run yet" and got["trials"] == 0
+        if fault.needs or (fault.cluster == "fleet" and got["status"] == "not run here"):
+            assert got["trials"] == 0 and got["notes"], got  # says why (e.g. not root, no `nft`)
             continue
         assert got["status"] == "ran", got
         assert got["trials"] == got["planned"] == fault.quick and got["faults_injected"] >= 1, got
@@ -51,4 +51,6 @@ def test_quick_campaign_finds_no_corrupted_or_half_loaded_model(run_peerload, tm
     text = table.read_text()
     assert text.startswith("# doc\n") and text.endswith("after\n") and "old" not in text
     assert "| seed SIGKILLed at a random point of the transfer | 3 |" in text
-    assert "not run yet" in text
+    # A network fault either ran on emulated hosts or its row says why it could not run here.
+    loss = faults["packet-loss-5pct"]
+    assert loss["status"] == "ran" or "not run here" in text, loss

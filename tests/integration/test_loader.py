@@ -129,19 +129,11 @@ def test_p2p_load_is_bit_exact_and_generates_like_disk(coordinator, seeds, model
     assert len(set(report["tokens"])) > 1, "degenerate generation would make the comparison meaningless"
 
 
-def test_cli_load_report_and_new_source(coordinator, seeds, model_dir, disk_model, tmp_path, run_peerload):
+def test_cli_load_report_and_new_source(coordinator, seeds, model_dir, disk_model, tmp_path, run_model_command):
     seed = seeds.start(model_dir, coordinator.address)
     report_path = tmp_path / "report.json"
-    proc = run_peerload(
-        "load",
-        str(model_dir),
-        "--model-name",
-        NAME,
-        "--coordinator",
-        coordinator.address,
-        "--report",
-        str(report_path),
-        "--no-progress",
+    proc = run_model_command(
+        "load", model_dir, NAME, coordinator.address, "--report", str(report_path), "--no-progress"
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(report_path.read_text())
@@ -291,7 +283,7 @@ def test_flipped_byte_is_caught_by_checksum(coordinator, model_dir, disk_model, 
     assert report["sha256"] == hashes(module_tensors(disk_model))
 
 
-def test_bare_safetensors_file_and_sharded_directory(coordinator, seeds, tmp_path, run_peerload):
+def test_bare_safetensors_file_and_sharded_directory(coordinator, seeds, tmp_path, run_model_command):
     from safetensors.torch import save_file
     from transformers import LlamaForCausalLM
 
@@ -305,16 +297,8 @@ def test_bare_safetensors_file_and_sharded_directory(coordinator, seeds, tmp_pat
     save_file(raw, str(file))
     seed = seeds.start(file, coordinator.address, name="test/raw")
     report_path = tmp_path / "raw.json"
-    proc = run_peerload(
-        "load",
-        str(file),
-        "--model-name",
-        "test/raw",
-        "--coordinator",
-        coordinator.address,
-        "--report",
-        str(report_path),
-        "--no-progress",
+    proc = run_model_command(
+        "load", file, "test/raw", coordinator.address, "--report", str(report_path), "--no-progress"
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(report_path.read_text())

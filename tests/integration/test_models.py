@@ -88,34 +88,14 @@ def test_real_sentence_embedding_model_is_a_bert_model_not_a_causal_lm(
     assert not any(n.startswith(("bert.", "cls.", "lm_head")) for n in report["sha256"]), sorted(report["sha256"])
 
 
-def test_strict_checkpoint_and_tp_errors_through_the_cli(tiny_model, coordinator, run_peerload):
+def test_strict_checkpoint_and_tp_errors_through_the_cli(tiny_model, coordinator, run_model_command):
     bert, gpt2 = tiny_model("bert"), tiny_model("gpt2")
-    wrong = run_peerload(
-        "seed",
-        str(bert),
-        "--model-name",
-        "t/bert",
-        "--coordinator",
-        coordinator.address,
-        "--model-class",
-        "BertForMaskedLM",
-    )
+    wrong = run_model_command("seed", bert, "t/bert", coordinator.address, "--model-class", "BertForMaskedLM")
     assert wrong.returncode == 2  # a ConfigError: the checkpoint does not fit the class
     assert "does not fit BertForMaskedLM" in wrong.stderr and "pooler.dense.weight" in wrong.stderr, wrong.stderr
     assert "cls.predictions" in wrong.stderr and "--allow-missing" in wrong.stderr
-    tp = run_peerload(
-        "seed", str(gpt2), "--model-name", "t/gpt2", "--coordinator", coordinator.address, "--tp-size", "2"
-    )
+    tp = run_model_command("seed", gpt2, "t/gpt2", coordinator.address, "--tp-size", "2")
     assert tp.returncode == 2
     assert "no tensor-parallel sharding rules for GPT2LMHeadModel" in tp.stderr, tp.stderr
-    unknown = run_peerload(
-        "load",
-        str(bert),
-        "--model-name",
-        "t/bert",
-        "--coordinator",
-        coordinator.address,
-        "--model-class",
-        "NoSuchModel",
-    )
+    unknown = run_model_command("load", bert, "t/bert", coordinator.address, "--model-class", "NoSuchModel")
     assert unknown.returncode == 2 and "--model-class NoSuchModel" in unknown.stderr, unknown.stderr

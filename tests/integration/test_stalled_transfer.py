@@ -100,3 +100,57 @@ def test_batch_still_running_after_the_bound_gives_the_destination_up(stalled, c
     while all(torch.equal(destination[n], before[n]) for n in before) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert any(not torch.equal(destination[n], before[n]) for n in before), "the stalled batch never landed"
+
+
+def test_late_write_over_a_part_read_again_is_caught(tmp_path: Path, coordinator, caplog):
+    """Two seeds; the first to deliver is stopped, its memory flipped, and resumed after another seed
+    re-read its part: the late batch lands over verified bytes, and the re-check must catch it."""
+    from peerload.chaos.trials import flip_byte, seed_regions
+
+    a = checkpoint(tmp_path / "a.safetensors", 1)
+    env = {"PEERLOAD_CHUNK_BYTES": str(1 << 20)}  # 1 MiB parts: the seeds share the load part by part
+    seeds = [
+        SeedProcess(a, NAME, coordinator.address, tmp_path, "--transport", "transfer_engine", env=env).start()
+        for _ in range(2)
+    ]
+    regions = {s.worker_id: seed_regions(coordinator.address, s) for s in seeds}
+    stopped: list[SeedProcess] = []
+    timers: list[threading.Timer] = []
+
+    def stop_and_corrupt(event: Progress) -> None:
+        if stopped:
+            return
+        seed = next(s for s in seeds if s.worker_id == event.source)
+        seed.signal(signal.SIGSTOP)
+        stopped.append(seed)
+        for region in regions[seed.worker_id]:  # the parts it has not sent yet now hold a wrong byte
+            flip_byte(seed.pid, region.addr + region.size // 2)
+        timer = threading.Timer(TIMEOUT_S * 2.5, lambda: seed.signal(signal.SIGCONT))
+        timers.append(timer)
+        timer.start()
+
+    destination, from_storage = hf.target_tensors(a, quantize=None, tp_size=1, tp_rank=0)
+    identity = model_options(a, NAME, None, None, "", 1, 0, 1, 0, 1, None, None).identity
+    settings = Settings.load(
+        env={},
+        coordinator=coordinator.address,
+        transport="transfer_engine",
+        transfer_timeout_s=60,
+        part_timeout_s=TIMEOUT_S,
+        settle_timeout_s=30,
+        chunk_bytes=1 << 20,
+    )
+    try:
+        result = load_into(destination, identity, settings=settings, fallback=from_storage, progress=stop_and_corrupt)
+    finally:
+        for timer in timers:
+            timer.cancel()
+        for seed in seeds:
+            seed.signal(signal.SIGCONT)
+            seed.close()
+    assert stopped and any("TransferTimeout" in a for a in result.attempts), result.attempts
+    expected = dict(from_storage())
+    assert all(torch.equal(destination[n], expected[n]) for n in expected), "a late write survived the re-check"
+    assert "overwritten by a late read" in caplog.text, "the late batch did not land over a re-read part"
+    assert result.storage_bytes > 0, "storage must have filled the overwritten part"
+    result.close()

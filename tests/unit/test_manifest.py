@@ -26,8 +26,14 @@ def region(**change: object) -> Manifest:
     return dataclasses.replace(GOOD, regions=[dataclasses.replace(GOOD.regions[0], **change), GOOD.regions[1]])
 
 
+def parts(part_bytes: int, sums: list[str]) -> Manifest:
+    return dataclasses.replace(GOOD, part_bytes=part_bytes, part_checksums=sums)
+
+
 def test_well_formed_manifest_passes():
     assert manifest_problem(GOOD) is None
+    assert manifest_problem(parts(4096, ["0123456789abcdef"])) is None  # 24 bytes: one part
+    assert manifest_problem(parts(4096, [])) is None  # no checksums published: the loader decides
 
 
 @pytest.mark.parametrize(
@@ -43,6 +49,11 @@ def test_well_formed_manifest_passes():
         (tensor(shape=(2, -3)), "tensors[0].shape", "negative"),
         (tensor(stride=(3,)), "tensors[0].stride", "does not fit"),
         (tensor(storage_offset=-1), "tensors[0].storage_offset", "negative"),
+        # the part plan and its checksums (one per part of `part_bytes`)
+        (parts(0, ["00"]), "part_checksums", "part_bytes is 0"),
+        (parts(100, []), "part_bytes", "at least 4096"),
+        (parts(4096, ["aa", "bb"]), "part_checksums", "2 checksums for 1 parts"),
+        (parts(4096, [""]), "part_checksums[0]", "empty"),
     ],
 )
 def test_each_malformed_field_is_named(manifest, field, words):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from peerload.errors import ConfigError
-from peerload.parts import PART_ALIGN, Piece, plan_parts
+from peerload.parts import PART_ALIGN, Piece, count_parts, plan_parts
 
 K = PART_ALIGN
 
@@ -34,6 +34,7 @@ def test_plan_parts(regions, part_bytes, expected):
     assert [[(p.region, p.offset, p.size) for p in part.pieces] for part in plan] == expected
     assert [part.index for part in plan] == list(range(len(expected)))
     assert sum(part.nbytes for part in plan) == sum(size for _, size in regions)
+    assert count_parts(regions, part_bytes) == len(expected)
 
 
 def test_cuts_are_page_aligned_and_cover_the_region_exactly():
@@ -55,3 +56,13 @@ def test_same_input_same_plan():
 def test_part_bytes_below_a_page_is_refused():
     with pytest.raises(ConfigError, match="part_bytes"):
         plan_parts([("a", 10)], 100)
+
+
+def test_count_parts_matches_the_plan_and_needs_no_memory_for_huge_regions():
+    for part_bytes in (K, 3 * K, 4 * K + 1, 64 * K):
+        regions = [(f"r{i}", (i * 7919) % (9 * K) + (i % 3) * 17) for i in range(60)]
+        assert count_parts(regions, part_bytes) == len(plan_parts(regions, part_bytes))
+    # what a hostile manifest could claim: counted in arithmetic, not by making 2**48 parts
+    assert count_parts([("a", 2**60)], K) == 2**60 // K
+    with pytest.raises(ConfigError, match="part_bytes"):
+        count_parts([("a", 10)], 100)

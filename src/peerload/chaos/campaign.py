@@ -1,7 +1,7 @@
 """The fault campaign: each fault a fixed number of times within a time bound; chaos.json + a table.
 
-A fault is one entry of `FAULTS`. Faults that need emulated hosts (network faults) are listed with
-`needs` and reported as not run until their harness exists; adding one is one more entry.
+A fault is one entry of `FAULTS`. Network faults run on emulated hosts (`peerload.fleet`); where
+those cannot be made (not root, no `nft`) they are reported as not run here, with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from peerload.chaos import fuzz
+from peerload.chaos.network import FleetCluster, packet_loss, partition
 from peerload.chaos.trials import (
     Cluster,
     Trial,
@@ -31,8 +32,11 @@ from peerload.chaos.trials import (
     write_checkpoint,
 )
 from peerload.client import CoordinatorClient
+from peerload.errors import FleetUnavailable
+from peerload.settings import Settings
 
-TrialFn = Callable[[Cluster, random.Random], Trial]
+AnyCluster = Cluster | FleetCluster
+TrialFn = Callable[[Any, random.Random], Trial]
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,8 @@ class Fault:
     trials: int  # full campaign
     quick: int  # `--quick` (what `make test` runs)
     run: TrialFn | None = None  # a load-level trial; None for fuzzing or not-yet-runnable faults
-    cluster: str = "nixl"  # key of the cluster it runs on (see `_CLUSTERS`)
-    fuzz: str = ""  # "coordinator" | "seed" | "manifests": a fuzzing run of `trials` messages
+    cluster: str = "nixl"  # key of the cluster it runs on (see `_CLUSTERS`; "fleet": emulated hosts)
+    fuzz: str = ""  # "coordinator" | "seed" | "leases" | "worker" | "manifests": `trials` messages
     needs: str = ""  # why it cannot run yet (then it is reported, not run)
 
 
@@ -86,20 +90,36 @@ FAULTS: tuple[Fault, ...] = (
     Fault("flipped-byte", "one byte flipped in every seed's memory after publish", 100, 3, flipped_byte),
     Fault("fuzz-coordinator", "fuzzed P2pService messages (coordinator)", 10_000, 300, fuzz="coordinator"),
     Fault("fuzz-seed", "fuzzed SeedService messages (a seed's manifest service)", 10_000, 300, fuzz="seed"),
+    Fault(
+        "fuzz-seed-leases",
+        "fuzzed SeedService AcquireLease/ReleaseLease messages (a seed's read leases)",
+        10_000,
+        300,
+        fuzz="leases",
+    ),
+    Fault(
+        "fuzz-worker",
+        "fuzzed WorkerService messages (a seed's ModelExpress tensor and artifact RPCs)",
+        10_000,
+        300,
+        fuzz="worker",
+    ),
     Fault("fuzz-manifests", "fuzzed manifests read by a target", 10_000, 300, fuzz="manifests"),
     Fault(
         "packet-loss-5pct",
-        "5% packet loss between seed and target hosts",
+        "5% packet loss each way between the target and one seed (emulated hosts, NIXL over tcp)",
         10,
         1,
-        needs="the emulated-host network harness (network namespaces, tc netem)",
+        packet_loss,
+        cluster="fleet",
     ),
     Fault(
         "partition-10s",
-        "10 s network partition between seed and target hosts",
+        "one seed's host cut off for 10 s at a random point of a load (emulated hosts, 3 s part timeout)",
         10,
         1,
-        needs="the emulated-host network harness (network namespaces, tc netem)",
+        partition,
+        cluster="fleet",
     ),
 )
 # How each kind of cluster is built: (transport, store).
@@ -112,7 +132,7 @@ class FaultResult:
 
     name: str
     what: str
-    status: str  # "ran" | "stopped at the time bound" | "not run yet" | "failed to run"
+    status: str  # "ran" | "stopped at the time bound" | "not run yet" | "not run here" | "failed to run"
     planned: int
     trials: int = 0
     faults_injected: int = 0
@@ -172,12 +192,15 @@ def run_campaign(options: CampaignOptions) -> dict[str, Any]:
     results = []
     with _workdir(options.workdir) as workdir, ExitStack() as clusters:
         checkpoint = write_checkpoint(workdir / "model.safetensors", options.tensors, options.tensor_mib, options.seed)
-        built: dict[str, Cluster] = {}
+        built: dict[str, AnyCluster] = {}
 
-        def cluster(key: str) -> Cluster:
+        def cluster(key: str) -> AnyCluster:
             if key not in built:
-                transport, store = _CLUSTERS[key]
-                built[key] = Cluster(workdir, checkpoint, transport=transport, store=store)
+                if key == "fleet":
+                    built[key] = FleetCluster(workdir, checkpoint)
+                else:
+                    transport, store = _CLUSTERS[key]
+                    built[key] = Cluster(workdir, checkpoint, transport=transport, store=store)
                 clusters.callback(built[key].close)
             return built[key]
 
@@ -200,7 +223,7 @@ def run_campaign(options: CampaignOptions) -> dict[str, Any]:
 
 
 def _run_fault(
-    fault: Fault, planned: int, cluster: Callable[[str], Cluster], rng: random.Random, options: CampaignOptions
+    fault: Fault, planned: int, cluster: Callable[[str], AnyCluster], rng: random.Random, options: CampaignOptions
 ) -> FaultResult:
     result = FaultResult(fault.name, fault.what, "ran", planned)
     if fault.needs:
@@ -222,6 +245,9 @@ def _run_fault(
                 result.add(trial)
                 if trial.recover_s is not None:
                     recover.append(trial.recover_s)
+    except FleetUnavailable as exc:  # no emulated hosts on this machine: said, not a failure
+        result.status = "not run here"
+        result.notes.append(str(exc))
     except Exception as exc:  # a campaign reports a fault it could not run, and goes on
         result.status = "failed to run"
         result.notes.append(f"{type(exc).__name__}: {exc}")
@@ -236,16 +262,23 @@ def _run_fault(
     return result
 
 
-def _fuzz(fault: Fault, messages: int, cluster: Callable[[str], Cluster], result: FaultResult, seed: int) -> None:
+def _fuzz(fault: Fault, messages: int, cluster: Callable[[str], AnyCluster], result: FaultResult, seed: int) -> None:
     if fault.fuzz == "coordinator":
-        report = fuzz.fuzz_coordinator(cluster(fault.cluster).coordinator.address, messages, seed)
+        c = cluster(fault.cluster)
+        assert isinstance(c, Cluster)
+        report = fuzz.fuzz_coordinator(c.coordinator.address, messages, seed)
     elif fault.fuzz == "seed":
         c = cluster(fault.cluster)
+        assert isinstance(c, Cluster)
         seed_proc = c.ensure_seeds()[0]
         with CoordinatorClient(c.coordinator.address, timeout_s=10) as client:
             record = client.get_metadata(seed_proc.source_id, seed_proc.worker_id)
         assert record is not None
         report = fuzz.fuzz_seed(record.worker_grpc_endpoint, seed_proc.worker_id, messages, seed)
+    elif fault.fuzz in ("leases", "worker"):
+        c = cluster(fault.cluster)
+        assert isinstance(c, Cluster)
+        report = _fuzz_leases(fault.fuzz, c, messages, seed)
     else:
         report = fuzz.fuzz_manifests(messages, seed)
     result.trials = result.faults_injected = report.messages
@@ -254,9 +287,37 @@ def _fuzz(fault: Fault, messages: int, cluster: Callable[[str], Cluster], result
     result.notes.extend(report.unexpected[:5])
 
 
+def _fuzz_leases(kind: str, c: Cluster, messages: int, seed: int) -> fuzz.FuzzReport:
+    """Fuzz one seed's lease RPCs; then its open leases (as its heartbeats report them) must be 0
+    and a real target must still load the model bit-exact."""
+    seed_proc = c.ensure_seeds()[0]
+    with CoordinatorClient(c.coordinator.address, timeout_s=10) as client:
+        record = client.get_metadata(seed_proc.source_id, seed_proc.worker_id)
+    assert record is not None and c.identity is not None
+    identity = c.identity
+
+    def active() -> int:
+        with CoordinatorClient(c.coordinator.address, timeout_s=10) as client:
+            refs = [r for r in client.list_sources(identity) if r.worker_id == seed_proc.worker_id]
+        return int(refs[0].source_load or 0) if refs else 0
+
+    cap = Settings.load(env={}).seed_max_readers  # the campaign's seeds keep the default cap
+    endpoint, worker_id = record.worker_grpc_endpoint, seed_proc.worker_id
+    if kind == "leases":
+        report = fuzz.fuzz_leases(endpoint, worker_id, messages, seed, max_readers=cap, active=active)
+    else:
+        source_id = seed_proc.source_id
+        report = fuzz.fuzz_worker(endpoint, source_id, worker_id, messages, seed, max_readers=cap, active=active)
+    after = Trial()
+    c.load(after)
+    if after.outcome != "peer" or after.corrupted:
+        report.unexpected.append(f"a load after fuzzing came out {after.outcome}, corrupted={after.corrupted}")
+    return report
+
+
 def _summary(r: FaultResult) -> str:
-    if r.status == "not run yet":
-        return r.status
+    if r.status in ("not run yet", "not run here"):
+        return f"{r.status}: {r.notes[0]}" if r.notes else r.status
     if r.codes:
         return f"{r.trials} messages, {r.server_errors} server errors ({r.seconds:.0f} s)"
     return (
@@ -291,8 +352,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for f in report["faults"]:
-        if f["status"] == "not run yet":
-            rows.append(f"| {f['what']} | not run yet ({f['planned']} planned) | | | | | | {f['notes'][0]} |")
+        if f["status"] in ("not run yet", "not run here"):
+            rows.append(f"| {f['what']} | {f['status']} ({f['planned']} planned) | | | | | | {f['notes'][0]} |")
             continue
         trials = f"{f['trials']}" + ("" if f["trials"] == f["planned"] else f" of {f['planned']}")
         if f["codes"]:
@@ -318,7 +379,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     notes = [
         f"{f['what']}: {note}"
         for f in report["faults"]
-        if f["status"] != "not run yet" and not f["codes"]
+        if f["status"] not in ("not run yet", "not run here") and not f["codes"]
         for note in f["notes"][:3]
     ]
     if notes:

@@ -23,6 +23,8 @@ from peerload.client import CoordinatorClient
 from peerload.errors import DestinationAbandoned, PeerloadError
 from peerload.identity import SourceIdentity
 from peerload.loader import Progress, load_into
+from peerload.manifest import RegionEntry
+from peerload.seed_client import fetch_manifest
 from peerload.settings import Settings
 from peerload.tensors import sha256_of
 
@@ -291,7 +293,16 @@ def redis_restart(cluster: Cluster, rng: random.Random) -> Trial:
     return _restart_during_load(cluster, rng, cluster.redis.restart, before_load_share=0.0)
 
 
-def _flip_byte(pid: int, addr: int) -> None:
+def seed_regions(coordinator: str, seed: SeedProcess) -> list[RegionEntry]:
+    """The memory regions `seed` serves, from its manifest (P2P-mode records carry no descriptors)."""
+    with CoordinatorClient(coordinator, timeout_s=10) as client:
+        record = client.get_metadata(seed.source_id, seed.worker_id)
+    if record is None:
+        raise PeerloadError(f"seed {seed.worker_id} is not registered at {coordinator}")
+    return [r for r in fetch_manifest(record.manifest_endpoint, seed.worker_id, 10).regions if r.size]
+
+
+def flip_byte(pid: int, addr: int) -> None:
     """XOR one byte of process `pid`'s memory at `addr` with 0xFF (a bit-flip in a seed's RAM)."""
     with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
         mem.seek(addr)
@@ -305,20 +316,17 @@ def flipped_byte(cluster: Cluster, rng: random.Random) -> Trial:
     seeds = cluster.ensure_seeds()
     trial = Trial()
     flipped: list[tuple[int, int]] = []
-    with CoordinatorClient(cluster.coordinator.address, timeout_s=10) as client:
-        for seed in seeds:
-            record = client.get_metadata(seed.source_id, seed.worker_id)
-            assert record is not None
-            tensor = rng.choice([t for t in record.tensors if t.size])
-            flipped.append((seed.pid, tensor.addr + rng.randrange(tensor.size)))
+    for seed in seeds:
+        region = rng.choice(seed_regions(cluster.coordinator.address, seed))
+        flipped.append((seed.pid, region.addr + rng.randrange(region.size)))
     for pid, addr in flipped:
-        _flip_byte(pid, addr)
+        flip_byte(pid, addr)
     trial.injected = True
     try:
         cluster.load(trial)
     finally:
         for pid, addr in flipped:
-            _flip_byte(pid, addr)
+            flip_byte(pid, addr)
     if "ChecksumMismatch" not in trial.detail:
         trial.notes.append("no checksum mismatch reported")
     return trial

@@ -1,5 +1,6 @@
 """`peerload chaos`: the fault campaign (seeds killed and stopped, coordinator and Redis restarts,
-flipped bytes, fuzzed messages), written to chaos.json and a markdown table."""
+flipped bytes, packet loss and partitions on emulated hosts, fuzzed messages), written to
+chaos.json and a markdown table."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from peerload._gen.model_express import p2p_pb2 as pb
-from peerload.coordinator.store import Heartbeat, Store, WorkerEntry
+from peerload.coordinator.store import Beat, Heartbeat, Store, WorkerEntry
 from peerload.errors import InvalidRequest, LimitExceeded
 from peerload.identity import OPTIONAL_HASHED_FIELDS, compute_source_id
 from peerload.wire import SourceStatus
@@ -200,7 +200,7 @@ class Registry:
         load = request.source_load if request.HasField("source_load") else None
         if load is not None and (not math.isfinite(load) or load < 0):
             raise InvalidRequest("source_load", f"must be a finite number >= 0, got {load}")
-        outcome = self.store.heartbeat(sid, wid, request.worker_rank, request.status, self.now_ms(), load)
+        outcome = self.store.heartbeat(Beat(sid, wid, request.worker_rank, request.status, self.now_ms(), load))
         if outcome is Heartbeat.MISSING:
             return pb.UpdateStatusResponse(
                 success=False, message=f"unknown worker {wid!r} of source {sid}: publish it first"

@@ -5,7 +5,8 @@ veth pair, the other end plugged into the bridge. Nothing is made in the root na
 private addresses exist only inside these namespaces. A NIC cap shapes both directions (the
 host's `eth0` egress and the bridge port's egress towards it). Processes run in a host with
 `ip netns exec`. Everything a Fleet made is removed on `close()`, at interpreter exit, on
-SIGINT/SIGTERM, and by a watchdog once `max_seconds` have passed.
+SIGINT/SIGTERM, and by a watchdog once `max_seconds` have passed. Network faults (`loss`,
+`partition`, `heal`) are nftables drops inside a host's namespace, so they go with it too.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class Fleet:
         self.delay_ms = delay_ms
         self.hosts = [Host(i, f"{self.prefix}h{i}", f"{SUBNET}.{i + 1}", f"v{i}") for i in range(hosts)]
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._faults: dict[int, list[str]] = {}  # host -> its nft drop rules ("in ..."/"out ...")
         self._closed = False
         self._lock = threading.Lock()
         netns.check_available(f"{self.prefix}probe")
@@ -149,6 +151,46 @@ class Fleet:
     def nic_bytes(self, host: int) -> tuple[int, int]:
         """(received, sent) bytes on host `host`'s NIC so far."""
         return netns.link_bytes(self.hosts[host].netns, DEVICE)
+
+    # -- network faults --------------------------------------------------------------------------
+
+    def loss(self, host: int, percent: float, peer: int | None = None) -> None:
+        """Drop `percent`% of host `host`'s packets, each direction, to and from `peer` (None: all).
+
+        Raises:
+            FleetUnavailable: `nft` or the kernel's nftables is missing (says which).
+        """
+        if not 0 < percent <= 100:
+            raise ConfigError(f"loss percent must be in (0, 100], got {percent}")
+        share = f"numgen random mod 10000 < {round(percent * 100)}"
+        self._add_faults(host, [f"{rule} {share} drop" for rule in self._matches(peer)])
+
+    def partition(self, host: int, peer: int | None = None) -> None:
+        """Drop every packet between host `host` and `peer` (None: every other host), both ways.
+
+        Raises:
+            FleetUnavailable: `nft` or the kernel's nftables is missing (says which).
+        """
+        self._add_faults(host, [f"{rule} drop" for rule in self._matches(peer)])
+
+    def heal(self, host: int | None = None) -> None:
+        """Remove the network faults of host `host` (None: of every host)."""
+        hosts = list(self._faults) if host is None else [host]
+        for h in hosts:
+            if self._faults.pop(h, None) is not None:
+                netns.clear_drop_rules(self.hosts[h].netns)
+
+    def _matches(self, peer: int | None) -> list[str]:
+        """The nft matches for `eth0` traffic out to and in from `peer` (or anyone)."""
+        if peer is None:
+            return [f'out oifname "{DEVICE}"', f'in iifname "{DEVICE}"']
+        address = self.hosts[peer].address
+        return [f'out oifname "{DEVICE}" ip daddr {address}', f'in iifname "{DEVICE}" ip saddr {address}']
+
+    def _add_faults(self, host: int, rules: list[str]) -> None:
+        wanted = [*self._faults.get(host, []), *rules]
+        netns.set_drop_rules(self.hosts[host].netns, wanted)
+        self._faults[host] = wanted
 
     # -- cleanup -------------------------------------------------------------------------------
 

@@ -13,10 +13,10 @@ from peerload.errors import FleetUnavailable
 COMMAND_TIMEOUT_S = 20.0
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run one `ip`/`tc` command; raise FleetUnavailable naming it when it fails."""
+def run(*args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run one `ip`/`tc`/`nft` command; raise FleetUnavailable naming it when it fails."""
     try:
-        done = subprocess.run(list(args), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        done = subprocess.run(list(args), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, input=stdin)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise FleetUnavailable(f"`{' '.join(args)}` failed: {exc}") from None
     if check and done.returncode != 0:
@@ -64,3 +64,36 @@ def link_bytes(netns: str, device: str) -> tuple[int, int]:
     out = run("ip", "-n", netns, "-j", "-s", "link", "show", "dev", device).stdout
     stats = json.loads(out)[0]["stats64"]
     return int(stats["rx"]["bytes"]), int(stats["tx"]["bytes"])
+
+
+FAULT_TABLE = "peerload_faults"  # the nftables table of a host's injected network faults
+
+
+def set_drop_rules(netns: str, rules: list[str]) -> None:
+    """Replace `netns`'s fault table with `rules` (nft statements, `in`/`out` chain first), atomically.
+
+    The kernel here has no `sch_netem`, so loss and partitions are nftables drops in the host's
+    own namespace: `numgen random` for loss, plain drops for a partition.
+    """
+    if shutil.which("nft") is None:
+        raise FleetUnavailable("network faults need `nft` (Debian: apt-get install nftables)")
+    chains = {"in": "input", "out": "output"}
+    body = "".join(
+        f"  chain {name} {{ type filter hook {hook} priority 0; policy accept;\n"
+        + "".join(f"    {rule.split(' ', 1)[1]}\n" for rule in rules if rule.split(" ", 1)[0] == name)
+        + "  }\n"
+        for name, hook in chains.items()
+    )
+    script = f"table inet {FAULT_TABLE}\ndelete table inet {FAULT_TABLE}\ntable inet {FAULT_TABLE} {{\n{body}}}\n"
+    run("ip", "netns", "exec", netns, "nft", "-f", "-", stdin=script)
+
+
+def clear_drop_rules(netns: str) -> None:
+    """Remove `netns`'s fault table (a host with none is fine)."""
+    if shutil.which("nft") is not None:
+        run("ip", "netns", "exec", netns, "nft", "delete", "table", "inet", FAULT_TABLE, check=False)
+
+
+def drop_rules(netns: str) -> str:
+    """The fault table of `netns` as nft prints it (empty when there is none)."""
+    return run("ip", "netns", "exec", netns, "nft", "list", "table", "inet", FAULT_TABLE, check=False).stdout

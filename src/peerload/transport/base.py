@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from peerload.errors import ConfigError
+from peerload.errors import ConfigError, TransferCancelled, TransferTimeout
 
 ProgressCallback = Callable[[int], None]  # called with the bytes completed since the last call
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What bounds one `Transport.read`, and whom it tells: the implementations' view of its options."""
+
+    timeout_s: float
+    deadline: float  # time.monotonic() by which the read must be done
+    progress: ProgressCallback | None = None
+    cancel: threading.Event | None = None
+    last: bool = True  # no further read from this peer follows soon
+
+    def check(self, peer: str) -> None:
+        """Raise if the caller cancelled or the deadline passed."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise TransferCancelled("read cancelled", peer)
+        if time.monotonic() >= self.deadline:
+            raise TransferTimeout(f"read not done within {self.timeout_s:g} s", peer)
 
 
 @dataclass(frozen=True)
@@ -89,7 +108,6 @@ class Transport(ABC):
             TransportError: the peer cannot be reached.
         """
 
-    @abstractmethod
     def read(
         self,
         peer: EndpointInfo,
@@ -112,6 +130,12 @@ class Transport(ABC):
             TransferCancelled: `cancel` was set (the peer is forgotten).
             TransportError: the transfer failed, e.g. the peer died; names the peer.
         """
+        limits = ReadLimits(timeout_s, time.monotonic() + timeout_s, progress, cancel, last)
+        self._read(peer, ops, limits)
+
+    @abstractmethod
+    def _read(self, peer: EndpointInfo, ops: Sequence[ReadOp], limits: ReadLimits) -> None:
+        """`read`, with its options in one object."""
 
     def health(self) -> str | None:
         """Why this endpoint cannot serve peers now (e.g. its serving thread died), or None if it can.

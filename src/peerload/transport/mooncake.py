@@ -17,14 +17,13 @@ from peerload.errors import (
     ConfigError,
     MissingExtraError,
     PeerMetadataError,
-    TransferCancelled,
     TransferTimeout,
     TransportError,
 )
 from peerload.settings import split_host_port
 from peerload.transport._plan import plan_batches
 from peerload.transport._refcount import RangeUsers
-from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Region, Transport, tensor_region
+from peerload.transport.base import EndpointInfo, ReadLimits, ReadOp, Region, Transport, tensor_region
 
 log = logging.getLogger(__name__)
 
@@ -191,31 +190,18 @@ class MooncakeTransport(Transport):
             raise PeerMetadataError(str(e), who) from e
         return session
 
-    def read(
-        self,
-        peer: EndpointInfo,
-        ops: Sequence[ReadOp],
-        *,
-        timeout_s: float,
-        progress: ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-        last: bool = True,  # the engine's own threads serve peers: nothing to tell the seed
-    ) -> None:
+    def _read(self, peer: EndpointInfo, ops: Sequence[ReadOp], limits: ReadLimits) -> None:
         self._check_open()
-        deadline = time.monotonic() + timeout_s
         session = self._session(peer)
         who = f"{peer.agent_name}@{session}" if peer.agent_name else session
         for batch in plan_batches(ops, self._chunk_bytes):
-            if cancel is not None and cancel.is_set():
-                raise TransferCancelled("read cancelled", who)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TransferTimeout(f"read not done within {timeout_s:g} s", who)
-            rc = self._read_batch(session, batch.ops, remaining, timeout_s, who)
+            limits.check(who)
+            remaining = limits.deadline - time.monotonic()
+            rc = self._read_batch(session, batch.ops, remaining, limits.timeout_s, who)
             if rc < 0:
                 raise TransportError(f"TransferEngine read of {batch.nbytes} bytes returned {rc}", who)
-            if progress is not None:
-                progress(batch.nbytes)
+            if limits.progress is not None:
+                limits.progress(batch.nbytes)
 
     def _read_batch(self, session: str, ops: list[ReadOp], budget_s: float, timeout_s: float, who: str) -> int:
         """One blocking batch read, in a helper thread so a stalled peer cannot outlast the timeout."""

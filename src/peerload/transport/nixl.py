@@ -23,14 +23,12 @@ from peerload._process import free_port
 from peerload.errors import (
     MissingExtraError,
     PeerMetadataError,
-    TransferCancelled,
-    TransferTimeout,
     TransportError,
 )
 from peerload.settings import split_host_port
 from peerload.transport._plan import Batch, plan_batches
 from peerload.transport._refcount import RangeUsers
-from peerload.transport.base import EndpointInfo, ProgressCallback, ReadOp, Region, Transport, tensor_region
+from peerload.transport.base import EndpointInfo, ReadLimits, ReadOp, Region, Transport, tensor_region
 from peerload.transport.ucx_env import apply_ucx_defaults
 
 log = logging.getLogger(__name__)
@@ -76,21 +74,14 @@ class _ReadState:
 
     remote: str
     batches: list[Batch]
-    timeout_s: float
-    deadline: float
-    progress: ProgressCallback | None
-    cancel: threading.Event | None
-    last: bool = True  # the final request tells the seed this reader is done with it
+    limits: ReadLimits  # limits.last: the final request tells the seed this reader is done with it
     tag: bytes = field(default_factory=lambda: secrets.token_hex(4).encode())  # names this read's notifications
     next: int = 0  # index of the next batch to post
     inflight: list[tuple[Any, int]] = field(default_factory=list)  # (handle, bytes)
 
     def check_alive(self) -> None:
         """Raise if the caller cancelled or the deadline passed."""
-        if self.cancel is not None and self.cancel.is_set():
-            raise TransferCancelled("read cancelled", self.remote)
-        if time.monotonic() > self.deadline:
-            raise TransferTimeout(f"read not done within {self.timeout_s:g} s", self.remote)
+        self.limits.check(self.remote)
 
 
 class NixlTransport(Transport):
@@ -381,18 +372,8 @@ class NixlTransport(Transport):
             except Exception as e:
                 log.debug("NIXL remove_remote_agent(%s) failed: %s", remote, e)
 
-    def read(
-        self,
-        peer: EndpointInfo,
-        ops: Sequence[ReadOp],
-        *,
-        timeout_s: float,
-        progress: ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-        last: bool = True,
-    ) -> None:
+    def _read(self, peer: EndpointInfo, ops: Sequence[ReadOp], limits: ReadLimits) -> None:
         self._check_open()
-        deadline = time.monotonic() + timeout_s
         self._check_metadata(peer)
 
         def memory_kinds(op: ReadOp) -> tuple[bool, str]:
@@ -401,15 +382,7 @@ class NixlTransport(Transport):
         batches = plan_batches(ops, self._chunk_bytes, key=memory_kinds)
         if not batches:
             return
-        state = _ReadState(
-            remote=self._connect(peer),
-            batches=batches,
-            timeout_s=timeout_s,
-            deadline=deadline,
-            progress=progress,
-            cancel=cancel,
-            last=last,
-        )
+        state = _ReadState(remote=self._connect(peer), batches=batches, limits=limits)
         try:
             self._run_batches(state)
         except BaseException:
@@ -428,7 +401,7 @@ class NixlTransport(Transport):
                 and (read.next < last or not read.inflight)
             ):
                 # Only the last request of a reader's last read lets the seed stop polling fast.
-                notif = _NOTIF + (b"done:" if read.next == last and read.last else b"xfer:") + read.tag
+                notif = _NOTIF + (b"done:" if read.next == last and read.limits.last else b"xfer:") + read.tag
                 batch = read.batches[read.next]
                 read.inflight.append((self._post(read.remote, batch, notif), batch.nbytes))
                 read.next += 1
@@ -442,9 +415,9 @@ class NixlTransport(Transport):
                     else:
                         pending.append((h, nbytes))
                 read.inflight[:] = pending
-            if read.progress is not None:
+            if read.limits.progress is not None:
                 for nbytes in done:  # one call per request, outside the lock
-                    read.progress(nbytes)
+                    read.limits.progress(nbytes)
             if not done:
                 time.sleep(0)  # let the serving thread take the lock between polls
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from peerload.components import STORES, resolve
-from peerload.coordinator.store.base import Heartbeat, Store, WorkerEntry
+from peerload.coordinator.store.base import Beat, Heartbeat, Store, WorkerEntry
 from peerload.coordinator.store.memory import MemoryStore
 from peerload.settings import Settings
 
-__all__ = ["Heartbeat", "MemoryStore", "Store", "WorkerEntry", "make_store"]
+__all__ = ["Beat", "Heartbeat", "MemoryStore", "Store", "WorkerEntry", "make_store"]
 
 
 def make_store(settings: Settings) -> Store:

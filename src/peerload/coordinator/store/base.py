@@ -25,6 +25,18 @@ class WorkerEntry:
     payload: bytes  # serialized PublishMetadataRequest (identity, worker, pod fields)
 
 
+@dataclass(frozen=True)
+class Beat:
+    """One heartbeat to record: a worker's new status, time and load."""
+
+    mx_source_id: str
+    worker_id: str
+    worker_rank: int  # must match the published rank
+    status: int
+    updated_at_ms: int
+    source_load: float | None
+
+
 class Heartbeat(enum.Enum):
     """Outcome of `Store.heartbeat`."""
 
@@ -53,15 +65,7 @@ class Store(ABC):
         return len(self.entries(mx_source_id))
 
     @abstractmethod
-    def heartbeat(
-        self,
-        mx_source_id: str,
-        worker_id: str,
-        worker_rank: int,
-        status: int,
-        updated_at_ms: int,
-        source_load: float | None,
-    ) -> Heartbeat:
+    def heartbeat(self, beat: Beat) -> Heartbeat:
         """Set status, time and load of an existing worker whose rank matches."""
 
     @abstractmethod

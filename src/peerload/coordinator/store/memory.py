@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from peerload.coordinator.store.base import Heartbeat, Store, WorkerEntry
+from peerload.coordinator.store.base import Beat, Heartbeat, Store, WorkerEntry
 
 
 class MemoryStore(Store):
@@ -27,24 +27,16 @@ class MemoryStore(Store):
         with self._lock:
             return [e for e in self._entries.values() if mx_source_id is None or e.mx_source_id == mx_source_id]
 
-    def heartbeat(
-        self,
-        mx_source_id: str,
-        worker_id: str,
-        worker_rank: int,
-        status: int,
-        updated_at_ms: int,
-        source_load: float | None,
-    ) -> Heartbeat:
-        key = (mx_source_id, worker_id)
+    def heartbeat(self, beat: Beat) -> Heartbeat:
+        key = (beat.mx_source_id, beat.worker_id)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return Heartbeat.MISSING
-            if entry.worker_rank != worker_rank:
+            if entry.worker_rank != beat.worker_rank:
                 return Heartbeat.RANK_MISMATCH
             self._entries[key] = dataclasses.replace(
-                entry, status=status, updated_at_ms=updated_at_ms, source_load=source_load
+                entry, status=beat.status, updated_at_ms=beat.updated_at_ms, source_load=beat.source_load
             )
             return Heartbeat.OK
 

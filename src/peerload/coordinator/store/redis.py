@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from peerload.coordinator.store.base import Heartbeat, Store, WorkerEntry
+from peerload.coordinator.store.base import Beat, Heartbeat, Store, WorkerEntry
 from peerload.errors import MissingExtraError, StoreUnavailable
 
 try:
@@ -117,21 +117,13 @@ class RedisStore(Store):
     def count(self, mx_source_id: str) -> int:
         return int(self._call("count", lambda: self._client.scard(self._src(mx_source_id))))
 
-    def heartbeat(
-        self,
-        mx_source_id: str,
-        worker_id: str,
-        worker_rank: int,
-        status: int,
-        updated_at_ms: int,
-        source_load: float | None,
-    ) -> Heartbeat:
-        load = "" if source_load is None else repr(float(source_load))
+    def heartbeat(self, beat: Beat) -> Heartbeat:
+        load = "" if beat.source_load is None else repr(float(beat.source_load))
         result = self._call(
             "heartbeat",
             lambda: self._heartbeat(
-                keys=[self._key(mx_source_id, worker_id)],
-                args=[str(worker_rank), str(status), str(updated_at_ms), load],
+                keys=[self._key(beat.mx_source_id, beat.worker_id)],
+                args=[str(beat.worker_rank), str(beat.status), str(beat.updated_at_ms), load],
             ),
         )
         return {1: Heartbeat.OK, 0: Heartbeat.MISSING}.get(int(result), Heartbeat.RANK_MISMATCH)
