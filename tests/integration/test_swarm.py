@@ -48,7 +48,13 @@ def make_fleet(hosts: int, **kwargs: Any) -> Fleet:
 
 
 def swarm(
-    fleet: Fleet, model: Path, coordinator: str, tmp: Path, hosts: list[int], extra: dict[int, list[str]]
+    fleet: Fleet,
+    model: Path,
+    coordinator: str,
+    tmp: Path,
+    hosts: list[int],
+    extra: dict[int, list[str]],
+    env: dict[str, str] = ENV,
 ) -> dict[int, dict[str, Any]]:
     """Targets on `hosts` start loading together; their reports (None for one that died)."""
     go, hold = tmp / "go", tmp / "hold"
@@ -57,7 +63,7 @@ def swarm(
         files = ["--prepared", str(tmp / f"t{h}.prepared"), "--go", str(go), "--hold", str(hold)]
         cmd = [sys.executable, str(PEERS), str(model), NAME, coordinator, str(tmp / f"t{h}.json"), *files]
         cmd += extra.get(h, [])
-        procs[h] = fleet.popen(h, cmd, log_path=tmp / f"t{h}.log", env=ENV)
+        procs[h] = fleet.popen(h, cmd, log_path=tmp / f"t{h}.log", env=env)
     _wait(lambda: all((tmp / f"t{h}.prepared").exists() for h in hosts), procs, 90, tmp)
     go.write_text("")
     _wait(lambda: all((tmp / f"t{h}.json").exists() or procs[h].poll() is not None for h in hosts), procs, 90, tmp)
@@ -83,13 +89,17 @@ def served_by(reports: dict[int, dict[str, Any]], worker_id: str) -> int:
     return sum(s["bytes"] for r in reports.values() for s in r["sources"] if s["worker_id"] == worker_id)
 
 
-def test_four_targets_at_once_read_each_other_and_the_seed_serves_fewer_than_four_copies(checkpoint, tmp_path):
+@pytest.mark.parametrize("transport", ["nixl", "transfer_engine"])
+def test_four_targets_at_once_read_each_other_and_the_seed_serves_fewer_than_four_copies(
+    transport, checkpoint, tmp_path
+):
     model, expected, size = checkpoint
+    env = {**ENV, "PEERLOAD_TRANSPORT": transport}
     with make_fleet(5, nic_gbit=0.25) as fleet:
         coordinator = start_coordinator(fleet, 0, tmp_path)
-        _, seed = start_seed(fleet, 0, model, NAME, coordinator, tmp_path, env=ENV)
+        _, seed = start_seed(fleet, 0, model, NAME, coordinator, tmp_path, env=env)
         sent_before = fleet.nic_bytes(0)[1]
-        reports = swarm(fleet, model, coordinator, tmp_path, [1, 2, 3, 4], {})
+        reports = swarm(fleet, model, coordinator, tmp_path, [1, 2, 3, 4], {}, env)
         seed_sent = fleet.nic_bytes(0)[1] - sent_before
     assert fleet.leftovers() == []
     assert sorted(reports) == [1, 2, 3, 4]
@@ -101,6 +111,7 @@ def test_four_targets_at_once_read_each_other_and_the_seed_serves_fewer_than_fou
     assert from_seed + from_peers == 4 * size
     assert from_seed < 4 * size and seed_sent < 4 * size, (from_seed / size, seed_sent / size)
     assert from_peers > 0
+    assert {s["transport"] for r in reports.values() for s in r["sources"]} == {transport}
 
 
 def test_a_loading_source_killed_while_others_read_from_it(checkpoint, tmp_path):
