@@ -108,8 +108,8 @@ def test_five_percent_loss_to_one_seed_still_loads_bit_exact(transport, checkpoi
         coordinator, seeds = two_seeds(fleet, model, tmp_path, transport)
         fleet.loss(TARGET, 5, peer=SEED_A)
         started = time.monotonic()
-        report = run_target(fleet, TARGET, model, NAME, coordinator, tmp_path, env={**ENV, "PEERLOAD_TRANSPORT":
-                            transport}, timeout_s=LOAD_TIMEOUT_S)  # fmt: skip
+        env = {**ENV, "PEERLOAD_TRANSPORT": transport}
+        report = run_target(fleet, TARGET, model, NAME, coordinator, tmp_path, env=env, timeout_s=LOAD_TIMEOUT_S)
         seconds = time.monotonic() - started
     assert fleet.leftovers() == []
     assert report["sha256"] == expected, "a lossy link must never corrupt the model"

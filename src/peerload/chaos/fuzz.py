@@ -342,15 +342,20 @@ def fuzz_coordinator(address: str, messages: int, seed: int = 0) -> FuzzReport:
     return report
 
 
-def fuzz_seed(endpoint: str, worker_id: str, messages: int, seed: int = 0) -> FuzzReport:
-    """Send `messages` fuzzed SeedService requests; the manifest it serves must not change."""
-    before = fetch_manifest(endpoint, worker_id, _RPC_TIMEOUT_S)
-    report = _send_all("peerload.v1.SeedService", endpoint, _draw(seed_requests(), messages, seed))
+def _check_manifest_kept(report: FuzzReport, endpoint: str, worker_id: str, before: Manifest) -> None:
+    """The seed still answers, with the manifest it served before fuzzing."""
     try:
         if fetch_manifest(endpoint, worker_id, _RPC_TIMEOUT_S) != before:
             report.unexpected.append("the seed's manifest changed")
     except PeerloadError as exc:
         report.unexpected.append(f"the seed no longer answers after fuzzing: {exc}")
+
+
+def fuzz_seed(endpoint: str, worker_id: str, messages: int, seed: int = 0) -> FuzzReport:
+    """Send `messages` fuzzed SeedService requests; the manifest it serves must not change."""
+    before = fetch_manifest(endpoint, worker_id, _RPC_TIMEOUT_S)
+    report = _send_all("peerload.v1.SeedService", endpoint, _draw(seed_requests(), messages, seed))
+    _check_manifest_kept(report, endpoint, worker_id, before)
     return report
 
 
@@ -375,11 +380,7 @@ def fuzz_leases(
     report = _send_all("peerload.v1.SeedService", endpoint, _draw(lease_requests(worker_id), messages, seed), book)
     _check_after_leases(report, endpoint, worker_id, book, active)
     _check_undecodable(report, endpoint, "peerload.v1.SeedService", ("GetManifest", "AcquireLease", "ReleaseLease"))
-    try:
-        if fetch_manifest(endpoint, worker_id, _RPC_TIMEOUT_S) != before:
-            report.unexpected.append("the seed's manifest changed")
-    except PeerloadError as exc:
-        report.unexpected.append(f"the seed no longer answers after fuzzing: {exc}")
+    _check_manifest_kept(report, endpoint, worker_id, before)
     return report
 
 
