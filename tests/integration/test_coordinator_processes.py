@@ -75,6 +75,7 @@ def test_sources_json_and_table(serve_process: Callable[..., Any], run_peerload:
         "accelerator": "",
         "source_load": None,
         "tensors": 1,
+        "parts": None,  # only a peerload worker still loading has held/total parts
     }
     assert rows["seed-0"]["status"] == "INITIALIZING" and rows["seed-0"]["transport"] == "transfer_engine"
     assert (rows["seed-2"]["kind"], rows["seed-2"]["mode"]) == ("peerload", "p2p")

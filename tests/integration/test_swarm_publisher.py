@@ -72,7 +72,7 @@ def test_a_loading_worker_is_initializing_serves_only_marked_parts_then_turns_re
                 pub.ready()
                 assert status_of(client, pub) == SourceStatus.READY
                 assert seed.availability(count).parts is None  # complete
-                assert [r["parts"] for r in collect_rows(client, model=IDENTITY.model_name)] == [""]
+                assert [r["parts"] for r in collect_rows(client, model=IDENTITY.model_name)] == [None]
         finally:
             pub.close()
 

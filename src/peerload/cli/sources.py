@@ -65,7 +65,7 @@ def collect(
                 "source_load": ref.source_load,
                 "tensors": len(record.tensors),
                 # verified parts / all parts, for a peerload worker still loading (serving as it loads)
-                "parts": holdings(record, security) if loading and record.manifest_endpoint else "",
+                "parts": holdings(record, security) if loading and record.manifest_endpoint else None,
             }
         )
     return rows
