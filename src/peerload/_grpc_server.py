@@ -15,19 +15,20 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from peerload.credentials import TokenFile, is_loopback, read_pem
-from peerload.errors import ConfigError
+from peerload.errors import ConfigError, InvalidRequest
 from peerload.settings import Settings
 
 log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+_Request = TypeVar("_Request", bound=Message)
 _REFUSAL_LOG_EVERY_S = 10.0
 
 
@@ -103,13 +104,26 @@ def parsing_handler(service: ServiceDescriptor, messages: ModuleType, servicer: 
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
+def parse_request(request_type: type[_Request], data: bytes) -> _Request:
+    """`data` parsed as `request_type`.
+
+    Raises:
+        InvalidRequest: the bytes are not such a message (INVALID_ARGUMENT for the caller).
+    """
+    request = request_type()
+    try:
+        request.ParseFromString(data)
+    except DecodeError as exc:
+        raise InvalidRequest("request", f"is not a valid {request_type.__name__}: {exc}") from None
+    return request
+
+
 def _parsing_method(request_type: type[Message], call: Callable[[Any, grpc.ServicerContext], Message]) -> Any:
     def behaviour(data: bytes, context: grpc.ServicerContext) -> Message:
-        request = request_type()
         try:
-            request.ParseFromString(data)
-        except DecodeError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {request_type.__name__}: {exc}")
+            request = parse_request(request_type, data)
+        except InvalidRequest as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return call(request, context)
 
     return grpc.unary_unary_rpc_method_handler(behaviour, response_serializer=lambda m: m.SerializeToString())

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from peerload._gen.model_express import p2p_pb2 as pb
+from peerload._grpc_server import parse_request
 from peerload.coordinator.registry import Registry
 from peerload.coordinator.status import status_code_for
-from peerload.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["P2pService"]
@@ -56,12 +56,7 @@ def _unary(
         started = time.perf_counter()
         code_name = "OK"
         try:
-            request = request_type()
-            try:
-                request.ParseFromString(data)
-            except DecodeError as exc:
-                raise InvalidRequest("request", f"is not a valid {request_type.__name__}: {exc}") from None
-            return call(request)
+            return call(parse_request(request_type, data))
         except Exception as exc:
             code = status_code_for(exc)
             if code is None:

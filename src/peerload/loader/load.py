@@ -344,12 +344,7 @@ class TargetLoad:
         with self._phase("discover"):
             while time.monotonic() < deadline:
                 time.sleep(DISCOVER_S)
-                try:
-                    ready, partial = list_candidates(self.client, self.identity, self.rank, set(self._tried), True)
-                except CoordinatorError as exc:
-                    log.debug("looking for a source failed: %s", exc)
-                    continue
-                found = self._next_usable(iter(ready + partial), tensor_set)
+                found = self._next_usable(iter(self._untried()), tensor_set)
                 if isinstance(found, _MxPlan):  # only peerload sources can start a striped load here
                     found.read.release()
                 elif found is not None:
@@ -364,19 +359,23 @@ class TargetLoad:
 
     def _join(self, room: int, tensor_set: TensorSet, first: PeerPlan) -> list[PeerPlan]:
         """Up to `room` sources that appeared since the load began (READY or still loading), handshaken."""
-        try:
-            ready, partial = list_candidates(self.client, self.identity, self.rank, set(self._tried), True)
-        except CoordinatorError as exc:
-            log.debug("looking for more sources failed: %s", exc)
-            return []
         joined: list[PeerPlan] = []
-        for ref in ready + partial:
+        for ref in self._untried():
             if len(joined) >= room:
                 break
             found = self._next_usable(iter([ref]), tensor_set, parts_of=first)
             if isinstance(found, PeerPlan):
                 joined.append(found)
         return joined
+
+    def _untried(self) -> list[SourceRef]:
+        """Sources not handshaken yet, READY first then still loading; [] when the coordinator fails."""
+        try:
+            ready, partial = list_candidates(self.client, self.identity, self.rank, set(self._tried), True)
+        except CoordinatorError as exc:
+            log.debug("looking for more sources failed: %s", exc)
+            return []
+        return ready + partial
 
     def _discover(self) -> list[SourceRef]:
         with self._phase("discover"):
