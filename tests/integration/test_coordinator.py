@@ -222,7 +222,7 @@ def test_store_outage_is_unavailable_and_not_serving(
 class _BrokenStore(MemoryStore):
     """A store with a bug: listing raises an unexpected exception whose text must stay private."""
 
-    def entries(self, mx_source_id: str | None = None) -> list:
+    def entries(self, mx_source_id: str | None = None, *, payload: bool = True) -> list:
         raise RuntimeError("secret internals: /etc/coordinator/password")
 
 

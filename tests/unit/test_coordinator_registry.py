@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from peerload._gen.model_express import p2p_pb2 as pb
-from peerload.coordinator.registry import Registry
+from peerload.coordinator.registry import ReapResult, Registry
 from peerload.coordinator.status import status_code_for
-from peerload.coordinator.store import MemoryStore
+from peerload.coordinator.store import MemoryStore, WorkerEntry
 from peerload.errors import InvalidRequest
 
 HB, GC = 10.0, 60.0
@@ -254,3 +256,92 @@ def test_heartbeat_with_wrong_rank_is_rejected(registry: Registry) -> None:
         heartbeat(registry, sid, "w0", rank=1)
     assert info.value.field == "worker_rank" and "3" in str(info.value)
     assert status_of(registry, sid, "w0") == pb.SOURCE_STATUS_INITIALIZING
+
+
+# -- several replicas over one store: their reapers race heartbeats, re-publishes and each other ----
+
+
+class Interleaved(MemoryStore):
+    """A store that runs `between()` once, right after a reaper pass read its entries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.between: Callable[[], None] | None = None
+
+    def entries(self, mx_source_id: str | None = None, *, payload: bool = True) -> list[WorkerEntry]:
+        snapshot = super().entries(mx_source_id, payload=payload)
+        if mx_source_id is None and self.between is not None:
+            hook, self.between = self.between, None
+            hook()
+        return snapshot
+
+
+def replicas(skew_s: float) -> tuple[Registry, Registry, Interleaved, Clock]:
+    """Replica A's clock runs `skew_s` ahead of replica B's; both use one store."""
+    store, clock = Interleaved(), Clock()
+    ahead = Clock()
+    ahead.now = clock.now + skew_s
+    a = Registry(store, heartbeat_timeout_s=HB, gc_timeout_s=GC, clock=ahead)
+    b = Registry(store, heartbeat_timeout_s=HB, gc_timeout_s=GC, clock=clock)
+    return a, b, store, clock
+
+
+def test_a_heartbeat_between_a_reapers_read_and_delete_wins_even_in_the_same_millisecond() -> None:
+    # A's clock is past the GC timeout; B's heartbeat lands in the very millisecond of the record
+    # A read, so only the revision tells the two records apart.
+    a, b, store, _ = replicas(skew_s=GC + 1)
+    sid = publish(b, "w0")
+    store.between = lambda: heartbeat(b, sid, "w0")
+    assert a.reap() == ReapResult(marked_stale=0, deleted=0)
+    assert status_of(b, sid, "w0") == pb.SOURCE_STATUS_READY
+
+
+def test_a_republish_between_a_reapers_read_and_mark_stale_wins() -> None:
+    a, b, store, _ = replicas(skew_s=HB + 1)
+    sid = publish(b, "w0")
+    heartbeat(b, sid, "w0")
+    store.between = lambda: publish(b, "w0")
+    assert a.reap().marked_stale == 0
+    assert status_of(b, sid, "w0") == pb.SOURCE_STATUS_INITIALIZING
+
+
+def test_two_reapers_racing_delete_once_and_write_nothing_back() -> None:
+    a, b, store, clock = replicas(skew_s=0)
+    sid = publish(b, "w0")
+    clock.now += GC + 1
+    a._clock = clock  # both replicas now agree the worker is due
+    results: list[ReapResult] = []
+    store.between = lambda: results.append(b.reap())  # B reaps while A holds its snapshot
+    results.append(a.reap())
+    assert sum(r.deleted for r in results) == 1
+    assert store.entries() == [] and store.get(sid, "w0") is None
+
+
+def test_two_reapers_racing_mark_stale_once() -> None:
+    a, b, store, clock = replicas(skew_s=0)
+    sid = publish(b, "w0")
+    heartbeat(b, sid, "w0")
+    clock.now += HB + 1
+    a._clock = clock
+    results: list[ReapResult] = []
+    store.between = lambda: results.append(b.reap())
+    results.append(a.reap())
+    assert sum(r.marked_stale for r in results) == 1
+    assert store.get(sid, "w0").status == pb.SOURCE_STATUS_STALE
+
+
+def test_every_write_gives_a_new_revision() -> None:
+    store = MemoryStore()
+    registry = Registry(store, heartbeat_timeout_s=HB, gc_timeout_s=GC, clock=Clock())
+    sid = publish(registry, "w0")
+    seen = [store.get(sid, "w0").revision]
+    heartbeat(registry, sid, "w0")
+    seen.append(store.get(sid, "w0").revision)
+    publish(registry, "w0")
+    seen.append(store.get(sid, "w0").revision)
+    assert store.compare_and_set_status(store.get(sid, "w0"), pb.SOURCE_STATUS_STALE)
+    seen.append(store.get(sid, "w0").revision)
+    assert seen == sorted(set(seen)), seen
+    stale = store.get(sid, "w0")
+    heartbeat(registry, sid, "w0")
+    assert not store.compare_and_delete(stale) and store.get(sid, "w0") is not None

@@ -26,7 +26,8 @@ class _WorkerCollector(Collector):
         )
         now = self._registry.now_ms()
         counts = Counter(
-            (e.model_name, status_name(self._registry.effective_status(e, now))) for e in self._registry.store.entries()
+            (e.model_name, status_name(self._registry.effective_status(e, now)))
+            for e in self._registry.store.entries(payload=False)
         )
         for (model, status), n in sorted(counts.items()):
             family.add_metric([model, status], n)

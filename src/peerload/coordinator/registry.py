@@ -215,21 +215,24 @@ class Registry:
 
     # -- reaper -------------------------------------------------------------------------------
     def reap(self) -> ReapResult:
-        """Write STALE for expired READY workers; delete non-READY ones past the GC timeout."""
+        """Write STALE for expired READY workers; delete non-READY ones past the GC timeout.
+
+        Safe with several coordinators reaping one store: each write is conditional on the
+        revision this pass read, so a heartbeat, a re-publish or another reaper in between wins.
+        """
         now = self.now_ms()
         stale = deleted = 0
-        for entry in self.store.entries():
+        for entry in self.store.entries(payload=False):
             status = self.effective_status(entry, now)
             age = now - entry.updated_at_ms
-            # Compare-and-*: a heartbeat that lands meanwhile changes updated_at and wins.
             if status != READY and age > self.gc_timeout_ms:
-                if self.store.compare_and_delete(entry.mx_source_id, entry.worker_id, entry.updated_at_ms):
+                if self.store.compare_and_delete(entry):
                     deleted += 1
                     logger.info(
                         "deleted worker %s of %s (silent %.1fs)", entry.worker_id, entry.mx_source_id, age / 1000
                     )
             elif status == STALE and entry.status != STALE:
-                if self.store.compare_and_set_status(entry.mx_source_id, entry.worker_id, entry.updated_at_ms, STALE):
+                if self.store.compare_and_set_status(entry, STALE):
                     stale += 1
                     logger.info(
                         "worker %s of %s is STALE (no heartbeat for %.1fs)",

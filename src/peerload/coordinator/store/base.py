@@ -1,4 +1,10 @@
-"""The registry's storage contract: one record per (mx_source_id, worker_id), atomic updates."""
+"""The registry's storage contract: one record per (mx_source_id, worker_id), atomic updates.
+
+Every write gives the record a new revision, unique within the store. The reaper's conditional
+writes take the entry it read and succeed only if the record still has that revision, so any
+write in between (a heartbeat, a re-publish, another replica's reaper) wins: even within one
+millisecond, and whatever the clocks of several replicas say.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +28,8 @@ class WorkerEntry:
     status: int  # SourceStatus as last written (the registry derives the effective one)
     updated_at_ms: int  # last publish or heartbeat, unix ms
     source_load: float | None
-    payload: bytes  # serialized PublishMetadataRequest (identity, worker, pod fields)
+    payload: bytes  # serialized PublishMetadataRequest (identity, worker, pod fields); b"" when not read
+    revision: int = 0  # set by the store on every write
 
 
 @dataclass(frozen=True)
@@ -57,8 +64,8 @@ class Store(ABC):
         """The entry, or None."""
 
     @abstractmethod
-    def entries(self, mx_source_id: str | None = None) -> list[WorkerEntry]:
-        """All entries, or those of one source id."""
+    def entries(self, mx_source_id: str | None = None, *, payload: bool = True) -> list[WorkerEntry]:
+        """All entries, or those of one source id; `payload=False` may leave payloads empty (cheaper)."""
 
     def count(self, mx_source_id: str) -> int:
         """How many workers one source id has (override where listing them all is costly)."""
@@ -69,14 +76,12 @@ class Store(ABC):
         """Set status, time and load of an existing worker whose rank matches."""
 
     @abstractmethod
-    def compare_and_set_status(
-        self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int, status: int
-    ) -> bool:
-        """Set status only if nothing touched the worker since `expected_updated_at_ms`."""
+    def compare_and_set_status(self, seen: WorkerEntry, status: int) -> bool:
+        """Set status only if nothing wrote the worker since `seen` was read (same revision)."""
 
     @abstractmethod
-    def compare_and_delete(self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int) -> bool:
-        """Delete only if nothing touched the worker since `expected_updated_at_ms`."""
+    def compare_and_delete(self, seen: WorkerEntry) -> bool:
+        """Delete only if nothing wrote the worker since `seen` was read (same revision)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 
 from peerload.coordinator.store.base import Beat, Heartbeat, Store, WorkerEntry
@@ -14,16 +15,18 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str], WorkerEntry] = {}
+        self._revisions = itertools.count(1)
 
     def put(self, entry: WorkerEntry) -> None:
         with self._lock:
-            self._entries[(entry.mx_source_id, entry.worker_id)] = entry
+            stored = dataclasses.replace(entry, revision=next(self._revisions))
+            self._entries[(entry.mx_source_id, entry.worker_id)] = stored
 
     def get(self, mx_source_id: str, worker_id: str) -> WorkerEntry | None:
         with self._lock:
             return self._entries.get((mx_source_id, worker_id))
 
-    def entries(self, mx_source_id: str | None = None) -> list[WorkerEntry]:
+    def entries(self, mx_source_id: str | None = None, *, payload: bool = True) -> list[WorkerEntry]:
         with self._lock:
             return [e for e in self._entries.values() if mx_source_id is None or e.mx_source_id == mx_source_id]
 
@@ -36,26 +39,31 @@ class MemoryStore(Store):
             if entry.worker_rank != beat.worker_rank:
                 return Heartbeat.RANK_MISMATCH
             self._entries[key] = dataclasses.replace(
-                entry, status=beat.status, updated_at_ms=beat.updated_at_ms, source_load=beat.source_load
+                entry,
+                status=beat.status,
+                updated_at_ms=beat.updated_at_ms,
+                source_load=beat.source_load,
+                revision=next(self._revisions),
             )
             return Heartbeat.OK
 
-    def compare_and_set_status(
-        self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int, status: int
-    ) -> bool:
-        key = (mx_source_id, worker_id)
+    def _unchanged(self, seen: WorkerEntry) -> WorkerEntry | None:
+        entry = self._entries.get((seen.mx_source_id, seen.worker_id))
+        return entry if entry is not None and entry.revision == seen.revision else None
+
+    def compare_and_set_status(self, seen: WorkerEntry, status: int) -> bool:
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None or entry.updated_at_ms != expected_updated_at_ms:
+            entry = self._unchanged(seen)
+            if entry is None:
                 return False
-            self._entries[key] = dataclasses.replace(entry, status=status)
+            self._entries[(seen.mx_source_id, seen.worker_id)] = dataclasses.replace(
+                entry, status=status, revision=next(self._revisions)
+            )
             return True
 
-    def compare_and_delete(self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int) -> bool:
-        key = (mx_source_id, worker_id)
+    def compare_and_delete(self, seen: WorkerEntry) -> bool:
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None or entry.updated_at_ms != expected_updated_at_ms:
+            if self._unchanged(seen) is None:
                 return False
-            del self._entries[key]
+            del self._entries[(seen.mx_source_id, seen.worker_id)]
             return True

@@ -1,8 +1,9 @@
 """Redis store: several coordinators share one registry, and a restart loses nothing.
 
-Layout under a key prefix P: hash `P:w:<sid>:<wid>` per worker, set `P:workers` of "<sid>:<wid>"
-and set `P:src:<sid>` of worker ids. Conditional updates run as Lua scripts so that a heartbeat
-racing the reaper on another coordinator is never lost.
+Layout under a key prefix P: hash `P:w:<sid>:<wid>` per worker, set `P:workers` of "<sid>:<wid>",
+set `P:src:<sid>` of worker ids, and counter `P:rev` that gives every write its revision. Every
+write is one Lua script (atomic in Redis): a heartbeat or re-publish racing the reaper of another
+coordinator is never lost, and a record two reapers race over is deleted once, never written back.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from peerload.errors import MissingExtraError, StoreUnavailable
 
 try:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 except ImportError:  # pragma: no cover - depends on the environment
     redis = None  # type: ignore[assignment]
 
@@ -25,27 +28,60 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# KEYS: worker hash. ARGV: rank, status, updated_at_ms, source_load ("" = none).
+# KEYS: worker hash, all-workers set, per-source set, revision counter.
+# ARGV: member "<sid>:<wid>", wid, then the hash's field/value pairs.
+_PUT = """
+local rev = redis.call('INCR', KEYS[4])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'rev', rev, unpack(ARGV, 3))
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[2])
+return rev
+"""
+# KEYS: worker hash, revision counter. ARGV: rank, status, updated_at_ms, source_load ("" = none).
 _HEARTBEAT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HGET', KEYS[1], 'worker_rank') ~= ARGV[1] then return -1 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at_ms', ARGV[3], 'source_load', ARGV[4])
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at_ms', ARGV[3], 'source_load', ARGV[4],
+           'rev', redis.call('INCR', KEYS[2]))
 return 1
 """
-# KEYS: worker hash. ARGV: expected updated_at_ms, status.
-_CAS_STATUS = """
-if redis.call('HGET', KEYS[1], 'updated_at_ms') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2])
+# Shared head of the conditional writes. ARGV[1], ARGV[2]: the revision and updated_at_ms read.
+# updated_at is compared too, for records written by a peerload that kept no revision.
+_UNCHANGED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local seen = redis.call('HMGET', KEYS[1], 'rev', 'updated_at_ms')
+if (seen[1] or '0') ~= ARGV[1] or seen[2] ~= ARGV[2] then return 0 end
+"""
+# KEYS: worker hash, revision counter. ARGV: revision, updated_at_ms, status.
+_CAS_STATUS = (
+    _UNCHANGED
+    + """
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'rev', redis.call('INCR', KEYS[2]))
 return 1
 """
-# KEYS: worker hash, all-workers set, per-source set. ARGV: expected updated_at_ms, member, wid.
-_CAS_DELETE = """
-if redis.call('HGET', KEYS[1], 'updated_at_ms') ~= ARGV[1] then return 0 end
+)
+# KEYS: worker hash, all-workers set, per-source set. ARGV: revision, updated_at_ms, member, wid.
+_CAS_DELETE = (
+    _UNCHANGED
+    + """
 redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[2])
-redis.call('SREM', KEYS[3], ARGV[3])
+redis.call('SREM', KEYS[2], ARGV[3])
+redis.call('SREM', KEYS[3], ARGV[4])
 return 1
 """
+)
+# What the reaper and the metrics read: every field but the payload.
+_INDEX_FIELDS = (
+    "mx_source_id",
+    "worker_id",
+    "worker_rank",
+    "model_name",
+    "status",
+    "updated_at_ms",
+    "source_load",
+    "rev",
+)
 
 
 class RedisStore(Store):
@@ -60,7 +96,13 @@ class RedisStore(Store):
             raise MissingExtraError("Redis store", "redis", "redis")
         self.url = url
         self._prefix = prefix
-        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        # One immediate retry on a dropped connection (a pooled one to a Redis that restarted),
+        # then fail fast: the RPC answers UNAVAILABLE and the client tries another replica.
+        retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry
+        )
+        self._put = self._client.register_script(_PUT)
         self._heartbeat = self._client.register_script(_HEARTBEAT)
         self._cas_status = self._client.register_script(_CAS_STATUS)
         self._cas_delete = self._client.register_script(_CAS_DELETE)
@@ -75,6 +117,9 @@ class RedisStore(Store):
     def _src(self, sid: str) -> str:
         return f"{self._prefix}:src:{sid}"
 
+    def _rev(self) -> str:
+        return f"{self._prefix}:rev"
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
@@ -83,23 +128,21 @@ class RedisStore(Store):
 
     # -- Store --------------------------------------------------------------------------------
     def put(self, entry: WorkerEntry) -> None:
-        key = self._key(entry.mx_source_id, entry.worker_id)
-
-        def run() -> None:
-            pipe = self._client.pipeline(transaction=True)  # MULTI/EXEC: all or nothing
-            pipe.delete(key)
-            pipe.hset(key, mapping=_encode(entry))
-            pipe.sadd(self._all(), f"{entry.mx_source_id}:{entry.worker_id}")
-            pipe.sadd(self._src(entry.mx_source_id), entry.worker_id)
-            pipe.execute()
-
-        self._call("put", run)
+        sid, wid = entry.mx_source_id, entry.worker_id
+        fields = [x for pair in _encode(entry).items() for x in pair]
+        self._call(
+            "put",
+            lambda: self._put(
+                keys=[self._key(sid, wid), self._all(), self._src(sid), self._rev()],
+                args=[f"{sid}:{wid}", wid, *fields],
+            ),
+        )
 
     def get(self, mx_source_id: str, worker_id: str) -> WorkerEntry | None:
         raw = self._call("get", lambda: self._client.hgetall(self._key(mx_source_id, worker_id)))
         return _decode(raw) if raw else None
 
-    def entries(self, mx_source_id: str | None = None) -> list[WorkerEntry]:
+    def entries(self, mx_source_id: str | None = None, *, payload: bool = True) -> list[WorkerEntry]:
         def run() -> list[Any]:
             if mx_source_id is None:
                 members = [m.decode() for m in self._client.smembers(self._all())]
@@ -108,11 +151,18 @@ class RedisStore(Store):
                 keys = [self._key(mx_source_id, w.decode()) for w in self._client.smembers(self._src(mx_source_id))]
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
-                pipe.hgetall(key)
+                if payload:
+                    pipe.hgetall(key)
+                else:
+                    pipe.hmget(key, _INDEX_FIELDS)
             return pipe.execute()
 
-        # A hash deleted between SMEMBERS and HGETALL comes back empty: skip it.
-        return [_decode(raw) for raw in self._call("list", run) if raw]
+        rows = self._call("list", run)
+        if not payload:
+            names = [f.encode() for f in _INDEX_FIELDS]
+            rows = [dict(zip(names, row, strict=True)) if row[0] is not None else {} for row in rows]
+        # A hash deleted between SMEMBERS and reading it comes back empty: skip it.
+        return [_decode(raw) for raw in rows if raw]
 
     def count(self, mx_source_id: str) -> int:
         return int(self._call("count", lambda: self._client.scard(self._src(mx_source_id))))
@@ -122,29 +172,29 @@ class RedisStore(Store):
         result = self._call(
             "heartbeat",
             lambda: self._heartbeat(
-                keys=[self._key(beat.mx_source_id, beat.worker_id)],
+                keys=[self._key(beat.mx_source_id, beat.worker_id), self._rev()],
                 args=[str(beat.worker_rank), str(beat.status), str(beat.updated_at_ms), load],
             ),
         )
         return {1: Heartbeat.OK, 0: Heartbeat.MISSING}.get(int(result), Heartbeat.RANK_MISMATCH)
 
-    def compare_and_set_status(
-        self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int, status: int
-    ) -> bool:
+    def compare_and_set_status(self, seen: WorkerEntry, status: int) -> bool:
         result = self._call(
             "set status",
             lambda: self._cas_status(
-                keys=[self._key(mx_source_id, worker_id)], args=[str(expected_updated_at_ms), str(status)]
+                keys=[self._key(seen.mx_source_id, seen.worker_id), self._rev()],
+                args=[str(seen.revision), str(seen.updated_at_ms), str(status)],
             ),
         )
         return bool(result)
 
-    def compare_and_delete(self, mx_source_id: str, worker_id: str, expected_updated_at_ms: int) -> bool:
+    def compare_and_delete(self, seen: WorkerEntry) -> bool:
+        sid, wid = seen.mx_source_id, seen.worker_id
         result = self._call(
             "delete",
             lambda: self._cas_delete(
-                keys=[self._key(mx_source_id, worker_id), self._all(), self._src(mx_source_id)],
-                args=[str(expected_updated_at_ms), f"{mx_source_id}:{worker_id}", worker_id],
+                keys=[self._key(sid, wid), self._all(), self._src(sid)],
+                args=[str(seen.revision), str(seen.updated_at_ms), f"{sid}:{wid}", wid],
             ),
         )
         return bool(result)
@@ -171,7 +221,7 @@ def _encode(entry: WorkerEntry) -> dict[str, bytes | str]:
 
 def _decode(raw: dict[bytes, bytes]) -> WorkerEntry:
     text = {k.decode(): v for k, v in raw.items()}
-    load = text["source_load"].decode()
+    load = (text.get("source_load") or b"").decode()
     return WorkerEntry(
         mx_source_id=text["mx_source_id"].decode(),
         worker_id=text["worker_id"].decode(),
@@ -180,5 +230,6 @@ def _decode(raw: dict[bytes, bytes]) -> WorkerEntry:
         status=int(text["status"]),
         updated_at_ms=int(text["updated_at_ms"]),
         source_load=float(load) if load else None,
-        payload=text["payload"],
+        payload=text.get("payload") or b"",
+        revision=int(text.get("rev") or 0),  # 0: written by a peerload that kept no revision
     )
