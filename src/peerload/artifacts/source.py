@@ -18,6 +18,7 @@ import torch
 
 from peerload._gen.model_express import p2p_pb2
 from peerload._grpc_server import ServerSecurity, bind, new_server, parsing_handler
+from peerload.advertise import advertise_host
 from peerload.artifacts import archive
 from peerload.artifacts.kinds import kind_name, kind_value
 from peerload.artifacts.manifest import DEFAULT_CHUNK_BYTES, artifact_id, build_manifest, source_metadata
@@ -94,7 +95,7 @@ class ArtifactSource:
             region = self.transport.register({"artifact": self._bytes})[0]
             endpoint = self.transport.endpoint_info()
             port = self.transport.metadata_port
-            self.metadata_endpoint = f"{settings.advertise_host}:{port}" if port else ""
+            self.metadata_endpoint = f"{advertise_host(settings)}:{port}" if port else ""
             self.agent_name = endpoint.agent_name
             self.servicer = ArtifactServicer(
                 self.manifest,
@@ -130,7 +131,7 @@ class ArtifactSource:
         options = [("grpc.max_receive_message_length", SEED_MAX_REQUEST_BYTES)]
         server = new_server(security, max_workers=4, options=options, thread_name_prefix="peerload-artifact-rpc")
         server.add_generic_rpc_handlers([parsing_handler(_WORKER_SERVICE, p2p_pb2, self.servicer)])
-        host = self.settings.advertise_host
+        host = advertise_host(self.settings)
         port = bind(server, host, 0, security, what="artifact source", fix="check the advertise_host setting")
         server.start()
         return server, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
