@@ -239,7 +239,7 @@ class Publisher:
         if not known:
             log.warning(
                 "coordinator %s no longer knows worker %s (restarted or lost its store): publishing again",
-                self.settings.coordinator,
+                self._beats.current_address,
                 self.worker_id,
             )
             self._publish(self._beats, status)
@@ -247,7 +247,7 @@ class Publisher:
         if self._unreachable_since is not None:
             log.info(
                 "coordinator %s reachable again after %.1fs; %s is %s",
-                self.settings.coordinator,
+                self._beats.current_address,
                 time.monotonic() - self._unreachable_since,
                 self.worker_id,
                 status.name,
