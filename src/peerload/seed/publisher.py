@@ -23,6 +23,7 @@ from peerload.manifest import Manifest
 from peerload.parts import plan_parts
 from peerload.seed.availability import PartAvailability
 from peerload.seed.descriptors import named_descriptors
+from peerload.seed.heartbeats import HeartbeatCounter
 from peerload.seed.leases import LeaseTable
 from peerload.seed.manifest_server import ManifestServer
 from peerload.seed.worker_service import WorkerServicer
@@ -98,8 +99,8 @@ class Publisher:
         self._beats = self._heartbeat_client()
         self._unhealthy: str | None = None  # the transport's last complaint, if any
         self._unreachable_since: float | None = None
-        # How often the coordinator had forgotten this worker and it published itself again.
-        self.republished = 0
+        # Beats so far (tried, failed, published again): what to wait on instead of the clock.
+        self.heartbeats = HeartbeatCounter()
         self.availability = availability
         self._loading = availability is not None
         self._owns_transport = True
@@ -223,13 +224,17 @@ class Publisher:
         backoff = Backoff(interval * _FIRST_RETRY_FRACTION, interval)
         delay = interval
         while not self._closed.wait(delay):
+            self.heartbeats.started()
             try:
-                self._beat()
-                backoff.reset()
-                delay = interval
+                status = self._beat()
             except CoordinatorError as exc:
+                self.heartbeats.failed()
                 delay = backoff.next()
                 self._beat_failed(exc, delay)
+            else:
+                self.heartbeats.succeeded(status)
+                backoff.reset()
+                delay = interval
 
     def _beat(self) -> SourceStatus:
         """One beat (READY, or STALE while the transport is broken); raises CoordinatorError."""
@@ -243,7 +248,7 @@ class Publisher:
                 self.worker_id,
             )
             self._publish(self._beats, status)
-            self.republished += 1
+            self.heartbeats.republished()
         if self._unreachable_since is not None:
             log.info(
                 "coordinator %s reachable again after %.1fs; %s is %s",
@@ -254,6 +259,11 @@ class Publisher:
             )
             self._unreachable_since = None
         return status
+
+    @property
+    def republished(self) -> int:
+        """How often the coordinator had forgotten this worker and it published itself again."""
+        return self.heartbeats.snapshot().republished
 
     @property
     def loading(self) -> bool:
