@@ -22,6 +22,8 @@ from peerload.credentials import is_token
 from peerload.errors import ConfigError
 
 DEFAULT_COORDINATOR = "127.0.0.1:8001"
+# advertise_host's default: the local address that routes to the coordinator (peerload.advertise).
+AUTO_ADVERTISE_HOST = "auto"
 # Where the official ModelExpress client looks for its bearer token when MX_AUTH_TOKEN_PATH is unset.
 MX_DEFAULT_TOKEN_PATH = "/var/run/secrets/tokens/modelexpress"
 
@@ -68,8 +70,10 @@ class Settings:
     # Fan-out: a loading target serves the parts it has verified to other loading targets (listed
     # INITIALIZING until complete), and reads from such targets itself.
     serve_while_loading: bool = True
-    # Address a seed advertises for its manifest server (the host part).
-    advertise_host: str = "127.0.0.1"
+    # Host part a serving process (seed, serving target) binds and tells peers: its gRPC server,
+    # NIXL listen thread and Mooncake. "auto": the local address of the route to the coordinator
+    # (loopback when the coordinator is local), so multi-host fleets work without setting it.
+    advertise_host: str = AUTO_ADVERTISE_HOST
     # Seed side: concurrent readers one seed serves (0 = no cap), how long a read lease lasts when
     # a reader never releases it (a reader that died), and how long a closing seed waits for open
     # leases before it deregisters its memory.

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from peerload._grpc_server import ServerSecurity
+from peerload.advertise import advertise_host
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import SourceIdentity, new_worker_id
@@ -127,7 +128,7 @@ class Publisher:
                 self.manifest,
                 self.leases,
                 self._worker_service(),
-                host=settings.advertise_host,
+                host=advertise_host(settings),
                 security=security,
                 availability=availability,
             )
@@ -146,7 +147,7 @@ class Publisher:
     def metadata_endpoint(self) -> str:
         """HOST:PORT of the NIXL listen thread ModelExpress P2P readers fetch metadata from ("" if none)."""
         port = self.transport.metadata_port
-        return f"{self.settings.advertise_host}:{port}" if port else ""
+        return f"{advertise_host(self.settings)}:{port}" if port else ""
 
     def _worker_service(self) -> WorkerServicer:
         manifest = TensorManifest(
