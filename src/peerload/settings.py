@@ -59,6 +59,10 @@ class Settings:
     settle_timeout_s: float = 60.0
     max_source_attempts: int = 3
     verify_checksums: bool = True
+    # What a seed checksums its parts with: "auto" (xxh3_64 for a part in host memory, the
+    # on-device digest "wsum64" for a part with bytes in GPU memory), "xxh3_64" or "wsum64"
+    # (e.g. a CPU seed of GPU targets, so they verify without copying to the host).
+    checksum: str = "auto"
     storage_fallback: bool = True
     # Tensors larger than this are moved as several chunks (pipelines page faulting with transfer);
     # a seed also cuts its model into verified parts of about this size (the part plan).
@@ -271,6 +275,7 @@ _TIMEOUTS = (
 )
 _FILES = ("tls_ca", "tls_cert", "tls_key", "auth_token_file", "accept_tokens_file", "accept_write_tokens_file")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_CHECKSUMS = ("auto", "xxh3_64", "wsum64")
 
 
 def _validate(s: Settings) -> None:
@@ -307,6 +312,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"seed_max_readers must be >= 0 (0 = no cap), got {s.seed_max_readers}")
     if not (math.isfinite(s.lease_close_wait_s) and s.lease_close_wait_s >= 0):
         raise ConfigError(f"lease_close_wait_s must be a number of seconds >= 0, got {s.lease_close_wait_s}")
+    if s.checksum not in _CHECKSUMS:
+        raise ConfigError(f"checksum {s.checksum!r} is not supported; choose one of {', '.join(_CHECKSUMS)}")
     if not s.redis_url.startswith(_REDIS_SCHEMES):
         raise ConfigError(f"redis_url {s.redis_url!r} must start with {', '.join(_REDIS_SCHEMES)}")
     _validate_security(s)

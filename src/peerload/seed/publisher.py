@@ -20,7 +20,7 @@ from peerload.advertise import advertise_host
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import SourceIdentity, new_worker_id
-from peerload.manifest import Manifest
+from peerload.manifest import Manifest, manifest_algorithm
 from peerload.parts import plan_parts
 from peerload.seed.availability import PartAvailability
 from peerload.seed.descriptors import named_descriptors
@@ -113,12 +113,13 @@ class Publisher:
             part_bytes, sums = part_sums or (settings.chunk_bytes, [])
             if not sums:
                 plan = plan_parts(((n, r.numel()) for n, r in tensor_set.regions.items()), part_bytes)
-                sums = part_checksums(tensor_set.regions, plan)
+                sums = part_checksums(tensor_set.regions, plan, choice=settings.checksum)
             self.manifest: Manifest = tensor_set.manifest(
                 region_checksums,
                 worker_id=self.worker_id,
                 source_id=self.source_id,
                 worker_rank=rank,
+                checksum_algorithm=manifest_algorithm(sums),
                 part_bytes=part_bytes,
                 part_checksums=list(sums),
             )
