@@ -130,7 +130,7 @@ def test_leases_bounded_and_requests_checked(coordinator):
             code, _ = code_of(worker_stub.GetTensorManifest, pb.GetTensorManifestRequest())
             assert code == grpc.StatusCode.INVALID_ARGUMENT
             code, details = code_of(worker_stub.GetArtifactManifestHeader, pb.GetArtifactManifestHeaderRequest())
-            assert code == grpc.StatusCode.UNIMPLEMENTED and "tensors) only" in details
+            assert code == grpc.StatusCode.UNIMPLEMENTED and "artifact-source workers" in details
             code, _ = code_of(worker_stub.PrepareArtifactChunk, pb.PrepareArtifactChunkRequest())
             assert code == grpc.StatusCode.UNIMPLEMENTED
 
