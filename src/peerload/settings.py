@@ -32,7 +32,8 @@ MX_DEFAULT_TOKEN_PATH = "/var/run/secrets/tokens/modelexpress"
 class Settings:
     """Validated peerload configuration; build with `Settings.load()`."""
 
-    # Coordinator address (HOST:PORT) used by seeds, targets and the CLI.
+    # Coordinator address (HOST:PORT) used by seeds, targets and the CLI; several replicas over one
+    # Redis as a comma-separated list (clients fail over between them), or a DNS name of several.
     coordinator: str = DEFAULT_COORDINATOR
     # Data plane: "nixl" (UCX) or "transfer_engine" (Mooncake).
     transport: str = "nixl"
@@ -107,6 +108,11 @@ class Settings:
     def __post_init__(self) -> None:
         _validate(self)
 
+    @property
+    def coordinators(self) -> tuple[str, ...]:
+        """The coordinator replicas' addresses, each HOST:PORT (`coordinator` split at commas)."""
+        return coordinator_addresses(self.coordinator)
+
     @classmethod
     def load(
         cls,
@@ -143,6 +149,25 @@ def split_host_port(address: str, what: str = "address") -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or not _is_host(host.strip("[]")):
         raise ConfigError(f"{what} {address!r} is not HOST:PORT (for example 127.0.0.1:8001)")
     return host.strip("[]"), int(port)
+
+
+def coordinator_addresses(text: str) -> tuple[str, ...]:
+    """Each HOST:PORT of a comma-separated list of coordinator addresses, as gRPC dials it.
+
+    Raises:
+        ConfigError: the list is empty, or an entry is not HOST:PORT (naming it).
+    """
+    addresses: list[str] = []
+    for entry in text.split(","):
+        if not entry.strip():
+            continue
+        host, port = split_host_port(entry, what="coordinator")
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise ConfigError(f"coordinator {text!r} names no HOST:PORT (for example 127.0.0.1:8001)")
+    return tuple(addresses)
 
 
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
@@ -283,7 +308,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"transport {s.transport!r} is not supported; choose one of {choices(TRANSPORTS)}")
     if s.store not in STORES:
         raise ConfigError(f"store {s.store!r} is not supported; choose one of {choices(STORES)}")
-    split_host_port(s.coordinator, what="coordinator")
+    coordinator_addresses(s.coordinator)
     for name in ("host", "advertise_host"):
         if not _is_host(getattr(s, name)):
             raise ConfigError(f"{name} {getattr(s, name)!r} is not an IP address or host name (e.g. 127.0.0.1)")
