@@ -104,7 +104,7 @@ def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
                 stride=tuple(t.stride()),
                 dtype=str(t.dtype),
                 nbytes=t.numel() * t.element_size(),
-                storage_offset=t.storage_offset(),
+                storage_offset=int(t.storage_offset()),
                 region=region_of_storage[key] if storage.nbytes() else name,
             )
         )
@@ -113,7 +113,7 @@ def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
 
 def _storage_bytes(storage: torch.UntypedStorage, device: torch.device) -> torch.Tensor:
     flat = torch.empty(0, dtype=torch.uint8, device=device)
-    flat.set_(storage, 0, (storage.nbytes(),))
+    flat.set_(storage, 0, (storage.nbytes(),), (1,))
     return flat
 
 
@@ -123,7 +123,7 @@ def _device_index(t: torch.Tensor) -> int:
 
 def _as_buffer(flat: torch.Tensor) -> memoryview:
     host = flat if flat.device.type == "cpu" else flat.cpu()
-    return memoryview(host.numpy())
+    return host.numpy().data
 
 
 def checksums(regions: Mapping[str, torch.Tensor], workers: int | None = None) -> dict[str, str]:
@@ -167,7 +167,7 @@ def sha256_of(tensor: torch.Tensor) -> str:
     t = tensor.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    return hashlib.sha256(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())).hexdigest()
+    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().data).hexdigest()
 
 
 def check_layout(local: TensorSet, remote: Manifest, source: str = "") -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from peerload.seed.publisher import Backoff
+from peerload._backoff import Backoff
 
 
 def test_backoff_is_jittered_doubling_and_capped_at_the_interval():

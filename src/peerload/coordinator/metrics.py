@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -12,6 +13,9 @@ from prometheus_client.registry import Collector
 
 from peerload.coordinator.registry import Registry
 from peerload.wire import status_name
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 
 class _WorkerCollector(Collector):
@@ -47,15 +51,16 @@ class CoordinatorMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
         )
         self.registry.register(_WorkerCollector(registry))
-        self._http = None
+        self._http: WSGIServer | None = None
 
     def observe(self, method: str, code: str, started: float) -> None:
         self._rpc.labels(method, code).observe(time.perf_counter() - started)
 
     def serve_http(self, host: str, port: int) -> int:
         """Expose /metrics on HOST:PORT (0 picks a free port); returns the bound port."""
-        self._http, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(self._http.server_port)
+        http, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = http
+        return int(http.server_port)
 
     def close(self) -> None:
         if self._http is not None:

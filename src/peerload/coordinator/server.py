@@ -7,6 +7,7 @@ import threading
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from peerload._address import host_port
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._grpc_server import ServerSecurity, bind, new_server
 from peerload.coordinator.metrics import CoordinatorMetrics
@@ -95,8 +96,7 @@ class CoordinatorServer:
     @property
     def address(self) -> str:
         """HOST:PORT to give clients."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
     @property
     def store(self) -> Store:
