@@ -21,6 +21,8 @@ from peerload.credentials import is_token
 from peerload.errors import ConfigError
 
 DEFAULT_COORDINATOR = "127.0.0.1:8001"
+# advertise_host's default: the local address that routes to the coordinator (peerload.advertise).
+AUTO_ADVERTISE_HOST = "auto"
 # Where the official ModelExpress client looks for its bearer token when MX_AUTH_TOKEN_PATH is unset.
 MX_DEFAULT_TOKEN_PATH = "/var/run/secrets/tokens/modelexpress"
 
@@ -56,6 +58,10 @@ class Settings:
     settle_timeout_s: float = 60.0
     max_source_attempts: int = 3
     verify_checksums: bool = True
+    # What a seed checksums its parts with: "auto" (xxh3_64 for a part in host memory, the
+    # on-device digest "wsum64" for a part with bytes in GPU memory), "xxh3_64" or "wsum64"
+    # (e.g. a CPU seed of GPU targets, so they verify without copying to the host).
+    checksum: str = "auto"
     storage_fallback: bool = True
     # Tensors larger than this are moved as several chunks (pipelines page faulting with transfer);
     # a seed also cuts its model into verified parts of about this size (the part plan).
@@ -67,8 +73,10 @@ class Settings:
     # Fan-out: a loading target serves the parts it has verified to other loading targets (listed
     # INITIALIZING until complete), and reads from such targets itself.
     serve_while_loading: bool = True
-    # Address a seed advertises for its manifest server (the host part).
-    advertise_host: str = "127.0.0.1"
+    # Host part a serving process (seed, serving target) binds and tells peers: its gRPC server,
+    # NIXL listen thread and Mooncake. "auto": the local address of the route to the coordinator
+    # (loopback when the coordinator is local), so multi-host fleets work without setting it.
+    advertise_host: str = AUTO_ADVERTISE_HOST
     # Seed side: concurrent readers one seed serves (0 = no cap), how long a read lease lasts when
     # a reader never releases it (a reader that died), and how long a closing seed waits for open
     # leases before it deregisters its memory.
@@ -239,6 +247,7 @@ _TIMEOUTS = (
 )
 _FILES = ("tls_ca", "tls_cert", "tls_key", "auth_token_file", "accept_tokens_file", "accept_write_tokens_file")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_CHECKSUMS = ("auto", "xxh3_64", "wsum64")
 
 
 def _validate(s: Settings) -> None:
@@ -275,6 +284,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"seed_max_readers must be >= 0 (0 = no cap), got {s.seed_max_readers}")
     if not (math.isfinite(s.lease_close_wait_s) and s.lease_close_wait_s >= 0):
         raise ConfigError(f"lease_close_wait_s must be a number of seconds >= 0, got {s.lease_close_wait_s}")
+    if s.checksum not in _CHECKSUMS:
+        raise ConfigError(f"checksum {s.checksum!r} is not supported; choose one of {', '.join(_CHECKSUMS)}")
     if not s.redis_url.startswith(_REDIS_SCHEMES):
         raise ConfigError(f"redis_url {s.redis_url!r} must start with {', '.join(_REDIS_SCHEMES)}")
     _validate_security(s)

@@ -10,10 +10,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from peerload._address import host_port
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._grpc_server import ServerSecurity, bind, new_server
-from peerload.coordinator.metrics import CoordinatorMetrics
+from peerload.coordinator.http_server import HttpServer
+from peerload.coordinator.metrics import CoordinatorMetrics, MeteredServicer
 from peerload.coordinator.reaper import Reaper
 from peerload.coordinator.registry import Registry
-from peerload.coordinator.service import P2pServicer, p2p_handler
+from peerload.coordinator.service import SERVICE, P2pServicer, p2p_handler
 from peerload.coordinator.store import Store, make_store
 from peerload.errors import ConfigError
 from peerload.limits import COORDINATOR_MAX_MESSAGE_BYTES
@@ -43,14 +44,21 @@ class CoordinatorServer:
         # Port of the Prometheus /metrics endpoint, when one was asked for.
         self.metrics_port: int | None = None
         self.security = ServerSecurity.from_settings(settings)
-        self.registry = Registry(
+        self._store = store
+        self._metrics = CoordinatorMetrics(
             store,
+            backend=type(store).__name__.removesuffix("Store").lower(),
+            tls=self.security.key_and_cert is not None,
+        )
+        self._http: HttpServer | None = None
+        self.registry = Registry(
+            self._metrics.store,
             settings.heartbeat_timeout_s,
             settings.gc_timeout_s,
             max_workers_per_source=settings.max_workers_per_source,
             max_tensors_per_worker=settings.max_tensors_per_worker,
         )
-        self._metrics = CoordinatorMetrics(self.registry)
+        self._metrics.watch_workers(self.registry)
         self._server = new_server(
             self.security,
             max_workers=max_workers,
@@ -64,7 +72,8 @@ class CoordinatorServer:
             ],
             write_methods=WRITE_METHODS,
         )
-        self._server.add_generic_rpc_handlers((p2p_handler(P2pServicer(self.registry), observe=self._metrics.observe),))
+        servicer = MeteredServicer(P2pServicer(self.registry), self._metrics, [m.name for m in SERVICE.methods])
+        self._server.add_generic_rpc_handlers((p2p_handler(servicer, observe=self._metrics.observe),))
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if reap_interval_s is None:
@@ -85,7 +94,8 @@ class CoordinatorServer:
         self._server.start()
         if metrics_port is not None:
             try:
-                self.metrics_port = self._metrics.serve_http(self.host, metrics_port)
+                self._http = HttpServer(self.host, metrics_port, self._metrics.registry)
+                self.metrics_port = self._http.port
             except OSError as exc:
                 raise ConfigError(
                     f"cannot serve metrics on {self.host}:{metrics_port}: {exc}; choose another --metrics-port"
@@ -100,7 +110,7 @@ class CoordinatorServer:
 
     @property
     def store(self) -> Store:
-        return self.registry.store
+        return self._store
 
     def set_serving(self, serving: bool) -> None:
         """Report SERVING / NOT_SERVING on grpc.health.v1 (overall and for P2pService)."""
@@ -116,8 +126,9 @@ class CoordinatorServer:
             self._health.enter_graceful_shutdown()
             self._server.stop(grace_s).wait()
             self._reaper.close()
-            self._metrics.close()
-            self.registry.store.close()
+            if self._http is not None:
+                self._http.close()
+            self._store.close()
             self._stopped.set()
             logger.info("coordinator on %s stopped", self.address)
 

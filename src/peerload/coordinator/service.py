@@ -35,6 +35,6 @@ class P2pServicer:
         return self._registry.update_status(request)
 
 
-def p2p_handler(servicer: P2pServicer, observe: Observer | None = None) -> grpc.GenericRpcHandler:
-    """The P2pService handler, served at /model_express.p2p.P2pService/<Method>."""
+def p2p_handler(servicer: object, observe: Observer | None = None) -> grpc.GenericRpcHandler:
+    """The P2pService handler of `servicer` (a P2pServicer or a wrapper), at /model_express.p2p.P2pService/<Method>."""
     return service_handler(SERVICE, pb, servicer, server="the coordinator", observe=observe)

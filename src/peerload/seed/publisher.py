@@ -16,10 +16,11 @@ import torch
 
 from peerload._backoff import Backoff
 from peerload._grpc_server import ServerSecurity
+from peerload.advertise import advertise_host
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import SourceIdentity, new_worker_id
-from peerload.manifest import Manifest
+from peerload.manifest import Manifest, manifest_algorithm
 from peerload.parts import plan_parts
 from peerload.seed.availability import PartAvailability
 from peerload.seed.descriptors import named_descriptors
@@ -93,12 +94,13 @@ class Publisher:
             part_bytes, sums = part_sums or (settings.chunk_bytes, [])
             if not sums:
                 plan = plan_parts(((n, r.numel()) for n, r in tensor_set.regions.items()), part_bytes)
-                sums = part_checksums(tensor_set.regions, plan)
+                sums = part_checksums(tensor_set.regions, plan, choice=settings.checksum)
             self.manifest: Manifest = tensor_set.manifest(
                 region_checksums,
                 worker_id=self.worker_id,
                 source_id=self.source_id,
                 worker_rank=rank,
+                checksum_algorithm=manifest_algorithm(sums),
                 part_bytes=part_bytes,
                 part_checksums=list(sums),
             )
@@ -108,7 +110,7 @@ class Publisher:
                 self.manifest,
                 self.leases,
                 self._worker_service(),
-                host=settings.advertise_host,
+                host=advertise_host(settings),
                 security=security,
                 availability=availability,
             )
@@ -127,7 +129,7 @@ class Publisher:
     def metadata_endpoint(self) -> str:
         """HOST:PORT of the NIXL listen thread ModelExpress P2P readers fetch metadata from ("" if none)."""
         port = self.transport.metadata_port
-        return f"{self.settings.advertise_host}:{port}" if port else ""
+        return f"{advertise_host(self.settings)}:{port}" if port else ""
 
     def _worker_service(self) -> WorkerServicer:
         manifest = TensorManifest(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from peerload.advertise import advertise_host
 from peerload.components import TRANSPORTS, resolve
 from peerload.errors import ConfigError
 from peerload.settings import Settings
@@ -53,7 +54,7 @@ def make_transport(settings: Settings, name: str) -> Transport:
     """
     options: dict[str, object] = {"chunk_bytes": settings.chunk_bytes}
     if settings.transport == "transfer_engine":
-        options["host"] = settings.advertise_host
+        options["host"] = advertise_host(settings)
     if settings.transport == "nixl":
         options["listen_port"] = settings.metadata_port
     return create_transport(settings.transport, name=name, **options)
