@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from peerload._address import is_host, split_host_port
+from peerload._address import host_port, is_host, split_host_port
 from peerload.components import STORES, TRANSPORTS, choices
 from peerload.credentials import is_token
 from peerload.errors import ConfigError
@@ -31,7 +31,8 @@ MX_DEFAULT_TOKEN_PATH = "/var/run/secrets/tokens/modelexpress"
 class Settings:
     """Validated peerload configuration; build with `Settings.load()`."""
 
-    # Coordinator address (HOST:PORT) used by seeds, targets and the CLI.
+    # Coordinator address (HOST:PORT) used by seeds, targets and the CLI; several replicas over one
+    # Redis as a comma-separated list (clients fail over between them), or a DNS name of several.
     coordinator: str = DEFAULT_COORDINATOR
     # Data plane: "nixl" (UCX) or "transfer_engine" (Mooncake).
     transport: str = "nixl"
@@ -106,6 +107,11 @@ class Settings:
     def __post_init__(self) -> None:
         _validate(self)
 
+    @property
+    def coordinators(self) -> tuple[str, ...]:
+        """The coordinator replicas' addresses, each HOST:PORT (`coordinator` split at commas)."""
+        return coordinator_addresses(self.coordinator)
+
     @classmethod
     def load(
         cls,
@@ -129,6 +135,25 @@ class Settings:
 _FIELDS = {f.name: f for f in fields(Settings)}
 # ModelExpress-style JSON keys and what they mean here.
 _MX_JSON_KEYS = {"url": "coordinator", "server_address": "coordinator"}
+
+
+def coordinator_addresses(text: str) -> tuple[str, ...]:
+    """Each HOST:PORT of a comma-separated list of coordinator addresses, as gRPC dials it.
+
+    Raises:
+        ConfigError: the list is empty, or an entry is not HOST:PORT (naming it).
+    """
+    addresses: list[str] = []
+    for entry in text.split(","):
+        if not entry.strip():
+            continue
+        host, port = split_host_port(entry, what="coordinator")
+        address = host_port(host, port)
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise ConfigError(f"coordinator {text!r} names no HOST:PORT (for example 127.0.0.1:8001)")
+    return tuple(addresses)
 
 
 def parse_bool(name: str, value: str | bool) -> bool:
@@ -255,7 +280,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"transport {s.transport!r} is not supported; choose one of {choices(TRANSPORTS)}")
     if s.store not in STORES:
         raise ConfigError(f"store {s.store!r} is not supported; choose one of {choices(STORES)}")
-    split_host_port(s.coordinator, what="coordinator")
+    coordinator_addresses(s.coordinator)
     for name in ("host", "advertise_host"):
         if not is_host(getattr(s, name)):
             raise ConfigError(f"{name} {getattr(s, name)!r} is not an IP address or host name (e.g. 127.0.0.1)")

@@ -39,6 +39,7 @@ from peerload.identity import SourceIdentity
 from peerload.seed.leases import LeaseTable
 from peerload.seed.manifest_server import ManifestServer
 from peerload.seed.publisher import publish
+from peerload.seed.worker_service import _NO_ARTIFACTS
 from peerload.settings import Settings
 from peerload.worker_client import WorkerClient
 
@@ -193,10 +194,7 @@ def test_the_seed_services_answer_through_the_edge(coordinator: Any) -> None:
                 "tensor read lease not found or expired: ''",
             )
             code, details = fails(worker.GetArtifactManifestChunks, pb.GetArtifactManifestChunksRequest())
-            assert (
-                code == Code.UNIMPLEMENTED
-                and "GetArtifactManifestChunks (artifact transfer) is not supported" in details
-            )
+            assert (code, details) == (Code.UNIMPLEMENTED, _NO_ARTIFACTS.format(rpc="GetArtifactManifestChunks"))
 
 
 class _BrokenLeases(LeaseTable):

@@ -70,7 +70,12 @@ _SHARED: dict[str, tuple[Any, Any]] = {
         Annotated[str, typer.Option("--model-name", help="Model name of the source identity.")],
         inspect.Parameter.empty,
     ),
-    "coordinator": (Annotated[Optional[str], typer.Option("--coordinator", help="Coordinator HOST:PORT.")], None),
+    "coordinator": (
+        Annotated[
+            Optional[str], typer.Option("--coordinator", help="Coordinator HOST:PORT; replicas comma-separated.")
+        ],
+        None,
+    ),
     "transport": (Annotated[Optional[str], typer.Option("--transport", help="nixl or transfer_engine.")], None),
     "revision": (Annotated[str, typer.Option("--revision", help="Model revision (part of the identity).")], ""),
     "tp_size": (Annotated[int, typer.Option("--tp-size", min=1, help="Tensor-parallel size.")], 1),
