@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peerload.bench.checkpoint import inventory, write_checkpoint
 from peerload.errors import PeerloadError
 from peerload.fleet import Fleet, start_coordinator, start_seed
+from peerload.synthetic import inventory, write_checkpoint
 
 SEED_HOST = 0
 # Goals from the fan-out issue, at N=8.

@@ -292,7 +292,7 @@ class NixlTransport(Transport):
                 raise PeerMetadataError(f"a NIXL listen thread ({peer.metadata_endpoint}) needs the agent's name")
             return None
         if md is None:
-            raise PeerMetadataError(f"peer publishes {peer.transport} metadata, not nixl", who)
+            raise PeerMetadataError(f"peer publishes {peer.transport or 'no transport'} metadata, not nixl", who)
         if not md.startswith(_MD_MAGIC):
             raise PeerMetadataError("not a NIXL agent metadata blob", who)
         return md
