@@ -168,7 +168,7 @@ def has_weights(path: str | Path) -> bool:
 
 
 def build_empty_model(
-    path: str | Path, *, quantize: str | None = None, model_class: str | None = None
+    path: str | Path, *, quantize: str | None = None, model_class: str | None = None, device: str = "cpu"
 ) -> torch.nn.Module:
     """The model of `path/config.json` with allocated but uninitialised tensors, post-processed.
 
@@ -176,6 +176,7 @@ def build_empty_model(
         path: a model directory with config.json.
         quantize: post-processing ("int8") or None.
         model_class: a transformers class name; default: config.json's `architectures` (see hf_classes).
+        device: where its tensors are allocated ("cpu", "cuda:N"); nothing touches them there.
 
     Raises:
         ConfigError: `model_class` is not a transformers model class, or none fits the config.
@@ -183,7 +184,7 @@ def build_empty_model(
     """
     meta = _meta_model(path, model_class)
     _post_process(meta, quantize)
-    materialize(meta)
+    materialize(meta, device)
     return meta.eval()
 
 
@@ -209,11 +210,12 @@ def load_model(
     model_class: str | None = None,
     allow_missing: bool = False,
     allow_unused: bool = False,
+    device: str = "cpu",
 ) -> torch.nn.Module:
     """The model of `path` loaded from its safetensors files, checked strictly, post-processed.
 
     Args:
-        path, quantize, model_class: as for `build_empty_model`.
+        path, quantize, model_class, device: as for `build_empty_model`.
         allow_missing: accept model tensors the checkpoint lacks (transformers initialises them).
         allow_unused: accept checkpoint tensors the model does not use (they are dropped).
 
@@ -229,6 +231,7 @@ def load_model(
     unused = [] if allow_unused else info.get("unexpected_keys", ())
     if missing or unused:
         raise CheckpointMismatch(str(path), type(model).__name__, missing, unused)
+    model.to(device)  # post-processing then runs where the model serves
     _post_process(model, quantize)
     return model.eval()
 
@@ -368,7 +371,9 @@ def unshard(shards: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]
     return out
 
 
-def empty_like_shard(tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank: int) -> dict[str, torch.Tensor]:
+def empty_like_shard(
+    tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank: int, device: str = "cpu"
+) -> dict[str, torch.Tensor]:
     """Uninitialised tensors shaped like `shard(tensors, ...)` (works on meta tensors)."""
     out = {}
     for name, t in tensors.items():
@@ -378,7 +383,7 @@ def empty_like_shard(tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank:
             if shape[dim] % tp_size:
                 raise ConfigError(f"{name}: dimension {dim} ({shape[dim]}) is not divisible by tp_size {tp_size}")
             shape[dim] //= tp_size
-        out[name] = torch.empty(shape, dtype=t.dtype, device="cpu")
+        out[name] = torch.empty(shape, dtype=t.dtype, device=device)
     return out
 
 
@@ -394,16 +399,22 @@ def seed_tensors(
     model_class: str | None = None,
     allow_missing: bool = False,
     allow_unused: bool = False,
+    device: str = "cpu",
 ) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, torch.nn.Module | None]:
     """What a seed publishes for `path`: (tensors or model, the model if one was built).
 
-    `model_class`, `allow_missing` and `allow_unused` are as for `load_model`.
+    `model_class`, `allow_missing`, `allow_unused` and `device` are as for `load_model`.
     """
     if has_model_config(path):
         if tp_size > 1:  # refuse before reading the weights
             check_shardable(_meta_model(path, model_class), tp_size)
         model = load_model(
-            path, quantize=quantize, model_class=model_class, allow_missing=allow_missing, allow_unused=allow_unused
+            path,
+            quantize=quantize,
+            model_class=model_class,
+            allow_missing=allow_missing,
+            allow_unused=allow_unused,
+            device=device,
         )
         if tp_size == 1:
             return model, model
@@ -412,7 +423,7 @@ def seed_tensors(
         raise ConfigError("--quantize needs a model directory with config.json, not a bare safetensors file")
     tensors = read_checkpoint(path)
     check_shardable(tensors, tp_size, what=f"the bare checkpoint {path}")
-    return shard(tensors, tp_size, tp_rank), None
+    return {n: t.to(device) for n, t in shard(tensors, tp_size, tp_rank).items()}, None
 
 
 def target_tensors(
@@ -424,22 +435,24 @@ def target_tensors(
     model_class: str | None = None,
     allow_missing: bool = False,
     allow_unused: bool = False,
+    device: str = "cpu",
 ) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, Callable[[], Mapping[str, torch.Tensor]] | None]:
-    """What a target allocates for `path` (empty, final layout) and how storage would fill it.
+    """What a target allocates for `path` (empty, final layout, on `device`) and how storage would fill it.
 
     The fallback is None for a model directory without weights. `model_class`, `allow_missing` and
-    `allow_unused` are as for `load_model` (the storage fallback).
+    `allow_unused` are as for `load_model` (the storage fallback, which reads into host memory and
+    is copied into the destination).
     """
     if has_model_config(path):
         if tp_size == 1:
             destination: dict[str, torch.Tensor] | torch.nn.Module = build_empty_model(
-                path, quantize=quantize, model_class=model_class
+                path, quantize=quantize, model_class=model_class, device=device
             )
         else:
             meta = _meta_model(path, model_class)
             check_shardable(meta, tp_size)
             _post_process(meta, quantize)
-            destination = empty_like_shard(module_tensors(meta, attributes=False), tp_size, tp_rank)
+            destination = empty_like_shard(module_tensors(meta, attributes=False), tp_size, tp_rank, device)
 
         def from_storage() -> Mapping[str, torch.Tensor]:
             model = load_model(
@@ -455,7 +468,7 @@ def target_tensors(
     layout = checkpoint_layout(path)
     metas = {n: torch.empty(shape, dtype=dt, device="meta") for n, (shape, dt) in layout.items()}
     check_shardable(metas, tp_size, what=f"the bare checkpoint {path}")
-    return empty_like_shard(metas, tp_size, tp_rank), lambda: shard(read_checkpoint(path), tp_size, tp_rank)
+    return empty_like_shard(metas, tp_size, tp_rank, device), lambda: shard(read_checkpoint(path), tp_size, tp_rank)
 
 
 def greedy_tokens(model: torch.nn.Module, n: int = 32) -> list[int]:
