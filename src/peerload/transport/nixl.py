@@ -140,6 +140,7 @@ class NixlTransport(Transport):
         self._serve_thread: threading.Thread | None = None
         self._serve_error: str | None = None  # why the serving thread stopped, if it did by itself
         self._polls_failing: tuple[float, str] | None = None  # (since, last error) of failing polls
+        self._poll_delay_s = active_poll_s  # the serving thread's current poll interval
         self._stop = threading.Event()
         self._closed = False
 
@@ -242,6 +243,11 @@ class NixlTransport(Transport):
             return f"NIXL notification polls of {self.name!r} failing for {seconds:.0f}s: {failing[1]}"
         return None
 
+    @property
+    def polling_idle(self) -> bool:
+        """True once the serving thread has backed off to its idle poll interval (no peer reading)."""
+        return self._poll_delay_s >= self._idle_poll_s
+
     def _serve(self) -> None:
         try:
             self._serve_loop()
@@ -278,6 +284,7 @@ class NixlTransport(Transport):
                 delay = self._active_poll_s
             else:  # back off towards the idle interval: an idle seed costs ~0% CPU
                 delay = min(self._idle_poll_s, max(delay * 2, self._active_poll_s))
+            self._poll_delay_s = delay
 
     # --- target side ------------------------------------------------------------------------
 
