@@ -108,6 +108,16 @@ class InvalidManifest(SeedServiceError, ValueError):
         super().__init__("GetManifest", "INVALID_MANIFEST", f"{field}: {problem}", address)
 
 
+class ArtifactRejected(PeerloadError, ValueError):
+    """An artifact failed a check before any of it reached a cache: a checksum, its manifest, an
+    unsafe archive member or a size limit; names the artifact and what was wrong."""
+
+    def __init__(self, artifact: str, problem: str) -> None:
+        self.artifact = artifact
+        self.problem = problem
+        super().__init__(f"artifact {artifact}: {problem}")
+
+
 # --- data plane ---------------------------------------------------------------------------------
 
 

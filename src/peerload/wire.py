@@ -45,6 +45,16 @@ def status_name(status: int) -> str:
         return "UNKNOWN"
 
 
+class ArtifactInfo(NamedTuple):
+    """What an artifact source's record says about its artifact (wire `ArtifactSourceMetadata`)."""
+
+    artifact_id: str
+    total_size: int
+    file_count: int
+    chunk_count: int
+    node_rank: int = 0
+
+
 class TensorInfo(NamedTuple):
     """One registered tensor: where it lives in the seed's memory."""
 
@@ -68,6 +78,7 @@ class WorkerInfo:
     metadata_endpoint: str = ""
     accelerator: str = ""
     topology: Mapping[str, str] = field(default_factory=dict)
+    artifact: ArtifactInfo | None = None  # an artifact source (a cache directory), not tensors
 
     def __post_init__(self) -> None:
         if self.nixl_metadata is not None and self.transfer_engine_session_id is not None:
@@ -128,6 +139,7 @@ class WorkerRecord(_Listed):
     topology: dict[str, str]
     # None when the published identity is not one peerload accepts (e.g. a size of 0).
     identity: SourceIdentity | None
+    artifact: ArtifactInfo | None = None  # set for an artifact source
 
     @property
     def transport(self) -> str:
@@ -217,8 +229,14 @@ def worker_to_proto(worker: WorkerInfo) -> pb.WorkerMetadata:
         accelerator=worker.accelerator,
         topology=dict(worker.topology),
         tensors=tensors,
-        tensor_source=pb.TensorSourceMetadata(tensors=tensors),
     )
+    # One of the source_payload oneof, present even when empty (readers test which one is set).
+    if worker.artifact is not None:
+        message.artifact_source.SetInParent()
+        message.artifact_source.MergeFrom(pb.ArtifactSourceMetadata(**worker.artifact._asdict()))
+    else:
+        message.tensor_source.SetInParent()
+        message.tensor_source.tensors.extend(tensors)
     if worker.nixl_metadata is not None:
         message.nixl_metadata = worker.nixl_metadata
     elif worker.transfer_engine_session_id is not None:
@@ -271,7 +289,15 @@ def record_from_proto(response: pb.GetMetadataResponse) -> WorkerRecord:
         tensors=_descriptors_from_proto(descriptors),
         topology=dict(worker.topology),
         identity=identity,
+        artifact=_artifact_from_proto(worker),
     )
+
+
+def _artifact_from_proto(worker: pb.WorkerMetadata) -> ArtifactInfo | None:
+    if worker.WhichOneof("source_payload") != "artifact_source":
+        return None
+    a = worker.artifact_source
+    return ArtifactInfo(a.artifact_id, a.total_size, a.file_count, a.chunk_count, a.node_rank)
 
 
 # -- seed manifest ------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class ModelOptions:
     coordinator: str | None
     transport: str | None
     worker_id: str | None
+    advertise_host: str | None = None
     model_class: str | None = None
     allow_missing: bool = False
     allow_unused: bool = False
@@ -56,8 +57,10 @@ class ModelOptions:
         }
 
     def settings(self, **more: Any) -> Settings:
-        """Settings with this command's --coordinator / --transport over env and config."""
-        return Settings.load(coordinator=self.coordinator, transport=self.transport, **more)
+        """Settings with this command's --coordinator / --transport / --advertise-host over env and config."""
+        return Settings.load(
+            coordinator=self.coordinator, transport=self.transport, advertise_host=self.advertise_host, **more
+        )
 
 
 # name -> (annotation, default); the order is the order of --help.
@@ -70,7 +73,12 @@ _SHARED: dict[str, tuple[Any, Any]] = {
         Annotated[str, typer.Option("--model-name", help="Model name of the source identity.")],
         inspect.Parameter.empty,
     ),
-    "coordinator": (Annotated[Optional[str], typer.Option("--coordinator", help="Coordinator HOST:PORT.")], None),
+    "coordinator": (
+        Annotated[
+            Optional[str], typer.Option("--coordinator", help="Coordinator HOST:PORT; replicas comma-separated.")
+        ],
+        None,
+    ),
     "transport": (Annotated[Optional[str], typer.Option("--transport", help="nixl or transfer_engine.")], None),
     "revision": (Annotated[str, typer.Option("--revision", help="Model revision (part of the identity).")], ""),
     "tp_size": (Annotated[int, typer.Option("--tp-size", min=1, help="Tensor-parallel size.")], 1),
@@ -84,6 +92,17 @@ _SHARED: dict[str, tuple[Any, Any]] = {
     ),
     "worker_id": (
         Annotated[Optional[str], typer.Option("--worker-id", help="Stable worker id (default: generated).")],
+        None,
+    ),
+    "advertise_host": (
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--advertise-host",
+                help="Address peers on other hosts reach this process at (default: the local address "
+                "of the route to the coordinator; PEERLOAD_ADVERTISE_HOST).",
+            ),
+        ],
         None,
     ),
     "model_class": (
@@ -172,6 +191,7 @@ def model_options(
     ep_size: int,
     quantize: str | None,
     worker_id: str | None,
+    advertise_host: str | None = None,
     model_class: str | None = None,
     allow_missing: bool = False,
     allow_unused: bool = False,
@@ -195,6 +215,7 @@ def model_options(
         coordinator=coordinator,
         transport=transport,
         worker_id=worker_id,
+        advertise_host=advertise_host,
         model_class=model_class,
         allow_missing=allow_missing,
         allow_unused=allow_unused,

@@ -39,7 +39,7 @@ from peerload.loader.storage import copy_into, fill_parts
 from peerload.loader.striping import DISCOVER_S, SOURCE_FAILURES, PeerPlan, SourceStats, StripedRead, StripeOptions
 from peerload.loader.survey import explain_sources
 from peerload.loader.swarm import list_candidates, part_order_seed, serve_while_loading
-from peerload.manifest import CHECKSUM_ALGORITHM, Manifest
+from peerload.manifest import Manifest
 from peerload.parts import Part, plan_parts
 from peerload.seed.publisher import Publisher
 from peerload.seed_client import Holdings, SeedClient
@@ -472,13 +472,7 @@ class TargetLoad:
                 ],
                 worker_id,
             )
-        usable = (
-            manifest.checksum_algorithm == CHECKSUM_ALGORITHM
-            and manifest.part_bytes > 0
-            and len(manifest.part_checksums) == len(manifest.parts())
-            and all(manifest.part_checksums)
-        )
-        if self.settings.verify_checksums and not usable:
+        if self.settings.verify_checksums and not manifest.verifiable():
             raise ChecksumMismatch(["(source published no usable part checksums)"], source=worker_id)
 
     def _modelexpress_plan(self, record: WorkerRecord, tensor_set: TensorSet) -> _MxPlan:

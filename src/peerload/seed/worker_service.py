@@ -21,7 +21,10 @@ from peerload.wire import TensorManifest, tensor_manifest_to_proto
 
 log = logging.getLogger(__name__)
 
-_NO_ARTIFACTS = "peerload seeds serve model weights (tensors) only; {rpc} (artifact transfer) is not supported"
+_NO_ARTIFACTS = (
+    "this worker serves model weights (tensors); {rpc}: artifacts are served by artifact-source workers "
+    "(list sources whose identity has the artifact's mx_source_type)"
+)
 
 
 class WorkerServicer(pb_grpc.WorkerServiceServicer):
@@ -100,7 +103,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 f"worker_id mismatch: this seed is {self._worker_id!r}, got {request.worker_id!r}",
             )
 
-    # -- artifacts (not served) ---------------------------------------------------------------
+    # -- artifacts (served by peerload.artifacts' own workers) ------------------------------------
 
     def GetArtifactManifestHeader(self, request: pb.GetArtifactManifestHeaderRequest, context) -> NoReturn:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, _NO_ARTIFACTS.format(rpc="GetArtifactManifestHeader"))

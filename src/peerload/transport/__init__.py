@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from peerload.advertise import advertise_host
 from peerload.components import TRANSPORTS, resolve
 from peerload.errors import ConfigError
 from peerload.settings import Settings
@@ -51,7 +52,7 @@ def make_transport(settings: Settings, name: str) -> Transport:
     """
     options: dict[str, object] = {"chunk_bytes": settings.chunk_bytes}
     if settings.transport == "transfer_engine":
-        options["host"] = settings.advertise_host
+        options["host"] = advertise_host(settings)
     if settings.transport == "nixl":
         options["listen_port"] = settings.metadata_port
     return create_transport(settings.transport, name=name, **options)

@@ -40,24 +40,26 @@ _FETCHED = b"fetched:"  # what `_peers` holds for a peer whose metadata came fro
 _POLL_FAILING_BROKEN_S = 5.0
 
 
+# NIXL's Python packages, in the order tried: the `nixl` meta package picks the build that matches
+# the machine's CUDA (peerload[nixl]); otherwise whichever single build is installed
+# (peerload[cu13] or peerload[cu12]; cu12's imports without CUDA, as on our CPU machines).
+_NIXL_MODULES = ("nixl", "nixl_cu13", "nixl_cu12")
+
 # Fail at import (configuration time) when NIXL is absent, without importing it yet: UCX must
 # see the env below before it loads.
-if importlib.util.find_spec("nixl_cu12") is None and importlib.util.find_spec("nixl") is None:
-    raise ImportError("neither nixl-cu12 nor nixl is installed")
+if all(importlib.util.find_spec(name) is None for name in _NIXL_MODULES):
+    raise ImportError("none of the NIXL packages (nixl, nixl-cu13, nixl-cu12) is installed")
 
 
 def _import_nixl() -> tuple[Any, Any, Any]:
-    """(nixl_agent, nixl_agent_config, bindings) from nixl-cu12, or the `nixl` meta package."""
+    """(nixl_agent, nixl_agent_config, bindings) from the first installed NIXL package."""
+    name = next((n for n in _NIXL_MODULES if importlib.util.find_spec(n) is not None), _NIXL_MODULES[-1])
     try:
-        from nixl_cu12 import _bindings
-        from nixl_cu12._api import nixl_agent, nixl_agent_config
-    except ImportError:
-        try:
-            from nixl import _bindings  # type: ignore[no-redef]
-            from nixl._api import nixl_agent, nixl_agent_config  # type: ignore[no-redef]
-        except ImportError as e:
-            raise MissingExtraError("the nixl transport", "nixl-cu12", "nixl") from e
-    return nixl_agent, nixl_agent_config, _bindings
+        bindings = importlib.import_module(f"{name}._bindings")
+        api = importlib.import_module(f"{name}._api")
+    except ImportError as e:
+        raise MissingExtraError("the nixl transport", name.replace("_", "-"), "nixl") from e
+    return api.nixl_agent, api.nixl_agent_config, bindings
 
 
 _RangeKey = tuple[int, int, int, bool]  # (addr, size, device_id, is_cuda): one registration
