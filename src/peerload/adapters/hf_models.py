@@ -111,12 +111,12 @@ def _renamer(model: torch.nn.Module, own: Mapping[str, object]) -> Callable[[str
         from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
     except ImportError:  # transformers 4.x has no conversion mapping to ask: only the base-model prefix moves
         return lambda name: (_with_prefix(name, prefix, own), False)
-    conversions = get_model_conversion_mapping(model)
+    conversions = get_model_conversion_mapping(model)  # type: ignore[arg-type]  # a PreTrainedModel
     renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
     converters = [c for c in conversions if isinstance(c, WeightConverter)]
 
     def rename(name: str) -> tuple[str, bool]:
-        renamed, converter = rename_source_key(name, renamings, converters, prefix, own)
+        renamed, converter = rename_source_key(name, renamings, converters, prefix, own)  # type: ignore[arg-type]
         return renamed, converter is not None
 
     return rename
@@ -143,7 +143,7 @@ def materialize(model: torch.nn.Module, device: str = "cpu") -> None:
     for mod, attr, name in aliases:
         setattr(mod, attr, getattr(mod, name))
     if hasattr(model, "tie_weights"):
-        model.tie_weights()
+        model.tie_weights()  # type: ignore[operator]  # transformers models have it
 
 
 def post_process(model: torch.nn.Module, quantize: str | None) -> None:
@@ -159,5 +159,7 @@ def greedy_tokens(model: torch.nn.Module, n: int = 32) -> list[int]:
     """`n` greedily generated token ids after a fixed prompt (comparing two loads of a model)."""
     prompt = torch.tensor([[1, 42, 7, 99, 3]])
     with torch.no_grad():
-        out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        out = model.generate(  # type: ignore[operator]  # a transformers model
+            prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False
+        )
     return out[0, prompt.shape[1] :].tolist()

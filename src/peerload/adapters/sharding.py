@@ -49,7 +49,7 @@ def check_shardable(model: torch.nn.Module | Mapping[str, torch.Tensor], tp_size
     if tp_size == 1:
         return
     is_model = isinstance(model, torch.nn.Module)
-    tensors = module_tensors(model, attributes=False) if is_model else model
+    tensors = module_tensors(model, attributes=False) if isinstance(model, torch.nn.Module) else model
     uncovered = sorted(n for n, t in tensors.items() if t.dim() >= 2 and shard_dim(n) is None)
     if uncovered:
         what = what or (type(model).__name__ if is_model else "these tensors")

@@ -175,7 +175,8 @@ def _optional(name: str) -> tuple[Any, Any]:
     if default is not inspect.Parameter.empty:
         return annotation, default
     base, *metadata = get_args(annotation)
-    return Annotated[(Optional[base], *metadata)], None
+    params = (Optional[base], *metadata)  # Annotated[params] is Annotated[base, *metadata] (py3.10 syntax)
+    return Annotated[params], None
 
 
 def model_options(
