@@ -140,6 +140,28 @@ def test_redis_flushed_republishes(coordinator_factory, sources, redis_url):
 
 
 @pytest.mark.redis
+def test_redis_crash_and_restart_with_persistence_loses_nothing(coordinator_factory, sources, tmp_path):
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    redis = RedisProcess(free_port(), tmp_path, persistent=True)
+    redis.start()
+    try:
+        server = coordinator_factory("redis", redis_url=redis.url, heartbeat_timeout_s=4 * INTERVAL_S)
+        pub = sources("seed", server.address)
+        up = wait_beats(pub, "succeeding", lambda c: c.succeeded >= 1)
+        redis.kill()  # a crash: beats get UNAVAILABLE meanwhile
+        wait_beats(pub, "failing twice", lambda c: c.failed >= up.failed + 2)
+        redis.start()  # a new server on the same append-only file
+        back = pub.heartbeats.snapshot()
+        # The first beat that reached it found the record: nothing was published again, three times.
+        after = wait_beats(pub, "succeeding three times", lambda c: c.succeeded >= back.succeeded + 3)
+        assert after.republished == 0 and pub.republished == 0, after
+        assert pub.worker_id in ready_ids(server.address)
+    finally:
+        redis.close()
+
+
+@pytest.mark.redis
 def test_redis_replaced_on_same_port_republishes(coordinator_factory, sources, tmp_path):
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed")

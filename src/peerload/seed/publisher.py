@@ -8,13 +8,13 @@ capped at one interval; transport broken -> heartbeat STALE and log why.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
 
 import torch
 
+from peerload._backoff import Backoff
 from peerload._grpc_server import ServerSecurity
 from peerload.advertise import advertise_host
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
@@ -37,24 +37,6 @@ from peerload.wire import PEERLOAD_MANIFEST_KEY, TensorInfo, TensorManifest
 log = logging.getLogger(__name__)
 
 _FIRST_RETRY_FRACTION = 0.125  # first retry after an unreachable beat: this share of the interval
-
-
-class Backoff:
-    """Jittered exponential delays from `first_s`, doubling up to `cap_s` (never more)."""
-
-    def __init__(self, first_s: float, cap_s: float, rng: random.Random | None = None) -> None:
-        self.first_s, self.cap_s = first_s, cap_s
-        self._rng = rng or random.Random()
-        self._next = first_s
-
-    def next(self) -> float:
-        """The next delay: uniform in [half, all] of the current step, so a fleet does not retry in step."""
-        step = min(self._next, self.cap_s)
-        self._next = step * 2
-        return self._rng.uniform(step / 2, step)
-
-    def reset(self) -> None:
-        self._next = self.first_s
 
 
 class Publisher:
@@ -246,7 +228,7 @@ class Publisher:
         if not known:
             log.warning(
                 "coordinator %s no longer knows worker %s (restarted or lost its store): publishing again",
-                self.settings.coordinator,
+                self._beats.current_address,
                 self.worker_id,
             )
             self._publish(self._beats, status)
@@ -254,7 +236,7 @@ class Publisher:
         if self._unreachable_since is not None:
             log.info(
                 "coordinator %s reachable again after %.1fs; %s is %s",
-                self.settings.coordinator,
+                self._beats.current_address,
                 time.monotonic() - self._unreachable_since,
                 self.worker_id,
                 status.name,

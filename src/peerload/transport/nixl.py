@@ -14,18 +14,17 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from peerload._process import free_port
+from peerload._address import free_port, split_host_port
 from peerload.errors import (
     MissingExtraError,
     PeerMetadataError,
     TransportError,
 )
-from peerload.settings import split_host_port
 from peerload.transport._plan import Batch, plan_batches
 from peerload.transport._refcount import RangeUsers
 from peerload.transport.base import EndpointInfo, ReadLimits, ReadOp, Region, Transport, tensor_region
@@ -183,8 +182,8 @@ class NixlTransport(Transport):
                     self._agent.register_memory(descs)
                 except Exception as e:
                     raise TransportError(f"NIXL register_memory of {len(rows)} regions failed: {e}") from e
-        for (region, _), key in zip(regions, keys, strict=True):
-            self._users.use(region.name, key)
+        for (region, _), region_key in zip(regions, keys, strict=True):
+            self._users.use(region.name, region_key)
         self._rebuild_ranges()
         return [r for r, _ in regions]
 
@@ -431,7 +430,7 @@ class NixlTransport(Transport):
                 time.sleep(0)  # let the serving thread take the lock between polls
 
     def _post(self, remote: str, batch: Batch, notif: bytes) -> Any:
-        local_cuda, remote_mem = batch.key
+        local_cuda, remote_mem = cast("tuple[bool, str]", batch.key)  # as memory_kinds made it
         local = np.array([(op.local_addr, op.size, op.local_device) for op in batch.ops], dtype=np.uint64)
         far = np.array([(op.remote_addr, op.size, op.remote_device) for op in batch.ops], dtype=np.uint64)
         with self._lock:
