@@ -42,7 +42,7 @@ def load(
 
     output_file(report, "--report")
     settings = model.settings(verify_checksums=verify, storage_fallback=fallback, max_source_attempts=max_sources)
-    destination, from_storage = hf.target_tensors(model.path, **model.hf_options())
+    destination, from_storage = hf.target_tensors(model.checkpoint, **model.hf_options())
     console = Console(stderr=True)
     if from_storage is None and fallback:
         console.print(
