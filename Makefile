@@ -8,6 +8,8 @@ VLLM_STAMP := $(VENV_VLLM)/.installed
 # The official ModelExpress client is a test oracle; its own dependency set is heavy, so it is
 # installed without deps next to the few it needs at import time (see shared DESIGN.md).
 MX_DEPS := zstandard huggingface_hub google-crc32c boto3
+# The exact releases of our machines (CPU torch, NIXL's cu12 build); pyproject.toml has ranges.
+CONSTRAINTS := constraints/ci.txt
 
 .PHONY: install system-deps demo lint format test test-fast bench chaos proto vllm-venv clean
 
@@ -16,19 +18,19 @@ install: $(STAMP)
 system-deps:
 	@bash scripts/install_system_deps.sh
 
-$(STAMP): pyproject.toml scripts/install_system_deps.sh
+$(STAMP): pyproject.toml $(CONSTRAINTS) scripts/install_system_deps.sh
 	@bash scripts/install_system_deps.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q $(MX_DEPS)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) $(MX_DEPS)
 	$(BIN)/pip install -q --no-deps modelexpress==0.7.0
 	touch $(STAMP)
 
 # A separate venv for real vLLM on CPU (its pins differ from ours); built once, reused.
 vllm-venv: $(VLLM_STAMP)
 
-$(VLLM_STAMP): pyproject.toml scripts/build_vllm_venv.sh
+$(VLLM_STAMP): pyproject.toml $(CONSTRAINTS) scripts/build_vllm_venv.sh
 	bash scripts/build_vllm_venv.sh $(VENV_VLLM)
 	touch $(VLLM_STAMP)
 
@@ -36,13 +38,15 @@ demo: install
 	$(BIN)/peerload demo
 
 # The quality gate CI runs before the tests: style, formatting, stale stubs, the public API's
-# exports, and the architecture's floors (no upward imports, no cycles; see pyproject.toml).
+# exports, the architecture's floors (no upward imports, no cycles; see pyproject.toml) and types
+# (mypy on src/peerload; its settings are in pyproject.toml).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python scripts/gen_proto.py --check
 	$(BIN)/python scripts/check_exports.py
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff check --fix .

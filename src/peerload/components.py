@@ -24,7 +24,7 @@ class ComponentSpec:
 
 
 TRANSPORTS: dict[str, ComponentSpec] = {
-    "nixl": ComponentSpec("peerload.transport.nixl", "NixlTransport", "nixl-cu12", "nixl"),
+    "nixl": ComponentSpec("peerload.transport.nixl", "NixlTransport", "nixl", "nixl"),
     "transfer_engine": ComponentSpec(
         "peerload.transport.mooncake", "MooncakeTransport", "mooncake-transfer-engine-non-cuda", "mooncake"
     ),

@@ -29,7 +29,7 @@ from peerload.loader.schedule import PartScheduler, PartState
 from peerload.manifest import Manifest
 from peerload.parts import Part
 from peerload.seed_client import SeedClient
-from peerload.tensors import TensorSet, part_checksum
+from peerload.tensors import TensorSet, part_matches
 from peerload.transport.base import EndpointInfo, ReadOp, Transport
 
 log = logging.getLogger(__name__)
@@ -314,9 +314,9 @@ class StripedRead:
         """Check one part's checksum (on the hashing pool); a mismatch condemns its source."""
         part = self.parts[index]
         began = time.perf_counter()
-        digest = part_checksum(self.tensor_set.regions, part)
+        ok = part_matches(self.tensor_set.regions, part, self.expected[index])
         self.verify_seconds += time.perf_counter() - began
-        if digest == self.expected[index]:
+        if ok:
             self._delivered(plan, index)
             if self.options.on_verified is not None:
                 self.options.on_verified(index)
@@ -367,7 +367,7 @@ class StripedRead:
         for index in sorted(self._overwritable):
             if not self.options.verify or self.scheduler.state[index] is not PartState.DONE:
                 continue
-            if part_checksum(self.tensor_set.regions, self.parts[index]) != self.expected[index]:
+            if not part_matches(self.tensor_set.regions, self.parts[index], self.expected[index]):
                 self.scheduler.invalidate(index)
                 if self.options.on_invalid is not None:
                     self.options.on_invalid(index)

@@ -7,8 +7,10 @@ package fails at configuration time with the pip extra to install, not at `impor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from peerload.advertise import advertise_host
 from peerload.components import TRANSPORTS, resolve
 from peerload.errors import ConfigError
 from peerload.settings import Settings
@@ -34,7 +36,8 @@ def create_transport(kind: str, name: str, **options: Any) -> Transport:
         MissingExtraError: the transport's package is not installed.
         TransportError: the data plane failed to start.
     """
-    cls = transport_class(kind)
+    # Each subclass takes (name, **its own options); the base class declares no constructor.
+    cls: Callable[..., Transport] = transport_class(kind)
     try:
         return cls(name, **options)
     except TypeError as e:
@@ -51,7 +54,7 @@ def make_transport(settings: Settings, name: str) -> Transport:
     """
     options: dict[str, object] = {"chunk_bytes": settings.chunk_bytes}
     if settings.transport == "transfer_engine":
-        options["host"] = settings.advertise_host
+        options["host"] = advertise_host(settings)
     if settings.transport == "nixl":
         options["listen_port"] = settings.metadata_port
     return create_transport(settings.transport, name=name, **options)

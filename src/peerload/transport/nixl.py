@@ -14,18 +14,17 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from peerload._process import free_port
+from peerload._address import free_port, split_host_port
 from peerload.errors import (
     MissingExtraError,
     PeerMetadataError,
     TransportError,
 )
-from peerload.settings import split_host_port
 from peerload.transport._plan import Batch, plan_batches
 from peerload.transport._refcount import RangeUsers
 from peerload.transport.base import EndpointInfo, ReadLimits, ReadOp, Region, Transport, tensor_region
@@ -40,24 +39,26 @@ _FETCHED = b"fetched:"  # what `_peers` holds for a peer whose metadata came fro
 _POLL_FAILING_BROKEN_S = 5.0
 
 
+# NIXL's Python packages, in the order tried: the `nixl` meta package picks the build that matches
+# the machine's CUDA (peerload[nixl]); otherwise whichever single build is installed
+# (peerload[cu13] or peerload[cu12]; cu12's imports without CUDA, as on our CPU machines).
+_NIXL_MODULES = ("nixl", "nixl_cu13", "nixl_cu12")
+
 # Fail at import (configuration time) when NIXL is absent, without importing it yet: UCX must
 # see the env below before it loads.
-if importlib.util.find_spec("nixl_cu12") is None and importlib.util.find_spec("nixl") is None:
-    raise ImportError("neither nixl-cu12 nor nixl is installed")
+if all(importlib.util.find_spec(name) is None for name in _NIXL_MODULES):
+    raise ImportError("none of the NIXL packages (nixl, nixl-cu13, nixl-cu12) is installed")
 
 
 def _import_nixl() -> tuple[Any, Any, Any]:
-    """(nixl_agent, nixl_agent_config, bindings) from nixl-cu12, or the `nixl` meta package."""
+    """(nixl_agent, nixl_agent_config, bindings) from the first installed NIXL package."""
+    name = next((n for n in _NIXL_MODULES if importlib.util.find_spec(n) is not None), _NIXL_MODULES[-1])
     try:
-        from nixl_cu12 import _bindings
-        from nixl_cu12._api import nixl_agent, nixl_agent_config
-    except ImportError:
-        try:
-            from nixl import _bindings  # type: ignore[no-redef]
-            from nixl._api import nixl_agent, nixl_agent_config  # type: ignore[no-redef]
-        except ImportError as e:
-            raise MissingExtraError("the nixl transport", "nixl-cu12", "nixl") from e
-    return nixl_agent, nixl_agent_config, _bindings
+        bindings = importlib.import_module(f"{name}._bindings")
+        api = importlib.import_module(f"{name}._api")
+    except ImportError as e:
+        raise MissingExtraError("the nixl transport", name.replace("_", "-"), "nixl") from e
+    return api.nixl_agent, api.nixl_agent_config, bindings
 
 
 _RangeKey = tuple[int, int, int, bool]  # (addr, size, device_id, is_cuda): one registration
@@ -138,6 +139,7 @@ class NixlTransport(Transport):
         self._serve_thread: threading.Thread | None = None
         self._serve_error: str | None = None  # why the serving thread stopped, if it did by itself
         self._polls_failing: tuple[float, str] | None = None  # (since, last error) of failing polls
+        self._poll_delay_s = active_poll_s  # the serving thread's current poll interval
         self._stop = threading.Event()
         self._closed = False
 
@@ -182,8 +184,8 @@ class NixlTransport(Transport):
                     self._agent.register_memory(descs)
                 except Exception as e:
                     raise TransportError(f"NIXL register_memory of {len(rows)} regions failed: {e}") from e
-        for (region, _), key in zip(regions, keys, strict=True):
-            self._users.use(region.name, key)
+        for (region, _), region_key in zip(regions, keys, strict=True):
+            self._users.use(region.name, region_key)
         self._rebuild_ranges()
         return [r for r, _ in regions]
 
@@ -242,6 +244,11 @@ class NixlTransport(Transport):
             return f"NIXL notification polls of {self.name!r} failing for {seconds:.0f}s: {failing[1]}"
         return None
 
+    @property
+    def polling_idle(self) -> bool:
+        """True once the serving thread has backed off to its idle poll interval (no peer reading)."""
+        return self._poll_delay_s >= self._idle_poll_s
+
     def _serve(self) -> None:
         try:
             self._serve_loop()
@@ -278,6 +285,7 @@ class NixlTransport(Transport):
                 delay = self._active_poll_s
             else:  # back off towards the idle interval: an idle seed costs ~0% CPU
                 delay = min(self._idle_poll_s, max(delay * 2, self._active_poll_s))
+            self._poll_delay_s = delay
 
     # --- target side ------------------------------------------------------------------------
 
@@ -424,7 +432,7 @@ class NixlTransport(Transport):
                 time.sleep(0)  # let the serving thread take the lock between polls
 
     def _post(self, remote: str, batch: Batch, notif: bytes) -> Any:
-        local_cuda, remote_mem = batch.key
+        local_cuda, remote_mem = cast("tuple[bool, str]", batch.key)  # as memory_kinds made it
         local = np.array([(op.local_addr, op.size, op.local_device) for op in batch.ops], dtype=np.uint64)
         far = np.array([(op.remote_addr, op.size, op.remote_device) for op in batch.ops], dtype=np.uint64)
         with self._lock:
