@@ -331,7 +331,9 @@ def manifest_to_proto(m: Manifest) -> seed_pb2.Manifest:
             for t in m.tensors
         ],
         regions=[
-            seed_pb2.RegionEntry(name=r.name, size=r.size, addr=r.addr, device_id=r.device_id, checksum=r.checksum)
+            seed_pb2.RegionEntry(
+                name=r.name, size=r.size, addr=r.addr, device_id=r.device_id, checksum=r.checksum, memory=r.memory
+            )
             for r in m.regions
         ],
         part_bytes=m.part_bytes,
@@ -359,7 +361,14 @@ def manifest_from_proto(p: seed_pb2.Manifest) -> Manifest:
             for t in p.tensors
         ],
         regions=[
-            RegionEntry(name=r.name, size=r.size, addr=r.addr, device_id=r.device_id, checksum=r.checksum)
+            RegionEntry(
+                name=r.name,
+                size=r.size,
+                addr=r.addr,
+                device_id=r.device_id,
+                checksum=r.checksum,
+                memory=r.memory or "cpu",
+            )
             for r in p.regions
         ],
         part_bytes=p.part_bytes,

@@ -69,6 +69,12 @@ def _range_key(region: Region, cuda: bool) -> _RangeKey | None:
     return (region.addr, region.size, region.device_id, cuda) if region.size else None
 
 
+def _current_device(index: int) -> None:
+    """Make GPU `index` current on this thread before NIXL/UCX touch its memory (as ModelExpress
+    does): UCX's CUDA transports (cuda_ipc, cuda_copy) work in the calling thread's context."""
+    torch.cuda.set_device(index)
+
+
 @dataclass
 class _ReadState:
     """One `read` in flight: its batches, the requests posted and not yet done, and its limits."""
@@ -179,6 +185,8 @@ class NixlTransport(Transport):
             for cuda, rows in new.items():
                 if not rows:
                     continue
+                if cuda:
+                    _current_device(int(rows[0][2]))
                 descs = self._nb.nixlRegDList(self._mem(cuda), np.array(rows, dtype=np.uint64))
                 try:
                     self._agent.register_memory(descs)
@@ -392,6 +400,9 @@ class NixlTransport(Transport):
         batches = plan_batches(ops, self._chunk_bytes, key=memory_kinds)
         if not batches:
             return
+        cuda_op = next((op for b in batches if b.key[0] for op in b.ops), None)
+        if cuda_op is not None:
+            _current_device(cuda_op.local_device)
         state = _ReadState(remote=self._connect(peer), batches=batches, limits=limits)
         try:
             self._run_batches(state)
