@@ -28,7 +28,7 @@ from peerload.errors import (
 from peerload.transport._plan import Batch, plan_batches
 from peerload.transport._refcount import RangeUsers
 from peerload.transport.base import EndpointInfo, ReadLimits, ReadOp, Region, Transport, tensor_region
-from peerload.transport.ucx_env import apply_ucx_defaults
+from peerload.transport.ucx_env import UCX_BACKEND_PARAMS, apply_ucx_defaults
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,9 @@ class NixlTransport(Transport):
             port = None if listen_port is None else listen_port or free_port()
             listen = {} if port is None else {"enable_listen_thread": True, "listen_port": port}
             try:
-                agent = nixl_agent(self.name, nixl_agent_config(enable_prog_thread=False, backends=["UCX"], **listen))
+                # The UCX backend is made here, not by the wrapper, which would give it no parameters.
+                agent = nixl_agent(self.name, nixl_agent_config(enable_prog_thread=False, backends=[], **listen))
+                agent.create_backend("UCX", dict(UCX_BACKEND_PARAMS))
             except Exception as e:
                 if "bind" in str(e).lower() and attempt + 1 < tries:
                     continue
