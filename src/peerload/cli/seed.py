@@ -2,12 +2,14 @@
 
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from peerload._process import write_ready_file
+from peerload.cli._interrupt import Interrupted
 from peerload.cli._model_options import ModelOptions, model_command, output_file, wait_for_signal
 from peerload.client import CoordinatorClient
 
@@ -45,5 +47,7 @@ def seed(
                 ready_file,
                 {"worker_id": pub.worker_id, "source_id": pub.source_id, "rank": model.rank, "pid": os.getpid()},
             )
-        wait_for_signal()
+        stopped_by = wait_for_signal()
         typer.echo("stopping: marking the source STALE", err=True)
+    if stopped_by is signal.SIGINT:  # stopped cleanly; 130 tells a shell it was Ctrl-C
+        raise Interrupted("the seed stopped cleanly: its record is marked STALE and its memory released")

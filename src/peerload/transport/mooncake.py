@@ -64,6 +64,10 @@ def _default_host() -> str:
         return "127.0.0.1"
 
 
+# How long close() waits for one batch read in flight before treating it as stalled.
+_CLOSE_WAIT_S = 30.0
+
+
 class MooncakeTransport(Transport):
     """A TransferEngine over tcp; the engine's own threads serve peers (no polling needed).
 
@@ -103,6 +107,7 @@ class MooncakeTransport(Transport):
         # Helper threads of reads that timed out: the engine cannot cancel a batch, so each may
         # still write into local memory until it returns.
         self._stalled: list[threading.Thread] = []
+        self._in_flight: set[threading.Thread] = set()  # batch reads running now (see close())
         self._closed = False
 
     def register(self, tensors: Mapping[str, torch.Tensor]) -> list[Region]:
@@ -223,8 +228,15 @@ class MooncakeTransport(Transport):
                 result.append(-1)
 
         worker = threading.Thread(target=run, name="peerload-te-read", daemon=True)
+        self._in_flight.add(worker)
+        if self._closed:  # checked after the add, so close() either sees this batch or it never starts
+            self._in_flight.discard(worker)
+            raise TransportError(f"TransferEngine endpoint {self.name!r} is closed", who)
         worker.start()
-        worker.join(budget_s)
+        try:
+            worker.join(budget_s)
+        finally:
+            self._in_flight.discard(worker)
         if worker.is_alive():
             self._stalled.append(worker)  # see settle(): it may still land later
             raise TransferTimeout(f"read not done within {timeout_s:g} s", who)
@@ -259,6 +271,14 @@ class MooncakeTransport(Transport):
         if self._closed:
             return
         self._closed = True
+        # A load interrupted in the main thread (Ctrl-C) leaves reader threads inside a batch:
+        # unregistering under it is undefined, and a process that exits while the engine's
+        # threads still run aborts ("terminate called without an active exception"). So the
+        # batches in hand finish first (at wire speed; one batch is at most chunk_bytes).
+        for worker in list(self._in_flight):
+            worker.join(_CLOSE_WAIT_S)
+            if worker.is_alive():
+                self._stalled.append(worker)
         if not self.settle(0):
             # Unregistering under a batch the engine still runs is undefined: keep memory and
             # engine (the helper thread holds it) until the process exits.
