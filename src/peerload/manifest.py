@@ -10,7 +10,32 @@ from dataclasses import dataclass, field
 
 from peerload.parts import PART_ALIGN, Part, count_parts, plan_parts
 
+# A part checksum is "<algorithm>:<hex digest>", or bare hex for xxh3_64 (what manifests held
+# before parts could differ). The manifest-wide `checksum_algorithm` stays "xxh3_64" when every
+# part is xxh3_64, so older readers keep working; otherwise it is PER_PART, which they refuse
+# cleanly as "no usable checksums" instead of taking other digests for corrupt bytes.
 CHECKSUM_ALGORITHM = "xxh3_64"
+DEVICE_DIGEST = "wsum64"  # `peerload.digest`: torch operations on the part's own device
+PER_PART = "per_part"
+PART_ALGORITHMS = (CHECKSUM_ALGORITHM, DEVICE_DIGEST)
+MEMORY_KINDS = ("cpu", "cuda")
+
+
+def part_algorithm(checksum: str) -> str:
+    """The algorithm a part checksum names ("xxh3_64" for bare hex)."""
+    algorithm, sep, _ = checksum.partition(":")
+    return algorithm if sep else CHECKSUM_ALGORITHM
+
+
+def tag_checksum(algorithm: str, digest: str) -> str:
+    """A part checksum as published: bare hex for xxh3_64, "<algorithm>:<hex>" otherwise."""
+    return digest if algorithm == CHECKSUM_ALGORITHM else f"{algorithm}:{digest}"
+
+
+def manifest_algorithm(part_checksums: Iterable[str]) -> str:
+    """The manifest-wide `checksum_algorithm` for these part checksums."""
+    bare = all(part_algorithm(c) == CHECKSUM_ALGORITHM for c in part_checksums)
+    return CHECKSUM_ALGORITHM if bare else PER_PART
 
 
 @dataclass(frozen=True)
@@ -35,6 +60,7 @@ class RegionEntry:
     addr: int = 0
     device_id: int = 0
     checksum: str = ""
+    memory: str = "cpu"  # "cpu" | "cuda": where the seed's bytes live (NIXL DRAM or VRAM)
 
 
 @dataclass
@@ -63,6 +89,21 @@ class Manifest:
 
     def region_map(self) -> dict[str, RegionEntry]:
         return {r.name: r for r in self.regions}
+
+    @property
+    def part_algorithms(self) -> list[str]:
+        """The algorithm of each part checksum, in plan order."""
+        return [part_algorithm(c) for c in self.part_checksums]
+
+    def verifiable(self) -> bool:
+        """Whether a target can verify every part: one known checksum per part, named consistently."""
+        return (
+            self.part_bytes > 0
+            and len(self.part_checksums) == len(self.parts())
+            and all(self.part_checksums)
+            and self.checksum_algorithm == manifest_algorithm(self.part_checksums)
+            and all(a in PART_ALGORITHMS for a in self.part_algorithms)
+        )
 
 
 def compare_layout(
@@ -115,6 +156,8 @@ def manifest_problem(m: Manifest) -> tuple[str, str] | None:
             return problem
         if r.size and not r.addr:
             return f"{where}.addr", f"is 0 for a region of {r.size} bytes"
+        if r.memory not in MEMORY_KINDS:
+            return f"{where}.memory", f"is {r.memory!r}; known: {', '.join(MEMORY_KINDS)}"
         if r.addr + r.size > _ADDRESS_LIMIT:
             return f"{where}.size", f"{r.size} bytes at 0x{r.addr:x} run past the 64-bit address space"
     names: set[str] = set()

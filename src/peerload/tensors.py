@@ -7,6 +7,7 @@ are registered and transferred once, and a non-contiguous tensor travels as its 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,9 +15,23 @@ from dataclasses import dataclass, field
 import torch
 import xxhash
 
+from peerload.devices import device_id_of, memory_of
+from peerload.digest import digest_pieces
 from peerload.errors import ConfigError, LayoutMismatch
-from peerload.manifest import Manifest, RegionEntry, TensorEntry, compare_layout
+from peerload.manifest import (
+    CHECKSUM_ALGORITHM,
+    DEVICE_DIGEST,
+    PART_ALGORITHMS,
+    Manifest,
+    RegionEntry,
+    TensorEntry,
+    compare_layout,
+    part_algorithm,
+    tag_checksum,
+)
 from peerload.parts import Part
+
+log = logging.getLogger(__name__)
 
 # Hashing runs at ~16 GB/s per core, so large regions are split to use every core.
 _HASH_SLICE = 256 << 20
@@ -41,8 +56,9 @@ class TensorSet:
                 name=n,
                 size=r.numel(),
                 addr=r.data_ptr() if r.numel() else 0,
-                device_id=_device_index(r),
+                device_id=device_id_of(r.device),
                 checksum=(checksums or {}).get(n, ""),
+                memory=memory_of(r.device),
             )
             for n, r in self.regions.items()
         ]
@@ -91,6 +107,10 @@ def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
             )
         if t.is_sparse or t.layout != torch.strided:
             raise ConfigError(f"tensor {name!r} has layout {t.layout}; only strided tensors can be moved")
+        try:
+            memory_of(t.device)
+        except ConfigError as exc:
+            raise ConfigError(f"tensor {name!r}: {exc}") from None
         storage = t.untyped_storage()
         key = (str(t.device), storage.data_ptr())
         if key not in region_of_storage or storage.nbytes() == 0:
@@ -104,7 +124,7 @@ def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
                 stride=tuple(t.stride()),
                 dtype=str(t.dtype),
                 nbytes=t.numel() * t.element_size(),
-                storage_offset=t.storage_offset(),
+                storage_offset=int(t.storage_offset()),
                 region=region_of_storage[key] if storage.nbytes() else name,
             )
         )
@@ -113,17 +133,29 @@ def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
 
 def _storage_bytes(storage: torch.UntypedStorage, device: torch.device) -> torch.Tensor:
     flat = torch.empty(0, dtype=torch.uint8, device=device)
-    flat.set_(storage, 0, (storage.nbytes(),))
+    flat.set_(storage, 0, (storage.nbytes(),), (1,))
     return flat
 
 
-def _device_index(t: torch.Tensor) -> int:
-    return t.device.index or 0 if t.device.type != "cpu" else 0
-
-
 def _as_buffer(flat: torch.Tensor) -> memoryview:
-    host = flat if flat.device.type == "cpu" else flat.cpu()
-    return memoryview(host.numpy())
+    if flat.device.type != "cpu":
+        # xxh3 of device memory needs a host copy: seeds of GPU targets should publish wsum64.
+        _warn_host_copy(flat.device)
+        flat = flat.cpu()
+    return flat.numpy().data
+
+
+_warned_devices: set[str] = set()
+
+
+def _warn_host_copy(device: torch.device) -> None:
+    if str(device) not in _warned_devices:
+        _warned_devices.add(str(device))
+        log.warning(
+            "xxh3_64 of memory on %s copies it to the host first; a seed that sets checksum=wsum64 "
+            "(PEERLOAD_CHECKSUM) lets targets verify on the device",
+            device,
+        )
 
 
 def checksums(regions: Mapping[str, torch.Tensor], workers: int | None = None) -> dict[str, str]:
@@ -137,18 +169,48 @@ def checksums(regions: Mapping[str, torch.Tensor], workers: int | None = None) -
     return {name: _fold(p) for name, p in parts.items()}
 
 
-def part_checksum(regions: Mapping[str, torch.Tensor], part: Part) -> str:
-    """xxh3_64 of a part's bytes: its pieces, in order, as one stream."""
+def part_algorithm_for(regions: Mapping[str, torch.Tensor], part: Part, choice: str = "auto") -> str:
+    """The algorithm a seed checksums `part` with: `choice`, where "auto" is xxh3_64 for a part all in
+    host memory (faster there) and the on-device digest for a part with bytes on an accelerator."""
+    if choice != "auto":
+        return choice
+    on_host = all(regions[p.region].device.type == "cpu" for p in part.pieces)
+    return CHECKSUM_ALGORITHM if on_host else DEVICE_DIGEST
+
+
+def part_checksum(regions: Mapping[str, torch.Tensor], part: Part, algorithm: str = CHECKSUM_ALGORITHM) -> str:
+    """A part's checksum as published ("<algorithm>:<hex>", bare hex for xxh3_64): its pieces in order.
+
+    Raises:
+        ValueError: an unknown algorithm.
+    """
+    if algorithm == DEVICE_DIGEST:
+        pieces = [regions[p.region][p.offset : p.offset + p.size] for p in part.pieces]
+        return tag_checksum(DEVICE_DIGEST, digest_pieces(pieces))
+    if algorithm != CHECKSUM_ALGORITHM:
+        raise ValueError(f"unknown part checksum algorithm {algorithm!r}; known: {', '.join(PART_ALGORITHMS)}")
     digest = xxhash.xxh3_64()
     for piece in part.pieces:
         digest.update(_as_buffer(regions[piece.region])[piece.offset : piece.offset + piece.size])
     return digest.hexdigest()
 
 
-def part_checksums(regions: Mapping[str, torch.Tensor], parts: Sequence[Part], workers: int | None = None) -> list[str]:
-    """One checksum per part, in plan order, over a thread pool."""
+def part_matches(regions: Mapping[str, torch.Tensor], part: Part, expected: str) -> bool:
+    """Whether a part's bytes have the checksum `expected`, computed with the algorithm it names."""
+    algorithm = part_algorithm(expected)
+    return algorithm in PART_ALGORITHMS and part_checksum(regions, part, algorithm) == expected
+
+
+def part_checksums(
+    regions: Mapping[str, torch.Tensor], parts: Sequence[Part], workers: int | None = None, choice: str = "auto"
+) -> list[str]:
+    """One checksum per part, in plan order, over a thread pool (`choice`: see `part_algorithm_for`)."""
+
+    def one(part: Part) -> str:
+        return part_checksum(regions, part, part_algorithm_for(regions, part, choice))
+
     with ThreadPoolExecutor(max_workers=workers or torch.get_num_threads() or 2) as pool:
-        return list(pool.map(lambda part: part_checksum(regions, part), parts))
+        return list(pool.map(one, parts))
 
 
 def _slices(flat: torch.Tensor) -> list[memoryview]:
@@ -167,7 +229,7 @@ def sha256_of(tensor: torch.Tensor) -> str:
     t = tensor.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    return hashlib.sha256(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())).hexdigest()
+    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().data).hexdigest()
 
 
 def check_layout(local: TensorSet, remote: Manifest, source: str = "") -> None:

@@ -1,6 +1,6 @@
 """Seed and target bodies the loader tests run as separate processes (real NIXL agents).
 
-python loader_peers.py corrupt-seed MODEL_DIR NAME COORD READY_FILE TENSOR
+python loader_peers.py corrupt-seed MODEL_DIR NAME COORD READY_FILE TENSOR [--checksum ALGORITHM]
 python loader_peers.py target MODEL_DIR NAME COORD OUT_JSON [--tp-size N --tp-rank R]
                                 [--kill-ready FILE ...] [--kill-after-bytes B] [--chunk-bytes B]
                                 [--quantize int8] [--model-name-is-file]
@@ -30,7 +30,7 @@ def corrupt_seed(args: argparse.Namespace) -> None:
     """Publish the model, then flip one byte of one tensor: the target's checksum must catch it."""
     opts = model_options(Path(args.model_dir), args.name, None, None, "", 1, 0, 1, 0, 1, None, None)
     tensors, _ = hf.seed_tensors(opts.path, quantize=None, tp_size=1, tp_rank=0)
-    settings = Settings.load(env={}, coordinator=args.coord)
+    settings = Settings.load(env={}, coordinator=args.coord, checksum=args.checksum)
     with publish(tensors, opts.identity, settings=settings) as pub:
         target = dict(tensors.named_parameters())[args.tensor]
         with torch.no_grad():
@@ -73,6 +73,7 @@ def target(args: argparse.Namespace) -> None:
     tensors = result.tensor_set.tensors
     out = {
         "source": result.source,
+        "verified": result.verified,
         "attempts": result.attempts,
         "killed": killed,
         "bytes": result.bytes,
@@ -95,6 +96,7 @@ def main() -> None:
     c = sub.add_parser("corrupt-seed")
     for a in ("model_dir", "name", "coord", "ready", "tensor"):
         c.add_argument(a)
+    c.add_argument("--checksum", default="auto")
     t = sub.add_parser("target")
     for a in ("model_dir", "name", "coord", "out"):
         t.add_argument(a)

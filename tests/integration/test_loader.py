@@ -17,6 +17,7 @@ import torch
 from peerload._process import stop_process, wait_ready_file
 from peerload.adapters import hf
 from peerload.client import CoordinatorClient, SourceStatus
+from peerload.seed_client import SeedClient
 from peerload.tensors import module_tensors, sha256_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,6 +128,24 @@ def test_p2p_load_is_bit_exact_and_generates_like_disk(coordinator, seeds, model
     assert report["sha256"] == hashes(module_tensors(disk_model))
     assert report["tokens"] == hf.greedy_tokens(disk_model)
     assert len(set(report["tokens"])) > 1, "degenerate generation would make the comparison meaningless"
+
+
+def test_seed_with_the_device_digest_is_verified_and_bit_exact(
+    coordinator, seeds, model_dir, disk_model, tmp_path, monkeypatch
+):
+    """A seed publishing wsum64 (what GPU memory gets, forced here on CPU): verified, bit-exact."""
+    monkeypatch.setenv("PEERLOAD_CHECKSUM", "wsum64")
+    seed = seeds.start(model_dir, coordinator.address)
+    with CoordinatorClient(coordinator.address) as client:
+        record = client.get_metadata(seed["source_id"], seed["worker_id"])
+    assert record is not None
+    with SeedClient(record.manifest_endpoint, seed["worker_id"], timeout_s=10) as seed_client:
+        manifest = seed_client.manifest()
+    assert manifest.checksum_algorithm == "per_part" and set(manifest.part_algorithms) == {"wsum64"}
+    report = run_target(tmp_path, model_dir, coordinator.address)
+    assert report["source"] == seed["worker_id"], report["attempts"]
+    assert report["verified"] is True
+    assert report["sha256"] == hashes(module_tensors(disk_model))
 
 
 def test_cli_load_report_and_no_record_of_a_one_shot_load(
@@ -266,13 +285,12 @@ def test_seed_killed_mid_transfer_completes_from_another(coordinator, seeds, tmp
     assert report["sha256"] == hashes(module_tensors(hf.load_model(big)))
 
 
-def test_flipped_byte_is_caught_by_checksum(coordinator, model_dir, disk_model, tmp_path):
+@pytest.mark.parametrize("checksum", ["auto", "wsum64"])
+def test_flipped_byte_is_caught_by_checksum(coordinator, model_dir, disk_model, tmp_path, checksum):
     ready = tmp_path / "corrupt.ready"
     tensor = "model.layers.0.mlp.up_proj.weight"
-    proc = subprocess.Popen(
-        [sys.executable, str(PEERS), "corrupt-seed", str(model_dir), NAME, coordinator.address, str(ready), tensor],
-        cwd=REPO,
-    )
+    args = ["corrupt-seed", str(model_dir), NAME, coordinator.address, str(ready), tensor, "--checksum", checksum]
+    proc = subprocess.Popen([sys.executable, str(PEERS), *args], cwd=REPO)
     try:
         wait_ready_file(proc, ready, timeout_s=90)
         report = run_target(tmp_path, model_dir, coordinator.address)

@@ -13,10 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from peerload._process import free_port
+from peerload._address import free_port
 from peerload.adapters import hf
 from peerload.chaos.cluster import CoordinatorProcess, RedisProcess, SeedProcess, seconds_until_ready
 from peerload.client import CoordinatorClient
@@ -60,16 +59,6 @@ class Trial:
             "coordinator 127.0.0.1": "coordinator unreachable at the start",
         }
         return [event for marker, event in kinds.items() if marker in self.detail]
-
-
-def write_checkpoint(path: Path, tensors: int, tensor_mib: int, seed: int) -> Path:
-    """A safetensors file of random fp32 tensors: the model every seed serves and storage holds."""
-    from safetensors.torch import save_file
-
-    g = torch.Generator().manual_seed(seed)
-    numel = (tensor_mib << 20) // 4
-    save_file({f"layer{i}.weight": torch.randn(numel, generator=g) for i in range(tensors)}, str(path))
-    return path
 
 
 class Cluster:
@@ -140,7 +129,7 @@ class Cluster:
     def load(self, trial: Trial, progress: Callable[[Progress], None] | None = None, **settings: object) -> None:
         """Load the model once into fresh zeroed tensors; record outcome, corruption, rollback."""
         assert self.identity is not None
-        values: dict[str, object] = {
+        values: dict[str, Any] = {
             "coordinator": self.coordinator.address,
             "transport": self.transport,
             "chunk_bytes": CHUNK_BYTES,

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from peerload._address import host_port
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._grpc_server import ServerSecurity, bind, new_server
-from peerload.coordinator.metrics import CoordinatorMetrics
+from peerload.coordinator.http_server import HttpServer
+from peerload.coordinator.metrics import CoordinatorMetrics, MeteredServicer
 from peerload.coordinator.reaper import Reaper
 from peerload.coordinator.registry import Registry
-from peerload.coordinator.service import P2pServicer, p2p_handler
+from peerload.coordinator.service import SERVICE, P2pServicer, p2p_handler
 from peerload.coordinator.store import Store, make_store
 from peerload.errors import ConfigError
 from peerload.limits import COORDINATOR_MAX_MESSAGE_BYTES
@@ -26,7 +30,10 @@ WRITE_METHODS = (f"/{P2P_SERVICE}/PublishMetadata", f"/{P2P_SERVICE}/UpdateStatu
 
 
 class CoordinatorServer:
-    """A coordinator: P2pService, health and metrics over one registry. Use `serve(settings)`."""
+    """A coordinator: P2pService, health and metrics over one registry. Use `serve(settings)`.
+
+    `clock` (unix seconds) dates heartbeats and decides expiry; tests pass one they move by hand.
+    """
 
     def __init__(
         self,
@@ -36,20 +43,29 @@ class CoordinatorServer:
         max_message_bytes: int = COORDINATOR_MAX_MESSAGE_BYTES,
         reap_interval_s: float | None = None,
         max_workers: int = 16,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.host = settings.host
         self.port = 0  # bound by start()
         # Port of the Prometheus /metrics endpoint, when one was asked for.
         self.metrics_port: int | None = None
         self.security = ServerSecurity.from_settings(settings)
-        self.registry = Registry(
+        self._store = store
+        self._metrics = CoordinatorMetrics(
             store,
+            backend=type(store).__name__.removesuffix("Store").lower(),
+            tls=self.security.key_and_cert is not None,
+        )
+        self._http: HttpServer | None = None
+        self.registry = Registry(
+            self._metrics.store,
             settings.heartbeat_timeout_s,
             settings.gc_timeout_s,
+            clock,
             max_workers_per_source=settings.max_workers_per_source,
             max_tensors_per_worker=settings.max_tensors_per_worker,
         )
-        self._metrics = CoordinatorMetrics(self.registry)
+        self._metrics.watch_workers(self.registry)
         self._server = new_server(
             self.security,
             max_workers=max_workers,
@@ -63,7 +79,8 @@ class CoordinatorServer:
             ],
             write_methods=WRITE_METHODS,
         )
-        self._server.add_generic_rpc_handlers((p2p_handler(P2pServicer(self.registry), observe=self._metrics.observe),))
+        servicer = MeteredServicer(P2pServicer(self.registry), self._metrics, [m.name for m in SERVICE.methods])
+        self._server.add_generic_rpc_handlers((p2p_handler(servicer, observe=self._metrics.observe),))
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if reap_interval_s is None:
@@ -84,7 +101,8 @@ class CoordinatorServer:
         self._server.start()
         if metrics_port is not None:
             try:
-                self.metrics_port = self._metrics.serve_http(self.host, metrics_port)
+                self._http = HttpServer(self.host, metrics_port, self._metrics.registry)
+                self.metrics_port = self._http.port
             except OSError as exc:
                 raise ConfigError(
                     f"cannot serve metrics on {self.host}:{metrics_port}: {exc}; choose another --metrics-port"
@@ -95,12 +113,11 @@ class CoordinatorServer:
     @property
     def address(self) -> str:
         """HOST:PORT to give clients."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
     @property
     def store(self) -> Store:
-        return self.registry.store
+        return self._store
 
     def set_serving(self, serving: bool) -> None:
         """Report SERVING / NOT_SERVING on grpc.health.v1 (overall and for P2pService)."""
@@ -116,8 +133,9 @@ class CoordinatorServer:
             self._health.enter_graceful_shutdown()
             self._server.stop(grace_s).wait()
             self._reaper.close()
-            self._metrics.close()
-            self.registry.store.close()
+            if self._http is not None:
+                self._http.close()
+            self._store.close()
             self._stopped.set()
             logger.info("coordinator on %s stopped", self.address)
 
@@ -141,6 +159,7 @@ def serve(
     reap_interval_s: float | None = None,
     max_workers: int = 16,
     metrics_port: int | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> CoordinatorServer:
     """Start a coordinator on settings.host:settings.port and return it running.
 
@@ -152,6 +171,7 @@ def serve(
         max_message_bytes: larger requests are refused with RESOURCE_EXHAUSTED.
         reap_interval_s: reaper period (default: a quarter of the shorter timeout, 0.05-5 s).
         metrics_port: serve Prometheus /metrics on settings.host at this port (0: a free one).
+        clock: unix seconds that date heartbeats and decide expiry (tests pass a manual one).
 
     Raises:
         ConfigError: the address cannot be bound, the store is misconfigured, or a certificate,
@@ -167,6 +187,7 @@ def serve(
             max_message_bytes=max_message_bytes,
             reap_interval_s=reap_interval_s,
             max_workers=max_workers,
+            clock=clock,
         )
     except BaseException:
         store.close()

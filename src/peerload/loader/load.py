@@ -39,7 +39,7 @@ from peerload.loader.storage import copy_into, fill_parts
 from peerload.loader.striping import DISCOVER_S, SOURCE_FAILURES, PeerPlan, SourceStats, StripedRead, StripeOptions
 from peerload.loader.survey import explain_sources
 from peerload.loader.swarm import list_candidates, part_order_seed, serve_while_loading
-from peerload.manifest import CHECKSUM_ALGORITHM, Manifest
+from peerload.manifest import Manifest
 from peerload.parts import Part, plan_parts
 from peerload.seed.publisher import Publisher
 from peerload.seed_client import Holdings, SeedClient
@@ -259,10 +259,11 @@ class TargetLoad:
         availability = self._early.availability if self._early is not None else None
         sources = [first]
         while len(sources) < self.settings.max_parallel_sources:
-            more = self._next_usable(candidates, tensor_set, parts_of=first)
+            more = self._next_peer(candidates, tensor_set, first)
             if more is None:
                 break
             sources.append(more)
+        assert self.transport is not None
         reading = StripedRead(
             self.transport,
             tensor_set,
@@ -285,7 +286,7 @@ class TargetLoad:
         if availability is not None:
             availability.pending_from(reading.in_flight)
         with self._phase("transfer"):
-            reading.run(sources, lambda: self._next_usable(candidates, tensor_set, parts_of=first))
+            reading.run(sources, lambda: self._next_peer(candidates, tensor_set, first))
         if reading.timed_out:
             # A timed-out read may land after its parts were read again: wait, then check them again.
             self._settle(sorted(reading.timed_out))
@@ -296,6 +297,12 @@ class TargetLoad:
         if self._early is not None and missing:
             self._withdraw()  # storage fills the rest; the plain publish path serves the result
         return _PeerOutcome(parts=parts, missing=missing, part_bytes=first.manifest.part_bytes, sums=expected)
+
+    def _next_peer(self, candidates: Iterator[SourceRef], tensor_set: TensorSet, first: PeerPlan) -> PeerPlan | None:
+        """The next usable source to join the striped load of `first` (only peerload seeds can)."""
+        plan = self._next_usable(candidates, tensor_set, parts_of=first)
+        assert not isinstance(plan, _MxPlan), "_handshake refuses ModelExpress seeds when parts_of is given"
+        return plan
 
     def _next_usable(
         self, candidates: Iterator[SourceRef], tensor_set: TensorSet, parts_of: PeerPlan | None = None
@@ -479,13 +486,7 @@ class TargetLoad:
                 ],
                 worker_id,
             )
-        usable = (
-            manifest.checksum_algorithm == CHECKSUM_ALGORITHM
-            and manifest.part_bytes > 0
-            and len(manifest.part_checksums) == len(manifest.parts())
-            and all(manifest.part_checksums)
-        )
-        if self.settings.verify_checksums and not usable:
+        if self.settings.verify_checksums and not manifest.verifiable():
             raise ChecksumMismatch(["(source published no usable part checksums)"], source=worker_id)
 
     def _modelexpress_plan(self, record: WorkerRecord, tensor_set: TensorSet) -> _MxPlan:

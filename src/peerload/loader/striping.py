@@ -12,10 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import torch
+
+from peerload.devices import device_id_of
 from peerload.errors import (
     ChecksumMismatch,
     LayoutMismatch,
@@ -29,7 +32,7 @@ from peerload.loader.schedule import PartScheduler, PartState
 from peerload.manifest import Manifest
 from peerload.parts import Part
 from peerload.seed_client import SeedClient
-from peerload.tensors import TensorSet, part_checksum
+from peerload.tensors import TensorSet, part_matches
 from peerload.transport.base import EndpointInfo, ReadOp, Transport
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ _IDLE_WAIT_S = 0.05
 # How often the sources still loading are asked which parts they hold, and the fleet for new ones.
 POLL_S = 0.1
 DISCOVER_S = 0.5
+MAX_READING_PER_SOURCE = 2  # parts read from one source at once (the simulator uses the same)
 
 
 @dataclass
@@ -70,6 +74,26 @@ class SourceStats:
             "gbps": round(self.gbps, 4),
             "error": self.error,
         }
+
+
+def part_ops(regions: Mapping[str, torch.Tensor], manifest: Manifest, part: Part) -> list[ReadOp]:
+    """One READ per piece: the source's bytes into ours, at the same offsets, each side's memory named."""
+    remote = manifest.region_map()
+    ops = []
+    for piece in part.pieces:
+        flat = regions[piece.region]
+        r = remote[piece.region]
+        ops.append(
+            ReadOp(
+                remote_addr=r.addr + piece.offset,
+                local_addr=flat.data_ptr() + piece.offset,
+                size=piece.size,
+                remote_device=r.device_id,
+                local_device=device_id_of(flat.device),
+                remote_memory=r.memory,
+            )
+        )
+    return ops
 
 
 @dataclass
@@ -148,7 +172,9 @@ class StripedRead:
         self.expected = expected
         self.options = options
         # Per source: one part being read while the previous one is hashed.
-        self.scheduler = PartScheduler([p.nbytes for p in parts], max_reading=2, shuffle=options.shuffle)
+        self.scheduler = PartScheduler(
+            [p.nbytes for p in parts], max_reading=MAX_READING_PER_SOURCE, shuffle=options.shuffle
+        )
         self.verify_seconds = 0.0
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -290,7 +316,7 @@ class StripedRead:
             plan.reading_now = index
             self.transport.read(
                 plan.peer,
-                self._ops(plan.manifest, part),
+                part_ops(self.tensor_set.regions, plan.manifest, part),
                 timeout_s=min(self.options.part_timeout_s, left),
                 progress=self._progress(name),
                 last=False,  # more parts follow; the seed's fast polling lingers after the last one
@@ -314,9 +340,9 @@ class StripedRead:
         """Check one part's checksum (on the hashing pool); a mismatch condemns its source."""
         part = self.parts[index]
         began = time.perf_counter()
-        digest = part_checksum(self.tensor_set.regions, part)
+        ok = part_matches(self.tensor_set.regions, part, self.expected[index])
         self.verify_seconds += time.perf_counter() - began
-        if digest == self.expected[index]:
+        if ok:
             self._delivered(plan, index)
             if self.options.on_verified is not None:
                 self.options.on_verified(index)
@@ -367,7 +393,7 @@ class StripedRead:
         for index in sorted(self._overwritable):
             if not self.options.verify or self.scheduler.state[index] is not PartState.DONE:
                 continue
-            if part_checksum(self.tensor_set.regions, self.parts[index]) != self.expected[index]:
+            if not part_matches(self.tensor_set.regions, self.parts[index], self.expected[index]):
                 self.scheduler.invalidate(index)
                 if self.options.on_invalid is not None:
                     self.options.on_invalid(index)
@@ -407,24 +433,6 @@ class StripedRead:
             self._start(spare)
 
     # -- helpers -------------------------------------------------------------------------------
-
-    def _ops(self, manifest: Manifest, part: Part) -> list[ReadOp]:
-        """One READ per piece: the source's bytes into ours, at the same offsets."""
-        remote = manifest.region_map()
-        ops = []
-        for piece in part.pieces:
-            flat = self.tensor_set.regions[piece.region]
-            r = remote[piece.region]
-            ops.append(
-                ReadOp(
-                    remote_addr=r.addr + piece.offset,
-                    local_addr=flat.data_ptr() + piece.offset,
-                    size=piece.size,
-                    remote_device=r.device_id,
-                    local_device=flat.device.index or 0,
-                )
-            )
-        return ops
 
     def _progress(self, name: str) -> Callable[[int], None] | None:
         hook = self.options.on_bytes
