@@ -15,14 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peerload._address import free_port
 from peerload.errors import PeerloadError
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def peerload_cmd(*args: str) -> list[str]:

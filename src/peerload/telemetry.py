@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from http.server import ThreadingHTTPServer
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -100,7 +100,7 @@ class MetricsServer:
 
     def __init__(self, host: str, port: int) -> None:
         server, thread = start_http_server(port, addr=host, registry=scrape_registry())
-        self._server: ThreadingHTTPServer | None = server
+        self._server: WSGIServer | None = server
         self._thread: threading.Thread | None = thread
         self.port = int(server.server_port)
 

@@ -41,7 +41,7 @@ def parse_artifact_option(value: str) -> tuple[str, Path]:
     return kind, path
 
 
-def _identity(model_name: str, kind: str, revision: str, dtype: str, framework_version: str, digest: str):  # type: ignore[no-untyped-def]
+def _identity(model_name: str, kind: str, revision: str, dtype: str, framework_version: str, digest: str):
     from peerload.artifacts import artifact_identity, environment_stamp
     from peerload.identity import SourceIdentity
 

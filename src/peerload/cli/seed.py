@@ -42,7 +42,7 @@ def seed(
     with CoordinatorClient.from_settings(settings) as client:
         client.health_check()
         client.list_sources(model_name=model.identity.model_name, limit=1)
-    tensors, _model = hf.seed_tensors(model.path, **model.hf_options())
+    tensors, _model = hf.seed_tensors(model.checkpoint, **model.hf_options())
     with contextlib.ExitStack() as stack:
         pub = stack.enter_context(
             publish(tensors, model.identity, rank=model.rank, settings=settings, worker_id=model.worker_id)

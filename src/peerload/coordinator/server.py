@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from peerload._address import host_port
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._grpc_server import ServerSecurity, bind, new_server
 from peerload.coordinator.http_server import HttpServer
@@ -112,8 +113,7 @@ class CoordinatorServer:
     @property
     def address(self) -> str:
         """HOST:PORT to give clients."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
     @property
     def store(self) -> Store:

@@ -57,9 +57,14 @@ class LeaseTable:
         with self._changed:
             self._expire()
             if self._closing:
-                raise LeaseRefused("the seed is shutting down and grants no new reads", closing=True)
+                raise LeaseRefused(
+                    "the seed is shutting down and grants no new reads; read from another source", closing=True
+                )
             if self.max_readers and len(self._leases) >= self.max_readers:
-                raise LeaseRefused(f"the seed is serving its maximum of {self.max_readers} readers", closing=False)
+                raise LeaseRefused(
+                    f"the seed is serving its maximum of {self.max_readers} readers; read from another source",
+                    closing=False,
+                )
             lease = Lease(secrets.token_hex(8), reader, self._clock() + self.timeout_s)
             self._leases[lease.lease_id] = lease
             return lease

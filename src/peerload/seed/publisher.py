@@ -8,16 +8,17 @@ capped at one interval; transport broken -> heartbeat STALE and log why.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
 
 import torch
 
+from peerload._backoff import Backoff
 from peerload._grpc_server import ServerSecurity
 from peerload.advertise import advertise_host
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
+from peerload.devices import accelerator_of
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import SourceIdentity, new_worker_id
 from peerload.manifest import Manifest, manifest_algorithm
@@ -37,24 +38,6 @@ from peerload.wire import PEERLOAD_MANIFEST_KEY, TensorInfo, TensorManifest
 log = logging.getLogger(__name__)
 
 _FIRST_RETRY_FRACTION = 0.125  # first retry after an unreachable beat: this share of the interval
-
-
-class Backoff:
-    """Jittered exponential delays from `first_s`, doubling up to `cap_s` (never more)."""
-
-    def __init__(self, first_s: float, cap_s: float, rng: random.Random | None = None) -> None:
-        self.first_s, self.cap_s = first_s, cap_s
-        self._rng = rng or random.Random()
-        self._next = first_s
-
-    def next(self) -> float:
-        """The next delay: uniform in [half, all] of the current step, so a fleet does not retry in step."""
-        step = min(self._next, self.cap_s)
-        self._next = step * 2
-        return self._rng.uniform(step / 2, step)
-
-    def reset(self) -> None:
-        self._next = self.first_s
 
 
 class Publisher:
@@ -142,7 +125,7 @@ class Publisher:
 
     @property
     def accelerator(self) -> str:
-        return "cuda" if any(t.is_cuda for t in self.tensor_set.regions.values()) else "cpu"
+        return accelerator_of(t.device for t in self.tensor_set.regions.values())
 
     @property
     def metadata_endpoint(self) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from peerload.devices import device_id_of
 from peerload.errors import ConfigError, TransferCancelled, TransferTimeout
 
 ProgressCallback = Callable[[int], None]  # called with the bytes completed since the last call
@@ -170,5 +171,4 @@ def tensor_region(name: str, tensor: torch.Tensor) -> Region:
             f"tensor {name!r} is not contiguous (shape {tuple(tensor.shape)}, strides "
             f"{tensor.stride()}): register its contiguous storage, e.g. tensor.contiguous()"
         )
-    device_id = (tensor.device.index or 0) if tensor.is_cuda else 0
-    return Region(name, tensor.data_ptr(), tensor.nbytes, device_id, str(tensor.dtype))
+    return Region(name, tensor.data_ptr(), tensor.nbytes, device_id_of(tensor.device), str(tensor.dtype))
