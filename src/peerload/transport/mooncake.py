@@ -52,13 +52,19 @@ def _import_engine() -> Any:
 TransferEngine = _import_engine()
 
 
+# Mooncake's wheels that are built with CUDA (the only ones that register GPU memory).
+_CUDA_BUILDS = ("mooncake-transfer-engine", "mooncake-transfer-engine-cuda13")
+
+
 def _cuda_build() -> bool:
-    """Whether the installed Mooncake wheel is the CUDA build (the only one that reads GPU memory)."""
-    try:
-        importlib.metadata.distribution("mooncake-transfer-engine")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+    """Whether the installed Mooncake wheel is a CUDA build."""
+    for name in _CUDA_BUILDS:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return True
+    return False
 
 
 def gpu_memory_problem(devices: Iterable[torch.device], cuda_build: bool) -> str | None:
@@ -69,7 +75,7 @@ def gpu_memory_problem(devices: Iterable[torch.device], cuda_build: bool) -> str
     return (
         f"tensors on {', '.join(gpus)}: the installed Mooncake build "
         "(mooncake-transfer-engine-non-cuda) cannot register GPU memory; install the CUDA build "
-        "(pip install mooncake-transfer-engine) or use transport nixl"
+        "(pip install mooncake-transfer-engine, or mooncake-transfer-engine-cuda13) or use transport nixl"
     )
 
 
