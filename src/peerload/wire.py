@@ -14,6 +14,7 @@ from typing import NamedTuple, cast
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.peerload.v1 import seed_pb2
+from peerload.components import transport_of
 from peerload.errors import ConfigError
 from peerload.identity import OPTIONAL_HASHED_FIELDS, SourceIdentity
 from peerload.manifest import Manifest, RegionEntry, TensorEntry
@@ -152,11 +153,7 @@ class WorkerRecord(_Listed):
     @property
     def transport(self) -> str:
         """ "nixl", "transfer_engine" or "" from the backend metadata the worker published."""
-        if self.nixl_metadata is not None:
-            return "nixl"
-        if self.transfer_engine_session_id is not None:
-            return "transfer_engine"
-        return ""
+        return transport_of(self.nixl_metadata, self.transfer_engine_session_id, self.metadata_endpoint)
 
     @property
     def mode(self) -> str:

@@ -44,6 +44,7 @@ _IDLE_WAIT_S = 0.05
 # How often the sources still loading are asked which parts they hold, and the fleet for new ones.
 POLL_S = 0.1
 DISCOVER_S = 0.5
+MAX_READING_PER_SOURCE = 2  # parts read from one source at once (the simulator uses the same)
 
 
 @dataclass
@@ -171,7 +172,9 @@ class StripedRead:
         self.expected = expected
         self.options = options
         # Per source: one part being read while the previous one is hashed.
-        self.scheduler = PartScheduler([p.nbytes for p in parts], max_reading=2, shuffle=options.shuffle)
+        self.scheduler = PartScheduler(
+            [p.nbytes for p in parts], max_reading=MAX_READING_PER_SOURCE, shuffle=options.shuffle
+        )
         self.verify_seconds = 0.0
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from peerload.components import transport_of
 from peerload.devices import device_id_of
 from peerload.errors import ConfigError, TransferCancelled, TransferTimeout
 
@@ -57,8 +58,8 @@ class EndpointInfo:
 
     @property
     def transport(self) -> str:
-        nixl = self.nixl_metadata is not None or bool(self.metadata_endpoint)
-        return "nixl" if nixl else "transfer_engine"
+        """ "nixl", "transfer_engine" or "" (see `components.transport_of`)."""
+        return transport_of(self.nixl_metadata, self.transfer_engine_session_id, self.metadata_endpoint or "")
 
 
 @dataclass(frozen=True)

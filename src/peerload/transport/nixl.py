@@ -61,6 +61,11 @@ def _import_nixl() -> tuple[Any, Any, Any]:
     return api.nixl_agent, api.nixl_agent_config, bindings
 
 
+def _kinds(batch: Batch) -> tuple[bool, str]:
+    """(local memory is CUDA, remote memory kind): the key `_read` planned its batches by."""
+    return cast("tuple[bool, str]", batch.key)
+
+
 _RangeKey = tuple[int, int, int, bool]  # (addr, size, device_id, is_cuda): one registration
 
 
@@ -259,6 +264,9 @@ class NixlTransport(Transport):
 
     def _serve(self) -> None:
         try:
+            gpus = sorted({key[2] for key in self._users.keys() if key[3]})
+            if gpus:  # this thread drives UCX progress for peers reading our GPU memory
+                _current_device(gpus[0])
             self._serve_loop()
         except BaseException as e:  # recorded for health(): a seed must not advertise READY without it
             self._serve_error = f"{type(e).__name__}: {e}"
@@ -309,7 +317,7 @@ class NixlTransport(Transport):
                 raise PeerMetadataError(f"a NIXL listen thread ({peer.metadata_endpoint}) needs the agent's name")
             return None
         if md is None:
-            raise PeerMetadataError(f"peer publishes {peer.transport} metadata, not nixl", who)
+            raise PeerMetadataError(f"peer publishes {peer.transport or 'no transport'} metadata, not nixl", who)
         if not md.startswith(_MD_MAGIC):
             raise PeerMetadataError("not a NIXL agent metadata blob", who)
         return md
@@ -400,7 +408,7 @@ class NixlTransport(Transport):
         batches = plan_batches(ops, self._chunk_bytes, key=memory_kinds)
         if not batches:
             return
-        cuda_op = next((op for b in batches if b.key[0] for op in b.ops), None)
+        cuda_op = next((op for b in batches if _kinds(b)[0] for op in b.ops), None)
         if cuda_op is not None:
             _current_device(cuda_op.local_device)
         state = _ReadState(remote=self._connect(peer), batches=batches, limits=limits)
@@ -443,7 +451,7 @@ class NixlTransport(Transport):
                 time.sleep(0)  # let the serving thread take the lock between polls
 
     def _post(self, remote: str, batch: Batch, notif: bytes) -> Any:
-        local_cuda, remote_mem = cast("tuple[bool, str]", batch.key)  # as memory_kinds made it
+        local_cuda, remote_mem = _kinds(batch)
         local = np.array([(op.local_addr, op.size, op.local_device) for op in batch.ops], dtype=np.uint64)
         far = np.array([(op.remote_addr, op.size, op.remote_device) for op in batch.ops], dtype=np.uint64)
         with self._lock:
