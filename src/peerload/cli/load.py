@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from peerload.cli._model_options import ModelOptions, model_command, output_file, wait_for_signal
+from peerload.cli._model_options import ModelOptions, model_command, output_file, start_metrics, wait_for_signal
 
 if TYPE_CHECKING:
     from peerload.loader import LoadResult, Progress
@@ -32,6 +32,12 @@ def load(
         bool, typer.Option("--serve/--no-serve", help="Keep serving the loaded weights as a source until SIGTERM.")
     ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    metrics_port: Annotated[
+        Optional[int],
+        typer.Option(
+            "--metrics-port", min=0, max=65535, help="Serve this process's Prometheus /metrics here (0: a free port)."
+        ),
+    ] = None,
 ) -> None:
     """Build the model of PATH with empty weights, pull them from a READY peer, verify, publish."""
     from peerload.adapters import hf  # torch-heavy: imported per command to keep the CLI fast
@@ -39,6 +45,7 @@ def load(
 
     output_file(report, "--report")
     settings = model.settings(verify_checksums=verify, storage_fallback=fallback, max_source_attempts=max_sources)
+    metrics = start_metrics(settings.host, metrics_port)
     destination, from_storage = hf.target_tensors(model.path, **model.hf_options())
     console = Console(stderr=True)
     if from_storage is None and fallback:
@@ -66,6 +73,8 @@ def load(
             wait_for_signal()
     finally:
         result.close()
+        if metrics is not None:
+            metrics.close()
 
 
 def build_report(result: "LoadResult", transport: str, source_id: str) -> dict:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from peerload._process import write_ready_file
-from peerload.cli._model_options import ModelOptions, model_command, output_file, wait_for_signal
+from peerload.cli._model_options import ModelOptions, model_command, output_file, start_metrics, wait_for_signal
 from peerload.client import CoordinatorClient
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,12 @@ def seed(
     ready_file: Annotated[
         Optional[Path], typer.Option("--ready-file", help="Write {worker_id, source_id, rank} as JSON here once READY.")
     ] = None,
+    metrics_port: Annotated[
+        Optional[int],
+        typer.Option(
+            "--metrics-port", min=0, max=65535, help="Serve this process's Prometheus /metrics here (0: a free port)."
+        ),
+    ] = None,
 ) -> None:
     """Load PATH from disk, post-process, publish it, and heartbeat READY until SIGINT/SIGTERM."""
     from peerload.adapters import hf  # torch-heavy: imported per command to keep the CLI fast
@@ -27,6 +33,7 @@ def seed(
 
     output_file(ready_file, "--ready-file")
     settings = model.settings()
+    metrics = start_metrics(settings.host, metrics_port)
     # Fail before reading gigabytes from disk if nobody can be told about them (reachable, TLS, token).
     with CoordinatorClient.from_settings(settings) as client:
         client.health_check()
@@ -47,3 +54,5 @@ def seed(
             )
         wait_for_signal()
         typer.echo("stopping: marking the source STALE", err=True)
+    if metrics is not None:
+        metrics.close()
