@@ -38,13 +38,15 @@ demo: install
 	$(BIN)/peerload demo
 
 # The quality gate CI runs before the tests: style, formatting, stale stubs, the public API's
-# exports, and the architecture's floors (no upward imports, no cycles; see pyproject.toml).
+# exports, the architecture's floors (no upward imports, no cycles; see pyproject.toml) and types
+# (mypy on src/peerload; its settings are in pyproject.toml).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python scripts/gen_proto.py --check
 	$(BIN)/python scripts/check_exports.py
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff check --fix .

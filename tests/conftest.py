@@ -116,7 +116,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 @pytest.fixture
 def coordinator_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     """make(store="memory"|"redis", port=0, reap_interval_s=None, max_message_bytes=None, metrics_port=None,
-    **settings) -> a running CoordinatorServer, stopped after the test."""
+    clock=None, **settings) -> a running CoordinatorServer, stopped after the test."""
     from peerload.coordinator.server import serve
     from peerload.settings import Settings
 
@@ -129,6 +129,7 @@ def coordinator_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...
         reap_interval_s: float | None = None,
         max_message_bytes: int | None = None,
         metrics_port: int | None = None,
+        clock: Callable[[], float] | None = None,
         **overrides: Any,
     ) -> Any:
         if store == "redis" and "redis_url" not in overrides:
@@ -136,7 +137,9 @@ def coordinator_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...
         if "heartbeat_timeout_s" in overrides and "heartbeat_interval_s" not in overrides:
             overrides["heartbeat_interval_s"] = overrides["heartbeat_timeout_s"] / 2
         settings = Settings.load(env={}, host="127.0.0.1", store=store, **overrides)
-        extra = {} if max_message_bytes is None else {"max_message_bytes": max_message_bytes}
+        extra: dict[str, Any] = {} if max_message_bytes is None else {"max_message_bytes": max_message_bytes}
+        if clock is not None:
+            extra["clock"] = clock
         server = serve(settings, port=port, reap_interval_s=reap_interval_s, metrics_port=metrics_port, **extra)
         started.append(server)
         return server

@@ -1,7 +1,8 @@
 """peerload: load model weights peer-to-peer from running inference instances.
 
 Public API: `publish` (seed side), `load_into` (target side), `Settings`, `SourceIdentity`,
-and the exceptions in `peerload.errors`. Heavy modules (torch, transports) load on first use.
+`ArtifactSource` / `fetch_artifact` (compile caches as artifact sources), and the exceptions in
+`peerload.errors`. Heavy modules (torch, transports) load on first use.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from peerload.errors import (
+    ArtifactRejected,
     ChecksumMismatch,
     ConfigError,
     CoordinatorError,
@@ -32,9 +34,13 @@ _LAZY = {
     "load_into": "peerload.loader",
     "LoadResult": "peerload.loader",
     "CoordinatorClient": "peerload.client",
+    "ArtifactSource": "peerload.artifacts",
+    "artifact_identity": "peerload.artifacts",
+    "fetch_artifact": "peerload.artifacts",
 }
 
 if TYPE_CHECKING:
+    from peerload.artifacts import ArtifactSource, artifact_identity, fetch_artifact
     from peerload.client import CoordinatorClient
     from peerload.loader import LoadResult, load_into
     from peerload.seed.publisher import Publisher, publish
@@ -47,6 +53,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ArtifactRejected",
+    "ArtifactSource",
     "BackendFramework",
     "ChecksumMismatch",
     "ConfigError",
@@ -63,6 +71,8 @@ __all__ = [
     "Settings",
     "SourceIdentity",
     "TransportError",
+    "artifact_identity",
+    "fetch_artifact",
     "load_into",
     "publish",
     "worker_rank",

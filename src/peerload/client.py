@@ -1,8 +1,9 @@
 """CoordinatorClient: typed calls to a peerload (or ModelExpress) coordinator.
 
 Callers never touch protobuf: inputs and results are the dataclasses of `peerload.wire`. Every
-RPC has a deadline, UNAVAILABLE is retried with exponential backoff, and every failure is raised
-as a CoordinatorError naming the RPC, the status code, the details and the address.
+RPC has a deadline, UNAVAILABLE is retried with jittered exponential backoff, and every failure is
+raised as a CoordinatorError naming the RPC, the status code, the details and the address. Given
+several replicas' addresses, each call goes on to the next replica when the one in use is unreachable.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import logging
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from peerload._failover import Endpoints
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
 from peerload._grpc import PLAINTEXT, PRIVATE_CONNECTION, Caller, ChannelClient, ChannelSecurity, open_channel
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import SourceIdentity
 from peerload.limits import COORDINATOR_MAX_MESSAGE_BYTES
-from peerload.settings import Settings
+from peerload.settings import Settings, coordinator_addresses
 from peerload.wire import (
     SourceRef,
     SourceStatus,
@@ -28,6 +30,7 @@ from peerload.wire import (
     identity_to_proto,
     record_from_proto,
     ref_from_proto,
+    status_to_proto,
     worker_to_proto,
 )
 
@@ -40,13 +43,17 @@ class CoordinatorClient(ChannelClient):
     """Typed client of the coordinator's P2pService and health service.
 
     Args:
-        address: HOST:PORT of the coordinator.
+        address: HOST:PORT of the coordinator, or a comma-separated list of replicas over one
+            store (calls go to the first that answers, and stay there until it fails).
         timeout_s: deadline of each RPC attempt.
-        retries: how many times UNAVAILABLE is retried (with backoff 0.2 s, 0.4 s, ... <= 2 s).
-        channel: an already open channel to use instead of one to `address` (tests).
+        retries: how many times UNAVAILABLE is retried (jittered backoff doubling from 0.1-0.2 s to <= 2 s).
+        channel: an already open channel to use instead of one to `address` (tests, one address).
         security: TLS roots and bearer token (default: plaintext, no token).
         private_connection: dial a connection of this client's own, at once, instead of sharing
             one (and its reconnect backoff) with other clients of the same address.
+
+    Raises:
+        ConfigError: `address` is not HOST:PORT or a list of them.
     """
 
     @classmethod
@@ -83,16 +90,32 @@ class CoordinatorClient(ChannelClient):
         security: ChannelSecurity = PLAINTEXT,
         private_connection: bool = False,
     ) -> None:
-        self.address = address
+        addresses = (address,) if channel is not None else coordinator_addresses(address)
+        self.address = ",".join(addresses)
         self._call = Caller(
-            address, timeout_s=timeout_s, retries=retries, error=CoordinatorError, unreachable=CoordinatorUnavailable
+            self.address,
+            timeout_s=timeout_s,
+            retries=retries,
+            error=CoordinatorError,
+            unreachable=CoordinatorUnavailable,
         )
-        if channel is None:
-            extra = PRIVATE_CONNECTION if private_connection else ()
-            channel = open_channel(address, COORDINATOR_MAX_MESSAGE_BYTES, security, options=extra)
-        self._channel = channel
-        self._stub = pb_grpc.P2pServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        extra = PRIVATE_CONNECTION if private_connection else ()
+
+        def dial(to: str) -> grpc.Channel:
+            if channel is not None:
+                return channel
+            return open_channel(to, COORDINATOR_MAX_MESSAGE_BYTES, security, options=extra)
+
+        self._endpoints = Endpoints(addresses, dial, _Stubs)
+
+    @property
+    def current_address(self) -> str:
+        """The replica calls go to first: the one that answered last."""
+        return self._endpoints.current
+
+    def close(self) -> None:
+        """Close the channels; the client cannot be used afterwards."""
+        self._endpoints.close()
 
     # -- RPCs ---------------------------------------------------------------------------------
     def health_check(self) -> bool:
@@ -102,7 +125,9 @@ class CoordinatorClient(ChannelClient):
             CoordinatorUnavailable: it cannot be reached.
             CoordinatorError: any other failure of the Check RPC.
         """
-        response = self._call("Check", self._health.Check, health_pb2.HealthCheckRequest(service=""))
+        response = self._call(
+            "Check", self._endpoints.call(lambda s: s.health.Check), health_pb2.HealthCheckRequest(service="")
+        )
         return response.status == health_pb2.HealthCheckResponse.SERVING
 
     def publish(self, identity: SourceIdentity, worker: WorkerInfo, worker_id: str) -> str:
@@ -115,7 +140,7 @@ class CoordinatorClient(ChannelClient):
         request = pb.PublishMetadataRequest(
             identity=identity_to_proto(identity), worker=worker_to_proto(worker), worker_id=worker_id
         )
-        response = self._call("PublishMetadata", self._stub.PublishMetadata, request)
+        response = self._call("PublishMetadata", self._endpoints.call(lambda s: s.p2p.PublishMetadata), request)
         if not response.success:
             raise self._call.rejected("PublishMetadata", response.message)
         return response.mx_source_id
@@ -139,7 +164,7 @@ class CoordinatorClient(ChannelClient):
         if identity is not None:
             request.identity.CopyFrom(identity_to_proto(identity))
         if status is not None:
-            request.status_filter = int(status)
+            request.status_filter = status_to_proto(status)
         if model_name is not None:
             request.model_name_filter = model_name
         if worker_rank is not None:
@@ -148,7 +173,7 @@ class CoordinatorClient(ChannelClient):
             request.min_updated_at = min_updated_at
         if limit is not None:
             request.limit = limit
-        response = self._call("ListSources", self._stub.ListSources, request)
+        response = self._call("ListSources", self._endpoints.call(lambda s: s.p2p.ListSources), request)
         return [ref_from_proto(ref) for ref in response.instances]
 
     def get_metadata(self, source_id: str, worker_id: str) -> WorkerRecord | None:
@@ -158,7 +183,7 @@ class CoordinatorClient(ChannelClient):
             CoordinatorError, CoordinatorUnavailable: as for `publish`.
         """
         request = pb.GetMetadataRequest(mx_source_id=source_id, worker_id=worker_id)
-        response = self._call("GetMetadata", self._stub.GetMetadata, request)
+        response = self._call("GetMetadata", self._endpoints.call(lambda s: s.p2p.GetMetadata), request)
         if not response.found:
             return None
         return record_from_proto(response)
@@ -172,11 +197,19 @@ class CoordinatorClient(ChannelClient):
             CoordinatorError, CoordinatorUnavailable: as for `publish`.
         """
         request = pb.UpdateStatusRequest(
-            mx_source_id=source_id, worker_id=worker_id, worker_rank=worker_rank, status=int(status)
+            mx_source_id=source_id, worker_id=worker_id, worker_rank=worker_rank, status=status_to_proto(status)
         )
         if source_load is not None:
             request.source_load = source_load
-        response = self._call("UpdateStatus", self._stub.UpdateStatus, request)
+        response = self._call("UpdateStatus", self._endpoints.call(lambda s: s.p2p.UpdateStatus), request)
         if not response.success:
             logger.info("UpdateStatus of %s/%s refused: %s", source_id, worker_id, response.message)
         return response.success
+
+
+class _Stubs:
+    """The stubs of one replica's channel."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.p2p = pb_grpc.P2pServiceStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)

@@ -66,6 +66,22 @@ class LimitExceeded(PeerloadError, OverflowError):
         super().__init__(f"{message} (limit: setting {setting})")
 
 
+# --- seed (server side: mapped to gRPC status codes too) --------------------------------------
+
+
+class Unsupported(PeerloadError, NotImplementedError):
+    """The server does not implement what the request asks for; maps to UNIMPLEMENTED."""
+
+
+class PreconditionFailed(PeerloadError, RuntimeError):
+    """The server cannot serve this request as it is now (another source, a transport the reader
+    lacks); maps to FAILED_PRECONDITION. The message says why."""
+
+
+class ServerClosing(PeerloadError, ConnectionError):
+    """The server is shutting down and takes no new work; maps to UNAVAILABLE (try another)."""
+
+
 # --- client side of peerload's gRPC services ---------------------------------------------------
 
 
@@ -106,6 +122,16 @@ class InvalidManifest(SeedServiceError, ValueError):
         self.field = field
         self.problem = problem
         super().__init__("GetManifest", "INVALID_MANIFEST", f"{field}: {problem}", address)
+
+
+class ArtifactRejected(PeerloadError, ValueError):
+    """An artifact failed a check before any of it reached a cache: a checksum, its manifest, an
+    unsafe archive member or a size limit; names the artifact and what was wrong."""
+
+    def __init__(self, artifact: str, problem: str) -> None:
+        self.artifact = artifact
+        self.problem = problem
+        super().__init__(f"artifact {artifact}: {problem}")
 
 
 # --- data plane ---------------------------------------------------------------------------------

@@ -8,15 +8,14 @@ default token file too, when present), then the defaults below.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from peerload._address import host_port, is_host, split_host_port
 from peerload.components import STORES, TRANSPORTS, choices
 from peerload.credentials import is_token
 from peerload.errors import ConfigError
@@ -32,7 +31,8 @@ MX_DEFAULT_TOKEN_PATH = "/var/run/secrets/tokens/modelexpress"
 class Settings:
     """Validated peerload configuration; build with `Settings.load()`."""
 
-    # Coordinator address (HOST:PORT) used by seeds, targets and the CLI.
+    # Coordinator address (HOST:PORT) used by seeds, targets and the CLI; several replicas over one
+    # Redis as a comma-separated list (clients fail over between them), or a DNS name of several.
     coordinator: str = DEFAULT_COORDINATOR
     # Data plane: "nixl" (UCX) or "transfer_engine" (Mooncake).
     transport: str = "nixl"
@@ -109,6 +109,11 @@ class Settings:
     def __post_init__(self) -> None:
         _validate(self)
 
+    @property
+    def coordinators(self) -> tuple[str, ...]:
+        """The coordinator replicas' addresses, each HOST:PORT (`coordinator` split at commas)."""
+        return coordinator_addresses(self.coordinator)
+
     @classmethod
     def load(
         cls,
@@ -134,31 +139,23 @@ _FIELDS = {f.name: f for f in fields(Settings)}
 _MX_JSON_KEYS = {"url": "coordinator", "server_address": "coordinator"}
 
 
-def split_host_port(address: str, what: str = "address") -> tuple[str, int]:
-    """Split HOST:PORT (also [v6]:PORT, and grpc-style URLs); raises ConfigError naming `what`."""
-    text = address.strip()
-    for prefix in ("grpc://", "http://", "dns:///", "dns:", "ipv4:"):
-        if text.startswith(prefix):
-            text = text[len(prefix) :]
-    text = text.rstrip("/")
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or not _is_host(host.strip("[]")):
-        raise ConfigError(f"{what} {address!r} is not HOST:PORT (for example 127.0.0.1:8001)")
-    return host.strip("[]"), int(port)
+def coordinator_addresses(text: str) -> tuple[str, ...]:
+    """Each HOST:PORT of a comma-separated list of coordinator addresses, as gRPC dials it.
 
-
-_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
-
-
-def _is_host(text: str) -> bool:
-    """An IP address or a DNS name (labels of letters, digits, '-' and '_')."""
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        pass
-    name = text[:-1] if text.endswith(".") else text
-    return 0 < len(name) <= 253 and all(_HOSTNAME.fullmatch(label) for label in name.split("."))
+    Raises:
+        ConfigError: the list is empty, or an entry is not HOST:PORT (naming it).
+    """
+    addresses: list[str] = []
+    for entry in text.split(","):
+        if not entry.strip():
+            continue
+        host, port = split_host_port(entry, what="coordinator")
+        address = host_port(host, port)
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise ConfigError(f"coordinator {text!r} names no HOST:PORT (for example 127.0.0.1:8001)")
+    return tuple(addresses)
 
 
 def parse_bool(name: str, value: str | bool) -> bool:
@@ -285,9 +282,9 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"transport {s.transport!r} is not supported; choose one of {choices(TRANSPORTS)}")
     if s.store not in STORES:
         raise ConfigError(f"store {s.store!r} is not supported; choose one of {choices(STORES)}")
-    split_host_port(s.coordinator, what="coordinator")
+    coordinator_addresses(s.coordinator)
     for name in ("host", "advertise_host"):
-        if not _is_host(getattr(s, name)):
+        if not is_host(getattr(s, name)):
             raise ConfigError(f"{name} {getattr(s, name)!r} is not an IP address or host name (e.g. 127.0.0.1)")
     for name in _TIMEOUTS:
         value = getattr(s, name)
@@ -330,5 +327,5 @@ def _validate_security(s: Settings) -> None:
         raise ConfigError("tls_cert and tls_key go together: give both (PEM files) or neither")
     if s.auth_token and not is_token(s.auth_token):
         raise ConfigError("auth_token must be printable ASCII without spaces (it is sent as a gRPC header)")
-    if s.tls_server_name and not _is_host(s.tls_server_name):
+    if s.tls_server_name and not is_host(s.tls_server_name):
         raise ConfigError(f"tls_server_name {s.tls_server_name!r} is not a host name")

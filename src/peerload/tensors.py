@@ -118,7 +118,7 @@ def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
                 stride=tuple(t.stride()),
                 dtype=str(t.dtype),
                 nbytes=t.numel() * t.element_size(),
-                storage_offset=t.storage_offset(),
+                storage_offset=int(t.storage_offset()),
                 region=region_of_storage[key] if storage.nbytes() else name,
             )
         )
@@ -127,7 +127,7 @@ def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
 
 def _storage_bytes(storage: torch.UntypedStorage, device: torch.device) -> torch.Tensor:
     flat = torch.empty(0, dtype=torch.uint8, device=device)
-    flat.set_(storage, 0, (storage.nbytes(),))
+    flat.set_(storage, 0, (storage.nbytes(),), (1,))
     return flat
 
 
@@ -140,7 +140,7 @@ def _as_buffer(flat: torch.Tensor) -> memoryview:
         # xxh3 of device memory needs a host copy: seeds of GPU targets should publish wsum64.
         _warn_host_copy(flat.device)
         flat = flat.cpu()
-    return memoryview(flat.numpy())
+    return flat.numpy().data
 
 
 _warned_devices: set[str] = set()
@@ -227,7 +227,7 @@ def sha256_of(tensor: torch.Tensor) -> str:
     t = tensor.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    return hashlib.sha256(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())).hexdigest()
+    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().data).hexdigest()
 
 
 def check_layout(local: TensorSet, remote: Manifest, source: str = "") -> None:

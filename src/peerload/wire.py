@@ -10,7 +10,7 @@ import enum
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.peerload.v1 import seed_pb2
@@ -18,11 +18,14 @@ from peerload.errors import ConfigError
 from peerload.identity import OPTIONAL_HASHED_FIELDS, SourceIdentity
 from peerload.manifest import Manifest, RegionEntry, TensorEntry
 
+
 # A worker's lifecycle status, named after the wire enum `SourceStatus` (SOURCE_STATUS_READY ->
-# READY): the .proto is the one list of statuses.
-SourceStatus = enum.IntEnum(  # type: ignore[misc]
-    "SourceStatus", {name.removeprefix("SOURCE_STATUS_"): value for name, value in pb.SourceStatus.items()}
-)
+# READY). Spelled out so type checkers see the members; a unit test keeps it equal to the .proto.
+class SourceStatus(enum.IntEnum):
+    UNKNOWN = pb.SOURCE_STATUS_UNKNOWN
+    INITIALIZING = pb.SOURCE_STATUS_INITIALIZING
+    READY = pb.SOURCE_STATUS_READY
+    STALE = pb.SOURCE_STATUS_STALE
 
 
 # A peerload seed marks its record with this topology key, valued with the HOST:PORT of its
@@ -40,12 +43,27 @@ def seed_kind(topology: Mapping[str, str]) -> str:
     return PEERLOAD if topology.get(PEERLOAD_MANIFEST_KEY) else MODELEXPRESS
 
 
+def status_to_proto(status: int) -> pb.SourceStatus:
+    """A status (SourceStatus or a wire value) as the type of the messages' status fields."""
+    return cast("pb.SourceStatus", int(status))
+
+
 def status_name(status: int) -> str:
     """READY, STALE, ... for a wire status value ("UNKNOWN" for values this version lacks)."""
     try:
         return SourceStatus(status).name
     except ValueError:
         return "UNKNOWN"
+
+
+class ArtifactInfo(NamedTuple):
+    """What an artifact source's record says about its artifact (wire `ArtifactSourceMetadata`)."""
+
+    artifact_id: str
+    total_size: int
+    file_count: int
+    chunk_count: int
+    node_rank: int = 0
 
 
 class TensorInfo(NamedTuple):
@@ -71,6 +89,7 @@ class WorkerInfo:
     metadata_endpoint: str = ""
     accelerator: str = ""
     topology: Mapping[str, str] = field(default_factory=dict)
+    artifact: ArtifactInfo | None = None  # an artifact source (a cache directory), not tensors
 
     def __post_init__(self) -> None:
         if self.nixl_metadata is not None and self.transfer_engine_session_id is not None:
@@ -131,6 +150,7 @@ class WorkerRecord(_Listed):
     topology: dict[str, str]
     # None when the published identity is not one peerload accepts (e.g. a size of 0).
     identity: SourceIdentity | None
+    artifact: ArtifactInfo | None = None  # set for an artifact source
 
     @property
     def transport(self) -> str:
@@ -220,8 +240,14 @@ def worker_to_proto(worker: WorkerInfo) -> pb.WorkerMetadata:
         accelerator=worker.accelerator,
         topology=dict(worker.topology),
         tensors=tensors,
-        tensor_source=pb.TensorSourceMetadata(tensors=tensors),
     )
+    # One of the source_payload oneof, present even when empty (readers test which one is set).
+    if worker.artifact is not None:
+        message.artifact_source.SetInParent()
+        message.artifact_source.MergeFrom(pb.ArtifactSourceMetadata(**worker.artifact._asdict()))
+    else:
+        message.tensor_source.SetInParent()
+        message.tensor_source.tensors.extend(tensors)
     if worker.nixl_metadata is not None:
         message.nixl_metadata = worker.nixl_metadata
     elif worker.transfer_engine_session_id is not None:
@@ -274,7 +300,15 @@ def record_from_proto(response: pb.GetMetadataResponse) -> WorkerRecord:
         tensors=_descriptors_from_proto(descriptors),
         topology=dict(worker.topology),
         identity=identity,
+        artifact=_artifact_from_proto(worker),
     )
+
+
+def _artifact_from_proto(worker: pb.WorkerMetadata) -> ArtifactInfo | None:
+    if worker.WhichOneof("source_payload") != "artifact_source":
+        return None
+    a = worker.artifact_source
+    return ArtifactInfo(a.artifact_id, a.total_size, a.file_count, a.chunk_count, a.node_rank)
 
 
 # -- seed manifest ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -35,13 +36,33 @@ def make(request: pytest.FixtureRequest, coordinator_factory: Callable[..., Any]
     return lambda **kw: coordinator_factory(request.param, **kw)
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
+# Only a bound on waits for a state that must come, so that a broken build fails instead of
+# hanging; no assertion here is about how long something took.
+HANG_S = 30.0
+
+
+class ManualClock:
+    """Unix seconds that move only when a test says so: expiry and ordering without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    """Poll `predicate` until it holds (the reaper thread works on its own period)."""
+    deadline = time.monotonic() + HANG_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"never happened: {what}"
         time.sleep(0.02)
-    return predicate()
 
 
 def test_publish_list_get_update(make: Callable[..., Any]) -> None:
@@ -77,15 +98,17 @@ def test_publish_list_get_update(make: Callable[..., Any]) -> None:
 
 
 def test_filters_and_same_rank_workers(make: Callable[..., Any]) -> None:
-    server = make()
+    clock = ManualClock()  # every write a millisecond after the one before
+    server = make(clock=clock)
     with CoordinatorClient(server.address, timeout_s=5) as client:
         q = client.publish(QWEN, WorkerInfo(rank=0, transfer_engine_session_id="h:1"), "q-a")
-        time.sleep(0.005)
+        clock.advance(0.001)
         client.publish(QWEN, WorkerInfo(rank=0, transfer_engine_session_id="h:2"), "q-b")
-        time.sleep(0.005)
+        clock.advance(0.001)
         client.publish(QWEN, WorkerInfo(rank=1), "q-c")
-        time.sleep(0.005)
+        clock.advance(0.001)
         client.publish(LLAMA, WorkerInfo(rank=0), "l-a")
+        clock.advance(0.001)
         for wid, rank in (("q-a", 0), ("q-b", 0)):
             client.update_status(q, wid, rank, SourceStatus.READY)
         ids = lambda refs: sorted(r.worker_id for r in refs)  # noqa: E731
@@ -103,20 +126,27 @@ def test_filters_and_same_rank_workers(make: Callable[..., Any]) -> None:
 
 
 def test_heartbeat_expiry_reaper_stale_then_gc(make: Callable[..., Any]) -> None:
-    server = make(heartbeat_timeout_s=0.5, gc_timeout_s=1.2)
+    clock = ManualClock()
+    server = make(heartbeat_timeout_s=0.5, gc_timeout_s=1.2, clock=clock)
     with CoordinatorClient(server.address, timeout_s=5) as client:
         sid = client.publish(QWEN, WorkerInfo(rank=0), "w0")
         client.update_status(sid, "w0", 0, SourceStatus.READY)
+        clock.advance(0.5)  # exactly at the timeout: still fresh
         assert len(client.list_sources(status=SourceStatus.READY)) == 1
-        time.sleep(0.6)
+        assert server.store.get(sid, "w0").status == SourceStatus.READY
+        clock.advance(0.1)
         # Readers stop seeing READY as soon as the heartbeat is late...
         assert client.list_sources(status=SourceStatus.READY) == []
         assert client.get_metadata(sid, "w0").status is SourceStatus.STALE
         # ...the reaper then writes STALE into the store...
-        assert wait_until(lambda: server.store.get(sid, "w0").status == SourceStatus.STALE, 2)
+        wait_until(lambda: server.store.get(sid, "w0").status == SourceStatus.STALE, "the reaper wrote STALE")
         assert [r.worker_id for r in client.list_sources(status=SourceStatus.STALE)] == ["w0"]
-        # ...and deletes the worker after the GC timeout.
-        assert wait_until(lambda: client.get_metadata(sid, "w0") is None, 3)
+        # ...and deletes the worker after the GC timeout, not before.
+        clock.advance(0.6)  # 1.2 s since the heartbeat: at the GC timeout
+        assert server.registry.reap().deleted == 0  # a pass at exactly the GC timeout keeps it
+        assert client.get_metadata(sid, "w0") is not None
+        clock.advance(0.1)
+        wait_until(lambda: client.get_metadata(sid, "w0") is None, "the reaper deleted the worker")
         assert client.list_sources() == []
 
 
@@ -195,15 +225,32 @@ def test_client_retries_until_the_server_comes_up(
     coordinator_factory: Callable[..., Any], free_port: Callable[[], int]
 ) -> None:
     port = free_port()
-    starter = threading.Timer(0.5, lambda: coordinator_factory(port=port))
-    starter.start()
+    retried = threading.Event()
+
+    class FirstRetry(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "unavailable (attempt 1), retrying" in record.getMessage():
+                retried.set()
+
+    watcher = FirstRetry()
+    logger = logging.getLogger("peerload._grpc")
+    level = logger.level
+    logger.addHandler(watcher)
+    logger.setLevel(logging.DEBUG)
+    listed: list[Any] = []
     try:
-        with CoordinatorClient(f"127.0.0.1:{port}", timeout_s=5, retries=5) as client:
-            began = time.monotonic()
-            assert client.list_sources() == []
-            assert time.monotonic() - began >= 0.4
+        with CoordinatorClient(f"127.0.0.1:{port}", timeout_s=5, retries=8) as client:
+            caller = threading.Thread(target=lambda: listed.append(client.list_sources()))
+            caller.start()
+            # The server starts only after the client's first attempt found nobody there.
+            assert retried.wait(HANG_S), "the client never retried"
+            coordinator_factory(port=port)
+            caller.join(HANG_S)
+            assert not caller.is_alive()
     finally:
-        starter.join()
+        logger.removeHandler(watcher)
+        logger.setLevel(level)
+    assert listed == [[]]
 
 
 def test_store_outage_is_unavailable_and_not_serving(
@@ -216,7 +263,7 @@ def test_store_outage_is_unavailable_and_not_serving(
         with pytest.raises(CoordinatorUnavailable) as info:
             client.publish(QWEN, WorkerInfo(rank=0), "w")
         assert url in info.value.details
-        assert wait_until(lambda: client.health_check() is False, 3)
+        wait_until(lambda: client.health_check() is False, "health NOT_SERVING")
 
 
 class _BrokenStore(MemoryStore):

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,9 +109,11 @@ def test_ctrl_c_exits_130_without_a_traceback(free_port: Callable[[], int]) -> N
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(2.0)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        silent.settimeout(60)  # a bound on the wait, only so that a CLI that never dials fails the test
+        conn, _ = silent.accept()  # the CLI dialled: its RPC is under way
+        with conn:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
 

@@ -85,3 +85,9 @@ def test_live_sources_keeps_until_closed_once() -> None:
     owner.close()
     owner.close()
     assert (a.closed, b.closed) == (1, 1) and owner.publishers() == []
+
+
+def test_several_coordinator_replicas_from_the_extra_config_or_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert loader_settings({"url": "mx-0:8001,mx-1:8001"}).coordinators == ("mx-0:8001", "mx-1:8001")
+    monkeypatch.setenv("MODEL_EXPRESS_URL", "10.0.0.1:8001, 10.0.0.2:8001")
+    assert loader_settings(None).coordinators == ("10.0.0.1:8001", "10.0.0.2:8001")

@@ -128,3 +128,19 @@ def test_token_file_from_the_official_clients_variable_and_token_not_in_repr(tmp
     both = {"MX_AUTH_TOKEN_PATH": "/elsewhere", "PEERLOAD_AUTH_TOKEN_FILE": str(token)}
     assert Settings.load(env=both).auth_token_file == str(token)
     assert "s3cret" not in repr(Settings.load(env={}, auth_token="s3cret"))
+
+
+def test_several_coordinators_comma_separated_from_every_source() -> None:
+    from peerload.settings import coordinator_addresses
+
+    assert coordinator_addresses("a:1, b:2,grpc://c:3,[::1]:4,a:1,") == ("a:1", "b:2", "c:3", "[::1]:4")
+    assert Settings.load(env={"PEERLOAD_COORDINATOR": "a:1,b:2"}).coordinators == ("a:1", "b:2")
+    assert Settings.load(env={"MODEL_EXPRESS_URL": "http://mx-0:8001,mx-1:8001"}).coordinators == (
+        "mx-0:8001",
+        "mx-1:8001",
+    )
+    assert Settings.load(env={}, coordinator="only:9").coordinators == ("only:9",)
+    with pytest.raises(ConfigError, match=r"coordinator 'b:x' is not HOST:PORT"):
+        Settings.load(env={}, coordinator="a:1,b:x")
+    with pytest.raises(ConfigError, match="names no HOST:PORT"):
+        Settings.load(env={}, coordinator=" , ")

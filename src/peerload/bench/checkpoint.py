@@ -92,7 +92,7 @@ def _has_layout(path: Path, specs: list[TensorSpec]) -> bool:
     """Whether `path` is a safetensors file holding exactly `specs` (a cached checkpoint to reuse)."""
     from safetensors import SafetensorError
 
-    from peerload.adapters.hf import checkpoint_layout
+    from peerload.adapters.checkpoint import checkpoint_layout
 
     if not path.is_file():
         return False

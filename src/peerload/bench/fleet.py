@@ -258,7 +258,7 @@ def summarise_fleet(
             "single_source_vs_storage_over_nic": storage / one if storage else None,
             "striped_vs_storage_over_nic": storage / four if storage and four else None,
         }
-    headline = next(iter(per_transport.values()), {})
+    headline: dict[str, Any] = next(iter(per_transport.values()), {})
     goals = {}
     for key, (bound, text) in GOALS.items():
         value = (headline.get("striping_speedup") or {}).get("4") if key == "striping_speedup_4" else headline.get(key)

@@ -342,7 +342,7 @@ def ratios(cases: dict[str, Any], transports: Sequence[str]) -> dict[str, Any]:
     """Speed ratios (>1 = P2P faster) and goals; headline ones use the first transport, verified."""
     limit, cold = _median(cases, "limit"), _median(cases, "safetensors_cold")
     warm, mx = _median(cases, "safetensors_warm"), _median(cases, "modelexpress_nixl")
-    per: dict[str, dict[str, float | None]] = {}
+    per: dict[str, dict[str, Any]] = {}
     for kind in transports:
         for suffix in ("", "_noverify"):
             p2p = _median(cases, f"peerload_{kind}{suffix}")
@@ -361,7 +361,7 @@ def ratios(cases: dict[str, Any], transports: Sequence[str]) -> dict[str, Any]:
     )
     out["setup_s"] = _median(cases, f"setup_{transports[0]}") if transports else None
     # The limit and P2P of the same round ran back to back: their ratio cancels slow spells.
-    rounds = head.get("p2p_cold_to_limit_per_round") or []
+    rounds: list[float] = head.get("p2p_cold_to_limit_per_round") or []
     out["p2p_cold_to_limit_same_round_median"] = statistics.median(rounds) if rounds else None
     out["per_transport"] = per
     out["goals"] = goals(out)

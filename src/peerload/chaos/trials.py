@@ -13,10 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from peerload._process import free_port
+from peerload._address import free_port
 from peerload.adapters import hf
 from peerload.chaos.cluster import CoordinatorProcess, RedisProcess, SeedProcess, seconds_until_ready
 from peerload.client import CoordinatorClient
@@ -140,7 +141,7 @@ class Cluster:
     def load(self, trial: Trial, progress: Callable[[Progress], None] | None = None, **settings: object) -> None:
         """Load the model once into fresh zeroed tensors; record outcome, corruption, rollback."""
         assert self.identity is not None
-        values: dict[str, object] = {
+        values: dict[str, Any] = {
             "coordinator": self.coordinator.address,
             "transport": self.transport,
             "chunk_bytes": CHUNK_BYTES,

@@ -3,7 +3,7 @@
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -12,7 +12,10 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from peerload.cli._model_options import ModelOptions, model_command, output_file, start_metrics, wait_for_signal
 
 if TYPE_CHECKING:
-    from peerload.loader import LoadResult, Progress
+    from rich.progress import TaskID
+
+    from peerload.loader import LoadResult
+    from peerload.loader import Progress as LoadProgress
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ def load(
     output_file(report, "--report")
     settings = model.settings(verify_checksums=verify, storage_fallback=fallback, max_source_attempts=max_sources)
     metrics = start_metrics(settings.host, metrics_port)
-    destination, from_storage = hf.target_tensors(model.path, **model.hf_options())
+    destination, from_storage = hf.target_tensors(model.checkpoint, **model.hf_options())
     console = Console(stderr=True)
     if from_storage is None and fallback:
         console.print(
@@ -136,7 +139,7 @@ class _progress_bar:
             console=console,
             transient=True,
         )
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
 
     def __enter__(self):
         if not self.enabled:
@@ -144,11 +147,11 @@ class _progress_bar:
         self.bar.__enter__()
         return self.update
 
-    def update(self, event: "Progress") -> None:
+    def update(self, event: "LoadProgress") -> None:
         if event.source not in self.tasks:
             self.tasks[event.source] = self.bar.add_task(f"from {event.source[:24]}", total=event.total)
         self.bar.update(self.tasks[event.source], completed=event.done)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self.enabled:
             self.bar.__exit__(*exc)

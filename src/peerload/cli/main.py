@@ -8,7 +8,7 @@ import sys
 import typer
 from rich.console import Console
 
-from peerload.cli import bench, chaos, demo, load, seed, serve, simulate, sources
+from peerload.cli import artifact, bench, chaos, demo, load, seed, serve, simulate, sources
 from peerload.cli._errors import hint_for
 from peerload.errors import ConfigError, PeerloadError
 from peerload.settings import debug_enabled
@@ -30,6 +30,7 @@ app.command()(load.load)
 app.command()(bench.bench)
 app.command()(chaos.chaos)
 app.command()(simulate.simulate)
+app.add_typer(artifact.app, name="artifact")
 
 
 EXIT_ERROR = 1  # a runtime failure: unreachable service, refused request, failed load

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -46,7 +46,7 @@ def serve(
     """Run the coordinator (ModelExpress-compatible P2P metadata service)."""
     from peerload.coordinator.server import serve as start
 
-    overrides = dict(
+    overrides: dict[str, Any] = dict(
         host=host,
         port=port,
         store=store,

@@ -98,7 +98,11 @@ def render(rows: list[dict[str, Any]], console: Console | None = None) -> None:
 def sources(
     identity_values: dict[str, Any],
     coordinator: Optional[str] = typer.Option(
-        None, help="Coordinator HOST:PORT [default: PEERLOAD_COORDINATOR, MX_SERVER_ADDRESS or 127.0.0.1:8001]."
+        None,
+        help=(
+            "Coordinator HOST:PORT, replicas comma-separated "
+            "[default: PEERLOAD_COORDINATOR, MX_SERVER_ADDRESS or 127.0.0.1:8001]."
+        ),
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     model: Annotated[Optional[str], typer.Option("--model", help="Only the sources of this model name.")] = None,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from peerload._address import host_port
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._grpc import ChannelSecurity
 from peerload._grpc_server import ServerSecurity, bind, new_server
@@ -29,7 +32,10 @@ WRITE_METHODS = (f"/{P2P_SERVICE}/PublishMetadata", f"/{P2P_SERVICE}/UpdateStatu
 
 
 class CoordinatorServer:
-    """A coordinator: P2pService, health and metrics over one registry. Use `serve(settings)`."""
+    """A coordinator: P2pService, health and metrics over one registry. Use `serve(settings)`.
+
+    `clock` (unix seconds) dates heartbeats and decides expiry; tests pass one they move by hand.
+    """
 
     def __init__(
         self,
@@ -39,6 +45,7 @@ class CoordinatorServer:
         max_message_bytes: int = COORDINATOR_MAX_MESSAGE_BYTES,
         reap_interval_s: float | None = None,
         max_workers: int = 16,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.host = settings.host
         self.port = 0  # bound by start()
@@ -58,6 +65,7 @@ class CoordinatorServer:
             self._metrics.store,
             settings.heartbeat_timeout_s,
             settings.gc_timeout_s,
+            clock,
             max_workers_per_source=settings.max_workers_per_source,
             max_tensors_per_worker=settings.max_tensors_per_worker,
         )
@@ -111,8 +119,7 @@ class CoordinatorServer:
     @property
     def address(self) -> str:
         """HOST:PORT to give clients."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
     @property
     def store(self) -> Store:
@@ -158,6 +165,7 @@ def serve(
     reap_interval_s: float | None = None,
     max_workers: int = 16,
     metrics_port: int | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> CoordinatorServer:
     """Start a coordinator on settings.host:settings.port and return it running.
 
@@ -169,6 +177,7 @@ def serve(
         max_message_bytes: larger requests are refused with RESOURCE_EXHAUSTED.
         reap_interval_s: reaper period (default: a quarter of the shorter timeout, 0.05-5 s).
         metrics_port: serve Prometheus /metrics on settings.host at this port (0: a free one).
+        clock: unix seconds that date heartbeats and decide expiry (tests pass a manual one).
 
     Raises:
         ConfigError: the address cannot be bound, the store is misconfigured, or a certificate,
@@ -184,6 +193,7 @@ def serve(
             max_message_bytes=max_message_bytes,
             reap_interval_s=reap_interval_s,
             max_workers=max_workers,
+            clock=clock,
         )
     except BaseException:
         store.close()

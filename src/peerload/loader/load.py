@@ -259,10 +259,11 @@ class TargetLoad:
         availability = self._early.availability if self._early is not None else None
         sources = [first]
         while len(sources) < self.settings.max_parallel_sources:
-            more = self._next_usable(candidates, tensor_set, parts_of=first)
+            more = self._next_peer(candidates, tensor_set, first)
             if more is None:
                 break
             sources.append(more)
+        assert self.transport is not None
         reading = StripedRead(
             self.transport,
             tensor_set,
@@ -285,7 +286,7 @@ class TargetLoad:
         if availability is not None:
             availability.pending_from(reading.in_flight)
         with self._phase("transfer"):
-            reading.run(sources, lambda: self._next_usable(candidates, tensor_set, parts_of=first))
+            reading.run(sources, lambda: self._next_peer(candidates, tensor_set, first))
         if reading.timed_out:
             # A timed-out read may land after its parts were read again: wait, then check them again.
             self._settle(sorted(reading.timed_out))
@@ -296,6 +297,12 @@ class TargetLoad:
         if self._early is not None and missing:
             self._withdraw()  # storage fills the rest; the plain publish path serves the result
         return _PeerOutcome(parts=parts, missing=missing, part_bytes=first.manifest.part_bytes, sums=expected)
+
+    def _next_peer(self, candidates: Iterator[SourceRef], tensor_set: TensorSet, first: PeerPlan) -> PeerPlan | None:
+        """The next usable source to join the striped load of `first` (only peerload seeds can)."""
+        plan = self._next_usable(candidates, tensor_set, parts_of=first)
+        assert not isinstance(plan, _MxPlan), "_handshake refuses ModelExpress seeds when parts_of is given"
+        return plan
 
     def _next_usable(
         self, candidates: Iterator[SourceRef], tensor_set: TensorSet, parts_of: PeerPlan | None = None

@@ -53,6 +53,9 @@ class LeaseTable:
         self._leases: dict[str, Lease] = {}
         self._closing = False
         self._changed = threading.Condition()
+        # How often close() went to sleep waiting for open leases: a close that waits is seen
+        # waiting (a caller, or a test, can tell "waits for its readers" from "returned at once").
+        self.close_waits = 0
 
     def acquire(self, reader: str) -> Lease:
         """A new lease for `reader`.
@@ -64,10 +67,15 @@ class LeaseTable:
             self._expire()
             if self._closing:
                 telemetry.SEED_REFUSALS.labels("closing").inc()
-                raise LeaseRefused("the seed is shutting down and grants no new reads", closing=True)
+                raise LeaseRefused(
+                    "the seed is shutting down and grants no new reads; read from another source", closing=True
+                )
             if self.max_readers and len(self._leases) >= self.max_readers:
                 telemetry.SEED_REFUSALS.labels("at_cap").inc()
-                raise LeaseRefused(f"the seed is serving its maximum of {self.max_readers} readers", closing=False)
+                raise LeaseRefused(
+                    f"the seed is serving its maximum of {self.max_readers} readers; read from another source",
+                    closing=False,
+                )
             lease = Lease(secrets.token_hex(8), reader, self._clock() + self.timeout_s)
             self._leases[lease.lease_id] = lease
             telemetry.SEED_LEASES_GRANTED.inc()
@@ -107,7 +115,14 @@ class LeaseTable:
                     return len(self._leases)
                 # Wake for releases, and at the latest when the next lease lapses.
                 next_lapse = min(lease.expires_at for lease in self._leases.values()) - self._clock()
+                self.close_waits += 1
+                self._changed.notify_all()  # for whoever waits to see this close waiting
                 self._changed.wait(max(0.001, min(left, next_lapse)))
+
+    def wait_draining(self, timeout_s: float) -> bool:
+        """Block until close() has gone to sleep waiting for open leases (True), or `timeout_s` passed."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.close_waits > 0, timeout_s)
 
     def _expire(self) -> None:
         now = self._clock()

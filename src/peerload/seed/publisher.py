@@ -8,7 +8,6 @@ capped at one interval; transport broken -> heartbeat STALE and log why.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -16,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from peerload import telemetry
+from peerload._backoff import Backoff
 from peerload._grpc_server import ServerSecurity
 from peerload.advertise import advertise_host
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
@@ -25,6 +25,7 @@ from peerload.manifest import Manifest, manifest_algorithm
 from peerload.parts import plan_parts
 from peerload.seed.availability import PartAvailability
 from peerload.seed.descriptors import named_descriptors
+from peerload.seed.heartbeats import HeartbeatCounter
 from peerload.seed.leases import LeaseTable
 from peerload.seed.manifest_server import ManifestServer
 from peerload.seed.worker_service import WorkerServicer
@@ -37,24 +38,6 @@ from peerload.wire import LOAD_SUMMARY_KEY, PEERLOAD_MANIFEST_KEY, TensorInfo, T
 log = logging.getLogger(__name__)
 
 _FIRST_RETRY_FRACTION = 0.125  # first retry after an unreachable beat: this share of the interval
-
-
-class Backoff:
-    """Jittered exponential delays from `first_s`, doubling up to `cap_s` (never more)."""
-
-    def __init__(self, first_s: float, cap_s: float, rng: random.Random | None = None) -> None:
-        self.first_s, self.cap_s = first_s, cap_s
-        self._rng = rng or random.Random()
-        self._next = first_s
-
-    def next(self) -> float:
-        """The next delay: uniform in [half, all] of the current step, so a fleet does not retry in step."""
-        step = min(self._next, self.cap_s)
-        self._next = step * 2
-        return self._rng.uniform(step / 2, step)
-
-    def reset(self) -> None:
-        self._next = self.first_s
 
 
 class Publisher:
@@ -102,8 +85,8 @@ class Publisher:
         self._beats = self._heartbeat_client()
         self._unhealthy: str | None = None  # the transport's last complaint, if any
         self._unreachable_since: float | None = None
-        # How often the coordinator had forgotten this worker and it published itself again.
-        self.republished = 0
+        # Beats so far (tried, failed, published again): what to wait on instead of the clock.
+        self.heartbeats = HeartbeatCounter()
         self.availability = availability
         self._loading = availability is not None
         self._owns_transport = True
@@ -230,13 +213,17 @@ class Publisher:
         backoff = Backoff(interval * _FIRST_RETRY_FRACTION, interval)
         delay = interval
         while not self._closed.wait(delay):
+            self.heartbeats.started()
             try:
-                self._beat()
-                backoff.reset()
-                delay = interval
+                status = self._beat()
             except CoordinatorError as exc:
+                self.heartbeats.failed()
                 delay = backoff.next()
                 self._beat_failed(exc, delay)
+            else:
+                self.heartbeats.succeeded(status)
+                backoff.reset()
+                delay = interval
 
     def _beat(self) -> SourceStatus:
         """One beat (READY, or STALE while the transport is broken); raises CoordinatorError."""
@@ -246,21 +233,26 @@ class Publisher:
         if not known:
             log.warning(
                 "coordinator %s no longer knows worker %s (restarted or lost its store): publishing again",
-                self.settings.coordinator,
+                self._beats.current_address,
                 self.worker_id,
             )
             self._publish(self._beats, status)
-            self.republished += 1
+            self.heartbeats.republished()
         if self._unreachable_since is not None:
             log.info(
                 "coordinator %s reachable again after %.1fs; %s is %s",
-                self.settings.coordinator,
+                self._beats.current_address,
                 time.monotonic() - self._unreachable_since,
                 self.worker_id,
                 status.name,
             )
             self._unreachable_since = None
         return status
+
+    @property
+    def republished(self) -> int:
+        """How often the coordinator had forgotten this worker and it published itself again."""
+        return self.heartbeats.snapshot().republished
 
     @property
     def loading(self) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from peerload._address import split_host_port
 from peerload.errors import (
     ConfigError,
     MissingExtraError,
@@ -20,7 +21,6 @@ from peerload.errors import (
     TransferTimeout,
     TransportError,
 )
-from peerload.settings import split_host_port
 from peerload.transport._plan import plan_batches
 from peerload.transport._refcount import RangeUsers
 from peerload.transport.base import EndpointInfo, ReadLimits, ReadOp, Region, Transport, tensor_region

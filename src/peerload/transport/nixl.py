@@ -14,18 +14,17 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from peerload._process import free_port
+from peerload._address import free_port, split_host_port
 from peerload.errors import (
     MissingExtraError,
     PeerMetadataError,
     TransportError,
 )
-from peerload.settings import split_host_port
 from peerload.transport._plan import Batch, plan_batches
 from peerload.transport._refcount import RangeUsers
 from peerload.transport.base import EndpointInfo, ReadLimits, ReadOp, Region, Transport, tensor_region
@@ -140,6 +139,7 @@ class NixlTransport(Transport):
         self._serve_thread: threading.Thread | None = None
         self._serve_error: str | None = None  # why the serving thread stopped, if it did by itself
         self._polls_failing: tuple[float, str] | None = None  # (since, last error) of failing polls
+        self._poll_delay_s = active_poll_s  # the serving thread's current poll interval
         self._stop = threading.Event()
         self._closed = False
 
@@ -182,8 +182,8 @@ class NixlTransport(Transport):
                     self._agent.register_memory(descs)
                 except Exception as e:
                     raise TransportError(f"NIXL register_memory of {len(rows)} regions failed: {e}") from e
-        for (region, _), key in zip(regions, keys, strict=True):
-            self._users.use(region.name, key)
+        for (region, _), region_key in zip(regions, keys, strict=True):
+            self._users.use(region.name, region_key)
         self._rebuild_ranges()
         return [r for r, _ in regions]
 
@@ -242,6 +242,11 @@ class NixlTransport(Transport):
             return f"NIXL notification polls of {self.name!r} failing for {seconds:.0f}s: {failing[1]}"
         return None
 
+    @property
+    def polling_idle(self) -> bool:
+        """True once the serving thread has backed off to its idle poll interval (no peer reading)."""
+        return self._poll_delay_s >= self._idle_poll_s
+
     def _serve(self) -> None:
         try:
             self._serve_loop()
@@ -278,6 +283,7 @@ class NixlTransport(Transport):
                 delay = self._active_poll_s
             else:  # back off towards the idle interval: an idle seed costs ~0% CPU
                 delay = min(self._idle_poll_s, max(delay * 2, self._active_poll_s))
+            self._poll_delay_s = delay
 
     # --- target side ------------------------------------------------------------------------
 
@@ -424,7 +430,7 @@ class NixlTransport(Transport):
                 time.sleep(0)  # let the serving thread take the lock between polls
 
     def _post(self, remote: str, batch: Batch, notif: bytes) -> Any:
-        local_cuda, remote_mem = batch.key
+        local_cuda, remote_mem = cast("tuple[bool, str]", batch.key)  # as memory_kinds made it
         local = np.array([(op.local_addr, op.size, op.local_device) for op in batch.ops], dtype=np.uint64)
         far = np.array([(op.remote_addr, op.size, op.remote_device) for op in batch.ops], dtype=np.uint64)
         with self._lock:

@@ -9,7 +9,7 @@ coordinator is never lost, and a record two reapers race over is deleted once, n
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from peerload.coordinator.store.base import Beat, Heartbeat, Store, WorkerEntry
@@ -145,10 +145,10 @@ class RedisStore(Store):
     def entries(self, mx_source_id: str | None = None, *, payload: bool = True) -> list[WorkerEntry]:
         def run() -> list[Any]:
             if mx_source_id is None:
-                members = [m.decode() for m in self._client.smembers(self._all())]
+                members = [_text(m) for m in self._client.smembers(self._all())]
                 keys = [f"{self._prefix}:w:{m}" for m in members]
             else:
-                keys = [self._key(mx_source_id, w.decode()) for w in self._client.smembers(self._src(mx_source_id))]
+                keys = [self._key(mx_source_id, _text(w)) for w in self._client.smembers(self._src(mx_source_id))]
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
                 if payload:
@@ -219,7 +219,11 @@ def _encode(entry: WorkerEntry) -> dict[str, bytes | str]:
     }
 
 
-def _decode(raw: dict[bytes, bytes]) -> WorkerEntry:
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode(raw: Mapping[Any, Any]) -> WorkerEntry:
     text = {k.decode(): v for k, v in raw.items()}
     load = (text.get("source_load") or b"").decode()
     return WorkerEntry(

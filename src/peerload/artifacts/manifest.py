@@ -1,0 +1,153 @@
+"""Artifact manifests as ModelExpress readers check them: files cut into chunks, CRC32C checksums.
+
+Wire facts (model_express.p2p, manifest_version 1): every file of the bundle in path order, each
+cut into chunks of at most `chunk_size` bytes numbered across the whole bundle; a checksum is the
+CRC32C of the bytes as 8 lower-case hex digits (per chunk, and per file over the whole file);
+`artifact_id` is the SHA-256 hex of the manifest as compact UTF-8 JSON with the keys in field
+order. A reader recomputes the id from what it was served, so a tampered table is caught too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import cast
+
+import google_crc32c
+
+from peerload._gen.model_express import p2p_pb2 as pb
+from peerload.errors import ArtifactRejected
+
+MANIFEST_VERSION = 1
+DEFAULT_CHUNK_BYTES = 64 << 20
+MAX_CHUNK_BYTES = 4 << 30
+
+
+def crc32c_hex(data: bytes | memoryview) -> str:
+    """The wire form of a checksum: CRC32C as 8 lower-case hex digits."""
+    return f"{google_crc32c.value(bytes(data) if isinstance(data, memoryview) else data):08x}"
+
+
+class RunningCrc:
+    """CRC32C over bytes fed in order (a whole file's checksum from its chunks)."""
+
+    def __init__(self) -> None:
+        self._crc = google_crc32c.Checksum()
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._crc.update(bytes(data) if isinstance(data, memoryview) else data)
+
+    def hex(self) -> str:
+        return self._crc.hexdigest().decode("ascii")
+
+
+def build_manifest(
+    files: Sequence[tuple[str, bytes | memoryview]], kind: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> pb.ArtifactManifest:
+    """The manifest of `files` ((absolute path, contents), published in path order)."""
+    if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
+        raise ValueError(f"artifact chunk size must be in 1..{MAX_CHUNK_BYTES}, got {chunk_bytes}")
+    manifest = pb.ArtifactManifest(
+        manifest_version=MANIFEST_VERSION, mx_source_type=cast("pb.MxSourceType", kind), chunk_size=chunk_bytes
+    )
+    for file_index, (path, contents) in enumerate(sorted(files, key=lambda f: f[0])):
+        data = memoryview(contents)
+        for offset in range(0, len(data), chunk_bytes):
+            piece = data[offset : offset + chunk_bytes]
+            manifest.chunks.append(
+                pb.ArtifactManifestChunk(
+                    chunk_index=len(manifest.chunks),
+                    file_index=file_index,
+                    file_offset=offset,
+                    length=len(piece),
+                    checksum=crc32c_hex(piece),
+                )
+            )
+        manifest.files.append(
+            pb.ArtifactManifestFile(file_index=file_index, path=path, size=len(data), checksum=crc32c_hex(data))
+        )
+    return manifest
+
+
+def artifact_id(manifest: pb.ArtifactManifest) -> str:
+    """SHA-256 hex of the manifest's canonical JSON (what ModelExpress calls artifact_id)."""
+    canonical = {
+        "manifest_version": manifest.manifest_version,
+        "mx_source_type": manifest.mx_source_type,
+        "chunk_size": manifest.chunk_size,
+        "files": [
+            {"file_index": f.file_index, "path": f.path, "size": f.size, "checksum": f.checksum} for f in manifest.files
+        ],
+        "chunks": [
+            {
+                "chunk_index": c.chunk_index,
+                "file_index": c.file_index,
+                "file_offset": c.file_offset,
+                "length": c.length,
+                "checksum": c.checksum,
+            }
+            for c in manifest.chunks
+        ],
+    }
+    return hashlib.sha256(json.dumps(canonical, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+
+
+def source_metadata(manifest: pb.ArtifactManifest, node_rank: int = 0) -> pb.ArtifactSourceMetadata:
+    """What a WorkerMetadata's `artifact_source` says about the manifest."""
+    return pb.ArtifactSourceMetadata(
+        artifact_id=artifact_id(manifest),
+        total_size=sum(f.size for f in manifest.files),
+        file_count=len(manifest.files),
+        chunk_count=len(manifest.chunks),
+        node_rank=node_rank,
+    )
+
+
+def check_served(
+    header: pb.GetArtifactManifestHeaderResponse, chunks: Sequence[pb.ArtifactManifestChunk], expected_id: str
+) -> pb.ArtifactManifest:
+    """The manifest a source served, once its tables agree with each other and with `expected_id`.
+
+    Raises:
+        ArtifactRejected: counts, numbering, coverage of every file or the recomputed id disagree.
+    """
+    where = header.mx_source_id or "artifact source"
+    if expected_id and header.artifact_id != expected_id:
+        raise ArtifactRejected(where, f"serves artifact {header.artifact_id}, not the published {expected_id}")
+    if header.manifest_version != MANIFEST_VERSION:
+        raise ArtifactRejected(where, f"manifest_version {header.manifest_version} (this reader knows 1)")
+    if header.file_count != len(header.files) or header.chunk_count != len(chunks):
+        raise ArtifactRejected(
+            where,
+            f"counts disagree: {header.file_count} files / {header.chunk_count} chunks announced, "
+            f"{len(header.files)} / {len(chunks)} served",
+        )
+    if not 0 < header.chunk_size <= MAX_CHUNK_BYTES and chunks:
+        raise ArtifactRejected(where, f"chunk_size {header.chunk_size} is out of range")
+    covered = [0] * len(header.files)
+    for index, f in enumerate(header.files):
+        if f.file_index != index:
+            raise ArtifactRejected(where, f"file {index} is numbered {f.file_index}")
+    for index, c in enumerate(chunks):
+        if c.chunk_index != index or c.file_index >= len(header.files) or not 0 < c.length <= header.chunk_size:
+            raise ArtifactRejected(where, f"chunk {index} is malformed (index, file or length)")
+        if c.file_offset != covered[c.file_index]:
+            raise ArtifactRejected(where, f"chunk {index} leaves a gap or overlaps in file {c.file_index}")
+        covered[c.file_index] += c.length
+    for f, size in zip(header.files, covered, strict=True):
+        if size != f.size:
+            raise ArtifactRejected(where, f"chunks cover {size} of the {f.size} bytes of file {f.file_index}")
+    if sum(f.size for f in header.files) != header.total_size:
+        raise ArtifactRejected(where, f"total_size {header.total_size} is not the sum of the file sizes")
+    manifest = pb.ArtifactManifest(
+        manifest_version=header.manifest_version,
+        mx_source_type=header.mx_source_type,
+        chunk_size=header.chunk_size,
+        files=header.files,
+        chunks=chunks,
+    )
+    computed = artifact_id(manifest)
+    if computed != header.artifact_id:
+        raise ArtifactRejected(where, f"the served tables hash to {computed}, not to artifact {header.artifact_id}")
+    return manifest
