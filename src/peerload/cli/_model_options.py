@@ -292,10 +292,17 @@ def output_file(path: Path | None, option: str) -> None:
         raise ConfigError(f"{option} {path}: directory {path.parent} does not exist")
 
 
-def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
+def wait_for_signal() -> signal.Signals:
+    """Block until SIGINT or SIGTERM; which one came (the caller stops cleanly either way)."""
     stop = threading.Event()
+    received: list[signal.Signals] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signal.Signals(signum))
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     while not stop.wait(1.0):
         pass
+    return received[0]

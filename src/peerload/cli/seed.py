@@ -3,12 +3,14 @@
 import contextlib
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from peerload._process import write_ready_file
+from peerload.cli._interrupt import Interrupted
 from peerload.cli._model_options import ModelOptions, model_command, output_file, wait_for_signal
 from peerload.client import CoordinatorClient
 
@@ -83,5 +85,7 @@ def seed(
                     ],
                 },
             )
-        wait_for_signal()
+        stopped_by = wait_for_signal()
         typer.echo("stopping: marking the source STALE", err=True)
+    if stopped_by is signal.SIGINT:  # stopped cleanly; 130 tells a shell it was Ctrl-C
+        raise Interrupted("the seed stopped cleanly: its record is marked STALE and its memory released")

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import typer
 
+from peerload.cli._interrupt import Interrupted
 from peerload.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -62,9 +63,11 @@ def serve(
     settings = Settings.load(**overrides)
     server = start(settings, metrics_port=metrics_port)
     stop = threading.Event()
+    received: list[signal.Signals] = []
 
     def on_signal(signum: int, frame: object) -> None:
         logger.info("received %s, stopping", signal.Signals(signum).name)
+        received.append(signal.Signals(signum))
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -81,3 +84,5 @@ def serve(
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if received and received[0] is signal.SIGINT:  # stopped cleanly; 130 tells a shell it was Ctrl-C
+        raise Interrupted("the coordinator stopped cleanly")

@@ -174,6 +174,7 @@ class TargetLoad:
 
     def run(self) -> LoadResult:
         started = time.perf_counter()
+        tensor_set: TensorSet | None = None
         try:
             coordinator_up = self._health()
             tensor_set = self._prepare()
@@ -181,9 +182,15 @@ class TargetLoad:
             if outcome is None or outcome.missing:
                 self._from_storage(tensor_set, outcome)
             publisher = self._publish(tensor_set, outcome) if self.options.publish and coordinator_up else None
-        except BaseException:
+        except BaseException as exc:
             self._withdraw()
+            self._faulting.stop()  # an interrupt must not wait for gigabytes of page faults
             self._finish(keep_transport=False)
+            if tensor_set is not None and not isinstance(exc, PeerloadError):
+                # Interrupted (Ctrl-C) or a bug: the transport is closed, nothing writes any more;
+                # never leave half a model in the caller's tensors. Failed loads rolled back already.
+                for flat in tensor_set.regions.values():
+                    flat.zero_()
             raise
         self._finish(keep_transport=publisher is not None)
         self.seconds["total"] = time.perf_counter() - started
