@@ -16,6 +16,8 @@ from peerload.cli._interrupt import Interrupted
 from peerload.cli._model_options import ModelOptions, model_command, output_file, start_metrics, wait_for_signal
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.progress import TaskID
 
     from peerload.loader import LoadResult
@@ -164,7 +166,7 @@ class _progress_bar:
         )
         self.tasks: dict[str, TaskID] = {}
 
-    def __enter__(self):
+    def __enter__(self) -> "Callable[[LoadProgress], None] | None":
         if not self.enabled:
             return None
         self.bar.__enter__()
