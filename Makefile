@@ -11,7 +11,7 @@ MX_DEPS := zstandard huggingface_hub google-crc32c boto3
 # The exact releases of our machines (CPU torch, NIXL's cu12 build); pyproject.toml has ranges.
 CONSTRAINTS := constraints/ci.txt
 
-.PHONY: install system-deps demo lint format test test-fast bench chaos proto vllm-venv clean
+.PHONY: install system-deps demo lint format test test-fast bench chaos proto vllm-venv clean gpu-check
 
 install: $(STAMP)
 
@@ -38,13 +38,15 @@ demo: install
 	$(BIN)/peerload demo
 
 # The quality gate CI runs before the tests: style, formatting, stale stubs, the public API's
-# exports, and the architecture's floors (no upward imports, no cycles; see pyproject.toml).
+# exports, the architecture's floors (no upward imports, no cycles; see pyproject.toml) and types
+# (mypy on src/peerload; its settings are in pyproject.toml).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python scripts/gen_proto.py --check
 	$(BIN)/python scripts/check_exports.py
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff check --fix .
@@ -60,6 +62,13 @@ test-fast: install
 
 bench: install
 	$(BIN)/peerload bench
+
+# GPU to GPU over NIXL on a CUDA machine, in minutes; prints JSON (README "GPU check"). It needs
+# only a CUDA torch, NIXL (nixl-cu12 or nixl-cu13) and peerload's few pure-Python dependencies,
+# so it runs with whatever python3 has them (no venv is built); GPU_CHECK_ARGS="--device cpu" anywhere.
+GPU_CHECK_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+gpu-check:
+	PYTHONPATH=src$(if $(PYTHONPATH),:$(PYTHONPATH)) $(GPU_CHECK_PY) scripts/gpu_check.py --json gpu-check.json $(GPU_CHECK_ARGS)
 
 # The fault campaign (about 12 minutes): figures into docs/chaos.json and docs/reliability.md.
 chaos: install

@@ -7,6 +7,7 @@ imports grpc to handle failures, and the one place clients get TLS and their bea
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from peerload._backoff import Backoff
 from peerload.credentials import TokenFile, read_pem
 from peerload.errors import ServiceError
 from peerload.settings import Settings
@@ -24,6 +26,9 @@ T = TypeVar("T")
 _BACKOFF_FIRST_S = 0.2
 _BACKOFF_MAX_S = 2.0
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# ServiceError.code of failures the RPC status cannot tell (it was OK): the reply said no, or
+# answered for another source or worker.
+REJECTED, WRONG_REPLY = "REJECTED", "WRONG_REPLY"
 
 
 @dataclass(frozen=True)
@@ -121,10 +126,14 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
         metadata = [*(details.metadata or ()), ("authorization", f"Bearer {self._token()}")]
         return _ClientCallDetails(details, metadata)
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: grpc.ClientCallDetails, request: Any
+    ) -> Any:
         return continuation(self._with_token(client_call_details), request)
 
-    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    def intercept_unary_stream(
+        self, continuation: Callable[..., Any], client_call_details: grpc.ClientCallDetails, request: Any
+    ) -> Any:
         return continuation(self._with_token(client_call_details), request)
 
 
@@ -139,10 +148,12 @@ class Caller:
     Args:
         address: the server's HOST:PORT, named in every error.
         timeout_s: deadline of each attempt.
-        retries: how many times UNAVAILABLE is retried (backoff 0.2 s, 0.4 s, ... <= 2 s).
+        retries: how many times UNAVAILABLE is retried (jittered backoff: 0.1-0.2 s, 0.2-0.4 s,
+            ... at most 2 s).
         error: raised for a failed RPC.
         unreachable: raised when the server cannot be reached (UNAVAILABLE after retries,
             DEADLINE_EXCEEDED); a subclass of `error`, or `error` itself.
+        rng, sleep: the backoff's jitter and wait (tests pass their own).
     """
 
     def __init__(
@@ -153,15 +164,19 @@ class Caller:
         retries: int,
         error: type[ServiceError],
         unreachable: type[ServiceError] | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
         self.retries = retries
         self._error = error
         self._unreachable = unreachable or error
+        self._rng = rng or random.Random()
+        self._sleep = sleep
 
     def __call__(self, rpc: str, method: Callable[..., T], request: Any) -> T:
-        delay = _BACKOFF_FIRST_S
+        backoff = Backoff(_BACKOFF_FIRST_S, _BACKOFF_MAX_S, self._rng)
         for attempt in range(self.retries + 1):
             try:
                 return method(request, timeout=self.timeout_s)
@@ -169,6 +184,7 @@ class Caller:
                 code: grpc.StatusCode = exc.code()
                 details = exc.details() or ""
                 if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    delay = backoff.next()
                     log.debug(
                         "%s to %s unavailable (attempt %d), retrying in %.1fs: %s",
                         rpc,
@@ -177,8 +193,7 @@ class Caller:
                         delay,
                         details,
                     )
-                    time.sleep(delay)
-                    delay = min(delay * 2, _BACKOFF_MAX_S)
+                    self._sleep(delay)
                     continue
                 if code in _UNREACHABLE:
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
@@ -189,5 +204,11 @@ class Caller:
         raise AssertionError("unreachable")
 
     def rejected(self, rpc: str, message: str) -> ServiceError:
-        """The error for a reply that succeeded at the RPC level but refused the request."""
-        return self._error(rpc, "OK", f"rejected: {message}", self.address)
+        """The error for a reply that succeeded at the RPC level but refused the request in its body
+        (code REJECTED: the server answered, and said no)."""
+        return self._error(rpc, REJECTED, message, self.address)
+
+    def wrong_reply(self, rpc: str, message: str) -> ServiceError:
+        """The error for a reply that succeeded at the RPC level but answers another question (code
+        WRONG_REPLY: e.g. the manifest of another source; that server is not the one asked for)."""
+        return self._error(rpc, WRONG_REPLY, message, self.address)

@@ -1,4 +1,5 @@
-"""Server-side gRPC plumbing shared by the coordinator and a seed's gRPC server: build, secure, bind.
+"""Server-side gRPC plumbing shared by the coordinator and a seed's gRPC server: build, secure, bind
+(what each service's methods answer goes through `peerload._grpc_edge`).
 
 Security is per server, not per service, so every service added to one of these servers (the
 coordinator's P2pService, a seed's SeedService and WorkerService) gets the same TLS and the same
@@ -14,21 +15,18 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
-from google.protobuf.descriptor import ServiceDescriptor
-from google.protobuf.message import DecodeError, Message
 
-from peerload.credentials import TokenFile, is_loopback, read_pem
-from peerload.errors import ConfigError, InvalidRequest
+from peerload._address import host_port, is_loopback
+from peerload.credentials import TokenFile, read_pem
+from peerload.errors import ConfigError
 from peerload.settings import Settings
 
 log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-_Request = TypeVar("_Request", bound=Message)
 _REFUSAL_LOG_EVERY_S = 10.0
 
 
@@ -91,44 +89,6 @@ def new_server(
     return grpc.server(executor, options=list(options), interceptors=interceptors)
 
 
-def parsing_handler(service: ServiceDescriptor, messages: ModuleType, servicer: object) -> grpc.GenericRpcHandler:
-    """`service`'s unary methods on `servicer` (methods named as in the proto, taking (request, context)).
-
-    The handler parses each request itself, so undecodable bytes are answered INVALID_ARGUMENT
-    (gRPC's own deserializer would answer INTERNAL, as if the server had failed).
-    """
-    handlers = {}
-    for method in service.methods:
-        request_type = getattr(messages, method.input_type.name)
-        handlers[method.name] = _parsing_method(request_type, getattr(servicer, method.name))
-    return grpc.method_handlers_generic_handler(service.full_name, handlers)
-
-
-def parse_request(request_type: type[_Request], data: bytes) -> _Request:
-    """`data` parsed as `request_type`.
-
-    Raises:
-        InvalidRequest: the bytes are not such a message (INVALID_ARGUMENT for the caller).
-    """
-    request = request_type()
-    try:
-        request.ParseFromString(data)
-    except DecodeError as exc:
-        raise InvalidRequest("request", f"is not a valid {request_type.__name__}: {exc}") from None
-    return request
-
-
-def _parsing_method(request_type: type[Message], call: Callable[[Any, grpc.ServicerContext], Message]) -> Any:
-    def behaviour(data: bytes, context: grpc.ServicerContext) -> Message:
-        try:
-            request = parse_request(request_type, data)
-        except InvalidRequest as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return call(request, context)
-
-    return grpc.unary_unary_rpc_method_handler(behaviour, response_serializer=lambda m: m.SerializeToString())
-
-
 def bind(server: grpc.Server, host: str, port: int, security: ServerSecurity, *, what: str, fix: str) -> int:
     """Listen on host:port (0 picks a free port), with TLS if `security` has a certificate; the bound port.
 
@@ -137,7 +97,7 @@ def bind(server: grpc.Server, host: str, port: int, security: ServerSecurity, *,
     Raises:
         ConfigError: the address cannot be bound; the message ends with `fix`.
     """
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    target = host_port(host, port)
     try:
         if security.key_and_cert is not None:
             bound = server.add_secure_port(target, grpc.ssl_server_credentials([security.key_and_cert]))

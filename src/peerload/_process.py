@@ -15,14 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peerload._address import free_port
 from peerload.errors import PeerloadError
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def peerload_cmd(*args: str) -> list[str]:
@@ -139,15 +133,20 @@ def start_serve(
     return server
 
 
-def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    """A redis-server (no persistence) on 127.0.0.1:`port`, once it accepts connections."""
+def start_redis(port: int, workdir: Path, *, persistent: bool = False) -> subprocess.Popen[bytes]:
+    """A redis-server on 127.0.0.1:`port`, once it accepts connections.
+
+    No persistence by default; `persistent`: an append-only file in `workdir`, fsynced at every
+    write, which a new server on the same `workdir` loads (a crash loses no acknowledged write).
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError(
             "redis-server is not installed (Debian: apt-get install redis-server; "
             "`make install` runs scripts/install_system_deps.sh)"
         )
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence]
     args += ["--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"]
     proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc, "redis-server", timeout_s=10)

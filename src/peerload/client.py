@@ -1,9 +1,9 @@
 """CoordinatorClient: typed calls to a peerload (or ModelExpress) coordinator.
 
 Callers never touch protobuf: inputs and results are the dataclasses of `peerload.wire`. Every
-RPC has a deadline, UNAVAILABLE is retried with exponential backoff, and every failure is raised
-as a CoordinatorError naming the RPC, the status code, the details and the address. Given several
-replicas' addresses, each call goes on to the next replica when the one in use is unreachable.
+RPC has a deadline, UNAVAILABLE is retried with jittered exponential backoff, and every failure is
+raised as a CoordinatorError naming the RPC, the status code, the details and the address. Given
+several replicas' addresses, each call goes on to the next replica when the one in use is unreachable.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from peerload.wire import (
     identity_to_proto,
     record_from_proto,
     ref_from_proto,
+    status_to_proto,
     worker_to_proto,
 )
 
@@ -45,7 +46,7 @@ class CoordinatorClient(ChannelClient):
         address: HOST:PORT of the coordinator, or a comma-separated list of replicas over one
             store (calls go to the first that answers, and stay there until it fails).
         timeout_s: deadline of each RPC attempt.
-        retries: how many times UNAVAILABLE is retried (with backoff 0.2 s, 0.4 s, ... <= 2 s).
+        retries: how many times UNAVAILABLE is retried (jittered backoff doubling from 0.1-0.2 s to <= 2 s).
         channel: an already open channel to use instead of one to `address` (tests, one address).
         security: TLS roots and bearer token (default: plaintext, no token).
         private_connection: dial a connection of this client's own, at once, instead of sharing
@@ -163,7 +164,7 @@ class CoordinatorClient(ChannelClient):
         if identity is not None:
             request.identity.CopyFrom(identity_to_proto(identity))
         if status is not None:
-            request.status_filter = int(status)
+            request.status_filter = status_to_proto(status)
         if model_name is not None:
             request.model_name_filter = model_name
         if worker_rank is not None:
@@ -196,7 +197,7 @@ class CoordinatorClient(ChannelClient):
             CoordinatorError, CoordinatorUnavailable: as for `publish`.
         """
         request = pb.UpdateStatusRequest(
-            mx_source_id=source_id, worker_id=worker_id, worker_rank=worker_rank, status=int(status)
+            mx_source_id=source_id, worker_id=worker_id, worker_rank=worker_rank, status=status_to_proto(status)
         )
         if source_load is not None:
             request.source_load = source_load

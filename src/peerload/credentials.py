@@ -8,7 +8,6 @@ file's mtime, size and inode.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import threading
@@ -105,13 +104,3 @@ def read_pem(path: str, setting: str, kind: str) -> bytes:
     if b"-----BEGIN " not in data or f"{kind}-----".encode() not in data:
         raise ConfigError(f"{setting}: {path} is not a PEM file with a {kind} (-----BEGIN ... {kind}-----)")
     return data
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names this machine only (127.0.0.0/8, ::1, localhost)."""
-    if host.strip("[]").lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

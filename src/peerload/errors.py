@@ -66,6 +66,22 @@ class LimitExceeded(PeerloadError, OverflowError):
         super().__init__(f"{message} (limit: setting {setting})")
 
 
+# --- seed (server side: mapped to gRPC status codes too) --------------------------------------
+
+
+class Unsupported(PeerloadError, NotImplementedError):
+    """The server does not implement what the request asks for; maps to UNIMPLEMENTED."""
+
+
+class PreconditionFailed(PeerloadError, RuntimeError):
+    """The server cannot serve this request as it is now (another source, a transport the reader
+    lacks); maps to FAILED_PRECONDITION. The message says why."""
+
+
+class ServerClosing(PeerloadError, ConnectionError):
+    """The server is shutting down and takes no new work; maps to UNAVAILABLE (try another)."""
+
+
 # --- client side of peerload's gRPC services ---------------------------------------------------
 
 

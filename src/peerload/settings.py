@@ -8,15 +8,14 @@ default token file too, when present), then the defaults below.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from peerload._address import host_port, is_host, split_host_port
 from peerload.components import STORES, TRANSPORTS, choices
 from peerload.credentials import is_token
 from peerload.errors import ConfigError
@@ -65,6 +64,8 @@ class Settings:
     # (e.g. a CPU seed of GPU targets, so they verify without copying to the host).
     checksum: str = "auto"
     storage_fallback: bool = True
+    # Transfers over TCP are intended (e.g. hosts without RDMA): no tcp_path alarm (docs/metrics.md).
+    expect_tcp: bool = False
     # Tensors larger than this are moved as several chunks (pipelines page faulting with transfer);
     # a seed also cuts its model into verified parts of about this size (the part plan).
     chunk_bytes: int = 64 << 20
@@ -138,19 +139,6 @@ _FIELDS = {f.name: f for f in fields(Settings)}
 _MX_JSON_KEYS = {"url": "coordinator", "server_address": "coordinator"}
 
 
-def split_host_port(address: str, what: str = "address") -> tuple[str, int]:
-    """Split HOST:PORT (also [v6]:PORT, and grpc-style URLs); raises ConfigError naming `what`."""
-    text = address.strip()
-    for prefix in ("grpc://", "http://", "dns:///", "dns:", "ipv4:"):
-        if text.startswith(prefix):
-            text = text[len(prefix) :]
-    text = text.rstrip("/")
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or not _is_host(host.strip("[]")):
-        raise ConfigError(f"{what} {address!r} is not HOST:PORT (for example 127.0.0.1:8001)")
-    return host.strip("[]"), int(port)
-
-
 def coordinator_addresses(text: str) -> tuple[str, ...]:
     """Each HOST:PORT of a comma-separated list of coordinator addresses, as gRPC dials it.
 
@@ -162,26 +150,12 @@ def coordinator_addresses(text: str) -> tuple[str, ...]:
         if not entry.strip():
             continue
         host, port = split_host_port(entry, what="coordinator")
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        address = host_port(host, port)
         if address not in addresses:
             addresses.append(address)
     if not addresses:
         raise ConfigError(f"coordinator {text!r} names no HOST:PORT (for example 127.0.0.1:8001)")
     return tuple(addresses)
-
-
-_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
-
-
-def _is_host(text: str) -> bool:
-    """An IP address or a DNS name (labels of letters, digits, '-' and '_')."""
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        pass
-    name = text[:-1] if text.endswith(".") else text
-    return 0 < len(name) <= 253 and all(_HOSTNAME.fullmatch(label) for label in name.split("."))
 
 
 def parse_bool(name: str, value: str | bool) -> bool:
@@ -299,7 +273,30 @@ _TIMEOUTS = (
     "settle_timeout_s",
 )
 _FILES = ("tls_ca", "tls_cert", "tls_key", "auth_token_file", "accept_tokens_file", "accept_write_tokens_file")
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+_SENTINEL_SCHEME = "redis+sentinel://"
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int] | None:
+    """`redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]` as (sentinels, service, db); None
+    for any other URL.
+
+    Raises:
+        ConfigError: a Sentinel URL without a service name, with a bad address or database.
+    """
+    if not url.startswith(_SENTINEL_SCHEME):
+        return None
+    hosts, _, path = url[len(_SENTINEL_SCHEME) :].partition("/")
+    service, _, db = path.strip("/").partition("/")
+    example = "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/peerload/0"
+    if not service or not hosts:
+        raise ConfigError(f"redis_url {url!r} names no Sentinel or no service; for example {example}")
+    if db and not db.isdigit():
+        raise ConfigError(f"redis_url {url!r}: database {db!r} is not a number; for example {example}")
+    sentinels = [split_host_port(h, what="Sentinel") for h in hosts.split(",") if h.strip()]
+    return sentinels, service, int(db or 0)
+
+
 _CHECKSUMS = ("auto", "xxh3_64", "wsum64")
 
 
@@ -310,7 +307,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"store {s.store!r} is not supported; choose one of {choices(STORES)}")
     coordinator_addresses(s.coordinator)
     for name in ("host", "advertise_host"):
-        if not _is_host(getattr(s, name)):
+        if not is_host(getattr(s, name)):
             raise ConfigError(f"{name} {getattr(s, name)!r} is not an IP address or host name (e.g. 127.0.0.1)")
     for name in _TIMEOUTS:
         value = getattr(s, name)
@@ -341,6 +338,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"checksum {s.checksum!r} is not supported; choose one of {', '.join(_CHECKSUMS)}")
     if not s.redis_url.startswith(_REDIS_SCHEMES):
         raise ConfigError(f"redis_url {s.redis_url!r} must start with {', '.join(_REDIS_SCHEMES)}")
+    parse_sentinel_url(s.redis_url)
     _validate_security(s)
 
 
@@ -353,5 +351,5 @@ def _validate_security(s: Settings) -> None:
         raise ConfigError("tls_cert and tls_key go together: give both (PEM files) or neither")
     if s.auth_token and not is_token(s.auth_token):
         raise ConfigError("auth_token must be printable ASCII without spaces (it is sent as a gRPC header)")
-    if s.tls_server_name and not _is_host(s.tls_server_name):
+    if s.tls_server_name and not is_host(s.tls_server_name):
         raise ConfigError(f"tls_server_name {s.tls_server_name!r} is not a host name")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from http.server import ThreadingHTTPServer
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -30,10 +30,8 @@ SEED_BYTES_SERVED = Counter(
 SEED_PARTS_SERVED = Counter(
     "peerload_seed_parts_served", "Verified parts readers read from this process's seeds", ["transport"]
 )
-SEED_LEASES_GRANTED = Counter(
-    "peerload_seed_leases_granted", "Read leases granted; open readers = granted - ended", ["reader"]
-)
-SEED_LEASES_ENDED = Counter("peerload_seed_leases_ended", "Read leases that ended, and how", ["reader", "how"])
+SEED_LEASES_GRANTED = Counter("peerload_seed_leases_granted", "Read leases granted; open readers = granted - ended")
+SEED_LEASES_ENDED = Counter("peerload_seed_leases_ended", "Read leases that ended, by how (released, lapsed)", ["how"])
 SEED_REFUSALS = Counter("peerload_seed_lease_refusals", "Read leases refused, by reason", ["reason"])
 SEED_TRANSPORT_HEALTHY = Gauge(
     "peerload_seed_transport_healthy",
@@ -100,7 +98,7 @@ class MetricsServer:
 
     def __init__(self, host: str, port: int) -> None:
         server, thread = start_http_server(port, addr=host, registry=scrape_registry())
-        self._server: ThreadingHTTPServer | None = server
+        self._server: WSGIServer | None = server
         self._thread: threading.Thread | None = thread
         self.port = int(server.server_port)
 

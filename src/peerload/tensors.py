@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import xxhash
 
+from peerload.devices import device_id_of, memory_of
 from peerload.digest import digest_pieces
 from peerload.errors import ConfigError, LayoutMismatch
 from peerload.manifest import (
@@ -55,8 +56,9 @@ class TensorSet:
                 name=n,
                 size=r.numel(),
                 addr=r.data_ptr() if r.numel() else 0,
-                device_id=_device_index(r),
+                device_id=device_id_of(r.device),
                 checksum=(checksums or {}).get(n, ""),
+                memory=memory_of(r.device),
             )
             for n, r in self.regions.items()
         ]
@@ -105,6 +107,10 @@ def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
             )
         if t.is_sparse or t.layout != torch.strided:
             raise ConfigError(f"tensor {name!r} has layout {t.layout}; only strided tensors can be moved")
+        try:
+            memory_of(t.device)
+        except ConfigError as exc:
+            raise ConfigError(f"tensor {name!r}: {exc}") from None
         storage = t.untyped_storage()
         key = (str(t.device), storage.data_ptr())
         if key not in region_of_storage or storage.nbytes() == 0:
@@ -118,7 +124,7 @@ def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
                 stride=tuple(t.stride()),
                 dtype=str(t.dtype),
                 nbytes=t.numel() * t.element_size(),
-                storage_offset=t.storage_offset(),
+                storage_offset=int(t.storage_offset()),
                 region=region_of_storage[key] if storage.nbytes() else name,
             )
         )
@@ -127,12 +133,8 @@ def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
 
 def _storage_bytes(storage: torch.UntypedStorage, device: torch.device) -> torch.Tensor:
     flat = torch.empty(0, dtype=torch.uint8, device=device)
-    flat.set_(storage, 0, (storage.nbytes(),))
+    flat.set_(storage, 0, (storage.nbytes(),), (1,))
     return flat
-
-
-def _device_index(t: torch.Tensor) -> int:
-    return t.device.index or 0 if t.device.type != "cpu" else 0
 
 
 def _as_buffer(flat: torch.Tensor) -> memoryview:
@@ -140,7 +142,7 @@ def _as_buffer(flat: torch.Tensor) -> memoryview:
         # xxh3 of device memory needs a host copy: seeds of GPU targets should publish wsum64.
         _warn_host_copy(flat.device)
         flat = flat.cpu()
-    return memoryview(flat.numpy())
+    return flat.numpy().data
 
 
 _warned_devices: set[str] = set()
@@ -227,7 +229,7 @@ def sha256_of(tensor: torch.Tensor) -> str:
     t = tensor.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    return hashlib.sha256(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())).hexdigest()
+    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().data).hexdigest()
 
 
 def check_layout(local: TensorSet, remote: Manifest, source: str = "") -> None:

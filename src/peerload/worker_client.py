@@ -58,7 +58,7 @@ class WorkerClient(ChannelClient):
     def _checked(self, rpc: str, reply: pb.GetTensorManifestResponse) -> TensorManifest:
         manifest = tensor_manifest_from_proto(reply)
         if manifest.mx_source_id != self.source_id:
-            raise self._call.rejected(rpc, f"answered for source {manifest.mx_source_id}, not {self.source_id}")
+            raise self._call.wrong_reply(rpc, f"answered for source {manifest.mx_source_id}, not {self.source_id}")
         if manifest.worker_id and manifest.worker_id != self.worker_id:
-            raise self._call.rejected(rpc, f"answered for worker {manifest.worker_id!r}, not {self.worker_id!r}")
+            raise self._call.wrong_reply(rpc, f"answered for worker {manifest.worker_id!r}, not {self.worker_id!r}")
         return manifest

@@ -1,4 +1,4 @@
-"""The fan-out tests' target: `peerload.cli._swarm_target` plus two test-only fault hooks.
+"""The fan-out tests' target: `peerload.bench.fanout_target` plus two test-only fault hooks.
 
 python swarm_peers.py MODEL NAME COORD OUT --prepared F --go F --hold F
                       [--die-after-parts K] [--hide-first-part SECONDS]
@@ -15,7 +15,7 @@ import os
 import signal
 import time
 
-from peerload.cli import _swarm_target as swarm_target
+from peerload.bench import fanout_target as swarm_target
 from peerload.loader import striping
 from peerload.parts import decode_held
 from peerload.seed.availability import PartAvailability

@@ -85,12 +85,14 @@ def test_publish_sends_the_identity_and_worker_and_returns_the_source_id():
 
 def test_a_rejected_publish_is_an_error_naming_the_reason():
     s = Scripted()
-    with pytest.raises(CoordinatorError, match="rejected: quota"):
+    with pytest.raises(CoordinatorError, match="PublishMetadata failed with REJECTED: quota") as info:
         s.call(
             lambda c: c.publish(IDENTITY, WorkerInfo(rank=0), worker_id="w"),
             P2P.methods_by_name["PublishMetadata"],
             [(pb.PublishMetadataResponse(success=False, message="quota"), OK, "")],
         )
+    # The RPC itself succeeded; the error still says what kind of failure it is, never "OK".
+    assert info.value.code == "REJECTED" and info.value.rpc == "PublishMetadata"
 
 
 def test_unavailable_is_retried_then_succeeds():

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from peerload._gen.model_express import p2p_pb2 as pb
+from peerload._grpc_edge import status_code_for
 from peerload.coordinator.registry import ReapResult, Registry
-from peerload.coordinator.status import status_code_for
 from peerload.coordinator.store import MemoryStore, WorkerEntry
 from peerload.errors import InvalidRequest
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from peerload.credentials import TokenFile, is_loopback, is_token, parse_tokens, read_pem
+from peerload._address import is_loopback
+from peerload.credentials import TokenFile, is_token, parse_tokens, read_pem
 from peerload.errors import ConfigError
 
 

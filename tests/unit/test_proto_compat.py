@@ -30,3 +30,12 @@ def test_p2p_proto_equals_the_official_one() -> None:
         assert ours["messages"][name] == fields, name
     assert ours["services"] == official["services"]
     assert {"P2pService", "WorkerService"} <= set(ours["services"])
+
+
+def test_source_status_names_every_wire_status() -> None:
+    """wire.SourceStatus is spelled out for type checkers; it must stay the .proto's enum."""
+    from peerload._gen.model_express import p2p_pb2 as pb
+    from peerload.wire import SourceStatus
+
+    wire = {name.removeprefix("SOURCE_STATUS_"): value for name, value in pb.SourceStatus.items()}
+    assert {s.name: s.value for s in SourceStatus} == wire

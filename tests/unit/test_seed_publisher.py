@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
+from peerload._backoff import Backoff
 from peerload.client import SourceStatus
 from peerload.seed.heartbeats import HeartbeatCounter
-from peerload.seed.publisher import Backoff
 
 
 def test_backoff_is_jittered_doubling_and_capped_at_the_interval():

@@ -45,7 +45,7 @@ def transformers_module() -> Any:
     return transformers
 
 
-def model_class(config: Any, name: str | None = None) -> type:
+def model_class(config: Any, name: str | None = None) -> type[Any]:
     """The class to build `config` as: `name` if given, else from `config.architectures` (see module doc).
 
     Raises:
@@ -83,7 +83,7 @@ def model_class(config: Any, name: str | None = None) -> type:
     )
 
 
-def build(cls: type, config: Any) -> Any:
+def build(cls: type[Any], config: Any) -> Any:
     """A model of class `cls` (a model class or an Auto class) from `config`, with fresh weights."""
     if hasattr(cls, "_model_mapping"):  # an Auto class
         return cls.from_config(config)

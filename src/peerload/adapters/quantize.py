@@ -10,6 +10,9 @@ import torch.nn.functional as F
 class Int8Linear(torch.nn.Module):
     """y = x @ (weight * weight_scale[:, None]).T + bias, with int8 weight and per-row scale."""
 
+    weight: torch.Tensor  # buffers, registered in __init__
+    weight_scale: torch.Tensor
+
     def __init__(
         self,
         in_features: int,

@@ -219,7 +219,7 @@ class PeerloadModelLoader(BaseModelLoader):
                     # vLLM's in-place reload: checkpoint format in, post-processed, copied into the
                     # existing runtime tensors (the ones registered with the transport).
                     initialize_layerwise_reload(model)
-                    model.load_weights(self.disk_loader.get_all_weights(model_config, model))
+                    model.load_weights(self.disk_loader.get_all_weights(model_config, model))  # type: ignore[operator]
                     finalize_layerwise_reload(model, model_config)
             except Exception as exc:
                 storage_errors.append(exc)

@@ -160,7 +160,8 @@ def _same_but_stamp(a: SourceIdentity, b: SourceIdentity) -> bool:
 
     def strip(i: SourceIdentity) -> SourceIdentity:
         extra = {k.lower(): v.lower() for k, v in i.extra_parameters.items() if not k.startswith(STAMP_EXTRA_PREFIX)}
-        return replace(i, extra_parameters=extra, model_name=i.model_name.lower(), **{k: "" for k in STAMP_FIELDS})
+        blank: dict[str, Any] = {k: "" for k in STAMP_FIELDS}
+        return replace(i, extra_parameters=extra, model_name=i.model_name.lower(), **blank)
 
     return strip(a).source_id() == strip(b).source_id()
 
@@ -234,7 +235,7 @@ def _read_chunks(
     transport = make_transport(settings, "peerload-artifact-reader")
     try:
         base = transport.register({"artifact": buffer})[0].addr
-        view = memoryview(buffer.numpy())
+        view = buffer.numpy().data
         whole = 0
         started = time.perf_counter()
         for start in range(0, len(chunks), _BATCH):

@@ -17,6 +17,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import google_crc32c
 import numpy as np
@@ -120,7 +121,9 @@ def build_manifest(
     """The manifest of `files` ((absolute path, contents), published in path order)."""
     if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
         raise ValueError(f"artifact chunk size must be in 1..{MAX_CHUNK_BYTES}, got {chunk_bytes}")
-    manifest = pb.ArtifactManifest(manifest_version=MANIFEST_VERSION, mx_source_type=kind, chunk_size=chunk_bytes)
+    manifest = pb.ArtifactManifest(
+        manifest_version=MANIFEST_VERSION, mx_source_type=cast("pb.MxSourceType", kind), chunk_size=chunk_bytes
+    )
     for file_index, (path, contents) in enumerate(sorted(files, key=lambda f: f[0])):
         data = memoryview(contents)
         for offset in range(0, len(data), chunk_bytes):

@@ -5,6 +5,7 @@ What an official ModelExpress reader calls: `GetArtifactManifestHeader` (files w
 (a lease, where the chunk's bytes lie in registered memory, and the NIXL agent's metadata to
 read them with) and `ReleaseArtifactChunk`. The bytes stay registered for the source's lifetime;
 a lease says a reader is on them, so closing waits for open ones (bounded) before deregistering.
+Methods raise typed errors; `peerload._grpc_edge` answers them with status codes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import grpc
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
-from peerload.errors import LeaseRefused
+from peerload.errors import InvalidRequest, NotFound, PreconditionFailed
 from peerload.seed.leases import LeaseTable
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class ArtifactServicer(pb_grpc.WorkerServiceServicer):
     def GetArtifactManifestHeader(
         self, request: pb.GetArtifactManifestHeaderRequest, context: grpc.ServicerContext
     ) -> pb.GetArtifactManifestHeaderResponse:
-        self._check(request.mx_source_id, request.artifact_id, context)
+        self._check(request.mx_source_id, request.artifact_id)
         m = self._manifest
         return pb.GetArtifactManifestHeaderResponse(
             mx_source_id=self.source_id,
@@ -84,11 +85,11 @@ class ArtifactServicer(pb_grpc.WorkerServiceServicer):
     def GetArtifactManifestChunks(
         self, request: pb.GetArtifactManifestChunksRequest, context: grpc.ServicerContext
     ) -> pb.GetArtifactManifestChunksResponse:
-        self._check(request.mx_source_id, request.artifact_id, context)
+        self._check(request.mx_source_id, request.artifact_id)
         count = len(self._manifest.chunks)
         start = request.start_chunk_index
         if start > count:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"start_chunk_index {start} exceeds chunk_count {count}")
+            raise InvalidRequest("start_chunk_index", f"{start} exceeds chunk_count {count}")
         end = min(start + min(request.max_chunks or CHUNK_PAGE, CHUNK_PAGE), count)
         return pb.GetArtifactManifestChunksResponse(
             mx_source_id=self.source_id,
@@ -101,18 +102,11 @@ class ArtifactServicer(pb_grpc.WorkerServiceServicer):
     def PrepareArtifactChunk(
         self, request: pb.PrepareArtifactChunkRequest, context: grpc.ServicerContext
     ) -> pb.PrepareArtifactChunkResponse:
-        self._check(request.mx_source_id, request.artifact_id, context)
+        self._check(request.mx_source_id, request.artifact_id)
         index = request.chunk_index
         if index >= len(self._manifest.chunks):
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"chunk_index {index} exceeds chunk_count {len(self._manifest.chunks)}",
-            )
-        try:
-            lease = self._leases.acquire(context.peer())
-        except LeaseRefused as exc:
-            code = grpc.StatusCode.UNAVAILABLE if exc.closing else grpc.StatusCode.RESOURCE_EXHAUSTED
-            context.abort(code, f"{exc}; retry later or read from another source")
+            raise InvalidRequest("chunk_index", f"{index} exceeds chunk_count {len(self._manifest.chunks)}")
+        lease = self._leases.acquire(context.peer())  # LeaseRefused: RESOURCE_EXHAUSTED or UNAVAILABLE
         with self._lock:
             self._lease_chunks[lease.lease_id] = index
         chunk = self._manifest.chunks[index]
@@ -128,42 +122,35 @@ class ArtifactServicer(pb_grpc.WorkerServiceServicer):
     def ReleaseArtifactChunk(
         self, request: pb.ReleaseArtifactChunkRequest, context: grpc.ServicerContext
     ) -> pb.ReleaseArtifactChunkResponse:
-        self._check(request.mx_source_id, request.artifact_id, context)
+        self._check(request.mx_source_id, request.artifact_id)
         with self._lock:
             index = self._lease_chunks.pop(request.lease_id, None)
         if not self._leases.release(request.lease_id) or index is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"artifact chunk lease not found or expired: {request.lease_id!r}")
+            raise NotFound(f"artifact chunk lease not found or expired: {request.lease_id!r}")
         return pb.ReleaseArtifactChunkResponse(
             mx_source_id=self.source_id, artifact_id=self._artifact_id, chunk=self._manifest.chunks[index]
         )
 
-    def _check(self, source_id: str, artifact_id: str, context: grpc.ServicerContext) -> None:
+    def _check(self, source_id: str, artifact_id: str) -> None:
         """Refuse requests for another source or artifact (empty means "the one served here")."""
         if source_id and source_id != self.source_id:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"mx_source_id mismatch: this worker serves {self.source_id}, got {source_id}",
-            )
+            raise PreconditionFailed(f"mx_source_id mismatch: this worker serves {self.source_id}, got {source_id}")
         if artifact_id and artifact_id != self._artifact_id:
-            context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"artifact {artifact_id} is not served here (this worker serves {self._artifact_id})",
-            )
+            raise NotFound(f"artifact {artifact_id} is not served here (this worker serves {self._artifact_id})")
 
     # -- tensors: an artifact worker has none -------------------------------------------------
 
-    def _no_tensors(self, context: grpc.ServicerContext) -> NoReturn:
-        context.abort(
-            grpc.StatusCode.FAILED_PRECONDITION,
+    def _no_tensors(self) -> NoReturn:
+        raise PreconditionFailed(
             "this worker is an artifact source (a cache directory), not a tensor source; "
-            "list sources of the weights' identity instead",
+            "list sources of the weights' identity instead"
         )
 
     def GetTensorManifest(self, request: pb.GetTensorManifestRequest, context: grpc.ServicerContext) -> NoReturn:
-        self._no_tensors(context)
+        self._no_tensors()
 
     def PrepareTensorRead(self, request: pb.PrepareTensorReadRequest, context: grpc.ServicerContext) -> NoReturn:
-        self._no_tensors(context)
+        self._no_tensors()
 
     def ReleaseTensorRead(self, request: pb.ReleaseTensorReadRequest, context: grpc.ServicerContext) -> NoReturn:
-        self._no_tensors(context)
+        self._no_tensors()

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 from peerload.identity import SourceIdentity
 
@@ -54,7 +55,7 @@ def stamped(identity: SourceIdentity, stamp: Mapping[str, str]) -> SourceIdentit
     """`identity` carrying `stamp` (its fields, and `cpu_*` keys in extra_parameters)."""
     extra = {k: v for k, v in identity.extra_parameters.items() if not k.startswith(STAMP_EXTRA_PREFIX)}
     extra.update({k: v for k, v in stamp.items() if k.startswith(STAMP_EXTRA_PREFIX) and v})
-    fields = {k: stamp.get(k, "") for k in STAMP_FIELDS}
+    fields: dict[str, Any] = {k: stamp.get(k, "") for k in STAMP_FIELDS}
     return replace(identity, extra_parameters=extra, **fields)
 
 

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peerload.bench.checkpoint import inventory, write_checkpoint
+from peerload.bench import fanout_target
 from peerload.errors import PeerloadError
 from peerload.fleet import Fleet, start_coordinator, start_seed
+from peerload.synthetic import inventory, write_checkpoint
 
 SEED_HOST = 0
 # Goals from the fan-out issue, at N=8.
@@ -105,7 +106,7 @@ def _swarm(
     procs: dict[int, subprocess.Popen[bytes]] = {}
     for h in range(1, n + 1):
         files = ["--prepared", str(workdir / f"t{h}.prepared"), "--go", str(go), "--hold", str(hold)]
-        cmd = [sys.executable, "-m", "peerload.cli._swarm_target", str(model), "peerload-bench/fanout", coordinator,
+        cmd = [sys.executable, "-m", fanout_target.__name__, str(model), "peerload-bench/fanout", coordinator,
                str(workdir / f"t{h}.json"), *files]  # fmt: skip
         procs[h] = fleet.popen(h, cmd, log_path=workdir / f"t{h}.log", env=env)
     try:

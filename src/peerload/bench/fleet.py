@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peerload.bench.checkpoint import inventory, write_checkpoint
 from peerload.errors import PeerloadError
 from peerload.fleet import Fleet, run_target, start_coordinator, start_file_server, start_seed
+from peerload.synthetic import inventory, write_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def summarise_fleet(
             "single_source_vs_storage_over_nic": storage / one if storage else None,
             "striped_vs_storage_over_nic": storage / four if storage and four else None,
         }
-    headline = next(iter(per_transport.values()), {})
+    headline: dict[str, Any] = next(iter(per_transport.values()), {})
     goals = {}
     for key, (bound, text) in GOALS.items():
         value = (headline.get("striping_speedup") or {}).get("4") if key == "striping_speedup_4" else headline.get(key)

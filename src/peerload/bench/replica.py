@@ -58,7 +58,7 @@ def make_tiny_llama(directory: Path) -> tuple[Path, Path]:
         head_dim=32,
         max_position_embeddings=256,
         tie_word_embeddings=False,
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()

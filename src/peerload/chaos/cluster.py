@@ -52,20 +52,29 @@ class CoordinatorProcess:
 
 
 class RedisProcess:
-    """A redis-server on a fixed port; `restart()` replaces it with an empty one on that port."""
+    """A redis-server on a fixed port; `restart()` replaces it with an empty one on that port, or,
+    when `persistent`, with one that loads what the old one wrote (its append-only file)."""
 
-    def __init__(self, port: int, workdir: Path) -> None:
+    def __init__(self, port: int, workdir: Path, *, persistent: bool = False) -> None:
         self.port = port
         self.url = f"redis://127.0.0.1:{port}/0"
         self._workdir = workdir
+        self._persistent = persistent
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self._proc = start_redis(self.port, self._workdir)
+        self._proc = start_redis(self.port, self._workdir, persistent=self._persistent)
 
     def stop(self) -> None:
         if self._proc is not None:
             stop_process(self._proc, timeout_s=5)
+            self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to save anything."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
             self._proc = None
 
     def restart(self) -> None:

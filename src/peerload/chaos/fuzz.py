@@ -237,7 +237,10 @@ def _send_all(
 # Stands for "a lease id this run was granted": filled in when the request is sent, so that
 # fuzzing also releases real leases (and a release of one it no longer holds is a plain miss).
 GRANTED = "\x00granted"
-_GRANTS = {"AcquireLease": seed_pb2.AcquireLeaseResponse, "PrepareTensorRead": pb.PrepareTensorReadResponse}
+_GRANTS: dict[str, Any] = {
+    "AcquireLease": seed_pb2.AcquireLeaseResponse,
+    "PrepareTensorRead": pb.PrepareTensorReadResponse,
+}
 _RELEASES = ("ReleaseLease", "ReleaseTensorRead")
 
 

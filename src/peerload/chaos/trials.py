@@ -13,10 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from peerload._process import free_port
+from peerload._address import free_port
 from peerload.adapters import hf
 from peerload.chaos.cluster import CoordinatorProcess, RedisProcess, SeedProcess, seconds_until_ready
 from peerload.client import CoordinatorClient
@@ -46,6 +45,8 @@ class Trial:
     outcome: str = "failed"  # "peer" | "storage" | "failed" (a clean error, nothing returned)
     corrupted: bool = False  # a returned model whose bytes differ from the checkpoint
     half_loaded: bool = False  # a failed load that left bytes in the destination (not rolled back)
+    reader_died: bool = False  # the target process ended by a signal (abort, segfault), not by us
+    servers_died: int = 0  # seeds that ended by themselves during the trial (a crash, not our kill)
     recover_s: float | None = None
     detail: str = ""  # the load's attempts, or its error
     notes: list[str] = field(default_factory=list)
@@ -60,16 +61,6 @@ class Trial:
             "coordinator 127.0.0.1": "coordinator unreachable at the start",
         }
         return [event for marker, event in kinds.items() if marker in self.detail]
-
-
-def write_checkpoint(path: Path, tensors: int, tensor_mib: int, seed: int) -> Path:
-    """A safetensors file of random fp32 tensors: the model every seed serves and storage holds."""
-    from safetensors.torch import save_file
-
-    g = torch.Generator().manual_seed(seed)
-    numel = (tensor_mib << 20) // 4
-    save_file({f"layer{i}.weight": torch.randn(numel, generator=g) for i in range(tensors)}, str(path))
-    return path
 
 
 class Cluster:
@@ -140,7 +131,7 @@ class Cluster:
     def load(self, trial: Trial, progress: Callable[[Progress], None] | None = None, **settings: object) -> None:
         """Load the model once into fresh zeroed tensors; record outcome, corruption, rollback."""
         assert self.identity is not None
-        values: dict[str, object] = {
+        values: dict[str, Any] = {
             "coordinator": self.coordinator.address,
             "transport": self.transport,
             "chunk_bytes": CHUNK_BYTES,
@@ -183,6 +174,7 @@ class Cluster:
         for seed in self.seeds:
             code = seed.died_by_itself
             if code is not None:
+                trial.servers_died += 1
                 trial.notes.append(f"seed {seed.worker_id} exited by itself with code {code}")
 
     def close(self) -> None:

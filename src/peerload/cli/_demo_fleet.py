@@ -28,6 +28,7 @@ def fleet_demo(console: Console, model_name: str, model_dir: Path, hosts: int, n
 
     disk, from_disk = hf.target_tensors(model_dir, quantize=None, tp_size=1, tp_rank=0)
     loaded = collect(disk)
+    assert from_disk is not None, f"{model_dir} has weights: the demo wrote them"
     copy_into(loaded, from_disk())
     expected = {n: sha256_of(t) for n, t in loaded.tensors.items()}
     workdir = Path(tempfile.mkdtemp(prefix="peerload-fleet-demo-"))

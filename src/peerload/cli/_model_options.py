@@ -10,18 +10,22 @@ import functools
 import inspect
 import signal
 import threading
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Optional, get_args
 
 import typer
 
 from peerload.coordinator.registry import MAX_ID_CHARS
+from peerload.devices import parse_device
 from peerload.errors import ConfigError
-from peerload.identity import SourceIdentity, worker_rank
+from peerload.identity import SourceIdentity
 from peerload.settings import Settings
+from peerload.telemetry import MetricsServer
+
+if TYPE_CHECKING:
+    from peerload.adapters.hf_config import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class ModelOptions:
     """What `seed` and `load` agree on: the checkpoint, its identity and rank, and where to publish."""
 
     path: Path
+    checkpoint: Checkpoint  # what the adapter read of `path` (config.json once), handed to it again
     identity: SourceIdentity
     rank: int
     tp_size: int
@@ -41,6 +46,7 @@ class ModelOptions:
     model_class: str | None = None
     allow_missing: bool = False
     allow_unused: bool = False
+    device: str = "cpu"
 
     def hf_options(self) -> dict[str, Any]:
         """The keyword arguments of `adapters.hf.seed_tensors` / `target_tensors` these options give."""
@@ -51,6 +57,7 @@ class ModelOptions:
             "model_class": self.model_class,
             "allow_missing": self.allow_missing,
             "allow_unused": self.allow_unused,
+            "device": self.device,
         }
 
     def settings(self, **more: Any) -> Settings:
@@ -127,6 +134,13 @@ _SHARED: dict[str, tuple[Any, Any]] = {
         ],
         False,
     ),
+    "device": (
+        Annotated[
+            str,
+            typer.Option("--device", help="Where the model's tensors live: cpu, cuda or cuda:N (GPU memory)."),
+        ],
+        "cpu",
+    ),
 }
 
 # The options that make up a load's identity and rank (`peerload sources --explain` takes them too).
@@ -172,7 +186,8 @@ def _optional(name: str) -> tuple[Any, Any]:
     if default is not inspect.Parameter.empty:
         return annotation, default
     base, *metadata = get_args(annotation)
-    return Annotated[(Optional[base], *metadata)], None
+    params = (Optional[base], *metadata)  # Annotated[params] is Annotated[base, *metadata] (py3.10 syntax)
+    return Annotated[params], None
 
 
 def model_options(
@@ -192,15 +207,20 @@ def model_options(
     model_class: str | None = None,
     allow_missing: bool = False,
     allow_unused: bool = False,
+    device: str = "cpu",
 ) -> ModelOptions:
     """Validate the shared options and the checkpoint's files, and derive the identity and rank."""
     if quantize is not None and quantize != "int8":
         raise ConfigError(f"--quantize {quantize!r} is not supported; the only choice is int8")
     if worker_id is not None and (not worker_id.strip() or len(worker_id) > MAX_ID_CHARS):
         raise ConfigError(f"--worker-id must be 1 to {MAX_ID_CHARS} characters and not blank, got {worker_id!r}")
-    identity, rank = identity_options(path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size)
+    device = str(parse_device(device))
+    identity, rank, checkpoint = _identity_and_checkpoint(
+        path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size
+    )
     return ModelOptions(
         path=path,
+        checkpoint=checkpoint,
         identity=identity,
         rank=rank,
         tp_size=tp_size,
@@ -213,6 +233,7 @@ def model_options(
         model_class=model_class,
         allow_missing=allow_missing,
         allow_unused=allow_unused,
+        device=device,
     )
 
 
@@ -228,45 +249,38 @@ def identity_options(
     backend_framework: int = 0,
 ) -> tuple[SourceIdentity, int]:
     """The identity and worker rank of a seed or load of PATH with these options (its files checked)."""
-    from peerload.adapters import hf  # torch-heavy: imported only by the commands that read a model
-
-    if not path.exists():
-        raise ConfigError(f"{path} does not exist: give a .safetensors file or a model directory")
-    rank = worker_rank(tp_rank, pp_rank, tp_size, pp_size)
-    # Every header and config.json is read now, so a bad file fails here, named, before any work.
-    # A model directory without weights is a target that can only load from peers.
-    layout = hf.checkpoint_layout(path) if hf.has_weights(path) or not hf.has_model_config(path) else {}
-    config = hf.read_model_config(path)
-    if hf.has_model_config(path):
-        hf.auto_config(path)
-    identity = SourceIdentity(
-        model_name=model_name,
-        revision=revision,
-        backend_framework=backend_framework,
-        tensor_parallel_size=tp_size,
-        pipeline_parallel_size=pp_size,
-        expert_parallel_size=ep_size,
-        # Runtime post-processing (--quantize) is not part of the identity: a target that forgot
-        # it finds the source and is told exactly which tensors differ.
-        dtype=checkpoint_dtype(config, layout),
-        quantization=checkpoint_quantization(config),
+    identity, rank, _ = _identity_and_checkpoint(
+        path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size, backend_framework
     )
     return identity, rank
 
 
-def checkpoint_dtype(config: dict, layout: Mapping[str, tuple[Any, Any]]) -> str:
-    """The model's dtype as configured (config.json), else the commonest one in the checkpoint."""
-    value = config.get("dtype") or config.get("torch_dtype")
-    if value:
-        return str(value).replace("torch.", "")
-    counts = Counter(str(dt).replace("torch.", "") for _, dt in layout.values())
-    return counts.most_common(1)[0][0] if counts else ""
+def _identity_and_checkpoint(
+    path: Path,
+    model_name: str,
+    revision: str,
+    tp_size: int,
+    tp_rank: int,
+    pp_size: int,
+    pp_rank: int,
+    ep_size: int,
+    backend_framework: int = 0,
+) -> tuple[SourceIdentity, int, Checkpoint]:
+    """`identity_options` and the checkpoint the adapter opened for it (read once, handed on)."""
+    from peerload.adapters import hf  # torch-heavy: imported only by the commands that read a model
 
-
-def checkpoint_quantization(config: dict) -> str:
-    """The checkpoint's own quantization method (config.json quantization_config), or ""."""
-    quantization = config.get("quantization_config")
-    return str(quantization.get("quant_method", "")) if isinstance(quantization, dict) else ""
+    source = hf.checkpoint_source(
+        path,
+        model_name,
+        revision=revision,
+        tp_size=tp_size,
+        tp_rank=tp_rank,
+        pp_size=pp_size,
+        pp_rank=pp_rank,
+        ep_size=ep_size,
+        backend_framework=backend_framework,
+    )
+    return source.identity, source.rank, source.checkpoint
 
 
 def output_file(path: Path | None, option: str) -> None:
@@ -279,10 +293,33 @@ def output_file(path: Path | None, option: str) -> None:
         raise ConfigError(f"{option} {path}: directory {path.parent} does not exist")
 
 
-def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
+def start_metrics(host: str, port: int | None) -> MetricsServer | None:
+    """This process's /metrics on HOST:PORT when a port was given (printed on stderr).
+
+    Raises:
+        ConfigError: the port cannot be bound.
+    """
+    if port is None:
+        return None
+    try:
+        server = MetricsServer(host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}; choose another --metrics-port") from None
+    typer.echo(f"metrics on http://{host}:{server.port}/metrics", err=True)
+    return server
+
+
+def wait_for_signal() -> signal.Signals:
+    """Block until SIGINT or SIGTERM; which one came (the caller stops cleanly either way)."""
     stop = threading.Event()
+    received: list[signal.Signals] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signal.Signals(signum))
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     while not stop.wait(1.0):
         pass
+    return received[0]

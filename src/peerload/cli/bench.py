@@ -90,6 +90,14 @@ def bench(
     artifact_mib: Annotated[
         int, typer.Option(help="--replica: MiB each path moves for the GB/s comparison.", min=1)
     ] = 256,
+    scale: Annotated[
+        bool,
+        typer.Option(
+            "--scale",
+            help="--control-plane: 5,000 workers of 100 models beating every 30 s plus 200 lists/s, against "
+            "one and two replicas over one Redis (about 4 minutes); writes control_plane_scale.json.",
+        ),
+    ] = False,
     clients: Annotated[int, typer.Option(help="--control-plane: concurrent client threads.", min=1)] = 16,
     duration: Annotated[float, typer.Option(help="--control-plane: seconds per RPC and store.", min=0.5)] = 5.0,
     workers: Annotated[int, typer.Option(help="--control-plane: registered workers.", min=1)] = 1000,
@@ -140,6 +148,16 @@ def bench(
         return
     if replica:
         _replica(console, json_out, out, vllm_python, repeats, artifact_mib, plot, started)
+        return
+    if scale and not control_plane:
+        raise ConfigError("--scale needs --control-plane")
+    if control_plane and scale:
+        from peerload.bench.control_plane_scale import ScaleConfig, run_scale, scale_table
+
+        results = run_scale(ScaleConfig(), progress=lambda s: console.log(s))
+        path = out / "control_plane_scale.json"
+        path.write_text(json.dumps(results, indent=2))
+        _emit(console, json_out, results, [scale_table(results)], [path], started)
         return
     if control_plane:
         from peerload.bench.control_plane import ControlPlaneConfig, run_control_plane, table

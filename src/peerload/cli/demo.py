@@ -158,6 +158,7 @@ def _load_from_peer(model_dir: Path, settings: Settings) -> tuple[LoadResult, to
 
     started = time.perf_counter()
     destination, from_storage = hf.target_tensors(model_dir, quantize=None, tp_size=1, tp_rank=0)
+    assert isinstance(destination, torch.nn.Module)  # the demo's directory has a config.json
     result = load_into(
         destination, SourceIdentity(model_name=MODEL_NAME, dtype="float32"), settings=settings, fallback=from_storage
     )
@@ -174,6 +175,7 @@ def _compare_with_disk(
 
     started = time.perf_counter()
     disk_model, from_disk = hf.target_tensors(model_dir, quantize=None, tp_size=1, tp_rank=0)
+    assert isinstance(disk_model, torch.nn.Module) and from_disk is not None  # config.json and weights
     copy_into(collect(disk_model), from_disk())
     disk_s = time.perf_counter() - started
     same_bytes = {n: sha256_of(t) for n, t in disk_model.state_dict().items()} == {

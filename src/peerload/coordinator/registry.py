@@ -20,7 +20,7 @@ from peerload._gen.model_express import p2p_pb2 as pb
 from peerload.coordinator.store import Beat, Heartbeat, Store, WorkerEntry
 from peerload.errors import InvalidRequest, LimitExceeded
 from peerload.identity import OPTIONAL_HASHED_FIELDS, compute_source_id
-from peerload.wire import SourceStatus
+from peerload.wire import SourceStatus, status_to_proto
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def source_id_of(identity: pb.SourceIdentity) -> str:
     The wire message has the dataclass' attribute names, so the one canonical-JSON hash in
     peerload.identity applies to it as is (and accepts sizes of 0, which foreign clients may send).
     """
-    return compute_source_id(identity)  # type: ignore[arg-type]
+    return compute_source_id(identity)
 
 
 class Registry:
@@ -99,7 +99,7 @@ class Registry:
         self._check_room(sid, worker_id)
         stored = pb.PublishMetadataRequest()
         stored.CopyFrom(request)
-        stored.worker.status = INITIALIZING
+        stored.worker.status = status_to_proto(INITIALIZING)
         now = self.now_ms()
         stored.worker.updated_at = now
         self.store.put(
@@ -184,7 +184,7 @@ class Registry:
             return pb.GetMetadataResponse(found=False, mx_source_id=sid, worker_id=wid)
         published = _published(entry)
         worker = published.worker
-        worker.status = self.effective_status(entry, self.now_ms())
+        worker.status = status_to_proto(self.effective_status(entry, self.now_ms()))
         worker.updated_at = entry.updated_at_ms
         return pb.GetMetadataResponse(
             found=True, worker=worker, mx_source_id=sid, worker_id=wid, identity=published.identity
@@ -195,7 +195,7 @@ class Registry:
         sid = _check_id(request.mx_source_id, "mx_source_id")
         wid = _check_id(request.worker_id, "worker_id")
         _check_enum(pb.SourceStatus, request.status, "status")
-        if request.status not in _SETTABLE_STATUSES:
+        if int(request.status) not in _SETTABLE_STATUSES:
             raise InvalidRequest("status", "must be INITIALIZING, READY or STALE")
         load = request.source_load if request.HasField("source_load") else None
         if load is not None and (not math.isfinite(load) or load < 0):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -78,7 +78,7 @@ class PartScheduler:
 
     # -- sources -------------------------------------------------------------------------------
 
-    def add_sources(self, names: Sequence[str], partial: dict[str, Iterable[int]] | None = None) -> None:
+    def add_sources(self, names: Sequence[str], partial: Mapping[str, Iterable[int]] | None = None) -> None:
         """Add sources (least loaded first) and deal the complete ones the pooled parts in contiguous blocks.
 
         `partial` maps the sources still loading to the parts they hold now (see `set_holdings`).

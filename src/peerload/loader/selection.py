@@ -11,7 +11,8 @@ from peerload.wire import PEERLOAD
 
 
 class _Candidate(Protocol):
-    worker_id: str
+    @property
+    def worker_id(self) -> str: ...
 
     @property
     def source_load(self) -> float | None: ...

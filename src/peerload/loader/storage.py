@@ -71,5 +71,5 @@ def fill_parts(tensor_set: TensorSet, loaded: Mapping[str, torch.Tensor], parts:
             region = tensor_set.regions[region_of[name]]
             for a, b in hits:
                 region[a:b].copy_(src[a - start : b - start])
-                copied += b - a
+                copied += int(b - a)
     return copied

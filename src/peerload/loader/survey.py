@@ -27,7 +27,7 @@ def survey(client: CoordinatorClient, identity: SourceIdentity, *, max_lookups: 
         newest.setdefault(ref.mx_source_id, ref)
     name = identity.model_name.lower()
     others = sorted((r for sid, r in newest.items() if sid != own), key=lambda r: r.model_name.lower() != name)
-    identities = {own: identity}
+    identities: dict[str, SourceIdentity | None] = {own: identity}
     for ref in others[:max_lookups]:
         record = client.get_metadata(ref.mx_source_id, ref.worker_id)
         identities[ref.mx_source_id] = record.identity if record is not None else None

@@ -8,10 +8,12 @@ import logging
 
 import grpc
 
+from peerload._address import host_port
 from peerload._gen.model_express import p2p_pb2
 from peerload._gen.peerload.v1 import seed_pb2
-from peerload._grpc_server import OPEN, ServerSecurity, bind, new_server, parsing_handler
-from peerload.errors import LeaseRefused
+from peerload._grpc_edge import service_handler
+from peerload._grpc_server import OPEN, ServerSecurity, bind, new_server
+from peerload.errors import NotFound
 from peerload.limits import MANIFEST_MAX_BYTES, SEED_MAX_REQUEST_BYTES
 from peerload.manifest import Manifest
 from peerload.seed.availability import PartAvailability
@@ -34,33 +36,26 @@ class _Servicer:
         self._availability = availability
         self._part_count = len(manifest.parts())
 
-    def _check_worker(self, worker_id: str, context: grpc.ServicerContext) -> None:
+    def _check_worker(self, worker_id: str) -> None:
         if worker_id and worker_id != self._manifest.worker_id:
-            context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"worker_id {worker_id!r} is not served here (this seed is {self._manifest.worker_id!r})",
-            )
+            raise NotFound(f"worker_id {worker_id!r} is not served here (this seed is {self._manifest.worker_id!r})")
 
     def GetManifest(self, request: seed_pb2.GetManifestRequest, context: grpc.ServicerContext) -> seed_pb2.Manifest:
-        self._check_worker(request.worker_id, context)
+        self._check_worker(request.worker_id)
         return self._reply
 
     def AcquireLease(
         self, request: seed_pb2.AcquireLeaseRequest, context: grpc.ServicerContext
     ) -> seed_pb2.AcquireLeaseResponse:
-        self._check_worker(request.worker_id, context)
-        try:
-            lease = self._leases.acquire(request.reader)
-        except LeaseRefused as exc:
-            code = grpc.StatusCode.UNAVAILABLE if exc.closing else grpc.StatusCode.RESOURCE_EXHAUSTED
-            context.abort(code, f"{exc}; read from another source")
+        self._check_worker(request.worker_id)
+        lease = self._leases.acquire(request.reader)  # LeaseRefused: RESOURCE_EXHAUSTED or UNAVAILABLE
         log.debug("lease %s granted to %s", lease.lease_id, request.reader)
         return seed_pb2.AcquireLeaseResponse(lease_id=lease.lease_id, ttl_ms=int(self._leases.timeout_s * 1000))
 
     def GetAvailability(
         self, request: seed_pb2.GetAvailabilityRequest, context: grpc.ServicerContext
     ) -> seed_pb2.Availability:
-        self._check_worker(request.worker_id, context)
+        self._check_worker(request.worker_id)
         if self._availability is None:  # a complete seed
             return seed_pb2.Availability(part_count=self._part_count, complete=True)
         snap = self._availability.snapshot()
@@ -75,7 +70,8 @@ class _Servicer:
     def ReleaseLease(
         self, request: seed_pb2.ReleaseLeaseRequest, context: grpc.ServicerContext
     ) -> seed_pb2.ReleaseLeaseResponse:
-        return seed_pb2.ReleaseLeaseResponse(released=self._leases.release(request.lease_id))
+        released = self._leases.release(request.lease_id, request.bytes_read, request.parts_read)
+        return seed_pb2.ReleaseLeaseResponse(released=released)
 
 
 class ManifestServer:
@@ -110,12 +106,13 @@ class ManifestServer:
         ]
         self.worker_service = worker_service
         self._server = new_server(security, max_workers=4, options=options, thread_name_prefix="peerload-seed-rpc")
-        handlers = [parsing_handler(_SEED_SERVICE, seed_pb2, _Servicer(manifest, leases, availability))]
+        servicer = _Servicer(manifest, leases, availability)
+        handlers = [service_handler(_SEED_SERVICE, seed_pb2, servicer, server="the seed")]
         if worker_service is not None:
-            handlers.append(parsing_handler(_WORKER_SERVICE, p2p_pb2, worker_service))
+            handlers.append(service_handler(_WORKER_SERVICE, p2p_pb2, worker_service, server="the seed"))
         self._server.add_generic_rpc_handlers(handlers)
         bound = bind(self._server, host, port, security, what="seed", fix="check the advertise_host setting")
-        self.endpoint = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        self.endpoint = host_port(host, bound)
         self._server.start()
 
     def stop(self, grace: float = 0.5) -> None:

@@ -3,7 +3,8 @@
 In P2P metadata mode a reader asks the seed itself for the per-name descriptors
 (`GetTensorManifest`), takes a read lease with them (`PrepareTensorRead`), fetches the NIXL agent's
 metadata from its listen thread, reads, and ends the lease (`ReleaseTensorRead`). Leases come
-from the Publisher's one `LeaseTable`, shared with peerload readers.
+from the Publisher's one `LeaseTable`, shared with peerload readers. Methods raise typed errors;
+`peerload._grpc_edge` answers them with status codes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import grpc
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
-from peerload.errors import LeaseRefused
+from peerload.errors import InvalidRequest, NotFound, PreconditionFailed, ServerClosing, Unsupported
 from peerload.seed.leases import LeaseTable
 from peerload.wire import TensorManifest, tensor_manifest_to_proto
 
@@ -56,63 +57,63 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     def GetTensorManifest(
         self, request: pb.GetTensorManifestRequest, context: grpc.ServicerContext
     ) -> pb.GetTensorManifestResponse:
-        self._check(request, context)
+        self._check(request)
         if self._leases.closing:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the seed is shutting down; read from another source")
+            raise ServerClosing("the seed is shutting down; read from another source")
         return self._reply
 
     def PrepareTensorRead(
         self, request: pb.PrepareTensorReadRequest, context: grpc.ServicerContext
     ) -> pb.PrepareTensorReadResponse:
-        self._check(request, context)
-        try:
-            lease = self._leases.acquire(context.peer())
-        except LeaseRefused as exc:
-            code = grpc.StatusCode.UNAVAILABLE if exc.closing else grpc.StatusCode.RESOURCE_EXHAUSTED
-            context.abort(code, f"{exc}; read from another source")
+        self._check(request)
+        lease = self._leases.acquire(context.peer())  # LeaseRefused: RESOURCE_EXHAUSTED or UNAVAILABLE
         log.debug("read lease %s granted to %s", lease.lease_id, lease.reader)
         return pb.PrepareTensorReadResponse(lease_id=lease.lease_id, manifest=self._reply)
 
     def ReleaseTensorRead(
         self, request: pb.ReleaseTensorReadRequest, context: grpc.ServicerContext
     ) -> pb.ReleaseTensorReadResponse:
-        self._check(request, context)
+        self._check(request)
         if not self._leases.release(request.lease_id):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"tensor read lease not found or expired: {request.lease_id!r}")
+            raise NotFound(f"tensor read lease not found or expired: {request.lease_id!r}")
         log.debug("read lease %s released", request.lease_id)
         return pb.ReleaseTensorReadResponse()
 
     def _check(
         self,
         request: pb.GetTensorManifestRequest | pb.PrepareTensorReadRequest | pb.ReleaseTensorReadRequest,
-        context: grpc.ServicerContext,
     ) -> None:
-        """Refuse requests for another source or worker, as the official seed does."""
+        """Refuse requests for another source or worker, as the official seed does.
+
+        Raises:
+            PreconditionFailed: unreadable by ModelExpress readers, or another source or worker.
+            InvalidRequest: no mx_source_id.
+        """
         if self._unreadable:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, self._unreadable)
+            raise PreconditionFailed(self._unreadable)
         if not request.mx_source_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "mx_source_id is required for tensor reads")
+            raise InvalidRequest("mx_source_id", "is required for tensor reads")
         if request.mx_source_id != self._reply.mx_source_id:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"mx_source_id mismatch: this seed serves {self._reply.mx_source_id}, got {request.mx_source_id}",
+            raise PreconditionFailed(
+                f"mx_source_id mismatch: this seed serves {self._reply.mx_source_id}, got {request.mx_source_id}"
             )
         if request.HasField("worker_id") and request.worker_id != self._worker_id:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"worker_id mismatch: this seed is {self._worker_id!r}, got {request.worker_id!r}",
-            )
+            raise PreconditionFailed(f"worker_id mismatch: this seed is {self._worker_id!r}, got {request.worker_id!r}")
 
     # -- artifacts (served by peerload.artifacts' own workers) ------------------------------------
 
-    def GetArtifactManifestHeader(self, request: pb.GetArtifactManifestHeaderRequest, context) -> NoReturn:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, _NO_ARTIFACTS.format(rpc="GetArtifactManifestHeader"))
+    def GetArtifactManifestHeader(
+        self, request: pb.GetArtifactManifestHeaderRequest, context: grpc.ServicerContext
+    ) -> NoReturn:
+        raise Unsupported(_NO_ARTIFACTS.format(rpc="GetArtifactManifestHeader"))
 
-    def GetArtifactManifestChunks(self, request: pb.GetArtifactManifestChunksRequest, context) -> NoReturn:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, _NO_ARTIFACTS.format(rpc="GetArtifactManifestChunks"))
+    def GetArtifactManifestChunks(
+        self, request: pb.GetArtifactManifestChunksRequest, context: grpc.ServicerContext
+    ) -> NoReturn:
+        raise Unsupported(_NO_ARTIFACTS.format(rpc="GetArtifactManifestChunks"))
 
-    def PrepareArtifactChunk(self, request: pb.PrepareArtifactChunkRequest, context) -> NoReturn:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, _NO_ARTIFACTS.format(rpc="PrepareArtifactChunk"))
+    def PrepareArtifactChunk(self, request: pb.PrepareArtifactChunkRequest, context: grpc.ServicerContext) -> NoReturn:
+        raise Unsupported(_NO_ARTIFACTS.format(rpc="PrepareArtifactChunk"))
 
-    def ReleaseArtifactChunk(self, request: pb.ReleaseArtifactChunkRequest, context) -> NoReturn:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, _NO_ARTIFACTS.format(rpc="ReleaseArtifactChunk"))
+    def ReleaseArtifactChunk(self, request: pb.ReleaseArtifactChunkRequest, context: grpc.ServicerContext) -> NoReturn:
+        raise Unsupported(_NO_ARTIFACTS.format(rpc="ReleaseArtifactChunk"))

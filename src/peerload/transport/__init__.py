@@ -7,6 +7,7 @@ package fails at configuration time with the pip extra to install, not at `impor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from peerload.advertise import advertise_host
@@ -35,7 +36,8 @@ def create_transport(kind: str, name: str, **options: Any) -> Transport:
         MissingExtraError: the transport's package is not installed.
         TransportError: the data plane failed to start.
     """
-    cls = transport_class(kind)
+    # Each subclass takes (name, **its own options); the base class declares no constructor.
+    cls: Callable[..., Transport] = transport_class(kind)
     try:
         return cls(name, **options)
     except TypeError as e:

@@ -12,4 +12,5 @@ __all__ = ["Beat", "Heartbeat", "MemoryStore", "Store", "WorkerEntry", "make_sto
 
 def make_store(settings: Settings) -> Store:
     """The store named by `settings.store`; each store class takes the settings it needs."""
-    return resolve(STORES, settings.store, "store").from_settings(settings)
+    store_class: type[Store] = resolve(STORES, settings.store, "store")
+    return store_class.from_settings(settings)

@@ -9,11 +9,12 @@ coordinator is never lost, and a record two reapers race over is deleted once, n
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from peerload.coordinator.store.base import Beat, Heartbeat, Store, WorkerEntry
 from peerload.errors import MissingExtraError, StoreUnavailable
+from peerload.settings import parse_sentinel_url
 
 try:
     import redis
@@ -99,9 +100,7 @@ class RedisStore(Store):
         # One immediate retry on a dropped connection (a pooled one to a Redis that restarted),
         # then fail fast: the RPC answers UNAVAILABLE and the client tries another replica.
         retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-        self._client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry
-        )
+        self._client = _connect(url, timeout_s, retry)
         self._put = self._client.register_script(_PUT)
         self._heartbeat = self._client.register_script(_HEARTBEAT)
         self._cas_status = self._client.register_script(_CAS_STATUS)
@@ -145,10 +144,10 @@ class RedisStore(Store):
     def entries(self, mx_source_id: str | None = None, *, payload: bool = True) -> list[WorkerEntry]:
         def run() -> list[Any]:
             if mx_source_id is None:
-                members = [m.decode() for m in self._client.smembers(self._all())]
+                members = [_text(m) for m in self._client.smembers(self._all())]
                 keys = [f"{self._prefix}:w:{m}" for m in members]
             else:
-                keys = [self._key(mx_source_id, w.decode()) for w in self._client.smembers(self._src(mx_source_id))]
+                keys = [self._key(mx_source_id, _text(w)) for w in self._client.smembers(self._src(mx_source_id))]
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
                 if payload:
@@ -206,6 +205,22 @@ class RedisStore(Store):
         self._client.close()
 
 
+def _connect(url: str, timeout_s: float, retry: Retry) -> redis.Redis:
+    """A client of the Redis at `url`; for `redis+sentinel://`, of the primary its Sentinels name.
+
+    Through Sentinel, every new connection asks the Sentinels where the primary is, and one to
+    a primary that was demoted fails (and is retried once), so a failover needs no restart here.
+    """
+    options: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    sentinel = parse_sentinel_url(url)
+    if sentinel is None:
+        return redis.Redis.from_url(url, retry=retry, **options)
+    from redis.sentinel import Sentinel
+
+    hosts, service, db = sentinel
+    return Sentinel(hosts, sentinel_kwargs=options, **options).master_for(service, db=db, retry=retry)
+
+
 def _encode(entry: WorkerEntry) -> dict[str, bytes | str]:
     return {
         "mx_source_id": entry.mx_source_id,
@@ -219,7 +234,11 @@ def _encode(entry: WorkerEntry) -> dict[str, bytes | str]:
     }
 
 
-def _decode(raw: dict[bytes, bytes]) -> WorkerEntry:
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode(raw: Mapping[Any, Any]) -> WorkerEntry:
     text = {k.decode(): v for k, v in raw.items()}
     load = (text.get("source_load") or b"").decode()
     return WorkerEntry(

@@ -1,6 +1,6 @@
 """One target of a fan-out run: prepare, wait for the common start, load, report, keep serving.
 
-python -m peerload.cli._swarm_target MODEL NAME COORD OUT --prepared F --go F --hold F
+python -m peerload.bench.fanout_target MODEL NAME COORD OUT --prepared F --go F --hold F
 
 Settings come from the environment (PEERLOAD_*). The report has the load's sources (bytes per
 source), wall-clock start and end, and per-tensor sha256; the target serves until F --hold exists.
@@ -27,7 +27,7 @@ def _wait_for(path: Path, timeout_s: float) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="peerload.cli._swarm_target")
+    p = argparse.ArgumentParser(prog="peerload.bench.fanout_target")
     for a in ("model", "name", "coord", "out"):
         p.add_argument(a)
     for a in ("--prepared", "--go", "--hold"):
@@ -38,18 +38,17 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, extra: dict[str, object] | None = None) -> None:
     """Load once the go file appears; `extra` (filled during the load) is added to the report."""
     from peerload.adapters import hf
-    from peerload.cli._model_options import model_options
     from peerload.loader import load_into
     from peerload.settings import Settings
     from peerload.tensors import sha256_of
 
     settings = Settings.load(coordinator=args.coord)
-    opts = model_options(Path(args.model), args.name, None, None, "", 1, 0, 1, 0, 1, None, None)
-    destination, _ = hf.target_tensors(opts.path, quantize=None, tp_size=1, tp_rank=0)
+    source = hf.checkpoint_source(Path(args.model), args.name)
+    destination, _ = hf.target_tensors(source.checkpoint, quantize=None, tp_size=1, tp_rank=0)
     Path(args.prepared).write_text("")
     _wait_for(Path(args.go), HOLD_MAX_S)
     started = time.time()
-    result = load_into(destination, opts.identity, settings=settings, fallback=None)
+    result = load_into(destination, source.identity, settings=settings, fallback=None)
     finished = time.time()
     assert result.tensor_set is not None
     report = {
