@@ -149,7 +149,9 @@ def test_seed_with_the_device_digest_is_verified_and_bit_exact(
     assert report["sha256"] == hashes(module_tensors(disk_model))
 
 
-def test_cli_load_report_and_new_source(coordinator, seeds, model_dir, disk_model, tmp_path, run_model_command):
+def test_cli_load_report_and_no_record_of_a_one_shot_load(
+    coordinator, seeds, model_dir, disk_model, tmp_path, run_model_command
+):
     seed = seeds.start(model_dir, coordinator.address)
     report_path = tmp_path / "report.json"
     proc = run_model_command(
@@ -158,14 +160,13 @@ def test_cli_load_report_and_new_source(coordinator, seeds, model_dir, disk_mode
     assert proc.returncode == 0, proc.stderr
     report = json.loads(report_path.read_text())
     assert report["source"] == seed["worker_id"]
-    assert report["bytes"] > 0 and report["gbps"] > 0 and report["published"] is True
+    assert report["bytes"] > 0 and report["gbps"] > 0 and report["published"] is False
     assert set(report["seconds"]) >= {"health", "prepare", "discover", "handshake", "transfer", "verify", "total"}
     assert report["sha256"] == hashes(module_tensors(disk_model))
-    # The target published itself and marked itself STALE when it exited.
+    # Without --serve the target never became a source: no STALE row of it is left behind.
     with CoordinatorClient(coordinator.address) as client:
         records = {r.worker_id: r for r in client.list_sources()}
-    assert report["worker_id"] in records
-    assert client is not None
+    assert list(records) == [seed["worker_id"]]
     assert records[seed["worker_id"]].worker_rank == 0
 
 

@@ -362,14 +362,27 @@ def test_near_misses_are_named_in_the_error(tiny_llama: dict[str, Any], coordina
 
 
 def test_seed_from_disk_then_target_from_peer(
-    tiny_llama: dict[str, Any], hf_tokens: list[list[int]], coordinator: Any, api_server: Any, free_port: Any
+    tiny_llama: dict[str, Any],
+    hf_tokens: list[list[int]],
+    coordinator: Any,
+    api_server: Any,
+    free_port: Any,
+    tmp_path: Path,
 ) -> None:
-    """A: API server (multiprocessing on) loads from disk and publishes; B: bare dir, loads from A."""
+    """A: API server (multiprocessing on) loads from disk and publishes; B: bare dir, loads from A.
+
+    A runs in Prometheus multiprocess mode, so the plugin's metrics (written in vLLM's worker
+    process) appear on A's own /metrics beside vLLM's.
+    """
     from peerload.client import CoordinatorClient, SourceStatus
     from peerload.identity import BackendFramework, SourceIdentity
 
     extra = {"coordinator": coordinator.address}
-    seed = api_server(tiny_llama["full"], free_port(), extra, VLLM_ENABLE_V1_MULTIPROCESSING="1")
+    prom = tmp_path / "prometheus"
+    prom.mkdir()
+    seed = api_server(
+        tiny_llama["full"], free_port(), extra, VLLM_ENABLE_V1_MULTIPROCESSING="1", PROMETHEUS_MULTIPROC_DIR=str(prom)
+    )
     seed.wait_ready(timeout=180)
     # Multiprocessing on: the entry point must have registered the loader inside the worker process.
     assert re.search(r"\((?:VllmWorker|Worker)[^)]*\).*Registered model loader .*`peerload`", seed.log()), seed.log()[
@@ -399,6 +412,15 @@ def test_seed_from_disk_then_target_from_peer(
     assert f"from {ready[0].worker_id}" in output, output[-4000:]
     assert "serving as source" in output
     print(f"target run {time.monotonic() - started:.1f}s; tokens {target_tokens}", file=sys.stderr)
+    with urllib.request.urlopen(f"http://127.0.0.1:{seed.port}/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    assert "vllm:" in metrics  # vLLM's own families, beside the plugin's
+    assert 'peerload_loads_total{origin="storage"} 1.0' in metrics, metrics[-4000:]
+    assert 'peerload_alarms_total{alarm="storage_fallback"} 1.0' in metrics
+    served = [
+        line for line in metrics.splitlines() if line.startswith('peerload_seed_bytes_served_total{transport="nixl"}')
+    ]
+    assert served and float(served[0].rsplit(" ", 1)[1]) > 0, "the target's read is not counted on the seed's /metrics"
 
 
 def test_vllm_seed_publishes_again_after_coordinator_restart(

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, get_args
 import typer
 
 from peerload.coordinator.registry import MAX_ID_CHARS
+from peerload.devices import parse_device
 from peerload.errors import ConfigError
 from peerload.identity import SourceIdentity
 from peerload.settings import Settings
+from peerload.telemetry import MetricsServer
 
 if TYPE_CHECKING:
     from peerload.adapters.hf_config import Checkpoint
@@ -44,6 +46,7 @@ class ModelOptions:
     model_class: str | None = None
     allow_missing: bool = False
     allow_unused: bool = False
+    device: str = "cpu"
 
     def hf_options(self) -> dict[str, Any]:
         """The keyword arguments of `adapters.hf.seed_tensors` / `target_tensors` these options give."""
@@ -54,6 +57,7 @@ class ModelOptions:
             "model_class": self.model_class,
             "allow_missing": self.allow_missing,
             "allow_unused": self.allow_unused,
+            "device": self.device,
         }
 
     def settings(self, **more: Any) -> Settings:
@@ -130,6 +134,13 @@ _SHARED: dict[str, tuple[Any, Any]] = {
         ],
         False,
     ),
+    "device": (
+        Annotated[
+            str,
+            typer.Option("--device", help="Where the model's tensors live: cpu, cuda or cuda:N (GPU memory)."),
+        ],
+        "cpu",
+    ),
 }
 
 # The options that make up a load's identity and rank (`peerload sources --explain` takes them too).
@@ -196,12 +207,14 @@ def model_options(
     model_class: str | None = None,
     allow_missing: bool = False,
     allow_unused: bool = False,
+    device: str = "cpu",
 ) -> ModelOptions:
     """Validate the shared options and the checkpoint's files, and derive the identity and rank."""
     if quantize is not None and quantize != "int8":
         raise ConfigError(f"--quantize {quantize!r} is not supported; the only choice is int8")
     if worker_id is not None and (not worker_id.strip() or len(worker_id) > MAX_ID_CHARS):
         raise ConfigError(f"--worker-id must be 1 to {MAX_ID_CHARS} characters and not blank, got {worker_id!r}")
+    device = str(parse_device(device))
     identity, rank, checkpoint = _identity_and_checkpoint(
         path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size
     )
@@ -220,6 +233,7 @@ def model_options(
         model_class=model_class,
         allow_missing=allow_missing,
         allow_unused=allow_unused,
+        device=device,
     )
 
 
@@ -279,10 +293,33 @@ def output_file(path: Path | None, option: str) -> None:
         raise ConfigError(f"{option} {path}: directory {path.parent} does not exist")
 
 
-def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
+def start_metrics(host: str, port: int | None) -> MetricsServer | None:
+    """This process's /metrics on HOST:PORT when a port was given (printed on stderr).
+
+    Raises:
+        ConfigError: the port cannot be bound.
+    """
+    if port is None:
+        return None
+    try:
+        server = MetricsServer(host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}; choose another --metrics-port") from None
+    typer.echo(f"metrics on http://{host}:{server.port}/metrics", err=True)
+    return server
+
+
+def wait_for_signal() -> signal.Signals:
+    """Block until SIGINT or SIGTERM; which one came (the caller stops cleanly either way)."""
     stop = threading.Event()
+    received: list[signal.Signals] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signal.Signals(signum))
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     while not stop.wait(1.0):
         pass
+    return received[0]

@@ -12,10 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import torch
+
+from peerload import telemetry
+from peerload.devices import device_id_of
 from peerload.errors import (
     ChecksumMismatch,
     LayoutMismatch,
@@ -41,6 +45,7 @@ _IDLE_WAIT_S = 0.05
 # How often the sources still loading are asked which parts they hold, and the fleet for new ones.
 POLL_S = 0.1
 DISCOVER_S = 0.5
+MAX_READING_PER_SOURCE = 2  # parts read from one source at once (the simulator uses the same)
 
 
 @dataclass
@@ -70,6 +75,26 @@ class SourceStats:
             "gbps": round(self.gbps, 4),
             "error": self.error,
         }
+
+
+def part_ops(regions: Mapping[str, torch.Tensor], manifest: Manifest, part: Part) -> list[ReadOp]:
+    """One READ per piece: the source's bytes into ours, at the same offsets, each side's memory named."""
+    remote = manifest.region_map()
+    ops = []
+    for piece in part.pieces:
+        flat = regions[piece.region]
+        r = remote[piece.region]
+        ops.append(
+            ReadOp(
+                remote_addr=r.addr + piece.offset,
+                local_addr=flat.data_ptr() + piece.offset,
+                size=piece.size,
+                remote_device=r.device_id,
+                local_device=device_id_of(flat.device),
+                remote_memory=r.memory,
+            )
+        )
+    return ops
 
 
 @dataclass
@@ -102,7 +127,7 @@ class PeerPlan:
     def _give_back(self, lease: str | None) -> None:
         try:
             if lease is not None:
-                self.seed.release_lease(lease)
+                self.seed.release_lease(lease, self.stats.bytes, self.stats.parts)
         except ServiceError as exc:
             log.debug("releasing the lease on %s failed: %s", self.worker_id, exc)
         finally:
@@ -148,7 +173,9 @@ class StripedRead:
         self.expected = expected
         self.options = options
         # Per source: one part being read while the previous one is hashed.
-        self.scheduler = PartScheduler([p.nbytes for p in parts], max_reading=2, shuffle=options.shuffle)
+        self.scheduler = PartScheduler(
+            [p.nbytes for p in parts], max_reading=MAX_READING_PER_SOURCE, shuffle=options.shuffle
+        )
         self.verify_seconds = 0.0
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -290,7 +317,7 @@ class StripedRead:
             plan.reading_now = index
             self.transport.read(
                 plan.peer,
-                self._ops(plan.manifest, part),
+                part_ops(self.tensor_set.regions, plan.manifest, part),
                 timeout_s=min(self.options.part_timeout_s, left),
                 progress=self._progress(name),
                 last=False,  # more parts follow; the seed's fast polling lingers after the last one
@@ -322,6 +349,16 @@ class StripedRead:
                 self.options.on_verified(index)
             return
         plan.bad = ChecksumMismatch(part.regions, source=plan.worker_id)
+        telemetry.CHECKSUM_FAILURES.labels("target").inc()
+        telemetry.alarm(
+            telemetry.CHECKSUM_MISMATCH,
+            f"part {index} ({', '.join(part.regions[:3])}{', ...' if len(part.regions) > 3 else ''}) from source "
+            f"{plan.worker_id} does not match its published checksum; the source is dropped and its parts are read "
+            "again from others",
+            f"check source {plan.worker_id}: its memory no longer holds what it published (restart it; if it "
+            "recurs, suspect its host's memory or a process writing into its weights)",
+            logger=log,
+        )
         with self._cond:
             self.scheduler.failed(plan.worker_id, index)
             self._cond.notify_all()
@@ -407,24 +444,6 @@ class StripedRead:
             self._start(spare)
 
     # -- helpers -------------------------------------------------------------------------------
-
-    def _ops(self, manifest: Manifest, part: Part) -> list[ReadOp]:
-        """One READ per piece: the source's bytes into ours, at the same offsets."""
-        remote = manifest.region_map()
-        ops = []
-        for piece in part.pieces:
-            flat = self.tensor_set.regions[piece.region]
-            r = remote[piece.region]
-            ops.append(
-                ReadOp(
-                    remote_addr=r.addr + piece.offset,
-                    local_addr=flat.data_ptr() + piece.offset,
-                    size=piece.size,
-                    remote_device=r.device_id,
-                    local_device=flat.device.index or 0,
-                )
-            )
-        return ops
 
     def _progress(self, name: str) -> Callable[[int], None] | None:
         hook = self.options.on_bytes

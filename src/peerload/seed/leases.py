@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from peerload import telemetry
 from peerload.errors import LeaseRefused
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,22 @@ class LeaseTable:
         max_readers: concurrent leases granted (0 = no cap).
         timeout_s: a lease not released within this lapses (a reader that died frees its slot).
         clock: monotonic seconds (tests pass a fake one).
+        transport: the seed's transport, for the bytes- and parts-served metrics.
     """
 
-    def __init__(self, max_readers: int, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_readers: int,
+        timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        transport: str = "",
+    ) -> None:
         if max_readers < 0 or timeout_s <= 0:
             raise ValueError(f"max_readers must be >= 0 and timeout_s > 0, got {max_readers}, {timeout_s}")
         self.max_readers = max_readers
         self.timeout_s = timeout_s
         self._clock = clock
+        self.transport = transport
         self._leases: dict[str, Lease] = {}
         self._closing = False
         self._changed = threading.Condition()
@@ -60,24 +69,31 @@ class LeaseTable:
         with self._changed:
             self._expire()
             if self._closing:
+                telemetry.SEED_REFUSALS.labels("closing").inc()
                 raise LeaseRefused(
                     "the seed is shutting down and grants no new reads; read from another source", closing=True
                 )
             if self.max_readers and len(self._leases) >= self.max_readers:
+                telemetry.SEED_REFUSALS.labels("at_cap").inc()
                 raise LeaseRefused(
                     f"the seed is serving its maximum of {self.max_readers} readers; read from another source",
                     closing=False,
                 )
             lease = Lease(secrets.token_hex(8), reader, self._clock() + self.timeout_s)
             self._leases[lease.lease_id] = lease
+            telemetry.SEED_LEASES_GRANTED.inc()
             return lease
 
-    def release(self, lease_id: str) -> bool:
-        """End a lease; False if it was unknown or had lapsed already."""
+    def release(self, lease_id: str, bytes_read: int = 0, parts_read: int = 0) -> bool:
+        """End a lease, counting what the reader says it read; False if it was unknown or had lapsed already."""
         with self._changed:
             found = self._leases.pop(lease_id, None) is not None
             self._changed.notify_all()
-            return found
+        if found:
+            telemetry.SEED_LEASES_ENDED.labels("released").inc()
+            telemetry.SEED_BYTES_SERVED.labels(self.transport).inc(bytes_read)
+            telemetry.SEED_PARTS_SERVED.labels(self.transport).inc(parts_read)
+        return found
 
     @property
     def closing(self) -> bool:
@@ -117,3 +133,4 @@ class LeaseTable:
         now = self._clock()
         for lease_id in [k for k, lease in self._leases.items() if lease.expires_at <= now]:
             del self._leases[lease_id]
+            telemetry.SEED_LEASES_ENDED.labels("lapsed").inc()

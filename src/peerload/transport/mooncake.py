@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import bisect
+import importlib.metadata
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from peerload._address import split_host_port
+from peerload.devices import memory_of
 from peerload.errors import (
     ConfigError,
     MissingExtraError,
@@ -50,6 +52,33 @@ def _import_engine() -> Any:
 TransferEngine = _import_engine()
 
 
+# Mooncake's wheels that are built with CUDA (the only ones that register GPU memory).
+_CUDA_BUILDS = ("mooncake-transfer-engine", "mooncake-transfer-engine-cuda13")
+
+
+def _cuda_build() -> bool:
+    """Whether the installed Mooncake wheel is a CUDA build."""
+    for name in _CUDA_BUILDS:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return True
+    return False
+
+
+def gpu_memory_problem(devices: Iterable[torch.device], cuda_build: bool) -> str | None:
+    """Why these tensors cannot be registered with this Mooncake build, or None if they can."""
+    gpus = sorted({str(d) for d in devices if memory_of(d) == "cuda"})
+    if not gpus or cuda_build:
+        return None
+    return (
+        f"tensors on {', '.join(gpus)}: the installed Mooncake build "
+        "(mooncake-transfer-engine-non-cuda) cannot register GPU memory; install the CUDA build "
+        "(pip install mooncake-transfer-engine, or mooncake-transfer-engine-cuda13) or use transport nixl"
+    )
+
+
 def _default_host() -> str:
     """This host's outward address (no packet is sent), else its resolved name, else loopback."""
     try:
@@ -62,6 +91,10 @@ def _default_host() -> str:
         return socket.gethostbyname(socket.gethostname())
     except OSError:
         return "127.0.0.1"
+
+
+# How long close() waits for one batch read in flight before treating it as stalled.
+_CLOSE_WAIT_S = 30.0
 
 
 class MooncakeTransport(Transport):
@@ -103,10 +136,14 @@ class MooncakeTransport(Transport):
         # Helper threads of reads that timed out: the engine cannot cancel a batch, so each may
         # still write into local memory until it returns.
         self._stalled: list[threading.Thread] = []
+        self._in_flight: set[threading.Thread] = set()  # batch reads running now (see close())
         self._closed = False
 
     def register(self, tensors: Mapping[str, torch.Tensor]) -> list[Region]:
         self._check_open()
+        problem = gpu_memory_problem((t.device for t in tensors.values()), _cuda_build())
+        if problem:
+            raise ConfigError(problem)
         regions = [tensor_region(n, t) for n, t in tensors.items()]
         # The engine refuses overlapping registrations: a range inside a registered one (a view
         # of a flat buffer) borrows it, so register the largest ranges first.
@@ -223,8 +260,15 @@ class MooncakeTransport(Transport):
                 result.append(-1)
 
         worker = threading.Thread(target=run, name="peerload-te-read", daemon=True)
+        self._in_flight.add(worker)
+        if self._closed:  # checked after the add, so close() either sees this batch or it never starts
+            self._in_flight.discard(worker)
+            raise TransportError(f"TransferEngine endpoint {self.name!r} is closed", who)
         worker.start()
-        worker.join(budget_s)
+        try:
+            worker.join(budget_s)
+        finally:
+            self._in_flight.discard(worker)
         if worker.is_alive():
             self._stalled.append(worker)  # see settle(): it may still land later
             raise TransferTimeout(f"read not done within {timeout_s:g} s", who)
@@ -261,6 +305,14 @@ class MooncakeTransport(Transport):
         if self._closed:
             return
         self._closed = True
+        # A load interrupted in the main thread (Ctrl-C) leaves reader threads inside a batch:
+        # unregistering under it is undefined, and a process that exits while the engine's
+        # threads still run aborts ("terminate called without an active exception"). So the
+        # batches in hand finish first (at wire speed; one batch is at most chunk_bytes).
+        for worker in list(self._in_flight):
+            worker.join(_CLOSE_WAIT_S)
+            if worker.is_alive():
+                self._stalled.append(worker)
         if not self.settle(0):
             # Unregistering under a batch the engine still runs is undefined: keep memory and
             # engine (the helper thread holds it) until the process exits.
