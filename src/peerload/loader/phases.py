@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
+
+_ADD = threading.Lock()  # handshakes time themselves from several threads at once
 
 PHASES = ("health", "prepare", "discover", "handshake", "transfer", "verify", "storage", "publish")
 
@@ -17,4 +20,6 @@ class PhaseTimer:
         self.started = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
-        self.seconds[self.name] = self.seconds.get(self.name, 0.0) + time.perf_counter() - self.started
+        took = time.perf_counter() - self.started
+        with _ADD:
+            self.seconds[self.name] = self.seconds.get(self.name, 0.0) + took
