@@ -30,6 +30,18 @@ TRANSPORTS: dict[str, ComponentSpec] = {
     ),
 }
 
+
+def transport_of(nixl_metadata: bytes | None, transfer_engine_session_id: str | None, metadata_endpoint: str) -> str:
+    """Which transport a published endpoint speaks: "nixl" (an agent's metadata blob, or the
+    HOST:PORT of its listen thread, as official ModelExpress seeds publish in P2P mode),
+    "transfer_engine" (a Mooncake session), or "" when it published neither."""
+    if nixl_metadata is not None or metadata_endpoint:
+        return "nixl"
+    if transfer_engine_session_id is not None:
+        return "transfer_engine"
+    return ""
+
+
 STORES: dict[str, ComponentSpec] = {
     "memory": ComponentSpec("peerload.coordinator.store.memory", "MemoryStore", "", ""),
     "redis": ComponentSpec("peerload.coordinator.store.redis", "RedisStore", "redis", "redis"),

@@ -18,6 +18,7 @@ CHECKSUM_ALGORITHM = "xxh3_64"
 DEVICE_DIGEST = "wsum64"  # `peerload.digest`: torch operations on the part's own device
 PER_PART = "per_part"
 PART_ALGORITHMS = (CHECKSUM_ALGORITHM, DEVICE_DIGEST)
+MEMORY_KINDS = ("cpu", "cuda")
 
 
 def part_algorithm(checksum: str) -> str:
@@ -59,6 +60,7 @@ class RegionEntry:
     addr: int = 0
     device_id: int = 0
     checksum: str = ""
+    memory: str = "cpu"  # "cpu" | "cuda": where the seed's bytes live (NIXL DRAM or VRAM)
 
 
 @dataclass
@@ -154,6 +156,8 @@ def manifest_problem(m: Manifest) -> tuple[str, str] | None:
             return problem
         if r.size and not r.addr:
             return f"{where}.addr", f"is 0 for a region of {r.size} bytes"
+        if r.memory not in MEMORY_KINDS:
+            return f"{where}.memory", f"is {r.memory!r}; known: {', '.join(MEMORY_KINDS)}"
         if r.addr + r.size > _ADDRESS_LIMIT:
             return f"{where}.size", f"{r.size} bytes at 0x{r.addr:x} run past the 64-bit address space"
     names: set[str] = set()

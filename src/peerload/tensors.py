@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import xxhash
 
+from peerload.devices import device_id_of, memory_of
 from peerload.digest import digest_pieces
 from peerload.errors import ConfigError, LayoutMismatch
 from peerload.manifest import (
@@ -55,8 +56,9 @@ class TensorSet:
                 name=n,
                 size=r.numel(),
                 addr=r.data_ptr() if r.numel() else 0,
-                device_id=_device_index(r),
+                device_id=device_id_of(r.device),
                 checksum=(checksums or {}).get(n, ""),
+                memory=memory_of(r.device),
             )
             for n, r in self.regions.items()
         ]
@@ -105,6 +107,10 @@ def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
             )
         if t.is_sparse or t.layout != torch.strided:
             raise ConfigError(f"tensor {name!r} has layout {t.layout}; only strided tensors can be moved")
+        try:
+            memory_of(t.device)
+        except ConfigError as exc:
+            raise ConfigError(f"tensor {name!r}: {exc}") from None
         storage = t.untyped_storage()
         key = (str(t.device), storage.data_ptr())
         if key not in region_of_storage or storage.nbytes() == 0:
@@ -129,10 +135,6 @@ def _storage_bytes(storage: torch.UntypedStorage, device: torch.device) -> torch
     flat = torch.empty(0, dtype=torch.uint8, device=device)
     flat.set_(storage, 0, (storage.nbytes(),), (1,))
     return flat
-
-
-def _device_index(t: torch.Tensor) -> int:
-    return t.device.index or 0 if t.device.type != "cpu" else 0
 
 
 def _as_buffer(flat: torch.Tensor) -> memoryview:

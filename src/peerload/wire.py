@@ -14,6 +14,7 @@ from typing import NamedTuple, cast
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.peerload.v1 import seed_pb2
+from peerload.components import transport_of
 from peerload.errors import ConfigError
 from peerload.identity import OPTIONAL_HASHED_FIELDS, SourceIdentity
 from peerload.manifest import Manifest, RegionEntry, TensorEntry
@@ -152,11 +153,7 @@ class WorkerRecord(_Listed):
     @property
     def transport(self) -> str:
         """ "nixl", "transfer_engine" or "" from the backend metadata the worker published."""
-        if self.nixl_metadata is not None:
-            return "nixl"
-        if self.transfer_engine_session_id is not None:
-            return "transfer_engine"
-        return ""
+        return transport_of(self.nixl_metadata, self.transfer_engine_session_id, self.metadata_endpoint)
 
     @property
     def mode(self) -> str:
@@ -331,7 +328,9 @@ def manifest_to_proto(m: Manifest) -> seed_pb2.Manifest:
             for t in m.tensors
         ],
         regions=[
-            seed_pb2.RegionEntry(name=r.name, size=r.size, addr=r.addr, device_id=r.device_id, checksum=r.checksum)
+            seed_pb2.RegionEntry(
+                name=r.name, size=r.size, addr=r.addr, device_id=r.device_id, checksum=r.checksum, memory=r.memory
+            )
             for r in m.regions
         ],
         part_bytes=m.part_bytes,
@@ -359,7 +358,14 @@ def manifest_from_proto(p: seed_pb2.Manifest) -> Manifest:
             for t in p.tensors
         ],
         regions=[
-            RegionEntry(name=r.name, size=r.size, addr=r.addr, device_id=r.device_id, checksum=r.checksum)
+            RegionEntry(
+                name=r.name,
+                size=r.size,
+                addr=r.addr,
+                device_id=r.device_id,
+                checksum=r.checksum,
+                memory=r.memory or "cpu",
+            )
             for r in p.regions
         ],
         part_bytes=p.part_bytes,

@@ -243,6 +243,28 @@ def test_peerload_load_reads_an_official_seed_then_serves_verified(fleet, coordi
     assert stop_process(target, timeout_s=30) == 0
 
 
+@pytest.mark.timeout(300)
+def test_sources_names_kind_mode_and_transport_of_every_seed(fleet, run_peerload):
+    """`peerload sources` tells the transport of official seeds in both modes (in P2P mode their
+    record has the NIXL agent's listen thread instead of its metadata blob)."""
+    seeds = {
+        "p2p": fleet.mx_seed("p2p"),
+        "centralized": fleet.mx_seed("centralized"),
+        "peerload": fleet.peerload_seed(),
+    }
+    listed = run_peerload("sources", "--coordinator", fleet.coordinator, "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["worker_id"]: row for row in json.loads(listed.stdout)}
+    shown = {name: (rows[s["worker_id"]]["kind"], rows[s["worker_id"]]["transport"]) for name, s in seeds.items()}
+    assert shown == {
+        "p2p": ("modelexpress", "nixl"),
+        "centralized": ("modelexpress", "nixl"),
+        "peerload": ("peerload", "nixl"),
+    }
+    assert rows[seeds["p2p"]["worker_id"]]["mode"] == "p2p"
+    assert rows[seeds["centralized"]["worker_id"]]["mode"] == "centralized"
+
+
 @pytest.mark.timeout(400)
 def test_target_prefers_the_peerload_seed_of_a_mixed_set(fleet, disk_hashes):
     official = fleet.mx_seed("p2p")

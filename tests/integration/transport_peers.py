@@ -75,7 +75,8 @@ def seed_main(conn: Connection, kind: str, n: int, seed: int, big_mib: int, opti
     while True:
         cmd = conn.recv()
         if cmd == "cpu":  # CPU seconds this idle seed burns in 2 s of wall time
-            time.sleep(0.3)  # let polling back off to its idle interval
+            while not tr.polling_idle:  # its readers are done: it backs off to the idle interval
+                time.sleep(0.01)
             t0 = os.times()
             time.sleep(2.0)
             t1 = os.times()

@@ -7,6 +7,7 @@ import torch
 
 from peerload.adapters import hf
 from peerload.errors import ConfigError
+from peerload.tensors import module_tensors
 
 
 def test_shard_unshard_round_trip():
@@ -91,3 +92,14 @@ def test_tp_of_a_llama_style_model_is_sharded(tiny_model):
     destination, _ = hf.target_tensors(tiny_model("llama"), quantize=None, tp_size=2, tp_rank=1)
     name = "model.layers.0.self_attn.q_proj.weight"
     assert destination[name].shape[0] * 2 == full[name].shape[0]
+
+
+def test_targets_and_seeds_allocate_on_the_device_asked_for(tiny_model):
+    """`device` reaches every tensor (CUDA is not available here: the meta device stands in)."""
+    path = tiny_model("llama")
+    destination, _ = hf.target_tensors(path, quantize=None, tp_size=1, tp_rank=0, device="meta")
+    assert {t.device.type for t in module_tensors(destination).values()} == {"meta"}
+    shards, _ = hf.target_tensors(path, quantize=None, tp_size=2, tp_rank=1, device="meta")
+    assert {t.device.type for t in shards.values()} == {"meta"}
+    model, _ = hf.seed_tensors(path, quantize=None, tp_size=1, tp_rank=0, device="meta")
+    assert {t.device.type for t in module_tensors(model).values()} == {"meta"}

@@ -13,8 +13,8 @@ import pytest
 from rich.console import Console
 
 from peerload.bench import report
-from peerload.bench.checkpoint import inventory, write_checkpoint
 from peerload.bench.runner import GOALS, SETUP_GOAL_S, BenchConfig, CaseFailed, Runs, _Measurement, goals, summarise
+from peerload.synthetic import inventory, write_checkpoint
 
 
 def test_inventory_is_llama_like_and_sized() -> None:

@@ -60,3 +60,20 @@ def test_same_seed_same_result_and_bad_config_is_refused():
     assert a.finished == b.finished and a.origin_bytes == b.origin_bytes
     with pytest.raises(ValueError, match="mode"):
         SimConfig(targets=1, mode="gossip")
+
+
+def test_the_simulated_loader_has_the_real_loaders_defaults():
+    from peerload.loader import striping
+    from peerload.settings import Settings
+
+    config, settings = SimConfig(targets=1), Settings()
+    assert (config.max_sources, config.seed_max_readers, config.part_bytes) == (
+        settings.max_parallel_sources,
+        settings.seed_max_readers,
+        settings.chunk_bytes,
+    )
+    assert (config.max_reading, config.poll_s, config.discover_s) == (
+        striping.MAX_READING_PER_SOURCE,
+        striping.POLL_S,
+        striping.DISCOVER_S,
+    )

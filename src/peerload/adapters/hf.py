@@ -74,11 +74,12 @@ def seed_tensors(
     model_class: str | None = None,
     allow_missing: bool = False,
     allow_unused: bool = False,
+    device: str = "cpu",
 ) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, torch.nn.Module | None]:
     """What a seed publishes for `path`: (tensors or model, the model if one was built).
 
     `path` may be the `Checkpoint` already opened (its config is not read again). `model_class`,
-    `allow_missing` and `allow_unused` are as for `load_model`.
+    `allow_missing`, `allow_unused` and `device` are as for `load_model`.
     """
     checkpoint = as_checkpoint(path)
     if checkpoint.has_config:
@@ -90,6 +91,7 @@ def seed_tensors(
             model_class=model_class,
             allow_missing=allow_missing,
             allow_unused=allow_unused,
+            device=device,
         )
         if tp_size == 1:
             return model, model
@@ -98,7 +100,7 @@ def seed_tensors(
         raise ConfigError("--quantize needs a model directory with config.json, not a bare safetensors file")
     tensors = read_checkpoint(checkpoint.path)
     check_shardable(tensors, tp_size, what=f"the bare checkpoint {checkpoint.path}")
-    return shard(tensors, tp_size, tp_rank), None
+    return {n: t.to(device) for n, t in shard(tensors, tp_size, tp_rank).items()}, None
 
 
 def target_tensors(
@@ -110,24 +112,25 @@ def target_tensors(
     model_class: str | None = None,
     allow_missing: bool = False,
     allow_unused: bool = False,
+    device: str = "cpu",
 ) -> tuple[dict[str, torch.Tensor] | torch.nn.Module, Callable[[], Mapping[str, torch.Tensor]] | None]:
-    """What a target allocates for `path` (empty, final layout) and how storage would fill it.
+    """What a target allocates for `path` (empty, final layout, on `device`) and how storage would fill it.
 
     The fallback is None for a model directory without weights. `path` may be the `Checkpoint`
     already opened; `model_class`, `allow_missing` and `allow_unused` are as for `load_model` (the
-    storage fallback).
+    storage fallback, which reads into host memory; its bytes are then copied into the destination).
     """
     checkpoint = as_checkpoint(path)
     if checkpoint.has_config:
         if tp_size == 1:
             destination: dict[str, torch.Tensor] | torch.nn.Module = build_empty_model(
-                checkpoint, quantize=quantize, model_class=model_class
+                checkpoint, quantize=quantize, model_class=model_class, device=device
             )
         else:
             meta = meta_model(checkpoint, model_class)
             check_shardable(meta, tp_size)
             post_process(meta, quantize)
-            destination = empty_like_shard(module_tensors(meta, attributes=False), tp_size, tp_rank)
+            destination = empty_like_shard(module_tensors(meta, attributes=False), tp_size, tp_rank, device)
 
         def from_storage() -> Mapping[str, torch.Tensor]:
             model = load_model(
@@ -146,4 +149,6 @@ def target_tensors(
         raise ConfigError("--quantize needs a model directory with config.json, not a bare safetensors file")
     metas = {n: torch.empty(shape, dtype=dt, device="meta") for n, (shape, dt) in checkpoint.layout.items()}
     check_shardable(metas, tp_size, what=f"the bare checkpoint {checkpoint.path}")
-    return empty_like_shard(metas, tp_size, tp_rank), lambda: shard(read_checkpoint(checkpoint.path), tp_size, tp_rank)
+    return empty_like_shard(metas, tp_size, tp_rank, device), lambda: shard(
+        read_checkpoint(checkpoint.path), tp_size, tp_rank
+    )

@@ -29,7 +29,7 @@ def _path(source: str | Path | Checkpoint) -> str:
 
 
 def build_empty_model(
-    path: str | Path | Checkpoint, *, quantize: str | None = None, model_class: str | None = None
+    path: str | Path | Checkpoint, *, quantize: str | None = None, model_class: str | None = None, device: str = "cpu"
 ) -> torch.nn.Module:
     """The model of `path/config.json` with allocated but uninitialised tensors, post-processed.
 
@@ -37,6 +37,7 @@ def build_empty_model(
         path: a model directory with config.json (or its `Checkpoint`).
         quantize: post-processing ("int8") or None.
         model_class: a transformers class name; default: config.json's `architectures` (see hf_classes).
+        device: where its tensors are allocated ("cpu", "cuda:N"); nothing touches them there.
 
     Raises:
         ConfigError: `model_class` is not a transformers model class, or none fits the config.
@@ -44,7 +45,7 @@ def build_empty_model(
     """
     meta = meta_model(path, model_class)
     post_process(meta, quantize)
-    materialize(meta)
+    materialize(meta, device)
     return meta.eval()
 
 
@@ -55,11 +56,12 @@ def load_model(
     model_class: str | None = None,
     allow_missing: bool = False,
     allow_unused: bool = False,
+    device: str = "cpu",
 ) -> torch.nn.Module:
     """The model of `path` loaded from its safetensors files, checked strictly, post-processed.
 
     Args:
-        path, quantize, model_class: as for `build_empty_model`.
+        path, quantize, model_class, device: as for `build_empty_model`.
         allow_missing: accept model tensors the checkpoint lacks (transformers initialises them).
         allow_unused: accept checkpoint tensors the model does not use (they are dropped).
 
@@ -75,6 +77,7 @@ def load_model(
     unused = [] if allow_unused else info.get("unexpected_keys", ())
     if missing or unused:
         raise CheckpointMismatch(_path(path), type(model).__name__, missing, unused)
+    model.to(device)  # post-processing then runs where the model serves
     post_process(model, quantize)
     return model.eval()
 

@@ -71,7 +71,9 @@ def unshard(shards: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]
     return out
 
 
-def empty_like_shard(tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank: int) -> dict[str, torch.Tensor]:
+def empty_like_shard(
+    tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank: int, device: str = "cpu"
+) -> dict[str, torch.Tensor]:
     """Uninitialised tensors shaped like `shard(tensors, ...)` (works on meta tensors)."""
     out = {}
     for name, t in tensors.items():
@@ -81,5 +83,5 @@ def empty_like_shard(tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank:
             if shape[dim] % tp_size:
                 raise ConfigError(f"{name}: dimension {dim} ({shape[dim]}) is not divisible by tp_size {tp_size}")
             shape[dim] //= tp_size
-        out[name] = torch.empty(shape, dtype=t.dtype, device="cpu")
+        out[name] = torch.empty(shape, dtype=t.dtype, device=device)
     return out

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from peerload._process import write_ready_file
-from peerload.bench.checkpoint import TensorSpec, empty_like_specs, make_tensors
+from peerload.synthetic import TensorSpec, empty_like_specs, make_tensors
 from peerload.transport.ucx_env import UCX_DEFAULTS
 
 Args = dict[str, Any]

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from peerload.bench import fanout_target
-from peerload.bench.checkpoint import inventory, write_checkpoint
 from peerload.errors import PeerloadError
 from peerload.fleet import Fleet, start_coordinator, start_seed
+from peerload.synthetic import inventory, write_checkpoint
 
 SEED_HOST = 0
 # Goals from the fan-out issue, at N=8.

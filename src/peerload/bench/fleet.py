@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peerload.bench.checkpoint import inventory, write_checkpoint
 from peerload.errors import PeerloadError
 from peerload.fleet import Fleet, run_target, start_coordinator, start_file_server, start_seed
+from peerload.synthetic import inventory, write_checkpoint
 
 log = logging.getLogger(__name__)
 

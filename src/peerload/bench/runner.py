@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from peerload._process import log_tail, spawn, stop_process, wait_ready_file
-from peerload.bench.checkpoint import TensorSpec, inventory, write_checkpoint
 from peerload.components import TRANSPORTS
 from peerload.errors import PeerloadError
+from peerload.synthetic import TensorSpec, inventory, write_checkpoint
 from peerload.transport.ucx_env import LOOPBACK
 
 log = logging.getLogger(__name__)

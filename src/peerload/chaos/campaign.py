@@ -29,11 +29,11 @@ from peerload.chaos.trials import (
     redis_restart,
     seed_sigkill,
     seed_sigstop,
-    write_checkpoint,
 )
 from peerload.client import CoordinatorClient
 from peerload.errors import FleetUnavailable
 from peerload.settings import Settings
+from peerload.synthetic import uniform, write_checkpoint
 
 AnyCluster = Cluster | FleetCluster
 TrialFn = Callable[[Any, random.Random], Trial]
@@ -176,7 +176,7 @@ class CampaignOptions:
     seed: int = 0
     workdir: Path | None = None
     progress: Callable[[str], None] = print
-    # The checkpoint every seed serves: `tensors` x `tensor_mib` MiB of fp32.
+    # The checkpoint every seed serves: `tensors` x `tensor_mib` MiB of bf16 (peerload.synthetic).
     tensors: int = 16
     tensor_mib: int = 2
 
@@ -191,7 +191,7 @@ def run_campaign(options: CampaignOptions) -> dict[str, Any]:
     rng = random.Random(options.seed)
     results = []
     with _workdir(options.workdir) as workdir, ExitStack() as clusters:
-        checkpoint = write_checkpoint(workdir / "model.safetensors", options.tensors, options.tensor_mib, options.seed)
+        checkpoint = write_checkpoint(workdir / "model.safetensors", uniform(options.tensors, options.tensor_mib << 20))
         built: dict[str, AnyCluster] = {}
 
         def cluster(key: str) -> AnyCluster:
@@ -217,7 +217,7 @@ def run_campaign(options: CampaignOptions) -> dict[str, Any]:
         "seed": options.seed,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
-        "model": {"tensors": options.tensors, "mib": options.tensors * options.tensor_mib, "dtype": "float32"},
+        "model": {"tensors": options.tensors, "mib": options.tensors * options.tensor_mib, "dtype": "bfloat16"},
         "faults": [asdict(r) for r in results],
     }
 
@@ -388,7 +388,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     rows.append("")
     rows.append(
         f"Run {report['started']} ({'quick' if report['quick'] else 'full'} campaign, seed {report['seed']}) on "
-        f"{report['machine']}; model: {model['tensors']} fp32 tensors, {model['mib']} MiB; "
+        f"{report['machine']}; model: {model['tensors']} {model.get('dtype', 'float32')} tensors, {model['mib']} MiB; "
         f"{report['seconds'] / 60:.1f} minutes in all."
     )
     return "\n".join(rows) + "\n"

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from peerload._address import free_port
 from peerload.adapters import hf
 from peerload.chaos.cluster import CoordinatorProcess, RedisProcess, SeedProcess, seconds_until_ready
@@ -61,16 +59,6 @@ class Trial:
             "coordinator 127.0.0.1": "coordinator unreachable at the start",
         }
         return [event for marker, event in kinds.items() if marker in self.detail]
-
-
-def write_checkpoint(path: Path, tensors: int, tensor_mib: int, seed: int) -> Path:
-    """A safetensors file of random fp32 tensors: the model every seed serves and storage holds."""
-    from safetensors.torch import save_file
-
-    g = torch.Generator().manual_seed(seed)
-    numel = (tensor_mib << 20) // 4
-    save_file({f"layer{i}.weight": torch.randn(numel, generator=g) for i in range(tensors)}, str(path))
-    return path
 
 
 class Cluster:

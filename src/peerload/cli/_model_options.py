@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, get_args
 import typer
 
 from peerload.coordinator.registry import MAX_ID_CHARS
+from peerload.devices import parse_device
 from peerload.errors import ConfigError
 from peerload.identity import SourceIdentity
 from peerload.settings import Settings
@@ -44,6 +45,7 @@ class ModelOptions:
     model_class: str | None = None
     allow_missing: bool = False
     allow_unused: bool = False
+    device: str = "cpu"
 
     def hf_options(self) -> dict[str, Any]:
         """The keyword arguments of `adapters.hf.seed_tensors` / `target_tensors` these options give."""
@@ -54,6 +56,7 @@ class ModelOptions:
             "model_class": self.model_class,
             "allow_missing": self.allow_missing,
             "allow_unused": self.allow_unused,
+            "device": self.device,
         }
 
     def settings(self, **more: Any) -> Settings:
@@ -130,6 +133,13 @@ _SHARED: dict[str, tuple[Any, Any]] = {
         ],
         False,
     ),
+    "device": (
+        Annotated[
+            str,
+            typer.Option("--device", help="Where the model's tensors live: cpu, cuda or cuda:N (GPU memory)."),
+        ],
+        "cpu",
+    ),
 }
 
 # The options that make up a load's identity and rank (`peerload sources --explain` takes them too).
@@ -196,12 +206,14 @@ def model_options(
     model_class: str | None = None,
     allow_missing: bool = False,
     allow_unused: bool = False,
+    device: str = "cpu",
 ) -> ModelOptions:
     """Validate the shared options and the checkpoint's files, and derive the identity and rank."""
     if quantize is not None and quantize != "int8":
         raise ConfigError(f"--quantize {quantize!r} is not supported; the only choice is int8")
     if worker_id is not None and (not worker_id.strip() or len(worker_id) > MAX_ID_CHARS):
         raise ConfigError(f"--worker-id must be 1 to {MAX_ID_CHARS} characters and not blank, got {worker_id!r}")
+    device = str(parse_device(device))
     identity, rank, checkpoint = _identity_and_checkpoint(
         path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size
     )
@@ -220,6 +232,7 @@ def model_options(
         model_class=model_class,
         allow_missing=allow_missing,
         allow_unused=allow_unused,
+        device=device,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from peerload.devices import device_id_of
 from peerload.tensors import TensorSet
 from peerload.wire import TensorInfo
 
@@ -32,8 +33,7 @@ def named_descriptors(tensor_set: TensorSet) -> list[TensorInfo]:
         if not t.is_contiguous():
             scattered.append(name)
             continue
-        device_id = (t.device.index or 0) if t.device.type != "cpu" else 0
-        out.append(TensorInfo(name, t.data_ptr(), size, device_id, str(t.dtype)))
+        out.append(TensorInfo(name, t.data_ptr(), size, device_id_of(t.device), str(t.dtype)))
     if scattered:
         log.warning(
             "%d non-contiguous tensor(s) are not offered to ModelExpress readers (peerload readers get them): %s",

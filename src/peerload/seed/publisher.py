@@ -18,6 +18,7 @@ from peerload._backoff import Backoff
 from peerload._grpc_server import ServerSecurity
 from peerload.advertise import advertise_host
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
+from peerload.devices import accelerator_of
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
 from peerload.identity import SourceIdentity, new_worker_id
 from peerload.manifest import Manifest, manifest_algorithm
@@ -124,7 +125,7 @@ class Publisher:
 
     @property
     def accelerator(self) -> str:
-        return "cuda" if any(t.is_cuda for t in self.tensor_set.regions.values()) else "cpu"
+        return accelerator_of(t.device for t in self.tensor_set.regions.values())
 
     @property
     def metadata_endpoint(self) -> str:

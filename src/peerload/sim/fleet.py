@@ -21,8 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from peerload.loader.schedule import PartScheduler
+from peerload.loader.striping import DISCOVER_S, MAX_READING_PER_SOURCE, POLL_S
+from peerload.settings import Settings
 
 MODES = ("single", "striping", "swarm")  # one seed no fan-out | READY sources only | pipelined swarm
+# A simulated target and seed behave as real ones with default settings unless told otherwise.
+_DEFAULTS = Settings()
 
 
 @dataclass(frozen=True)
@@ -40,16 +44,16 @@ class SimConfig:
     mode: str = "swarm"
     seeds: int = 1
     model_bytes: int = 1 << 30
-    part_bytes: int = 64 << 20
+    part_bytes: int = _DEFAULTS.chunk_bytes
     nic_bps: float = 2e9 / 8
     fabric_bps: float = 0.0
-    max_sources: int = 4
-    max_reading: int = 2
-    seed_max_readers: int = 8
+    max_sources: int = _DEFAULTS.max_parallel_sources
+    max_reading: int = MAX_READING_PER_SOURCE
+    seed_max_readers: int = _DEFAULTS.seed_max_readers
     setup_s: float = 0.0
     start_s: float = 0.0
-    poll_s: float = 0.1
-    discover_s: float = 0.5
+    poll_s: float = POLL_S
+    discover_s: float = DISCOVER_S
     dt: float = 0.01
     seed_failures: Sequence[tuple[int, float]] = ()
     rng_seed: int = 0

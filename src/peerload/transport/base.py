@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from peerload.components import transport_of
+from peerload.devices import device_id_of
 from peerload.errors import ConfigError, TransferCancelled, TransferTimeout
 
 ProgressCallback = Callable[[int], None]  # called with the bytes completed since the last call
@@ -56,8 +58,8 @@ class EndpointInfo:
 
     @property
     def transport(self) -> str:
-        nixl = self.nixl_metadata is not None or bool(self.metadata_endpoint)
-        return "nixl" if nixl else "transfer_engine"
+        """ "nixl", "transfer_engine" or "" (see `components.transport_of`)."""
+        return transport_of(self.nixl_metadata, self.transfer_engine_session_id, self.metadata_endpoint or "")
 
 
 @dataclass(frozen=True)
@@ -170,5 +172,4 @@ def tensor_region(name: str, tensor: torch.Tensor) -> Region:
             f"tensor {name!r} is not contiguous (shape {tuple(tensor.shape)}, strides "
             f"{tensor.stride()}): register its contiguous storage, e.g. tensor.contiguous()"
         )
-    device_id = (tensor.device.index or 0) if tensor.is_cuda else 0
-    return Region(name, tensor.data_ptr(), tensor.nbytes, device_id, str(tensor.dtype))
+    return Region(name, tensor.data_ptr(), tensor.nbytes, device_id_of(tensor.device), str(tensor.dtype))

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import bisect
+import importlib.metadata
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from peerload._address import split_host_port
+from peerload.devices import memory_of
 from peerload.errors import (
     ConfigError,
     MissingExtraError,
@@ -48,6 +50,27 @@ def _import_engine() -> Any:
 # Imported when this module is (i.e. when the transport is chosen), so a missing package or
 # library fails at configuration time.
 TransferEngine = _import_engine()
+
+
+def _cuda_build() -> bool:
+    """Whether the installed Mooncake wheel is the CUDA build (the only one that reads GPU memory)."""
+    try:
+        importlib.metadata.distribution("mooncake-transfer-engine")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def gpu_memory_problem(devices: Iterable[torch.device], cuda_build: bool) -> str | None:
+    """Why these tensors cannot be registered with this Mooncake build, or None if they can."""
+    gpus = sorted({str(d) for d in devices if memory_of(d) == "cuda"})
+    if not gpus or cuda_build:
+        return None
+    return (
+        f"tensors on {', '.join(gpus)}: the installed Mooncake build "
+        "(mooncake-transfer-engine-non-cuda) cannot register GPU memory; install the CUDA build "
+        "(pip install mooncake-transfer-engine) or use transport nixl"
+    )
 
 
 def _default_host() -> str:
@@ -107,6 +130,9 @@ class MooncakeTransport(Transport):
 
     def register(self, tensors: Mapping[str, torch.Tensor]) -> list[Region]:
         self._check_open()
+        problem = gpu_memory_problem((t.device for t in tensors.values()), _cuda_build())
+        if problem:
+            raise ConfigError(problem)
         regions = [tensor_region(n, t) for n, t in tensors.items()]
         # The engine refuses overlapping registrations: a range inside a registered one (a view
         # of a flat buffer) borrows it, so register the largest ranges first.

@@ -28,7 +28,7 @@ from peerload.errors import (
 from peerload.transport._plan import Batch, plan_batches
 from peerload.transport._refcount import RangeUsers
 from peerload.transport.base import EndpointInfo, ReadLimits, ReadOp, Region, Transport, tensor_region
-from peerload.transport.ucx_env import apply_ucx_defaults
+from peerload.transport.ucx_env import UCX_BACKEND_PARAMS, apply_ucx_defaults
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,23 @@ def _import_nixl() -> tuple[Any, Any, Any]:
     return api.nixl_agent, api.nixl_agent_config, bindings
 
 
+def _kinds(batch: Batch) -> tuple[bool, str]:
+    """(local memory is CUDA, remote memory kind): the key `_read` planned its batches by."""
+    return cast("tuple[bool, str]", batch.key)
+
+
 _RangeKey = tuple[int, int, int, bool]  # (addr, size, device_id, is_cuda): one registration
 
 
 def _range_key(region: Region, cuda: bool) -> _RangeKey | None:
     """The registration a region needs; None for zero bytes (NIXL gains nothing from those)."""
     return (region.addr, region.size, region.device_id, cuda) if region.size else None
+
+
+def _current_device(index: int) -> None:
+    """Make GPU `index` current on this thread before NIXL/UCX touch its memory (as ModelExpress
+    does): UCX's CUDA transports (cuda_ipc, cuda_copy) work in the calling thread's context."""
+    torch.cuda.set_device(index)
 
 
 @dataclass
@@ -139,6 +150,7 @@ class NixlTransport(Transport):
         self._serve_thread: threading.Thread | None = None
         self._serve_error: str | None = None  # why the serving thread stopped, if it did by itself
         self._polls_failing: tuple[float, str] | None = None  # (since, last error) of failing polls
+        self._poll_delay_s = active_poll_s  # the serving thread's current poll interval
         self._stop = threading.Event()
         self._closed = False
 
@@ -153,7 +165,9 @@ class NixlTransport(Transport):
             port = None if listen_port is None else listen_port or free_port()
             listen = {} if port is None else {"enable_listen_thread": True, "listen_port": port}
             try:
-                agent = nixl_agent(self.name, nixl_agent_config(enable_prog_thread=False, backends=["UCX"], **listen))
+                # The UCX backend is made here, not by the wrapper, which would give it no parameters.
+                agent = nixl_agent(self.name, nixl_agent_config(enable_prog_thread=False, backends=[], **listen))
+                agent.create_backend("UCX", dict(UCX_BACKEND_PARAMS))
             except Exception as e:
                 if "bind" in str(e).lower() and attempt + 1 < tries:
                     continue
@@ -176,6 +190,8 @@ class NixlTransport(Transport):
             for cuda, rows in new.items():
                 if not rows:
                     continue
+                if cuda:
+                    _current_device(int(rows[0][2]))
                 descs = self._nb.nixlRegDList(self._mem(cuda), np.array(rows, dtype=np.uint64))
                 try:
                     self._agent.register_memory(descs)
@@ -241,6 +257,11 @@ class NixlTransport(Transport):
             return f"NIXL notification polls of {self.name!r} failing for {seconds:.0f}s: {failing[1]}"
         return None
 
+    @property
+    def polling_idle(self) -> bool:
+        """True once the serving thread has backed off to its idle poll interval (no peer reading)."""
+        return self._poll_delay_s >= self._idle_poll_s
+
     def _serve(self) -> None:
         try:
             self._serve_loop()
@@ -277,6 +298,7 @@ class NixlTransport(Transport):
                 delay = self._active_poll_s
             else:  # back off towards the idle interval: an idle seed costs ~0% CPU
                 delay = min(self._idle_poll_s, max(delay * 2, self._active_poll_s))
+            self._poll_delay_s = delay
 
     # --- target side ------------------------------------------------------------------------
 
@@ -292,7 +314,7 @@ class NixlTransport(Transport):
                 raise PeerMetadataError(f"a NIXL listen thread ({peer.metadata_endpoint}) needs the agent's name")
             return None
         if md is None:
-            raise PeerMetadataError(f"peer publishes {peer.transport} metadata, not nixl", who)
+            raise PeerMetadataError(f"peer publishes {peer.transport or 'no transport'} metadata, not nixl", who)
         if not md.startswith(_MD_MAGIC):
             raise PeerMetadataError("not a NIXL agent metadata blob", who)
         return md
@@ -383,6 +405,9 @@ class NixlTransport(Transport):
         batches = plan_batches(ops, self._chunk_bytes, key=memory_kinds)
         if not batches:
             return
+        cuda_op = next((op for b in batches if _kinds(b)[0] for op in b.ops), None)
+        if cuda_op is not None:
+            _current_device(cuda_op.local_device)
         state = _ReadState(remote=self._connect(peer), batches=batches, limits=limits)
         try:
             self._run_batches(state)
@@ -423,7 +448,7 @@ class NixlTransport(Transport):
                 time.sleep(0)  # let the serving thread take the lock between polls
 
     def _post(self, remote: str, batch: Batch, notif: bytes) -> Any:
-        local_cuda, remote_mem = cast("tuple[bool, str]", batch.key)  # as memory_kinds made it
+        local_cuda, remote_mem = _kinds(batch)
         local = np.array([(op.local_addr, op.size, op.local_device) for op in batch.ops], dtype=np.uint64)
         far = np.array([(op.remote_addr, op.size, op.remote_device) for op in batch.ops], dtype=np.uint64)
         with self._lock:

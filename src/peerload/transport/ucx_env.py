@@ -18,7 +18,16 @@ UCX_DEFAULTS = {
     "UCX_RCACHE_ENABLE": "n",
     # NIXL's Python logger prints INFO lines to stdout, which would mix with a program's output.
     "NIXL_LOG_LEVEL": "WARN",
+    # An idle TCP connection to a host that vanished without closing it (power, partition) fails
+    # after ~16 s as an endpoint error, which peer error handling turns into a failed transfer.
+    "UCX_TCP_KEEPIDLE": "10s",
+    "UCX_TCP_KEEPINTVL": "2s",
+    "UCX_TCP_KEEPCNT": "3",
 }
+# Backend parameters of NIXL's UCX plugin. Peer error handling: a peer's failure completes its
+# endpoints' requests with an error instead of aborting the process (NIXL defaults to it, but not
+# every release did); docs/transport.md#peer-failures says what it does not cover.
+UCX_BACKEND_PARAMS = {"ucx_error_handling_mode": "peer"}
 # Single-host runs: keep UCX on loopback.
 LOOPBACK = {"UCX_NET_DEVICES": "lo"}
 

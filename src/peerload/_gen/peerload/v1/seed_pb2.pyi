@@ -30,18 +30,20 @@ class TensorEntry(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., nbytes: _Optional[int] = ..., storage_offset: _Optional[int] = ..., region: _Optional[str] = ...) -> None: ...
 
 class RegionEntry(_message.Message):
-    __slots__ = ("name", "size", "addr", "device_id", "checksum")
+    __slots__ = ("name", "size", "addr", "device_id", "checksum", "memory")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     ADDR_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
     name: str
     size: int
     addr: int
     device_id: int
     checksum: str
-    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., addr: _Optional[int] = ..., device_id: _Optional[int] = ..., checksum: _Optional[str] = ...) -> None: ...
+    memory: str
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., addr: _Optional[int] = ..., device_id: _Optional[int] = ..., checksum: _Optional[str] = ..., memory: _Optional[str] = ...) -> None: ...
 
 class Manifest(_message.Message):
     __slots__ = ("worker_id", "mx_source_id", "worker_rank", "tensors", "checksum_algorithm", "regions", "part_bytes", "part_checksums")

@@ -1,4 +1,7 @@
-"""A synthetic Llama-like bf16 checkpoint of a requested size and tensor count."""
+"""The one writer of synthetic checkpoints (bf16, deterministic bytes, distinct per tensor):
+Llama-like ones of a requested size and tensor count for `peerload bench`, uniform ones for
+`peerload chaos`. Contents are cheap to regenerate in any process, so a seed and a target can
+each make the same model without sharing a file."""
 
 from __future__ import annotations
 
@@ -58,6 +61,11 @@ def inventory(total_bytes: int, n_tensors: int) -> list[TensorSpec]:
     return specs
 
 
+def uniform(count: int, tensor_bytes: int) -> list[TensorSpec]:
+    """`count` flat tensors of `tensor_bytes` bytes each (rounded down to whole bf16 elements)."""
+    return [TensorSpec(f"layer{i}.weight", (max(1, tensor_bytes // _ELEM),)) for i in range(count)]
+
+
 def tensor_content(index: int, spec: TensorSpec) -> torch.Tensor:
     """Deterministic, distinct bytes for tensor `index` (cheap to regenerate in any process)."""
     n = spec.nbytes // 8
@@ -81,7 +89,7 @@ def write_checkpoint(path: Path, specs: list[TensorSpec]) -> Path:
     if _has_layout(path, specs):
         return path
     tmp = path.with_suffix(".tmp")
-    save_file(make_tensors(specs), str(tmp), metadata={"generator": "peerload bench"})
+    save_file(make_tensors(specs), str(tmp), metadata={"generator": "peerload synthetic"})
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())  # dirty pages cannot be dropped by posix_fadvise(DONTNEED)
     tmp.replace(path)
