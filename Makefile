@@ -11,7 +11,7 @@ MX_DEPS := zstandard huggingface_hub google-crc32c boto3
 # The exact releases of our machines (CPU torch, NIXL's cu12 build); pyproject.toml has ranges.
 CONSTRAINTS := constraints/ci.txt
 
-.PHONY: install system-deps demo lint format test test-fast bench chaos proto vllm-venv clean
+.PHONY: install system-deps demo lint format test test-fast bench chaos proto vllm-venv clean gpu-check
 
 install: $(STAMP)
 
@@ -62,6 +62,13 @@ test-fast: install
 
 bench: install
 	$(BIN)/peerload bench
+
+# GPU to GPU over NIXL on a CUDA machine, in minutes; prints JSON (README "GPU check"). It needs
+# only a CUDA torch, NIXL (nixl-cu12 or nixl-cu13) and peerload's few pure-Python dependencies,
+# so it runs with whatever python3 has them (no venv is built); GPU_CHECK_ARGS="--device cpu" anywhere.
+GPU_CHECK_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+gpu-check:
+	PYTHONPATH=src$(if $(PYTHONPATH),:$(PYTHONPATH)) $(GPU_CHECK_PY) scripts/gpu_check.py --json gpu-check.json $(GPU_CHECK_ARGS)
 
 # The fault campaign (about 12 minutes): figures into docs/chaos.json and docs/reliability.md.
 chaos: install

@@ -64,6 +64,8 @@ class Settings:
     # (e.g. a CPU seed of GPU targets, so they verify without copying to the host).
     checksum: str = "auto"
     storage_fallback: bool = True
+    # Transfers over TCP are intended (e.g. hosts without RDMA): no tcp_path alarm (docs/metrics.md).
+    expect_tcp: bool = False
     # Tensors larger than this are moved as several chunks (pipelines page faulting with transfer);
     # a seed also cuts its model into verified parts of about this size (the part plan).
     chunk_bytes: int = 64 << 20
@@ -271,7 +273,30 @@ _TIMEOUTS = (
     "settle_timeout_s",
 )
 _FILES = ("tls_ca", "tls_cert", "tls_key", "auth_token_file", "accept_tokens_file", "accept_write_tokens_file")
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+_SENTINEL_SCHEME = "redis+sentinel://"
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int] | None:
+    """`redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]` as (sentinels, service, db); None
+    for any other URL.
+
+    Raises:
+        ConfigError: a Sentinel URL without a service name, with a bad address or database.
+    """
+    if not url.startswith(_SENTINEL_SCHEME):
+        return None
+    hosts, _, path = url[len(_SENTINEL_SCHEME) :].partition("/")
+    service, _, db = path.strip("/").partition("/")
+    example = "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/peerload/0"
+    if not service or not hosts:
+        raise ConfigError(f"redis_url {url!r} names no Sentinel or no service; for example {example}")
+    if db and not db.isdigit():
+        raise ConfigError(f"redis_url {url!r}: database {db!r} is not a number; for example {example}")
+    sentinels = [split_host_port(h, what="Sentinel") for h in hosts.split(",") if h.strip()]
+    return sentinels, service, int(db or 0)
+
+
 _CHECKSUMS = ("auto", "xxh3_64", "wsum64")
 
 
@@ -313,6 +338,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"checksum {s.checksum!r} is not supported; choose one of {', '.join(_CHECKSUMS)}")
     if not s.redis_url.startswith(_REDIS_SCHEMES):
         raise ConfigError(f"redis_url {s.redis_url!r} must start with {', '.join(_REDIS_SCHEMES)}")
+    parse_sentinel_url(s.redis_url)
     _validate_security(s)
 
 

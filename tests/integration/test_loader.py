@@ -18,6 +18,7 @@ from peerload._process import stop_process, wait_ready_file
 from peerload.adapters import hf
 from peerload.client import CoordinatorClient, SourceStatus
 from peerload.seed_client import SeedClient
+from peerload.settings import Settings
 from peerload.tensors import module_tensors, sha256_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,7 +149,9 @@ def test_seed_with_the_device_digest_is_verified_and_bit_exact(
     assert report["sha256"] == hashes(module_tensors(disk_model))
 
 
-def test_cli_load_report_and_new_source(coordinator, seeds, model_dir, disk_model, tmp_path, run_model_command):
+def test_cli_load_report_and_no_record_of_a_one_shot_load(
+    coordinator, seeds, model_dir, disk_model, tmp_path, run_model_command
+):
     seed = seeds.start(model_dir, coordinator.address)
     report_path = tmp_path / "report.json"
     proc = run_model_command(
@@ -157,14 +160,13 @@ def test_cli_load_report_and_new_source(coordinator, seeds, model_dir, disk_mode
     assert proc.returncode == 0, proc.stderr
     report = json.loads(report_path.read_text())
     assert report["source"] == seed["worker_id"]
-    assert report["bytes"] > 0 and report["gbps"] > 0 and report["published"] is True
+    assert report["bytes"] > 0 and report["gbps"] > 0 and report["published"] is False
     assert set(report["seconds"]) >= {"health", "prepare", "discover", "handshake", "transfer", "verify", "total"}
     assert report["sha256"] == hashes(module_tensors(disk_model))
-    # The target published itself and marked itself STALE when it exited.
+    # Without --serve the target never became a source: no STALE row of it is left behind.
     with CoordinatorClient(coordinator.address) as client:
         records = {r.worker_id: r for r in client.list_sources()}
-    assert report["worker_id"] in records
-    assert client is not None
+    assert list(records) == [seed["worker_id"]]
     assert records[seed["worker_id"]].worker_rank == 0
 
 
@@ -240,7 +242,6 @@ def test_no_ready_source_falls_back_with_reason(coordinator, model_dir, disk_mod
 def test_coordinator_down(model_dir, tmp_path, free_port, run_peerload):
     address = f"127.0.0.1:{free_port()}"
     report_path = tmp_path / "r.json"
-    started = time.monotonic()
     fell_back = run_peerload(
         "load",
         str(model_dir),
@@ -259,7 +260,10 @@ def test_coordinator_down(model_dir, tmp_path, free_port, run_peerload):
     refused = run_peerload("load", str(model_dir), "--model-name", NAME, "--coordinator", address, "--no-fallback")
     assert refused.returncode == 1
     assert address in refused.stderr and "UNAVAILABLE" in refused.stderr
-    assert time.monotonic() - started < 60, "an unreachable coordinator must fail fast, not wait"
+    # Fails fast, not waiting for a coordinator to appear: it gave up after its configured retries.
+    retries = Settings.load(env={}).rpc_retries
+    assert f"after {retries + 1} attempts" in refused.stderr, refused.stderr
+    assert any(f"after {retries + 1} attempts" in a for a in report["attempts"]), report["attempts"]
 
 
 def test_seed_killed_mid_transfer_completes_from_another(coordinator, seeds, tmp_path):

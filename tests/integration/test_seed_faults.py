@@ -10,7 +10,9 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -159,6 +161,81 @@ def test_redis_crash_and_restart_with_persistence_loses_nothing(coordinator_fact
         assert pub.worker_id in ready_ids(server.address)
     finally:
         redis.close()
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    """Poll `condition` (bounded by HANG_S: a state that must come, not a timing assertion)."""
+    deadline = time.monotonic() + HANG_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.redis
+def test_redis_primary_killed_sentinel_fails_over_to_the_replica(coordinator_factory, sources, tmp_path):
+    """A Redis primary, a replica and a Sentinel (Debian's redis-server binary in Sentinel mode);
+    the coordinator reaches Redis through the Sentinel (redis+sentinel://)."""
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    import redis as redis_py
+
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "replica").mkdir()
+    primary, replica = RedisProcess(free_port(), tmp_path / "primary"), RedisProcess(free_port(), tmp_path / "replica")
+    sentinel_port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor peerload 127.0.0.1 {primary.port} 1\n"
+        "sentinel down-after-milliseconds peerload 500\nsentinel failover-timeout peerload 10000\n"
+    )
+    sentinel_proc = None
+    primary.start()
+    replica.start()
+    try:
+        with redis_py.Redis(port=replica.port) as r:
+            r.replicaof("127.0.0.1", primary.port)
+            _until(lambda: r.info("replication").get("master_link_status") == "up", "the replica's link")
+        sentinel_proc = subprocess.Popen(
+            [shutil.which("redis-server"), str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        watcher = redis_py.Redis(port=sentinel_port, decode_responses=True)
+
+        def sentinel_sees_the_replica() -> bool:
+            try:
+                seen = watcher.sentinel_slaves("peerload")
+            except redis_py.RedisError:
+                return False
+            return any(int(x["port"]) == replica.port and "s_down" not in x["flags"] for x in seen)
+
+        _until(sentinel_sees_the_replica, "the Sentinel to find the replica")
+        url = f"redis+sentinel://127.0.0.1:{sentinel_port}/peerload"
+        server = coordinator_factory("redis", redis_url=url, heartbeat_timeout_s=4 * INTERVAL_S)
+        pub = sources("seed", server.address)
+        wait_beats(pub, "succeeding", lambda c: c.succeeded >= 1)
+        with redis_py.Redis(port=primary.port) as r:
+            assert r.wait(1, 10_000) == 1, "the replica acknowledged every write"
+        primary.kill()
+        _until(
+            lambda: int(watcher.sentinel_get_master_addr_by_name("peerload")[1]) == replica.port,
+            "the Sentinel to promote the replica",
+        )
+        back = pub.heartbeats.snapshot()
+        after = wait_beats(pub, "succeeding three times", lambda c: c.succeeded >= back.succeeded + 3)
+        # The promoted replica had the record: nothing was published again.
+        assert after.republished == 0 and pub.republished == 0, after
+        assert pub.worker_id in ready_ids(server.address)
+        pub.close()  # while the Sentinel still answers: marked STALE, not left to the reaper
+        server.stop(grace_s=0)
+        watcher.close()
+    finally:
+        if sentinel_proc is not None:
+            sentinel_proc.kill()
+            sentinel_proc.wait(timeout=10)
+        primary.close()
+        replica.close()
 
 
 @pytest.mark.redis

@@ -44,8 +44,9 @@ class FakeSeed:
         self.released: list[str] = []
         self.closed = 0
 
-    def release_lease(self, lease: str) -> None:
+    def release_lease(self, lease: str, bytes_read: int = 0, parts_read: int = 0) -> bool:
         self.released.append(lease)
+        return True
 
     def close(self) -> None:
         self.closed += 1

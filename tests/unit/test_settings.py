@@ -144,3 +144,19 @@ def test_several_coordinators_comma_separated_from_every_source() -> None:
         Settings.load(env={}, coordinator="a:1,b:x")
     with pytest.raises(ConfigError, match="names no HOST:PORT"):
         Settings.load(env={}, coordinator=" , ")
+
+
+def test_redis_sentinel_urls() -> None:
+    from peerload.settings import parse_sentinel_url
+
+    url = "redis+sentinel://10.0.0.1:26379, 10.0.0.2:26380/peerload/2"
+    assert parse_sentinel_url(url) == ([("10.0.0.1", 26379), ("10.0.0.2", 26380)], "peerload", 2)
+    assert parse_sentinel_url("redis+sentinel://s:26379/pl") == ([("s", 26379)], "pl", 0)
+    assert parse_sentinel_url("redis://h:6379/0") is None
+    assert Settings.load(env={}, redis_url=url).redis_url == url
+    with pytest.raises(ConfigError, match="names no Sentinel or no service"):
+        Settings.load(env={}, redis_url="redis+sentinel://s:26379")
+    with pytest.raises(ConfigError, match="is not a number"):
+        Settings.load(env={}, redis_url="redis+sentinel://s:26379/pl/x")
+    with pytest.raises(ConfigError, match="Sentinel 's' is not HOST:PORT"):
+        Settings.load(env={}, redis_url="redis+sentinel://s/pl")

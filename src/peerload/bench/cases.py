@@ -311,6 +311,29 @@ def wire(args: Args) -> dict[str, Any]:
     return {"seconds": t2 - t1, "first_read": t1 - t0, "bytes_ok": _region_sums(dst) == ready["checksums"]}
 
 
+@case
+def digest(args: Args) -> dict[str, Any]:
+    """Checksum every part of resident tensors with one algorithm, or copy them ("copy"): on CPU here."""
+    from peerload.parts import plan_parts
+    from peerload.tensors import collect, part_checksums
+
+    regions = collect(make_tensors(_specs(args))).regions
+    algorithm = args["algorithm"]
+    if algorithm == "copy":
+        dst = {n: torch.empty_like(r) for n, r in regions.items()}
+        for n, r in regions.items():  # faults the destination in: the timed copy is resident to resident
+            dst[n].copy_(r)
+        t0 = time.perf_counter()
+        for n, r in regions.items():
+            dst[n].copy_(r)
+        return {"seconds": time.perf_counter() - t0}
+    parts = plan_parts(((n, r.numel()) for n, r in regions.items()), args.get("part_bytes", 64 << 20))
+    part_checksums(regions, parts[:1], choice=algorithm)  # weights and pools built outside the timing
+    t0 = time.perf_counter()
+    part_checksums(regions, parts, choice=algorithm)
+    return {"seconds": time.perf_counter() - t0, "parts": float(len(parts))}
+
+
 # -- the official ModelExpress client -----------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ from peerload.transport.ucx_env import LOOPBACK
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
-GROUPS = ("limit", "storage", "peerload", "setup", "wire", "modelexpress")
+GROUPS = ("limit", "storage", "peerload", "setup", "wire", "modelexpress", "digest")
 # The groups whose cases read from a peerload seed (one seed per transport, one coordinator).
 PEER_GROUPS = frozenset({"peerload", "setup", "wire"})
 PlanItem = tuple[str, str, dict[str, Any]]  # (result name, case, args)
@@ -163,6 +163,9 @@ class _Measurement:
                 items += self._peer_items(kind, groups)
         if "modelexpress" in groups:
             items += self._modelexpress_items()
+        if "digest" in groups:
+            # Verifying a part, per algorithm, beside a copy of the same resident bytes.
+            items += [(f"digest_{a}", "digest", {"algorithm": a}) for a in ("copy", "xxh3_64", "wsum64")]
         return [item for item in items if item[0] not in self.config.skip]
 
     def _seed(self, case: str, args: dict[str, Any], name: str) -> Path | None:
@@ -360,6 +363,9 @@ def ratios(cases: dict[str, Any], transports: Sequence[str]) -> dict[str, Any]:
         per.get(f"{transports[0]}_noverify", {}).get("p2p_cold_vs_modelexpress") if transports else None
     )
     out["setup_s"] = _median(cases, f"setup_{transports[0]}") if transports else None
+    # Digest throughput as a share of a copy of the same bytes (>= 0.25x is the GPU goal).
+    copy = _median(cases, "digest_copy")
+    out["digest_vs_copy"] = {a: _ratio(copy, _median(cases, f"digest_{a}")) for a in ("xxh3_64", "wsum64")}
     # The limit and P2P of the same round ran back to back: their ratio cancels slow spells.
     rounds: list[float] = head.get("p2p_cold_to_limit_per_round") or []
     out["p2p_cold_to_limit_same_round_median"] = statistics.median(rounds) if rounds else None

@@ -1,7 +1,10 @@
 """`peerload load PATH`: load a model peer-to-peer (or from storage), verify, report, publish."""
 
+import contextlib
 import json
 import logging
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -9,9 +12,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from peerload.cli._model_options import ModelOptions, model_command, output_file, wait_for_signal
+from peerload.cli._interrupt import Interrupted
+from peerload.cli._model_options import ModelOptions, model_command, output_file, start_metrics, wait_for_signal
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.progress import TaskID
 
     from peerload.loader import LoadResult
@@ -32,9 +38,20 @@ def load(
         Optional[int], typer.Option("--max-sources", min=1, help="Peers to try before storage.")
     ] = None,
     serve: Annotated[
-        bool, typer.Option("--serve/--no-serve", help="Keep serving the loaded weights as a source until SIGTERM.")
+        bool,
+        typer.Option(
+            "--serve/--no-serve",
+            help="Serve the weights as a source while loading and afterwards, until SIGINT/SIGTERM. Without it "
+            "the load publishes nothing (a one-shot load would only leave a STALE record behind).",
+        ),
     ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    metrics_port: Annotated[
+        Optional[int],
+        typer.Option(
+            "--metrics-port", min=0, max=65535, help="Serve this process's Prometheus /metrics here (0: a free port)."
+        ),
+    ] = None,
 ) -> None:
     """Build the model of PATH with empty weights, pull them from a READY peer, verify, publish."""
     from peerload.adapters import hf  # torch-heavy: imported per command to keep the CLI fast
@@ -42,22 +59,25 @@ def load(
 
     output_file(report, "--report")
     settings = model.settings(verify_checksums=verify, storage_fallback=fallback, max_source_attempts=max_sources)
+    metrics = start_metrics(settings.host, metrics_port)
     destination, from_storage = hf.target_tensors(model.checkpoint, **model.hf_options())
     console = Console(stderr=True)
     if from_storage is None and fallback:
         console.print(
             f"note: {model.path} holds no weights; only a peer can provide them (no storage fallback)", soft_wrap=True
         )
-    with _progress_bar(console, enabled=progress) as hook:
+    with _progress_bar(console, enabled=progress) as hook, _rolled_back_on_interrupt(serve):
         result = load_into(
             destination,
             model.identity,
             rank=model.rank,
             settings=settings,
             fallback=from_storage,
+            publish=serve,
             progress=hook,
             worker_id=model.worker_id,
         )
+    stopped_by = None
     try:
         _print_summary(console, result)
         if report is not None:
@@ -65,10 +85,24 @@ def load(
                 json.dumps(build_report(result, settings.transport, model.identity.source_id()), indent=2)
             )
         if serve and result.publisher is not None:
-            console.print(f"serving as source {result.publisher.worker_id}; SIGTERM to stop")
-            wait_for_signal()
+            console.print(f"serving as source {result.publisher.worker_id}; SIGTERM or Ctrl-C to stop")
+            stopped_by = wait_for_signal()
     finally:
         result.close()
+        if metrics is not None:
+            metrics.close()
+    if stopped_by is signal.SIGINT:  # stopped cleanly; 130 tells a shell it was Ctrl-C
+        raise Interrupted("the source stopped cleanly: its record is marked STALE")
+
+
+@contextlib.contextmanager
+def _rolled_back_on_interrupt(serve: bool) -> Iterator[None]:
+    """Name what an interrupted load left behind (the loader rolled its memory back on the way out)."""
+    try:
+        yield
+    except Interrupted:
+        left = "its record is marked STALE" if serve else "nothing was published"
+        raise Interrupted(f"the load stopped and was rolled back; {left}") from None
 
 
 def build_report(result: "LoadResult", transport: str, source_id: str) -> dict:
@@ -132,7 +166,7 @@ class _progress_bar:
         )
         self.tasks: dict[str, TaskID] = {}
 
-    def __enter__(self):
+    def __enter__(self) -> "Callable[[LoadProgress], None] | None":
         if not self.enabled:
             return None
         self.bar.__enter__()

@@ -8,7 +8,7 @@ import sys
 import typer
 from rich.console import Console
 
-from peerload.cli import artifact, bench, chaos, demo, load, seed, serve, simulate, sources
+from peerload.cli import _interrupt, artifact, bench, chaos, demo, load, seed, serve, simulate, sources
 from peerload.cli._errors import hint_for
 from peerload.errors import ConfigError, PeerloadError
 from peerload.settings import debug_enabled
@@ -45,10 +45,12 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.DEBUG if debug else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     err = Console(stderr=True, highlight=False)
+    _interrupt.install()
     try:
         app(args=argv, prog_name="peerload")
-    except KeyboardInterrupt:
-        err.print("interrupted")
+    except (_interrupt.Interrupted, KeyboardInterrupt) as exc:
+        detail = str(exc) if isinstance(exc, _interrupt.Interrupted) else ""
+        err.print(f"interrupted: {detail}" if detail else "interrupted", soft_wrap=True)
         sys.exit(EXIT_INTERRUPTED)
     except PeerloadError as exc:
         if debug:

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import typer
 
+from peerload.cli._interrupt import Interrupted
 from peerload.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,11 @@ def serve(
         None, help="Seconds without heartbeat before a STALE worker is deleted [default: 60]."
     ),
     metrics_port: Optional[int] = typer.Option(
-        None, min=0, max=65535, help="Serve Prometheus /metrics on this port (0 picks a free one) [default: off]."
+        None,
+        min=0,
+        max=65535,
+        help="Serve Prometheus /metrics and the status page (/, /status.json) on this port (0 picks a free one) "
+        "[default: off].",
     ),
     tls_cert: Optional[str] = typer.Option(None, help="Serve TLS with this certificate (PEM); needs --tls-key."),
     tls_key: Optional[str] = typer.Option(None, help="Private key (PEM) of --tls-cert."),
@@ -62,9 +67,11 @@ def serve(
     settings = Settings.load(**overrides)
     server = start(settings, metrics_port=metrics_port)
     stop = threading.Event()
+    received: list[signal.Signals] = []
 
     def on_signal(signum: int, frame: object) -> None:
         logger.info("received %s, stopping", signal.Signals(signum).name)
+        received.append(signal.Signals(signum))
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -81,3 +88,5 @@ def serve(
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if received and received[0] is signal.SIGINT:  # stopped cleanly; 130 tells a shell it was Ctrl-C
+        raise Interrupted("the coordinator stopped cleanly")

@@ -37,12 +37,15 @@ class Faulting:
     def __init__(self, waves: list[list[torch.Tensor]]) -> None:
         self._done = [threading.Event() for _ in waves]
         self._error: BaseException | None = None
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(waves,), name="peerload-prefault", daemon=True)
         self._thread.start()
 
     def _run(self, waves: list[list[torch.Tensor]]) -> None:
         try:
             for i, wave in enumerate(waves):
+                if self._stopped.is_set():
+                    break
                 prefault(wave)
                 self._done[i].set()
         except BaseException as exc:  # re-raised in wait(); a failed prefault is a bug, not a fallback
@@ -55,6 +58,10 @@ class Faulting:
         self._done[i].wait()
         if self._error is not None:
             raise self._error
+
+    def stop(self) -> None:
+        """Fault no further wave (an interrupted load); `join` then returns after the wave in hand."""
+        self._stopped.set()
 
     def join(self) -> None:
         self._thread.join()

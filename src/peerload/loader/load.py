@@ -8,6 +8,7 @@ back, so a half-loaded model is never returned.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ from peerload.identity import SourceIdentity, new_worker_id
 from peerload.loader import mx_source
 from peerload.loader.faulting import Faulting, waves
 from peerload.loader.handshake import Handshake, MxPlan
+from peerload.loader.load_metrics import origin_of, record_failure, record_fallback, record_load
 from peerload.loader.phases import PhaseTimer
 from peerload.loader.sources import SourcePool
 from peerload.loader.storage import copy_into, fill_parts
@@ -149,13 +151,15 @@ class TargetLoad:
         self._early: Publisher | None = None  # this load, published INITIALIZING while it loads
         self._restarted_bytes = 0
         self._storage_bytes = 0
+        self._started = time.perf_counter()
         self.unverified = ""  # why the bytes from peers were not content-verified
         self.hint = ""  # what to change so that a near-miss source can serve (after discovery)
 
     # -- the sequence --------------------------------------------------------------------------
 
     def run(self) -> LoadResult:
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
+        tensor_set: TensorSet | None = None
         try:
             coordinator_up = self._health()
             tensor_set = self._prepare()
@@ -163,14 +167,22 @@ class TargetLoad:
             if outcome is None or outcome.missing:
                 self._from_storage(tensor_set, outcome)
             publisher = self._publish(tensor_set, outcome) if self.options.publish and coordinator_up else None
-        except BaseException:
+        except BaseException as exc:
             self._withdraw()
+            self._faulting.stop()  # an interrupt must not wait for gigabytes of page faults
             self._finish(keep_transport=False)
+            self.seconds["total"] = time.perf_counter() - started
+            record_failure(self.seconds)
+            if tensor_set is not None and not isinstance(exc, PeerloadError):
+                # Interrupted (Ctrl-C) or a bug: the transport is closed, nothing writes any more;
+                # never leave half a model in the caller's tensors. Failed loads rolled back already.
+                for flat in tensor_set.regions.values():
+                    flat.zero_()
             raise
         self._finish(keep_transport=publisher is not None)
         self.seconds["total"] = time.perf_counter() - started
         source = self._main_source()
-        return LoadResult(
+        result = LoadResult(
             source=source,
             bytes=tensor_set.total_bytes,
             seconds=self.seconds,
@@ -184,6 +196,8 @@ class TargetLoad:
             restarted_bytes=self._restarted_bytes,
             storage_bytes=self._storage_bytes,
         )
+        record_load(result, self.identity.model_name, self.rank, self.settings.expect_tcp)
+        return result
 
     def _health(self) -> bool:
         with self._phase("health"):
@@ -375,6 +389,14 @@ class TargetLoad:
         log.warning("loaded from %s without content verification: %s", plan.worker_id, self.unverified)
         return _PeerOutcome(parts=[], missing=[], part_bytes=0, sums=[])
 
+    def _fallback_reason(self, outcome: _PeerOutcome | None) -> str:
+        """Why storage is read: coordinator_unreachable, no_source, sources_failed or peers_incomplete."""
+        if outcome is not None:
+            return "peers_incomplete"
+        if any(a.startswith(("coordinator ", "discovery failed")) for a in self.attempts):
+            return "coordinator_unreachable"
+        return "sources_failed" if any(a.startswith("source ") for a in self.attempts) else "no_source"
+
     def _fallback_plan(self, tensor_set: TensorSet) -> list[Part]:
         """A plan of our own when the source publishes none (only allowed without verification)."""
         return plan_parts(((n, r.numel()) for n, r in tensor_set.regions.items()), self.settings.chunk_bytes)
@@ -392,6 +414,7 @@ class TargetLoad:
             )
         if outcome is not None:
             log.warning("peers left %d bytes undelivered; reading them from storage", missing_bytes)
+        record_fallback(self._fallback_reason(outcome), self.identity.model_name, self.rank, self.attempts, self.hint)
         with self._phase("storage"):
             self._faulting.join()
             try:
@@ -409,7 +432,7 @@ class TargetLoad:
         if self._early is not None:  # served while loading, every part verified: now complete
             early, self._early = self._early, None
             with self._phase("publish"):
-                early.ready()
+                early.ready(self._summary(tensor_set))
             return early
         # Checksums verified from peers are reused; after storage filled bytes they are recomputed.
         reuse = outcome is not None and not outcome.missing and outcome.sums
@@ -423,6 +446,7 @@ class TargetLoad:
                     worker_id=self.worker_id,
                     transport=self.transport,
                     part_sums=(outcome.part_bytes, outcome.sums) if reuse and outcome else None,
+                    load_summary=self._summary(tensor_set),
                 )
             except PeerloadError as exc:
                 # The model is loaded and verified; failing to become a seed must not lose it.
@@ -431,6 +455,22 @@ class TargetLoad:
                 return None
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _summary(self, tensor_set: TensorSet) -> str:
+        """How this load went, as the published record carries it (the coordinator's status page)."""
+        peer_bytes = sum(s.bytes for s in self._all_stats())
+        moving = self.seconds.get("storage" if self._storage_bytes and not peer_bytes else "transfer", 0.0)
+        return json.dumps(
+            {
+                "origin": origin_of(peer_bytes, self._storage_bytes),
+                "bytes": tensor_set.total_bytes,
+                "seconds": round(time.perf_counter() - self._started, 3),
+                "gbps": round(tensor_set.total_bytes / moving / 1e9, 3) if moving > 0 else 0.0,
+                "sources": [s.worker_id for s in self._all_stats() if s.bytes],
+                "finished_at": round(time.time(), 3),
+            },
+            separators=(",", ":"),
+        )
 
     def _main_source(self) -> str:
         """'storage' when storage filled anything, else the peer that delivered most bytes."""

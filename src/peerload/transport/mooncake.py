@@ -52,13 +52,19 @@ def _import_engine() -> Any:
 TransferEngine = _import_engine()
 
 
+# Mooncake's wheels that are built with CUDA (the only ones that register GPU memory).
+_CUDA_BUILDS = ("mooncake-transfer-engine", "mooncake-transfer-engine-cuda13")
+
+
 def _cuda_build() -> bool:
-    """Whether the installed Mooncake wheel is the CUDA build (the only one that reads GPU memory)."""
-    try:
-        importlib.metadata.distribution("mooncake-transfer-engine")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+    """Whether the installed Mooncake wheel is a CUDA build."""
+    for name in _CUDA_BUILDS:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return True
+    return False
 
 
 def gpu_memory_problem(devices: Iterable[torch.device], cuda_build: bool) -> str | None:
@@ -69,7 +75,7 @@ def gpu_memory_problem(devices: Iterable[torch.device], cuda_build: bool) -> str
     return (
         f"tensors on {', '.join(gpus)}: the installed Mooncake build "
         "(mooncake-transfer-engine-non-cuda) cannot register GPU memory; install the CUDA build "
-        "(pip install mooncake-transfer-engine) or use transport nixl"
+        "(pip install mooncake-transfer-engine, or mooncake-transfer-engine-cuda13) or use transport nixl"
     )
 
 
@@ -85,6 +91,10 @@ def _default_host() -> str:
         return socket.gethostbyname(socket.gethostname())
     except OSError:
         return "127.0.0.1"
+
+
+# How long close() waits for one batch read in flight before treating it as stalled.
+_CLOSE_WAIT_S = 30.0
 
 
 class MooncakeTransport(Transport):
@@ -126,6 +136,7 @@ class MooncakeTransport(Transport):
         # Helper threads of reads that timed out: the engine cannot cancel a batch, so each may
         # still write into local memory until it returns.
         self._stalled: list[threading.Thread] = []
+        self._in_flight: set[threading.Thread] = set()  # batch reads running now (see close())
         self._closed = False
 
     def register(self, tensors: Mapping[str, torch.Tensor]) -> list[Region]:
@@ -249,8 +260,15 @@ class MooncakeTransport(Transport):
                 result.append(-1)
 
         worker = threading.Thread(target=run, name="peerload-te-read", daemon=True)
+        self._in_flight.add(worker)
+        if self._closed:  # checked after the add, so close() either sees this batch or it never starts
+            self._in_flight.discard(worker)
+            raise TransportError(f"TransferEngine endpoint {self.name!r} is closed", who)
         worker.start()
-        worker.join(budget_s)
+        try:
+            worker.join(budget_s)
+        finally:
+            self._in_flight.discard(worker)
         if worker.is_alive():
             self._stalled.append(worker)  # see settle(): it may still land later
             raise TransferTimeout(f"read not done within {timeout_s:g} s", who)
@@ -258,6 +276,8 @@ class MooncakeTransport(Transport):
 
     def settle(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
+        if self._stalled and timeout_s > 0:  # says why a load pauses here
+            log.info("waiting up to %g s for %d timed-out batch(es) to finish writing", timeout_s, len(self._stalled))
         for worker in list(self._stalled):
             worker.join(max(0.0, deadline - time.monotonic()))
             if not worker.is_alive():
@@ -285,6 +305,14 @@ class MooncakeTransport(Transport):
         if self._closed:
             return
         self._closed = True
+        # A load interrupted in the main thread (Ctrl-C) leaves reader threads inside a batch:
+        # unregistering under it is undefined, and a process that exits while the engine's
+        # threads still run aborts ("terminate called without an active exception"). So the
+        # batches in hand finish first (at wire speed; one batch is at most chunk_bytes).
+        for worker in list(self._in_flight):
+            worker.join(_CLOSE_WAIT_S)
+            if worker.is_alive():
+                self._stalled.append(worker)
         if not self.settle(0):
             # Unregistering under a batch the engine still runs is undefined: keep memory and
             # engine (the helper thread holds it) until the process exits.

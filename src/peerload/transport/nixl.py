@@ -264,6 +264,9 @@ class NixlTransport(Transport):
 
     def _serve(self) -> None:
         try:
+            gpus = sorted({key[2] for key in self._users.keys() if key[3]})
+            if gpus:  # this thread drives UCX progress for peers reading our GPU memory
+                _current_device(gpus[0])
             self._serve_loop()
         except BaseException as e:  # recorded for health(): a seed must not advertise READY without it
             self._serve_error = f"{type(e).__name__}: {e}"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from peerload.coordinator.store.base import Beat, Heartbeat, Store, WorkerEntry
 from peerload.errors import MissingExtraError, StoreUnavailable
+from peerload.settings import parse_sentinel_url
 
 try:
     import redis
@@ -99,9 +100,7 @@ class RedisStore(Store):
         # One immediate retry on a dropped connection (a pooled one to a Redis that restarted),
         # then fail fast: the RPC answers UNAVAILABLE and the client tries another replica.
         retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-        self._client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry
-        )
+        self._client = _connect(url, timeout_s, retry)
         self._put = self._client.register_script(_PUT)
         self._heartbeat = self._client.register_script(_HEARTBEAT)
         self._cas_status = self._client.register_script(_CAS_STATUS)
@@ -204,6 +203,22 @@ class RedisStore(Store):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _connect(url: str, timeout_s: float, retry: Retry) -> redis.Redis:
+    """A client of the Redis at `url`; for `redis+sentinel://`, of the primary its Sentinels name.
+
+    Through Sentinel, every new connection asks the Sentinels where the primary is, and one to
+    a primary that was demoted fails (and is retried once), so a failover needs no restart here.
+    """
+    options: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    sentinel = parse_sentinel_url(url)
+    if sentinel is None:
+        return redis.Redis.from_url(url, retry=retry, **options)
+    from redis.sentinel import Sentinel
+
+    hosts, service, db = sentinel
+    return Sentinel(hosts, sentinel_kwargs=options, **options).master_for(service, db=db, retry=retry)
 
 
 def _encode(entry: WorkerEntry) -> dict[str, bytes | str]:
