@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -68,7 +69,9 @@ def checkpoint(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return path, {n: sha256_of(t) for n, t in tensors.items()}
 
 
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])  # a replica that dies, and one that hangs
 def test_killing_the_replica_in_use_loses_no_ready_record_and_no_load(
+    fault: str,
     redis_url: str,
     serve_process: Callable[..., Any],
     free_port: Callable[[], int],
@@ -83,6 +86,7 @@ def test_killing_the_replica_in_use_loses_no_ready_record_and_no_load(
     first, survivors = replicas[0], replicas[1:]
     addresses = ",".join(r.address for r in replicas)
     monkeypatch.setenv("PEERLOAD_HEARTBEAT_INTERVAL_S", "1")
+    monkeypatch.setenv("PEERLOAD_RPC_TIMEOUT_S", "5")  # how long the target waits on a hung replica
     seed = seed_process(model, addresses, name=NAME)
     # The seed uses the first replica in its list: its beats land there and nowhere else.
     wait_for(lambda: first.answered("UpdateStatus") >= 3, "the seed's beats on the first replica")
@@ -105,8 +109,11 @@ def test_killing_the_replica_in_use_loses_no_ready_record_and_no_load(
     watcher.start()
     try:
         wait_for(lambda: listings[0] >= 1, "the first listing")
-        first.server.proc.kill()
-        first.server.proc.wait(timeout=30)
+        if fault == "SIGKILL":
+            first.server.proc.kill()
+            first.server.proc.wait(timeout=30)
+        else:  # the beat under way waits out its deadline (one interval), then goes on
+            first.server.proc.send_signal(signal.SIGSTOP)
         # Counting heartbeats: the next beat lands on the next replica in the list; three more
         # show the seed stays there.
         wait_for(lambda: survivors[0].answered("UpdateStatus") >= 4, "the seed's beats on the next replica")
@@ -151,17 +158,34 @@ def test_killing_the_replica_in_use_during_a_load_fails_it_over_not_the_load(
     monkeypatch.setenv("PEERLOAD_HEARTBEAT_INTERVAL_S", "0.5")
     seed = seed_process(model, addresses, name=NAME)
     report_path, log = tmp_path / "load.json", tmp_path / "load.log"
-    args = ("load", str(model), "--model-name", NAME, "--coordinator", addresses, "--no-fallback")
+    args = ("load", str(model), "--model-name", NAME, "--coordinator", addresses, "--no-fallback", "--serve")
+    import redis
+
+    store = redis.Redis.from_url(redis_url)
     target = spawn(peerload_cmd(*args, "--report", str(report_path)), log)
     try:
         # The target publishes itself (INITIALIZING, serving the parts it verified) when its
-        # transfer starts: from then on it heartbeats, then goes READY, then STALE at exit.
-        wait_for(lambda: first.answered("PublishMetadata") >= 2 or target.poll() is not None, "the target's publish")
+        # transfer starts; from then on it heartbeats, then goes READY, then STALE at exit.
+        # Frozen right then, it is mid-load when the replica it uses dies.
+        wait_for(lambda: store.scard("peerload:workers") >= 2 or target.poll() is not None, "the target's publish")
+        target.send_signal(signal.SIGSTOP)
+        assert target.poll() is None, "the target finished before it could be frozen mid-load"
         first.server.proc.kill()
         first.server.proc.wait(timeout=30)
-        assert target.wait(timeout=300) == 0, log.read_text(errors="replace")[-3000:]
+        target.send_signal(signal.SIGCONT)
+        # Loaded, then READY as a new source (through the other replica), serving until stopped.
+        wait_for(
+            lambda: "serving as source" in log.read_text(errors="replace") or target.poll() is not None, "the load"
+        )
+        assert target.poll() is None, log.read_text(errors="replace")[-3000:]
+        with CoordinatorClient(second.address, timeout_s=10) as client:
+            ready = {r.worker_id for r in client.list_sources(status=SourceStatus.READY, model_name=NAME)}
+        assert len(ready) == 2 and seed["worker_id"] in ready, "the target is READY beside the seed"
+        assert stop_process(target, timeout_s=30) == 0, log.read_text(errors="replace")[-3000:]
     finally:
+        target.send_signal(signal.SIGCONT)
         stop_process(target, timeout_s=10)
+        store.close()
     text = log.read_text(errors="replace")
     assert f"using {second.address}" in text, "the load's own calls went on to the second replica"
     report = json.loads(report_path.read_text())

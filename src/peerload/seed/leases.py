@@ -8,6 +8,7 @@ memory be deregistered.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 
 from peerload import telemetry
 from peerload.errors import LeaseRefused
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ class LeaseTable:
                     return len(self._leases)
                 # Wake for releases, and at the latest when the next lease lapses.
                 next_lapse = min(lease.expires_at for lease in self._leases.values()) - self._clock()
+                if not self.close_waits:  # said once: why a closing seed has not gone yet
+                    log.info("closing: waiting up to %.0f s for %d open read lease(s)", left, len(self._leases))
                 self.close_waits += 1
                 self._changed.notify_all()  # for whoever waits to see this close waiting
                 self._changed.wait(max(0.001, min(left, next_lapse)))
