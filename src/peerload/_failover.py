@@ -73,7 +73,7 @@ class Endpoints(Generic[S]):
                 except grpc.RpcError as exc:
                     if step + 1 == count or exc.code() not in _FAILOVER:
                         raise
-                    log.info(
+                    log.debug(
                         "coordinator %s unreachable (%s), trying %s",
                         self.addresses[index],
                         exc.code().name,

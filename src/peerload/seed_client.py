@@ -92,13 +92,13 @@ class SeedClient(ChannelClient):
             raise SeedServiceError("GetAvailability", "FAILED_PRECONDITION", problem, self.endpoint)
         return Holdings(reply.version, decode_held(reply.bitmap, part_count), decode_held(reply.pending, part_count))
 
-    def release_lease(self, lease_id: str) -> bool:
-        """End a lease; False if the seed no longer knew it.
+    def release_lease(self, lease_id: str, bytes_read: int = 0, parts_read: int = 0) -> bool:
+        """End a lease, telling the seed what was read under it; False if the seed no longer knew it.
 
         Raises:
             SeedServiceError: the seed cannot be reached.
         """
-        request = seed_pb2.ReleaseLeaseRequest(lease_id=lease_id)
+        request = seed_pb2.ReleaseLeaseRequest(lease_id=lease_id, bytes_read=bytes_read, parts_read=parts_read)
         return self._call("ReleaseLease", self._stub.ReleaseLease, request).released
 
 

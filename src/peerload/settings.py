@@ -64,6 +64,8 @@ class Settings:
     # (e.g. a CPU seed of GPU targets, so they verify without copying to the host).
     checksum: str = "auto"
     storage_fallback: bool = True
+    # Transfers over TCP are intended (e.g. hosts without RDMA): no tcp_path alarm (docs/metrics.md).
+    expect_tcp: bool = False
     # Tensors larger than this are moved as several chunks (pipelines page faulting with transfer);
     # a seed also cuts its model into verified parts of about this size (the part plan).
     chunk_bytes: int = 64 << 20

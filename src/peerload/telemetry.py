@@ -30,10 +30,8 @@ SEED_BYTES_SERVED = Counter(
 SEED_PARTS_SERVED = Counter(
     "peerload_seed_parts_served", "Verified parts readers read from this process's seeds", ["transport"]
 )
-SEED_LEASES_GRANTED = Counter(
-    "peerload_seed_leases_granted", "Read leases granted; open readers = granted - ended", ["reader"]
-)
-SEED_LEASES_ENDED = Counter("peerload_seed_leases_ended", "Read leases that ended, and how", ["reader", "how"])
+SEED_LEASES_GRANTED = Counter("peerload_seed_leases_granted", "Read leases granted; open readers = granted - ended")
+SEED_LEASES_ENDED = Counter("peerload_seed_leases_ended", "Read leases that ended, by how (released, lapsed)", ["how"])
 SEED_REFUSALS = Counter("peerload_seed_lease_refusals", "Read leases refused, by reason", ["reason"])
 SEED_TRANSPORT_HEALTHY = Gauge(
     "peerload_seed_transport_healthy",

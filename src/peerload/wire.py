@@ -34,6 +34,9 @@ class SourceStatus(enum.IntEnum):
 # returns too, so targets tell the kinds of seed apart without a call per seed.
 PEERLOAD_MANIFEST_KEY = "peerload.manifest"
 PEERLOAD, MODELEXPRESS = "peerload", "modelexpress"
+# A worker that a peerload target loaded carries how that load went under this key (JSON: origin,
+# bytes, seconds, gbps, sources, finished_at), so the coordinator's status page can show recent loads.
+LOAD_SUMMARY_KEY = "peerload.load"
 
 
 def seed_kind(topology: Mapping[str, str]) -> str:

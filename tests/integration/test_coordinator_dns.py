@@ -49,6 +49,10 @@ def namespace() -> Iterator[str]:
     finally:
         netns.delete_namespace(name)
         shutil.rmtree(hosts)
+        try:
+            hosts.parent.rmdir()  # /etc/netns itself, when this test made it and nothing else is there
+        except OSError:
+            pass
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:

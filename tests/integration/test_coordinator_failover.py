@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from peerload._process import peerload_cmd, spawn, stop_process
 from peerload.client import CoordinatorClient, SourceStatus
 from peerload.tensors import sha256_of
 
@@ -67,7 +69,9 @@ def checkpoint(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return path, {n: sha256_of(t) for n, t in tensors.items()}
 
 
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])  # a replica that dies, and one that hangs
 def test_killing_the_replica_in_use_loses_no_ready_record_and_no_load(
+    fault: str,
     redis_url: str,
     serve_process: Callable[..., Any],
     free_port: Callable[[], int],
@@ -81,7 +85,8 @@ def test_killing_the_replica_in_use_loses_no_ready_record_and_no_load(
     replicas = [Replica(serve_process, redis_url, free_port) for _ in range(3)]
     first, survivors = replicas[0], replicas[1:]
     addresses = ",".join(r.address for r in replicas)
-    monkeypatch.setenv("PEERLOAD_HEARTBEAT_INTERVAL_S", "0.5")
+    monkeypatch.setenv("PEERLOAD_HEARTBEAT_INTERVAL_S", "1")
+    monkeypatch.setenv("PEERLOAD_RPC_TIMEOUT_S", "5")  # how long the target waits on a hung replica
     seed = seed_process(model, addresses, name=NAME)
     # The seed uses the first replica in its list: its beats land there and nowhere else.
     wait_for(lambda: first.answered("UpdateStatus") >= 3, "the seed's beats on the first replica")
@@ -104,8 +109,11 @@ def test_killing_the_replica_in_use_loses_no_ready_record_and_no_load(
     watcher.start()
     try:
         wait_for(lambda: listings[0] >= 1, "the first listing")
-        first.server.proc.kill()
-        first.server.proc.wait(timeout=30)
+        if fault == "SIGKILL":
+            first.server.proc.kill()
+            first.server.proc.wait(timeout=30)
+        else:  # the beat under way waits out its deadline (one interval), then goes on
+            first.server.proc.send_signal(signal.SIGSTOP)
         # Counting heartbeats: the next beat lands on the next replica in the list; three more
         # show the seed stays there.
         wait_for(lambda: survivors[0].answered("UpdateStatus") >= 4, "the seed's beats on the next replica")
@@ -130,6 +138,59 @@ def test_killing_the_replica_in_use_loses_no_ready_record_and_no_load(
         with CoordinatorClient(replica.address, timeout_s=10) as client:
             ready = {r.worker_id for r in client.list_sources(status=SourceStatus.READY, model_name=NAME)}
         assert seed["worker_id"] in ready
+
+
+def test_killing_the_replica_in_use_during_a_load_fails_it_over_not_the_load(
+    redis_url: str,
+    serve_process: Callable[..., Any],
+    free_port: Callable[[], int],
+    seed_process: Callable[..., dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gen = torch.Generator().manual_seed(23)
+    tensors = {f"w{i}": torch.randn(2048, 1024, generator=gen) for i in range(12)}  # 96 MiB
+    model = tmp_path / "big.safetensors"
+    save_file(tensors, str(model))
+    expected = {n: sha256_of(t) for n, t in tensors.items()}
+    first, second = (Replica(serve_process, redis_url, free_port) for _ in range(2))
+    addresses = f"{first.address},{second.address}"
+    monkeypatch.setenv("PEERLOAD_HEARTBEAT_INTERVAL_S", "0.5")
+    seed = seed_process(model, addresses, name=NAME)
+    report_path, log = tmp_path / "load.json", tmp_path / "load.log"
+    args = ("load", str(model), "--model-name", NAME, "--coordinator", addresses, "--no-fallback", "--serve")
+    import redis
+
+    store = redis.Redis.from_url(redis_url)
+    target = spawn(peerload_cmd(*args, "--report", str(report_path)), log)
+    try:
+        # The target publishes itself (INITIALIZING, serving the parts it verified) when its
+        # transfer starts; from then on it heartbeats, then goes READY, then STALE at exit.
+        # Frozen right then, it is mid-load when the replica it uses dies.
+        wait_for(lambda: store.scard("peerload:workers") >= 2 or target.poll() is not None, "the target's publish")
+        target.send_signal(signal.SIGSTOP)
+        assert target.poll() is None, "the target finished before it could be frozen mid-load"
+        first.server.proc.kill()
+        first.server.proc.wait(timeout=30)
+        target.send_signal(signal.SIGCONT)
+        # Loaded, then READY as a new source (through the other replica), serving until stopped.
+        wait_for(
+            lambda: "serving as source" in log.read_text(errors="replace") or target.poll() is not None, "the load"
+        )
+        assert target.poll() is None, log.read_text(errors="replace")[-3000:]
+        with CoordinatorClient(second.address, timeout_s=10) as client:
+            ready = {r.worker_id for r in client.list_sources(status=SourceStatus.READY, model_name=NAME)}
+        assert len(ready) == 2 and seed["worker_id"] in ready, "the target is READY beside the seed"
+        assert stop_process(target, timeout_s=30) == 0, log.read_text(errors="replace")[-3000:]
+    finally:
+        target.send_signal(signal.SIGCONT)
+        stop_process(target, timeout_s=10)
+        store.close()
+    text = log.read_text(errors="replace")
+    assert f"using {second.address}" in text, "the load's own calls went on to the second replica"
+    report = json.loads(report_path.read_text())
+    assert report["source"] == seed["worker_id"] and report["storage_bytes"] == 0
+    assert report["sha256"] == expected
 
 
 def test_the_official_client_with_one_url_against_each_replica(

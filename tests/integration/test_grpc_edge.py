@@ -238,3 +238,16 @@ def test_a_reply_for_another_source_is_a_wrong_reply_not_ok() -> None:
         assert "answered for source ffffffffffffffff, not 0123456789abcdef" in info.value.details
     finally:
         server.stop(0).wait()
+
+
+def test_no_servicer_aborts_by_hand() -> None:
+    """Servicers raise typed errors; only the edge (and the token check before it) calls abort,
+    so every service answers through the one table."""
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src" / "peerload"
+    edge = {src / "_grpc_edge.py", src / "_grpc_server.py"}
+    aborting = sorted(
+        str(p.relative_to(src)) for p in src.rglob("*.py") if p not in edge and ".abort(" in p.read_text()
+    )
+    assert aborting == []

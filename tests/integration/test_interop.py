@@ -156,6 +156,14 @@ def wait_until_file(proc: subprocess.Popen, path: Path, log: Path, timeout_s: fl
         time.sleep(0.1)
 
 
+def wait_until_logged(proc: subprocess.Popen, log: Path, text: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s  # a bound on the wait only
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, log.read_text()[-4000:]
+        assert time.monotonic() < deadline, f"{text!r} not logged within {timeout_s} s"
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def fleet(tmp_path: Path, model_dir: Path, coordinator) -> Iterator[Fleet]:
     f = Fleet(tmp_path, model_dir, coordinator.address)
@@ -210,7 +218,8 @@ def test_peerload_seed_closed_while_an_official_target_holds_a_lease(fleet, coor
                 break
             assert time.monotonic() < deadline, "the seed never started closing"
             time.sleep(0.1)
-    time.sleep(1.0)
+    # The closing seed says it waits for the open lease (it would for 120 s): it must still be there.
+    wait_until_logged(seed["proc"], seed["log"], "waiting up to")
     assert seed["proc"].poll() is None, "the seed let its memory go under an open lease"
     go.write_text("go")
     assert target.wait(timeout=120) == 0, out.with_suffix(".log").read_text()[-4000:]

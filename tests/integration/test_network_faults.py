@@ -5,6 +5,8 @@ compared bit-exact with the checkpoint, and every test is bounded by the fleet's
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from peerload._process import peerload_cmd
 from peerload.errors import FleetUnavailable
 from peerload.fleet import Fleet, run_target, start_coordinator, start_seed
 from peerload.tensors import sha256_of
@@ -63,6 +66,22 @@ def two_seeds(fleet: Fleet, model: Path, workdir: Path, transport: str) -> tuple
     return coordinator, seeds
 
 
+def wait_until_ready(fleet: Fleet, coordinator: str, workdir: Path, workers: set[str]) -> None:
+    """Until the coordinator lists every one of `workers` READY (asked from the target's host)."""
+    listing = workdir / "sources.json"
+    deadline = time.monotonic() + LOAD_TIMEOUT_S  # a bound on the wait only
+    while True:
+        proc = fleet.popen(TARGET, peerload_cmd("sources", "--coordinator", coordinator, "--json"), log_path=listing)
+        ready: set[str] = set()
+        if proc.wait(timeout=60) == 0:
+            with contextlib.suppress(ValueError):
+                ready = {r["worker_id"] for r in json.loads(listing.read_text()) if r["status"] == "READY"}
+        if workers <= ready:
+            return
+        assert time.monotonic() < deadline, f"the seeds never heartbeat READY again: {ready} of {workers}"
+        time.sleep(0.2)
+
+
 class Background:
     """`run_target` in a thread, so the test can inject a fault while the target reads."""
 
@@ -107,13 +126,12 @@ def test_five_percent_loss_to_one_seed_still_loads_bit_exact(transport, checkpoi
     with faulty_fleet(1) as fleet:
         coordinator, seeds = two_seeds(fleet, model, tmp_path, transport)
         fleet.loss(TARGET, 5, peer=SEED_A)
-        started = time.monotonic()
         env = {**ENV, "PEERLOAD_TRANSPORT": transport}
+        # run_target raises if the load is not done within LOAD_TIMEOUT_S (a bound on the wait only).
         report = run_target(fleet, TARGET, model, NAME, coordinator, tmp_path, env=env, timeout_s=LOAD_TIMEOUT_S)
-        seconds = time.monotonic() - started
     assert fleet.leftovers() == []
     assert report["sha256"] == expected, "a lossy link must never corrupt the model"
-    assert report["source"] in (*seeds.values(), "storage") and seconds < LOAD_TIMEOUT_S
+    assert report["source"] in (*seeds.values(), "storage")
     # The lossy seed was read (TCP retransmits under the loss), or dropped with a reason.
     lossy = next((s for s in report["sources"] if s["worker_id"] == seeds[SEED_A]), None)
     assert lossy is not None and (lossy["bytes"] > 0 or lossy["error"]), report["sources"]
@@ -128,9 +146,7 @@ def test_a_seed_partitioned_mid_load_is_dropped_and_the_other_finishes(transport
         target = Background(fleet, model, coordinator, tmp_path, transport)
         assert target.wait_for_received(fleet, total // 4), "the load ended before a quarter had arrived"
         fleet.partition(SEED_A)
-        partitioned_at = time.monotonic()
         report = target.result()
-        recovered_s = time.monotonic() - partitioned_at
     assert fleet.leftovers() == []
     assert report["sha256"] == expected, "a partition must never leave the model corrupted or half-loaded"
     by_worker = {s["worker_id"]: s for s in report["sources"]}
@@ -138,7 +154,10 @@ def test_a_seed_partitioned_mid_load_is_dropped_and_the_other_finishes(transport
     # The rest came from the other seed (or storage for what no peer delivered).
     assert by_worker[seeds[SEED_B]]["bytes"] > 0 or report["storage_bytes"] > 0, report
     assert report["restarted_bytes"] <= total
-    assert recovered_s < 60, f"took {recovered_s:.1f} s after the partition with a 3 s part timeout"
+    # Dropped by the part timeout (3 s), not left to the whole load's deadline.
+    assert "within 3 s" in by_worker[seeds[SEED_A]]["error"] or "TransportError" in by_worker[seeds[SEED_A]]["error"], (
+        by_worker[seeds[SEED_A]]
+    )
 
 
 @pytest.mark.timeout(300)
@@ -152,16 +171,16 @@ def test_a_partitioned_coordinator_does_not_stop_loads(checkpoint, tmp_path):
         fleet.partition(COORDINATOR)
         during = target.result()
         # A target that starts while the coordinator is cut off falls back to storage, bounded.
-        started = time.monotonic()
         cut_off = run_target(fleet, TARGET, model, NAME, coordinator, tmp_path, env=ENV, timeout_s=LOAD_TIMEOUT_S)
-        fell_back_s = time.monotonic() - started
         # Healed: the seeds kept running and heartbeat again, so a peer-only load works.
         fleet.heal(COORDINATOR)
-        time.sleep(2)
+        wait_until_ready(fleet, coordinator, tmp_path, set(seeds.values()))
         after = run_target(fleet, TARGET, model, NAME, coordinator, tmp_path, "--no-fallback", env=ENV,
                            timeout_s=LOAD_TIMEOUT_S)  # fmt: skip
     assert fleet.leftovers() == []
     assert during["sha256"] == cut_off["sha256"] == after["sha256"] == expected
     assert during["source"] in seeds.values() and during["storage_bytes"] == 0, during
-    assert cut_off["source"] == "storage" and fell_back_s < 60, (cut_off["attempts"], fell_back_s)
+    # Bounded: it gave up on the coordinator after its one retry (PEERLOAD_RPC_RETRIES=1), not waiting.
+    assert cut_off["source"] == "storage", cut_off["attempts"]
+    assert any("after 2 attempts" in a or "DEADLINE_EXCEEDED" in a for a in cut_off["attempts"]), cut_off["attempts"]
     assert after["source"] in seeds.values(), after

@@ -6,10 +6,13 @@ bytes), so a late write of the stalled batch after the fallback would show as A'
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
-import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -24,6 +27,40 @@ from peerload.settings import Settings
 pytest.importorskip("mooncake.engine")
 NAME = "test/stalled"
 TIMEOUT_S = 2.0
+HANG_S = 60.0  # only a bound on waits for a state that must come; no assertion here is about time
+TE_READ = "peerload-te-read"  # the helper thread of one Mooncake batch: alive while it may still write
+
+
+def batches_running() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == TE_READ and t.is_alive()}
+
+
+class OnSettle(logging.Handler):
+    """Calls `action` once, when the loader waits for its timed-out batches (Transport.settle)."""
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        super().__init__()
+        self._action = action
+        self.fired = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "timed-out batch(es) to finish writing" in record.getMessage() and not self.fired.is_set():
+            self.fired.set()
+            self._action()
+
+
+@contextmanager
+def on_settle(action: Callable[[], None]) -> Iterator[OnSettle]:
+    handler = OnSettle(action)
+    logger = logging.getLogger("peerload.transport.mooncake")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def checkpoint(path: Path, seed: int) -> Path:
@@ -66,21 +103,29 @@ def settings(coordinator, settle_s: float) -> Settings:
 
 def test_timed_out_batch_lands_before_rollback_then_storage_is_exact(stalled, coordinator):
     seed, destination, from_storage, identity, hook, stopped = stalled
-    resume = threading.Timer(TIMEOUT_S * 2, lambda: seed.signal(signal.SIGCONT))  # after the timeout
-    resume.start()
+    earlier = batches_running()
+    running_at_storage: list[set[threading.Thread]] = []
+
+    def storage() -> Any:
+        running_at_storage.append(batches_running() - earlier)
+        return from_storage()
+
+    # The seed runs again only once its read timed out and the loader waits for it: the batch lands late.
     try:
-        result = load_into(
-            destination, identity, settings=settings(coordinator, 30), fallback=from_storage, progress=hook
-        )
+        with on_settle(lambda: seed.signal(signal.SIGCONT)) as resume:
+            result = load_into(
+                destination, identity, settings=settings(coordinator, 30), fallback=storage, progress=hook
+            )
     finally:
-        resume.cancel()
         seed.signal(signal.SIGCONT)
-    assert stopped.is_set()
+    assert stopped.is_set() and resume.fired.is_set()
     assert result.source == "storage", result.attempts
     assert any("TransferTimeout" in a for a in result.attempts), result.attempts
-    # The loader waited for the stalled batch (the seed resumed at 2x the timeout) before rolling back.
-    assert result.seconds["settle"] >= TIMEOUT_S * 0.5, result.seconds
-    time.sleep(1.0)  # a late write would land by now
+    # The loader waited for the stalled batch before it copied storage bytes over it (settle): no
+    # batch was still running then, so no late write can come after the check below.
+    assert "settle" in result.seconds, result.seconds
+    assert running_at_storage == [set()], "storage bytes were copied while a timed-out batch could still write"
+    assert batches_running() - earlier == set()
     expected = dict(from_storage())
     assert all(torch.equal(destination[n], expected[n]) for n in expected), "a late write corrupted storage bytes"
     result.close()
@@ -88,17 +133,18 @@ def test_timed_out_batch_lands_before_rollback_then_storage_is_exact(stalled, co
 
 def test_batch_still_running_after_the_bound_gives_the_destination_up(stalled, coordinator):
     seed, destination, from_storage, identity, hook, stopped = stalled
-    started = time.monotonic()
+    earlier = batches_running()
     with pytest.raises(DestinationAbandoned) as info:
         load_into(destination, identity, settings=settings(coordinator, 1.0), fallback=from_storage, progress=hook)
-    assert time.monotonic() - started < TIMEOUT_S + 1.0 + 10
     assert "settle_timeout_s" in str(info.value) and seed.worker_id in str(info.value)
+    abandoned = batches_running() - earlier
+    assert abandoned, "given up, yet no batch was still running"
     before = {n: t.clone() for n, t in destination.items()}
     seed.signal(signal.SIGCONT)
-    # The hazard was real: once the seed runs again, the abandoned batch writes A's bytes.
-    deadline = time.monotonic() + 10
-    while all(torch.equal(destination[n], before[n]) for n in before) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # The hazard was real: once the seed runs again, the abandoned batch ends, having written A's bytes.
+    for batch in abandoned:
+        batch.join(HANG_S)
+        assert not batch.is_alive(), "the stalled batch never ended"
     assert any(not torch.equal(destination[n], before[n]) for n in before), "the stalled batch never landed"
 
 
@@ -115,7 +161,6 @@ def test_late_write_over_a_part_read_again_is_caught(tmp_path: Path, coordinator
     ]
     regions = {s.worker_id: seed_regions(coordinator.address, s) for s in seeds}
     stopped: list[SeedProcess] = []
-    timers: list[threading.Timer] = []
 
     def stop_and_corrupt(event: Progress) -> None:
         if stopped:
@@ -125,9 +170,6 @@ def test_late_write_over_a_part_read_again_is_caught(tmp_path: Path, coordinator
         stopped.append(seed)
         for region in regions[seed.worker_id]:  # the parts it has not sent yet now hold a wrong byte
             flip_byte(seed.pid, region.addr + region.size // 2)
-        timer = threading.Timer(TIMEOUT_S * 2.5, lambda: seed.signal(signal.SIGCONT))
-        timers.append(timer)
-        timer.start()
 
     destination, from_storage = hf.target_tensors(a, quantize=None, tp_size=1, tp_rank=0)
     identity = model_options(a, NAME, None, None, "", 1, 0, 1, 0, 1, None, None).identity
@@ -140,11 +182,14 @@ def test_late_write_over_a_part_read_again_is_caught(tmp_path: Path, coordinator
         settle_timeout_s=30,
         chunk_bytes=1 << 20,
     )
+    # The stalled seed runs again only once every part was read (its stalled one from the other
+    # seed) and the loader waits for the timed-out batch: it then lands over bytes already verified.
     try:
-        result = load_into(destination, identity, settings=settings, fallback=from_storage, progress=stop_and_corrupt)
+        with on_settle(lambda: stopped[0].signal(signal.SIGCONT)):
+            result = load_into(
+                destination, identity, settings=settings, fallback=from_storage, progress=stop_and_corrupt
+            )
     finally:
-        for timer in timers:
-            timer.cancel()
         for seed in seeds:
             seed.signal(signal.SIGCONT)
             seed.close()

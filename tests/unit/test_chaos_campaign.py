@@ -1,12 +1,14 @@
 """The campaign's bookkeeping: a network fault where emulated hosts cannot be made is reported as
-not run here, with the reason, and does not count as a fault that failed to run."""
+not run here, with the reason, and does not count as a fault that failed to run; a reader that
+died is counted apart from clean failures."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import asdict
 
-from peerload.chaos.campaign import FAULTS, CampaignOptions, _run_fault, markdown_table
+from peerload.chaos.campaign import FAULTS, CampaignOptions, FaultResult, _run_fault, markdown_table
+from peerload.chaos.trials import Trial
 from peerload.errors import FleetUnavailable
 
 
@@ -31,3 +33,27 @@ def test_network_fault_without_emulated_hosts_is_not_run_here_and_says_why():
     }
     row = markdown_table(report).splitlines()[2]
     assert "not run here (2 planned)" in row and "need root" in row
+
+
+def test_a_reader_that_died_is_counted_apart_from_clean_failures_and_makes_the_fault_unsound():
+    result = FaultResult("reader-vanishes", "w", "ran", 3)
+    result.add(Trial(injected=True, outcome="peer"))
+    result.add(Trial(injected=True, outcome="failed"))  # a clean error: rolled back, exit 1
+    result.add(Trial(injected=True, outcome="failed", reader_died=True, servers_died=1))
+    assert (result.from_peers, result.failed_cleanly, result.readers_died, result.servers_died) == (1, 1, 1, 1)
+    assert not result.sound
+    clean = FaultResult("seed-vanishes", "w", "ran", 1)
+    clean.add(Trial(injected=True, outcome="storage", servers_died=1))  # a seed crash alone: counted, sound
+    assert clean.sound and clean.servers_died == 1
+    report = {
+        "faults": [asdict(result), asdict(clean)],
+        "model": {"tensors": 1, "mib": 1},
+        "started": "t",
+        "quick": True,
+        "seed": 0,
+        "machine": "m",
+        "seconds": 1,
+    }
+    lines = markdown_table(report).splitlines()
+    assert "Readers died / seeds died" in lines[0]
+    assert lines[2].endswith("| 1 | 0 | 1 | 0 | 1 / 1 |  |") and lines[3].endswith("| 0 | 1 | 0 | 0 | 0 / 1 |  |")

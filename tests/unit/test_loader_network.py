@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from peerload.loader.network import describe_path, route_interface, warn_if_slower
+from peerload.loader.network import data_path, describe_path, route_interface, tcp_fix, warn_if_slower
 
 
 def test_loopback_routes_via_lo_and_reports_ucx_settings_as_configured():
@@ -35,3 +35,31 @@ def test_warns_when_the_configured_devices_exclude_the_route(devices, routed, wa
     with caplog.at_level(logging.WARNING, logger="peerload.loader.network"):
         warn_if_slower("nixl", {"peer_host": "10.0.0.2", "interface": routed, "UCX_NET_DEVICES": devices})
     assert bool(caplog.records) is warns
+
+
+@pytest.mark.parametrize(
+    ("transport", "path", "env", "expected"),
+    [
+        ("nixl", {"peer_host": "127.0.0.1", "interface": "lo", "UCX_TLS": "(UCX default)"}, {}, "shm"),
+        ("nixl", {"peer_host": "127.0.0.1", "interface": "lo", "UCX_TLS": "tcp,self"}, {}, "tcp"),
+        ("nixl", {"peer_host": "10.0.0.2", "interface": "eth0", "UCX_TLS": "rc,cuda_copy"}, {}, "rdma"),
+        (
+            "nixl",
+            {"peer_host": "10.0.0.2", "interface": "eth0", "UCX_TLS": "(UCX default)"},
+            {"UCX_MODULES": "^ib"},
+            "tcp",
+        ),
+        ("nixl", {"peer_host": "10.0.0.2", "interface": "eth0", "UCX_TLS": "(UCX default)"}, {}, "auto"),
+        ("nixl", {"peer_host": "127.0.0.1", "interface": "lo", "UCX_TLS": "shm,tcp"}, {}, "shm"),
+        ("transfer_engine", {"peer_host": "127.0.0.1", "protocol": "tcp"}, {}, "tcp"),
+        ("transfer_engine", {"peer_host": "10.0.0.2", "protocol": "rdma"}, {}, "rdma"),
+    ],
+)
+def test_data_path_from_the_reported_settings(transport, path, env, expected):
+    assert data_path(transport, path, env) == expected
+
+
+def test_tcp_fix_names_the_knob_to_change():
+    assert "UCX_TLS=tcp,self" in tcp_fix("nixl", {"UCX_TLS": "tcp,self"}, {})
+    assert "UCX_MODULES=^ib" in tcp_fix("nixl", {"UCX_TLS": "(UCX default)"}, {"UCX_MODULES": "^ib"})
+    assert "Mooncake" in tcp_fix("transfer_engine", {"protocol": "tcp"}, {})

@@ -27,7 +27,7 @@ from vllm.model_executor.model_loader.utils import process_weights_after_loading
 from vllm.model_executor.utils import weights_already_processed
 from vllm.utils.torch_utils import set_default_torch_dtype
 
-from peerload.adapters.vllm_support import LOAD_FORMAT, live_sources, loader_settings, log
+from peerload.adapters.vllm_support import LOAD_FORMAT, compile_cache_enabled, live_sources, loader_settings, log
 from peerload.errors import LoadFailed
 from peerload.identity import BackendFramework, SourceIdentity, worker_rank
 from peerload.loader import LoadOptions, LoadResult, TargetLoad
@@ -131,6 +131,7 @@ class PeerloadModelLoader(BaseModelLoader):
         super().__init__(load_config)
         # Checked here so a bad key fails before any model memory is allocated.
         self.settings = loader_settings(load_config.model_loader_extra_config)
+        self.compile_cache = compile_cache_enabled(load_config.model_loader_extra_config)
         disk_config = dataclasses.replace(load_config, load_format="auto", model_loader_extra_config={})
         self.disk_loader = DefaultModelLoader(disk_config)
 
@@ -150,6 +151,7 @@ class PeerloadModelLoader(BaseModelLoader):
         with set_default_torch_dtype(model_config.dtype):
             with device:
                 model = self.create_model(vllm_config, model_config, prefix)
+            self._attach_compile_cache(vllm_config, model, identity, rank)
             unsupported = unsupported_layers(model)
             if unsupported:
                 # Without a way to rebuild their state, received bytes could not serve: use disk.
@@ -179,6 +181,15 @@ class PeerloadModelLoader(BaseModelLoader):
             f", serving as source {result.worker_id}" if result.publisher else ", not published",
         )
         return model.eval()
+
+    def _attach_compile_cache(
+        self, vllm_config: VllmConfig, model: nn.Module, identity: SourceIdentity, rank: int
+    ) -> None:
+        """A peer's compiled graph is installed where vLLM looks before compiling; rank 0 publishes ours."""
+        if self.compile_cache:
+            from peerload.adapters.vllm_artifacts import CompileCache
+
+            CompileCache.attach(vllm_config, model, identity, self.settings, publish=rank == 0)
 
     def _load_from_disk_only(self, model: nn.Module, model_config: ModelConfig, device: torch.device) -> nn.Module:
         # The rest of BaseModelLoader.load_model, on the model already created (vLLM allows one

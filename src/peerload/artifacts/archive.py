@@ -119,7 +119,37 @@ def safe_name(member: str, name: str) -> str:
     return "/".join(parts)
 
 
-def unpack(archive_bytes: bytes, destination: Path, name: str, limits: ArchiveLimits = DEFAULT_LIMITS) -> int:
+class _MemoryReader(io.RawIOBase):
+    """A seekable read-only file over bytes in memory, without copying them (tarfile reads it)."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._data = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:  # type: ignore[no-untyped-def]
+        n = min(len(target), len(self._data) - self._pos)
+        target[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._data)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def unpack(
+    archive_bytes: bytes | memoryview, destination: Path, name: str, limits: ArchiveLimits = DEFAULT_LIMITS
+) -> int:
     """Unpack a checked archive into the new, empty directory `destination`; returns the files written.
 
     Every member is checked first, so a refused archive writes nothing. Files are created
@@ -129,7 +159,7 @@ def unpack(archive_bytes: bytes, destination: Path, name: str, limits: ArchiveLi
         ArtifactRejected: the archive is unreadable or a member is unsafe (see `check_members`).
     """
     try:
-        archive = tarfile.open(fileobj=io.BytesIO(archive_bytes), mode="r:")
+        archive = tarfile.open(fileobj=io.BufferedReader(_MemoryReader(archive_bytes)), mode="r:")
     except tarfile.TarError as exc:
         raise ArtifactRejected(name, f"is not a readable tar archive: {exc}") from None
     with archive:

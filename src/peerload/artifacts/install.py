@@ -30,14 +30,14 @@ from peerload._grpc import ChannelSecurity
 from peerload.artifacts import archive
 from peerload.artifacts.client import ArtifactClient
 from peerload.artifacts.kinds import kind_name
-from peerload.artifacts.manifest import check_served, crc32c_hex
+from peerload.artifacts.manifest import check_served, crc32c_combine, crc32c_hex
 from peerload.artifacts.source import BUNDLE_FILE
 from peerload.artifacts.stamp import STAMP_EXTRA_PREFIX, STAMP_FIELDS, describe, mismatches, stamp_of
 from peerload.client import CoordinatorClient, SourceStatus
 from peerload.errors import ArtifactRejected, CoordinatorError, PeerloadError, ServiceError, TransportError
 from peerload.identity import SourceIdentity
 from peerload.settings import Settings
-from peerload.transport import make_transport
+from peerload.transport import make_transport, prefault
 from peerload.transport.base import EndpointInfo, ReadOp
 from peerload.wire import WorkerRecord
 
@@ -191,8 +191,9 @@ def _discover(
 
 def _transfer(
     record: WorkerRecord, settings: Settings, security: ChannelSecurity, limits: archive.ArchiveLimits
-) -> tuple[bytes, float]:
-    """The artifact's one archive from `record`'s source, every chunk and the file checksummed."""
+) -> tuple[memoryview, float]:
+    """The artifact's one archive from `record`'s source, every chunk and the file checksummed;
+    (its bytes, seconds of the data movement from the first chunk lease to the last check)."""
     assert record.artifact is not None
     name = record.artifact.artifact_id[:12]
     with ArtifactClient(
@@ -206,13 +207,8 @@ def _transfer(
         chunks = rpc.chunks(header.chunk_count)
         manifest = check_served(header, chunks, record.artifact.artifact_id)
         archive_file = _primary_file(manifest.files, name)
-        started = time.perf_counter()
-        data = _read_chunks(rpc, header, [c for c in chunks if c.file_index == archive_file.file_index], settings, name)
-        seconds = time.perf_counter() - started
-    whole = crc32c_hex(data)
-    if whole != archive_file.checksum:
-        raise ArtifactRejected(name, f"file {archive_file.path} crc32c {whole}, manifest says {archive_file.checksum}")
-    return data, seconds
+        mine = [c for c in chunks if c.file_index == archive_file.file_index]
+        return _read_chunks(rpc, header, mine, archive_file, settings, name)
 
 
 def _primary_file(files: Sequence[pb.ArtifactManifestFile], name: str) -> pb.ArtifactManifestFile:
@@ -228,15 +224,20 @@ def _read_chunks(
     rpc: ArtifactClient,
     header: pb.GetArtifactManifestHeaderResponse,
     chunks: Sequence[pb.ArtifactManifestChunk],
+    file: pb.ArtifactManifestFile,
     settings: Settings,
     name: str,
-) -> bytes:
-    """READ every chunk into one registered buffer, `_BATCH` leases at a time; each chunk checked."""
-    size = sum(c.length for c in chunks)
-    buffer = torch.empty(max(size, 1), dtype=torch.uint8)
+) -> tuple[memoryview, float]:
+    """READ every chunk into one registered buffer, `_BATCH` leases at a time; each chunk checked,
+    then the file (its CRC32C combined from the chunks', so the bytes are read once)."""
+    buffer = torch.empty(max(file.size, 1), dtype=torch.uint8)
+    prefault([buffer])  # a cold page costs more than its bytes on the wire (docs/transport.md)
     transport = make_transport(settings, "peerload-artifact-reader")
     try:
         base = transport.register({"artifact": buffer})[0].addr
+        view = buffer.numpy().data
+        whole = 0
+        started = time.perf_counter()
         for start in range(0, len(chunks), _BATCH):
             batch = chunks[start : start + _BATCH]
             leases: list[pb.PrepareArtifactChunkResponse] = []
@@ -259,21 +260,24 @@ def _read_chunks(
                     except ServiceError as exc:  # it lapses on the source by itself
                         log.debug("releasing chunk lease %s: %s", lease.lease_id, exc)
             for chunk in batch:
-                piece = buffer[chunk.file_offset : chunk.file_offset + chunk.length].numpy().tobytes()
-                got = crc32c_hex(piece)
+                got = crc32c_hex(view[chunk.file_offset : chunk.file_offset + chunk.length])
                 if got != chunk.checksum:
                     raise ArtifactRejected(
                         name, f"chunk {chunk.chunk_index} crc32c {got}, manifest says {chunk.checksum}"
                     )
+                whole = crc32c_combine(whole, int(got, 16), chunk.length)
+        if f"{whole:08x}" != file.checksum:
+            raise ArtifactRejected(name, f"file {file.path} crc32c {whole:08x}, manifest says {file.checksum}")
+        seconds = time.perf_counter() - started
     finally:
         transport.close()
-    return buffer[:size].numpy().tobytes()
+    return view[: file.size], seconds
 
 
 # -- install --------------------------------------------------------------------------------------
 
 
-def _install(bundle: bytes, dest: Path, source: str, limits: archive.ArchiveLimits) -> int:
+def _install(bundle: memoryview, dest: Path, source: str, limits: archive.ArchiveLimits) -> int:
     """Unpack into a staging directory beside `dest`, then rename it onto `dest`; the files written."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.peerload-", dir=dest.parent))

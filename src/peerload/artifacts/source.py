@@ -14,8 +14,10 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import torch
 
+from peerload._address import host_port
 from peerload._gen.model_express import p2p_pb2
 from peerload._grpc_edge import service_handler
 from peerload._grpc_server import ServerSecurity, bind, new_server
@@ -127,7 +129,7 @@ class ArtifactSource:
         self._heartbeat = threading.Thread(target=self._beat_loop, name="peerload-artifact-heartbeat", daemon=True)
         self._heartbeat.start()
 
-    def _serve(self):
+    def _serve(self) -> tuple[grpc.Server, str]:
         security = ServerSecurity.from_settings(self.settings)
         options = [("grpc.max_receive_message_length", SEED_MAX_REQUEST_BYTES)]
         server = new_server(security, max_workers=4, options=options, thread_name_prefix="peerload-artifact-rpc")
@@ -137,7 +139,7 @@ class ArtifactSource:
         host = advertise_host(self.settings)
         port = bind(server, host, 0, security, what="artifact source", fix="check the advertise_host setting")
         server.start()
-        return server, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return server, host_port(host, port)
 
     def _worker(self) -> WorkerInfo:
         info = source_metadata(self.manifest)

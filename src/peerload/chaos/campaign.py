@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from peerload.chaos import fuzz
-from peerload.chaos.network import FleetCluster, packet_loss, partition
+from peerload.chaos.network import FleetCluster, packet_loss, partition, reader_vanishes, seed_vanishes
 from peerload.chaos.trials import (
     Cluster,
     Trial,
@@ -121,6 +121,22 @@ FAULTS: tuple[Fault, ...] = (
         partition,
         cluster="fleet",
     ),
+    Fault(
+        "seed-vanishes",
+        "one seed SIGSTOPped at a random point of a load, never resumed (emulated hosts, NIXL over tcp)",
+        10,
+        1,
+        seed_vanishes,
+        cluster="fleet",
+    ),
+    Fault(
+        "reader-vanishes",
+        "the target SIGKILLed at a random point of its load, then a new one (emulated hosts, NIXL over tcp)",
+        10,
+        1,
+        reader_vanishes,
+        cluster="fleet",
+    ),
 )
 # How each kind of cluster is built: (transport, store).
 _CLUSTERS = {"nixl": ("nixl", "memory"), "mooncake": ("transfer_engine", "memory"), "redis": ("nixl", "redis")}
@@ -141,6 +157,8 @@ class FaultResult:
     failed_cleanly: int = 0
     corrupted: int = 0
     half_loaded: int = 0
+    readers_died: int = 0  # target processes that ended by a signal (goal 0: a reader never dies with a peer)
+    servers_died: int = 0  # seeds that ended by themselves (a crash the fault did not cause directly)
     server_errors: int = 0  # fuzzing: answers outside the allowed codes, records changed, servers gone
     recover_s: dict[str, float] = field(default_factory=dict)  # median, p95, max
     seconds: float = 0.0
@@ -150,17 +168,19 @@ class FaultResult:
 
     @property
     def sound(self) -> bool:
-        """Nothing corrupted, half-loaded or broken (what the campaign exists to show)."""
-        return self.corrupted == 0 and self.half_loaded == 0 and self.server_errors == 0
+        """Nothing corrupted, half-loaded or broken, and no reader died (what the campaign exists to show)."""
+        return self.corrupted == 0 and self.half_loaded == 0 and self.server_errors == 0 and self.readers_died == 0
 
     def add(self, trial: Trial) -> None:
         self.trials += 1
         self.faults_injected += trial.injected
         self.from_peers += trial.outcome == "peer"
         self.from_storage += trial.outcome == "storage"
-        self.failed_cleanly += trial.outcome == "failed" and not trial.half_loaded
+        self.failed_cleanly += trial.outcome == "failed" and not trial.half_loaded and not trial.reader_died
         self.corrupted += trial.corrupted
         self.half_loaded += trial.half_loaded
+        self.readers_died += trial.reader_died
+        self.servers_died += trial.servers_died
         for event in trial.saw():
             self.events[event] = self.events.get(event, 0) + 1
         for note in trial.notes:
@@ -322,7 +342,8 @@ def _summary(r: FaultResult) -> str:
         return f"{r.trials} messages, {r.server_errors} server errors ({r.seconds:.0f} s)"
     return (
         f"{r.trials} trials: {r.from_peers} peer, {r.from_storage} storage, {r.failed_cleanly} failed cleanly, "
-        f"{r.corrupted} corrupted, {r.half_loaded} half-loaded ({r.seconds:.0f} s)"
+        f"{r.corrupted} corrupted, {r.half_loaded} half-loaded, {r.readers_died} readers and {r.servers_died} seeds "
+        f"died ({r.seconds:.0f} s)"
     )
 
 
@@ -348,26 +369,27 @@ def markdown_table(report: dict[str, Any]) -> str:
     """The docs table: one row per fault, then when, where and how long."""
     rows = [
         "| Fault | Trials | Faults injected | From peers | From storage | Failed cleanly | Corrupted or "
-        "half-loaded | Recover s (median / max), or answers |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "half-loaded | Readers died / seeds died | Recover s (median / max), or answers |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for f in report["faults"]:
         if f["status"] in ("not run yet", "not run here"):
-            rows.append(f"| {f['what']} | {f['status']} ({f['planned']} planned) | | | | | | {f['notes'][0]} |")
+            rows.append(f"| {f['what']} | {f['status']} ({f['planned']} planned) | | | | | | | {f['notes'][0]} |")
             continue
         trials = f"{f['trials']}" + ("" if f["trials"] == f["planned"] else f" of {f['planned']}")
         if f["codes"]:
             codes = ", ".join(f"{k} {v}" for k, v in sorted(f["codes"].items()))
             rows.append(
                 f"| {f['what']} | {trials} messages | {f['faults_injected']} | | | | {f['server_errors']} server "
-                f"errors | {codes} |"
+                f"errors | | {codes} |"
             )
             continue
         recover = f["recover_s"]
         recovered = f"{recover['median']:.2f} / {recover['max']:.2f}" if recover else ""
+        died = f"{f.get('readers_died', 0)} / {f.get('servers_died', 0)}"  # older reports lack them
         rows.append(
             f"| {f['what']} | {trials} | {f['faults_injected']} | {f['from_peers']} | {f['from_storage']} | "
-            f"{f['failed_cleanly']} | {f['corrupted'] + f['half_loaded']} | {recovered} |"
+            f"{f['failed_cleanly']} | {f['corrupted'] + f['half_loaded']} | {died} | {recovered} |"
         )
     seen = [
         f"{f['what']}: " + ", ".join(f"{event} in {n}" for event, n in sorted(f["events"].items()))

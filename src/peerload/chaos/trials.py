@@ -45,6 +45,8 @@ class Trial:
     outcome: str = "failed"  # "peer" | "storage" | "failed" (a clean error, nothing returned)
     corrupted: bool = False  # a returned model whose bytes differ from the checkpoint
     half_loaded: bool = False  # a failed load that left bytes in the destination (not rolled back)
+    reader_died: bool = False  # the target process ended by a signal (abort, segfault), not by us
+    servers_died: int = 0  # seeds that ended by themselves during the trial (a crash, not our kill)
     recover_s: float | None = None
     detail: str = ""  # the load's attempts, or its error
     notes: list[str] = field(default_factory=list)
@@ -172,6 +174,7 @@ class Cluster:
         for seed in self.seeds:
             code = seed.died_by_itself
             if code is not None:
+                trial.servers_died += 1
                 trial.notes.append(f"seed {seed.worker_id} exited by itself with code {code}")
 
     def close(self) -> None:

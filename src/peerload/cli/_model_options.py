@@ -22,6 +22,7 @@ from peerload.devices import parse_device
 from peerload.errors import ConfigError
 from peerload.identity import SourceIdentity
 from peerload.settings import Settings
+from peerload.telemetry import MetricsServer
 
 if TYPE_CHECKING:
     from peerload.adapters.hf_config import Checkpoint
@@ -305,6 +306,22 @@ def output_file(path: Path | None, option: str) -> None:
         raise ConfigError(f"{option} {path} is a directory; give a file name")
     if not path.parent.is_dir():
         raise ConfigError(f"{option} {path}: directory {path.parent} does not exist")
+
+
+def start_metrics(host: str, port: int | None) -> MetricsServer | None:
+    """This process's /metrics on HOST:PORT when a port was given (printed on stderr).
+
+    Raises:
+        ConfigError: the port cannot be bound.
+    """
+    if port is None:
+        return None
+    try:
+        server = MetricsServer(host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}; choose another --metrics-port") from None
+    typer.echo(f"metrics on http://{host}:{server.port}/metrics", err=True)
+    return server
 
 
 def wait_for_signal() -> signal.Signals:

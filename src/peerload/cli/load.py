@@ -13,9 +13,11 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from peerload.cli._interrupt import Interrupted
-from peerload.cli._model_options import ModelOptions, model_command, output_file, wait_for_signal
+from peerload.cli._model_options import ModelOptions, model_command, output_file, start_metrics, wait_for_signal
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.progress import TaskID
 
     from peerload.loader import LoadResult
@@ -44,6 +46,12 @@ def load(
         ),
     ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    metrics_port: Annotated[
+        Optional[int],
+        typer.Option(
+            "--metrics-port", min=0, max=65535, help="Serve this process's Prometheus /metrics here (0: a free port)."
+        ),
+    ] = None,
 ) -> None:
     """Build the model of PATH with empty weights, pull them from a READY peer, verify, publish."""
     from peerload.adapters import hf  # torch-heavy: imported per command to keep the CLI fast
@@ -51,6 +59,7 @@ def load(
 
     output_file(report, "--report")
     settings = model.settings(verify_checksums=verify, storage_fallback=fallback, max_source_attempts=max_sources)
+    metrics = start_metrics(settings.host, metrics_port)
     destination, from_storage = hf.target_tensors(model.checkpoint, **model.hf_options())
     console = Console(stderr=True)
     if from_storage is None and fallback:
@@ -80,6 +89,8 @@ def load(
             stopped_by = wait_for_signal()
     finally:
         result.close()
+        if metrics is not None:
+            metrics.close()
     if stopped_by is signal.SIGINT:  # stopped cleanly; 130 tells a shell it was Ctrl-C
         raise Interrupted("the source stopped cleanly: its record is marked STALE")
 
@@ -155,7 +166,7 @@ class _progress_bar:
         )
         self.tasks: dict[str, TaskID] = {}
 
-    def __enter__(self):
+    def __enter__(self) -> "Callable[[LoadProgress], None] | None":
         if not self.enabled:
             return None
         self.bar.__enter__()

@@ -11,7 +11,7 @@ import typer
 
 from peerload._process import write_ready_file
 from peerload.cli._interrupt import Interrupted
-from peerload.cli._model_options import ModelOptions, model_command, output_file, wait_for_signal
+from peerload.cli._model_options import ModelOptions, model_command, output_file, start_metrics, wait_for_signal
 from peerload.client import CoordinatorClient
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,12 @@ def seed(
     model: ModelOptions,
     ready_file: Annotated[
         Optional[Path], typer.Option("--ready-file", help="Write {worker_id, source_id, rank} as JSON here once READY.")
+    ] = None,
+    metrics_port: Annotated[
+        Optional[int],
+        typer.Option(
+            "--metrics-port", min=0, max=65535, help="Serve this process's Prometheus /metrics here (0: a free port)."
+        ),
     ] = None,
     artifact: Annotated[
         Optional[list[str]],
@@ -40,6 +46,7 @@ def seed(
     output_file(ready_file, "--ready-file")
     artifacts = [parse_artifact_option(value) for value in artifact or ()]
     settings = model.settings()
+    metrics = start_metrics(settings.host, metrics_port)
     # Fail before reading gigabytes from disk if nobody can be told about them (reachable, TLS, token).
     with CoordinatorClient.from_settings(settings) as client:
         client.health_check()
@@ -87,5 +94,7 @@ def seed(
             )
         stopped_by = wait_for_signal()
         typer.echo("stopping: marking the source STALE", err=True)
+    if metrics is not None:
+        metrics.close()
     if stopped_by is signal.SIGINT:  # stopped cleanly; 130 tells a shell it was Ctrl-C
         raise Interrupted("the seed stopped cleanly: its record is marked STALE and its memory released")

@@ -29,7 +29,11 @@ def serve(
         None, help="Seconds without heartbeat before a STALE worker is deleted [default: 60]."
     ),
     metrics_port: Optional[int] = typer.Option(
-        None, min=0, max=65535, help="Serve Prometheus /metrics on this port (0 picks a free one) [default: off]."
+        None,
+        min=0,
+        max=65535,
+        help="Serve Prometheus /metrics and the status page (/, /status.json) on this port (0 picks a free one) "
+        "[default: off].",
     ),
     tls_cert: Optional[str] = typer.Option(None, help="Serve TLS with this certificate (PEM); needs --tls-key."),
     tls_key: Optional[str] = typer.Option(None, help="Private key (PEM) of --tls-cert."),

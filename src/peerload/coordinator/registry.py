@@ -195,7 +195,7 @@ class Registry:
         sid = _check_id(request.mx_source_id, "mx_source_id")
         wid = _check_id(request.worker_id, "worker_id")
         _check_enum(pb.SourceStatus, request.status, "status")
-        if request.status not in _SETTABLE_STATUSES:
+        if int(request.status) not in _SETTABLE_STATUSES:
             raise InvalidRequest("status", "must be INITIALIZING, READY or STALE")
         load = request.source_load if request.HasField("source_load") else None
         if load is not None and (not math.isfinite(load) or load < 0):

@@ -9,14 +9,16 @@ from collections.abc import Callable
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from peerload._address import host_port
+from peerload._address import host_port, is_loopback
 from peerload._gen.model_express import p2p_pb2 as pb
+from peerload._grpc import ChannelSecurity
 from peerload._grpc_server import ServerSecurity, bind, new_server
 from peerload.coordinator.http_server import HttpServer
 from peerload.coordinator.metrics import CoordinatorMetrics, MeteredServicer
 from peerload.coordinator.reaper import Reaper
 from peerload.coordinator.registry import Registry
 from peerload.coordinator.service import SERVICE, P2pServicer, p2p_handler
+from peerload.coordinator.status_page import StatusPages
 from peerload.coordinator.store import Store, make_store
 from peerload.errors import ConfigError
 from peerload.limits import COORDINATOR_MAX_MESSAGE_BYTES
@@ -57,6 +59,8 @@ class CoordinatorServer:
             tls=self.security.key_and_cert is not None,
         )
         self._http: HttpServer | None = None
+        # How the status page asks loading seeds for their parts (as any client of theirs would).
+        self._seed_security = ChannelSecurity.from_settings(settings)
         self.registry = Registry(
             self._metrics.store,
             settings.heartbeat_timeout_s,
@@ -100,13 +104,21 @@ class CoordinatorServer:
         )
         self._server.start()
         if metrics_port is not None:
+            s = self.security
+            pages = StatusPages(self.registry, self._seed_security, [t for t in (s.tokens, s.write_tokens) if t])
             try:
-                self._http = HttpServer(self.host, metrics_port, self._metrics.registry)
+                self._http = HttpServer(self.host, metrics_port, self._metrics.registry, pages.routes())
                 self.metrics_port = self._http.port
             except OSError as exc:
                 raise ConfigError(
                     f"cannot serve metrics on {self.host}:{metrics_port}: {exc}; choose another --metrics-port"
                 ) from None
+            if not is_loopback(self.host) and s.tokens is None and s.write_tokens is None:
+                logger.warning(
+                    "the status page on http://%s/ lists every worker to anyone who reaches it (no token); "
+                    "set --auth-token-file or keep --host on loopback (docs/security.md)",
+                    host_port(self.host, self.metrics_port),
+                )
         self._reaper.start()
         self.set_serving(True)
 

@@ -57,3 +57,55 @@ def warn_if_slower(transport: str, path: Mapping[str, str]) -> None:
             routed,
             devices,
         )
+
+
+# UCX transport names by the path they take (`ucx_info -d` lists them per device).
+_RDMA_TLS = {"rc", "rc_v", "rc_x", "rc_mlx5", "ud", "ud_v", "ud_x", "ud_mlx5", "dc", "dc_x", "dc_mlx5", "ib"}
+_SHM_TLS = {"shm", "sm", "posix", "sysv", "xpmem", "cma", "knem"}
+
+
+def data_path(transport: str, path: Mapping[str, str], env: Mapping[str, str] | None = None) -> str:
+    """Which path a source's bytes took: "shm" (same host), "rdma", "tcp" or "auto" (UCX chose; unknown).
+
+    Read from the transport settings the load reported (`describe_path`) and UCX_MODULES: Mooncake
+    runs its tcp protocol here; UCX held to tcp by UCX_TLS, or with its `ib` module left out
+    (UCX_MODULES=^ib) towards another host, has no other way across.
+    """
+    env = os.environ if env is None else env
+    if transport != "nixl":
+        return "rdma" if path.get("protocol") == "rdma" else "tcp"
+    same_host = path.get("interface") == "lo" or path.get("peer_host", "").startswith("127.")
+    tls = path.get("UCX_TLS", "")
+    if tls and tls != "(UCX default)" and not tls.startswith("^"):
+        names = {t.strip().split(":")[0] for t in tls.split(",")} - {"self"}
+        if names & _RDMA_TLS:
+            return "rdma"
+        if names & _SHM_TLS and (same_host or "tcp" not in names):
+            return "shm"
+        if "tcp" in names:
+            return "tcp"
+    if same_host:
+        return "shm"
+    modules = env.get("UCX_MODULES", "")
+    if modules.startswith("^") and "ib" in {m.strip() for m in modules[1:].split(",")}:
+        return "tcp"
+    return "auto"
+
+
+def tcp_fix(transport: str, path: Mapping[str, str], env: Mapping[str, str] | None = None) -> str:
+    """What to change so that a source's bytes stop taking TCP (the tcp_path alarm's fix)."""
+    env = os.environ if env is None else env
+    if transport != "nixl":
+        return (
+            "Mooncake runs its tcp protocol here; on RDMA hosts use the nixl transport (UCX picks RDMA), or set "
+            "PEERLOAD_EXPECT_TCP=1 if TCP is intended"
+        )
+    tls = path.get("UCX_TLS", "")
+    if tls and tls != "(UCX default)" and "tcp" in tls:
+        return f"UCX_TLS={tls} holds UCX to TCP: add rc/shm (or unset it), or set PEERLOAD_EXPECT_TCP=1 if intended"
+    if env.get("UCX_MODULES", "").startswith("^"):
+        return (
+            f"UCX_MODULES={env.get('UCX_MODULES')} leaves out UCX's ib module, so RDMA is off: set UCX_MODULES "
+            "explicitly (e.g. to an empty value) on hosts with RDMA NICs, or set PEERLOAD_EXPECT_TCP=1 if intended"
+        )
+    return "check UCX_NET_DEVICES and that the RDMA NIC is up (ucx_info -d), or set PEERLOAD_EXPECT_TCP=1 if intended"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from peerload import telemetry
 from peerload.devices import device_id_of
 from peerload.errors import (
     ChecksumMismatch,
@@ -126,7 +127,7 @@ class PeerPlan:
     def _give_back(self, lease: str | None) -> None:
         try:
             if lease is not None:
-                self.seed.release_lease(lease)
+                self.seed.release_lease(lease, self.stats.bytes, self.stats.parts)
         except ServiceError as exc:
             log.debug("releasing the lease on %s failed: %s", self.worker_id, exc)
         finally:
@@ -348,6 +349,16 @@ class StripedRead:
                 self.options.on_verified(index)
             return
         plan.bad = ChecksumMismatch(part.regions, source=plan.worker_id)
+        telemetry.CHECKSUM_FAILURES.labels("target").inc()
+        telemetry.alarm(
+            telemetry.CHECKSUM_MISMATCH,
+            f"part {index} ({', '.join(part.regions[:3])}{', ...' if len(part.regions) > 3 else ''}) from source "
+            f"{plan.worker_id} does not match its published checksum; the source is dropped and its parts are read "
+            "again from others",
+            f"check source {plan.worker_id}: its memory no longer holds what it published (restart it; if it "
+            "recurs, suspect its host's memory or a process writing into its weights)",
+            logger=log,
+        )
         with self._cond:
             self.scheduler.failed(plan.worker_id, index)
             self._cond.notify_all()

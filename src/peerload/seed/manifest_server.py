@@ -70,7 +70,8 @@ class _Servicer:
     def ReleaseLease(
         self, request: seed_pb2.ReleaseLeaseRequest, context: grpc.ServicerContext
     ) -> seed_pb2.ReleaseLeaseResponse:
-        return seed_pb2.ReleaseLeaseResponse(released=self._leases.release(request.lease_id))
+        released = self._leases.release(request.lease_id, request.bytes_read, request.parts_read)
+        return seed_pb2.ReleaseLeaseResponse(released=released)
 
 
 class ManifestServer:

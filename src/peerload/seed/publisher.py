@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from peerload import telemetry
 from peerload._backoff import Backoff
 from peerload._grpc_server import ServerSecurity
 from peerload.advertise import advertise_host
@@ -33,7 +34,7 @@ from peerload.settings import Settings
 from peerload.tensors import TensorSet, collect, part_checksums
 from peerload.transport import make_transport
 from peerload.transport.base import EndpointInfo, Transport
-from peerload.wire import PEERLOAD_MANIFEST_KEY, TensorInfo, TensorManifest
+from peerload.wire import LOAD_SUMMARY_KEY, PEERLOAD_MANIFEST_KEY, TensorInfo, TensorManifest
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,10 @@ class Publisher:
         region_checksums: Mapping[str, str] | None = None,
         part_sums: tuple[int, Sequence[str]] | None = None,
         availability: PartAvailability | None = None,
+        load_summary: str = "",
     ) -> None:
         self.identity = identity
+        self.load_summary = load_summary  # JSON of how this worker was loaded, for the status page
         self.rank = rank
         self.settings = settings
         self.worker_id = worker_id or new_worker_id(rank)
@@ -79,7 +82,7 @@ class Publisher:
         self._heartbeat: threading.Thread | None = None
         self._server: ManifestServer | None = None
         self._client = CoordinatorClient.from_settings(settings)
-        self.leases = LeaseTable(settings.seed_max_readers, settings.lease_timeout_s)
+        self.leases = LeaseTable(settings.seed_max_readers, settings.lease_timeout_s, transport=settings.transport)
         self._beats = self._heartbeat_client()
         self._unhealthy: str | None = None  # the transport's last complaint, if any
         self._unreachable_since: float | None = None
@@ -117,6 +120,7 @@ class Publisher:
                 availability=availability,
             )
             self._publish(status=SourceStatus.INITIALIZING if self._loading else SourceStatus.READY)
+            telemetry.SEED_TRANSPORT_HEALTHY.labels(self.transport.kind).set(1)
         except BaseException:
             self._release()
             raise
@@ -172,7 +176,8 @@ class Publisher:
             worker_grpc_endpoint=server_endpoint if p2p else "",
             metadata_endpoint=self.metadata_endpoint if p2p else "",
             accelerator=self.accelerator,
-            topology={PEERLOAD_MANIFEST_KEY: server_endpoint},
+            topology={PEERLOAD_MANIFEST_KEY: server_endpoint}
+            | ({LOAD_SUMMARY_KEY: self.load_summary} if self.load_summary else {}),
         )
 
     def _publish(self, client: CoordinatorClient | None = None, status: SourceStatus = SourceStatus.READY) -> None:
@@ -254,13 +259,20 @@ class Publisher:
     def loading(self) -> bool:
         return self._loading
 
-    def ready(self) -> None:
-        """Every part is verified: heartbeat READY from now on (announced at once, best effort)."""
+    def ready(self, load_summary: str = "") -> None:
+        """Every part is verified: heartbeat READY from now on (announced at once, best effort).
+
+        With `load_summary` the record is published again first, carrying it (the status page's recent loads).
+        """
         self._loading = False
         if self._server is not None and self._server.worker_service is not None:
             self._server.worker_service.set_unreadable(self._unreadable_reason())
         try:
             status = self._status()
+            if load_summary:
+                self.load_summary = load_summary
+                self._publish(status=status)
+                return
             self._client.update_status(self.source_id, self.worker_id, self.rank, status, float(self.leases.active()))
         except CoordinatorError as exc:
             log.warning("could not announce %s READY now (the next heartbeat will): %s", self.worker_id, exc)
@@ -278,8 +290,11 @@ class Publisher:
         if problem != self._unhealthy:
             if problem is not None:
                 log.warning("worker %s cannot serve peers, heartbeating STALE: %s", self.worker_id, problem)
+                if self._unhealthy is None:
+                    telemetry.SEED_TRANSPORT_FAILURES.labels(self.transport.kind).inc()
             else:
                 log.info("worker %s can serve peers again, heartbeating READY", self.worker_id)
+            telemetry.SEED_TRANSPORT_HEALTHY.labels(self.transport.kind).set(0 if problem else 1)
             self._unhealthy = problem
         if problem is not None:
             return SourceStatus.STALE

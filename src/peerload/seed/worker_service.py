@@ -102,14 +102,18 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
 
     # -- artifacts (served by peerload.artifacts' own workers) ------------------------------------
 
-    def GetArtifactManifestHeader(self, request: pb.GetArtifactManifestHeaderRequest, context) -> NoReturn:
+    def GetArtifactManifestHeader(
+        self, request: pb.GetArtifactManifestHeaderRequest, context: grpc.ServicerContext
+    ) -> NoReturn:
         raise Unsupported(_NO_ARTIFACTS.format(rpc="GetArtifactManifestHeader"))
 
-    def GetArtifactManifestChunks(self, request: pb.GetArtifactManifestChunksRequest, context) -> NoReturn:
+    def GetArtifactManifestChunks(
+        self, request: pb.GetArtifactManifestChunksRequest, context: grpc.ServicerContext
+    ) -> NoReturn:
         raise Unsupported(_NO_ARTIFACTS.format(rpc="GetArtifactManifestChunks"))
 
-    def PrepareArtifactChunk(self, request: pb.PrepareArtifactChunkRequest, context) -> NoReturn:
+    def PrepareArtifactChunk(self, request: pb.PrepareArtifactChunkRequest, context: grpc.ServicerContext) -> NoReturn:
         raise Unsupported(_NO_ARTIFACTS.format(rpc="PrepareArtifactChunk"))
 
-    def ReleaseArtifactChunk(self, request: pb.ReleaseArtifactChunkRequest, context) -> NoReturn:
+    def ReleaseArtifactChunk(self, request: pb.ReleaseArtifactChunkRequest, context: grpc.ServicerContext) -> NoReturn:
         raise Unsupported(_NO_ARTIFACTS.format(rpc="ReleaseArtifactChunk"))

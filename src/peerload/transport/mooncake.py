@@ -276,6 +276,8 @@ class MooncakeTransport(Transport):
 
     def settle(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
+        if self._stalled and timeout_s > 0:  # says why a load pauses here
+            log.info("waiting up to %g s for %d timed-out batch(es) to finish writing", timeout_s, len(self._stalled))
         for worker in list(self._stalled):
             worker.join(max(0.0, deadline - time.monotonic()))
             if not worker.is_alive():

@@ -102,10 +102,14 @@ class AcquireLeaseResponse(_message.Message):
     def __init__(self, lease_id: _Optional[str] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
 
 class ReleaseLeaseRequest(_message.Message):
-    __slots__ = ("lease_id",)
+    __slots__ = ("lease_id", "bytes_read", "parts_read")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_READ_FIELD_NUMBER: _ClassVar[int]
+    PARTS_READ_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
-    def __init__(self, lease_id: _Optional[str] = ...) -> None: ...
+    bytes_read: int
+    parts_read: int
+    def __init__(self, lease_id: _Optional[str] = ..., bytes_read: _Optional[int] = ..., parts_read: _Optional[int] = ...) -> None: ...
 
 class ReleaseLeaseResponse(_message.Message):
     __slots__ = ("released",)
