@@ -99,3 +99,31 @@ def test_strict_checkpoint_and_tp_errors_through_the_cli(tiny_model, coordinator
     assert "no tensor-parallel sharding rules for GPT2LMHeadModel" in tp.stderr, tp.stderr
     unknown = run_model_command("load", bert, "t/bert", coordinator.address, "--model-class", "NoSuchModel")
     assert unknown.returncode == 2 and "--model-class NoSuchModel" in unknown.stderr, unknown.stderr
+
+
+def test_a_config_only_target_of_real_minilm_matches_its_seed(
+    tiny_model, coordinator, seed_process, run_peerload, tmp_path, monkeypatch
+):
+    """all-MiniLM-L6-v2's config.json names no torch_dtype: seed and config-only target agree (float32)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = model_path(MINILM, tiny_model)
+    assert "torch_dtype" not in json.loads((path / "config.json").read_text())
+    bare = tmp_path / "config-only"
+    bare.mkdir()
+    (bare / "config.json").write_bytes((path / "config.json").read_bytes())
+    name = "sentence-transformers/all-MiniLM-L6-v2"
+    seed = seed_process(path, coordinator.address, name=name)
+    report = p2p_load(run_peerload, bare, name, coordinator.address, tmp_path / "r.json", "--no-fallback")
+    assert report["source"] == seed["worker_id"], report["attempts"]
+    checkpoint = hf.read_checkpoint(path)
+    names = hf.model_names(hf.load_model(path), checkpoint)
+    assert all(report["sha256"][m] == sha256_of(checkpoint[f]) for f, m in names.items())
+
+    # --dtype on both sides: the model is built, published and loaded in that dtype.
+    seed_bf16 = seed_process(path, coordinator.address, "--dtype", "bfloat16", name=name)
+    half = p2p_load(
+        run_peerload, bare, name, coordinator.address, tmp_path / "h.json", "--no-fallback", "--dtype", "bfloat16"
+    )
+    assert half["source"] == seed_bf16["worker_id"], half["attempts"]
+    # float tensors halve; integer buffers (position ids) stay as they are
+    assert report["bytes"] / 2 < half["bytes"] < report["bytes"] * 0.51

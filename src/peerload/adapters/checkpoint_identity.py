@@ -32,6 +32,7 @@ def checkpoint_source(
     pp_rank: int = 0,
     ep_size: int = 1,
     backend_framework: int = 0,
+    dtype: str | None = None,
 ) -> CheckpointSource:
     """Open `path` (every header and config.json read and checked now, once), its identity and rank.
 
@@ -41,7 +42,7 @@ def checkpoint_source(
     """
     check_exists(Path(path))
     rank = worker_rank(tp_rank, pp_rank, tp_size, pp_size)
-    checkpoint = open_checkpoint(path)
+    checkpoint = open_checkpoint(path, dtype)
     identity = checkpoint_identity(
         checkpoint,
         model_name,
@@ -74,16 +75,13 @@ def checkpoint_identity(
         expert_parallel_size=ep_size,
         # Runtime post-processing (--quantize) is not part of the identity: a target that forgot
         # it finds the source and is told exactly which tensors differ.
-        dtype=checkpoint_dtype(checkpoint.config, checkpoint.layout),
+        dtype=checkpoint.dtype or checkpoint_dtype(checkpoint.layout),
         quantization=checkpoint_quantization(checkpoint.config),
     )
 
 
-def checkpoint_dtype(config: Mapping[str, Any], layout: Mapping[str, tuple[Any, Any]]) -> str:
-    """The model's dtype as configured (config.json), else the commonest one in the checkpoint."""
-    value = config.get("dtype") or config.get("torch_dtype")
-    if value:
-        return str(value).replace("torch.", "")
+def checkpoint_dtype(layout: Mapping[str, tuple[Any, Any]]) -> str:
+    """A bare safetensors file's dtype: the commonest one among its tensors (moved as stored)."""
     counts = Counter(str(dt).replace("torch.", "") for _, dt in layout.values())
     return counts.most_common(1)[0][0] if counts else ""
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from peerload.adapters.checkpoint import Layout, checkpoint_layout, has_weights, read_json_object
 from peerload.adapters.hf_classes import transformers_module
 from peerload.errors import CheckpointError, ConfigError
@@ -26,6 +28,8 @@ class Checkpoint:
     layout: Layout  # tensor headers; {} for a model directory without weights
     has_weights: bool  # False only for a model directory without weights (a target loading from peers)
     hf_config: Any = field(default=None, repr=False)  # transformers' config of config.json, if any
+    # The dtype the model is built in (model directories; see `model_dtype`), "" for a bare file.
+    dtype: str = ""
 
     @property
     def has_config(self) -> bool:
@@ -38,11 +42,15 @@ class Checkpoint:
         return copy.deepcopy(self.hf_config)
 
 
-def open_checkpoint(path: str | Path) -> Checkpoint:
+def open_checkpoint(path: str | Path, dtype: str | None = None) -> Checkpoint:
     """Read and check a checkpoint's headers and config.json, once.
 
+    `dtype` (e.g. "bfloat16") overrides the dtype a model directory's model is built in; see
+    `model_dtype` for the rule without it.
+
     Raises:
-        ConfigError: `path` does not exist.
+        ConfigError: `path` does not exist, or `dtype` is not a floating torch dtype or is given
+            for a bare safetensors file.
         CheckpointError: a file is not readable safetensors, config.json is invalid or names an
             architecture transformers does not know.
         MissingExtraError: config.json exists and transformers is not installed.
@@ -55,7 +63,37 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     layout = checkpoint_layout(p) if weights or not with_config else {}
     config = read_model_config(p)
     hf_config = auto_config(p) if with_config else None
-    return Checkpoint(path=p, config=config, layout=layout, has_weights=weights, hf_config=hf_config)
+    if hf_config is None:
+        if dtype is not None:
+            raise ConfigError(
+                f"--dtype applies to a model directory with config.json; {p} is a bare safetensors file, whose "
+                "tensors are moved as stored"
+            )
+        return Checkpoint(path=p, config=config, layout=layout, has_weights=weights)
+    built = model_dtype(config, dtype)
+    hf_config.dtype = built  # transformers builds (and loads) the model in this dtype
+    return Checkpoint(path=p, config=config, layout=layout, has_weights=weights, hf_config=hf_config, dtype=built)
+
+
+# What transformers builds a model in when config.json names no dtype (torch's default dtype).
+DEFAULT_MODEL_DTYPE = "float32"
+
+
+def model_dtype(config: Mapping[str, Any], override: str | None = None) -> str:
+    """The dtype a model directory's model is built in, the same on a seed and on a target.
+
+    `override` (--dtype) wins; else config.json's `dtype` / `torch_dtype`; else float32, which is
+    what transformers builds from such a config. A target of a config-only directory cannot see
+    the seed's weights, so the rule never looks at them (a seed of bfloat16 weights whose config
+    names no dtype loads them as float32, as its targets build; give both --dtype bfloat16).
+    """
+    value = override if override is not None else (config.get("dtype") or config.get("torch_dtype"))
+    name = str(value).replace("torch.", "") if value else DEFAULT_MODEL_DTYPE
+    candidate = getattr(torch, name, None)
+    if not isinstance(candidate, torch.dtype) or not candidate.is_floating_point:
+        where = "--dtype" if override is not None else "config.json's torch_dtype"
+        raise ConfigError(f"{where} {value!r} is not a floating torch dtype (e.g. float32, bfloat16, float16)")
+    return name
 
 
 def check_exists(path: Path) -> None:

@@ -90,6 +90,17 @@ _SHARED: dict[str, tuple[Any, Any]] = {
     "pp_size": (Annotated[int, typer.Option("--pp-size", min=1, help="Pipeline-parallel size.")], 1),
     "pp_rank": (Annotated[int, typer.Option("--pp-rank", min=0, help="This process' pipeline-parallel rank.")], 0),
     "ep_size": (Annotated[int, typer.Option("--ep-size", min=1, help="Expert-parallel size.")], 1),
+    "dtype": (
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--dtype",
+                help="dtype the model is built in and published as (part of the identity; give seed and load the "
+                "same). Default: config.json's torch_dtype, else float32; a bare .safetensors file: as stored.",
+            ),
+        ],
+        None,
+    ),
     "quantize": (
         Annotated[Optional[str], typer.Option("--quantize", help="Post-processing: int8 (weight-only).")],
         None,
@@ -144,7 +155,7 @@ _SHARED: dict[str, tuple[Any, Any]] = {
 }
 
 # The options that make up a load's identity and rank (`peerload sources --explain` takes them too).
-IDENTITY_OPTIONS = ("path", "model_name", "revision", "tp_size", "tp_rank", "pp_size", "pp_rank", "ep_size")
+IDENTITY_OPTIONS = ("path", "model_name", "revision", "tp_size", "tp_rank", "pp_size", "pp_rank", "ep_size", "dtype")
 
 
 def model_command(command: Callable[..., None]) -> Callable[..., None]:
@@ -208,6 +219,7 @@ def model_options(
     allow_missing: bool = False,
     allow_unused: bool = False,
     device: str = "cpu",
+    dtype: str | None = None,
 ) -> ModelOptions:
     """Validate the shared options and the checkpoint's files, and derive the identity and rank."""
     if quantize is not None and quantize != "int8":
@@ -216,7 +228,7 @@ def model_options(
         raise ConfigError(f"--worker-id must be 1 to {MAX_ID_CHARS} characters and not blank, got {worker_id!r}")
     device = str(parse_device(device))
     identity, rank, checkpoint = _identity_and_checkpoint(
-        path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size
+        path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size, dtype=dtype
     )
     return ModelOptions(
         path=path,
@@ -247,10 +259,11 @@ def identity_options(
     pp_rank: int,
     ep_size: int,
     backend_framework: int = 0,
+    dtype: str | None = None,
 ) -> tuple[SourceIdentity, int]:
     """The identity and worker rank of a seed or load of PATH with these options (its files checked)."""
     identity, rank, _ = _identity_and_checkpoint(
-        path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size, backend_framework
+        path, model_name, revision, tp_size, tp_rank, pp_size, pp_rank, ep_size, backend_framework, dtype
     )
     return identity, rank
 
@@ -265,6 +278,7 @@ def _identity_and_checkpoint(
     pp_rank: int,
     ep_size: int,
     backend_framework: int = 0,
+    dtype: str | None = None,
 ) -> tuple[SourceIdentity, int, Checkpoint]:
     """`identity_options` and the checkpoint the adapter opened for it (read once, handed on)."""
     from peerload.adapters import hf  # torch-heavy: imported only by the commands that read a model
@@ -279,6 +293,7 @@ def _identity_and_checkpoint(
         pp_rank=pp_rank,
         ep_size=ep_size,
         backend_framework=backend_framework,
+        dtype=dtype,
     )
     return source.identity, source.rank, source.checkpoint
 

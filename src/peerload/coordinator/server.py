@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from peerload._address import host_port
+from peerload._address import host_port, is_loopback
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._grpc import ChannelSecurity
 from peerload._grpc_server import ServerSecurity, bind, new_server
@@ -113,6 +113,12 @@ class CoordinatorServer:
                 raise ConfigError(
                     f"cannot serve metrics on {self.host}:{metrics_port}: {exc}; choose another --metrics-port"
                 ) from None
+            if not is_loopback(self.host) and s.tokens is None and s.write_tokens is None:
+                logger.warning(
+                    "the status page on http://%s/ lists every worker to anyone who reaches it (no token); "
+                    "set --auth-token-file or keep --host on loopback (docs/security.md)",
+                    host_port(self.host, self.metrics_port),
+                )
         self._reaper.start()
         self.set_serving(True)
 

@@ -12,44 +12,38 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 
 from peerload._grpc import ChannelSecurity
-from peerload.client import CoordinatorClient, SourceRef, SourceStatus, WorkerRecord
+from peerload.client import CoordinatorClient, SourceRef
 from peerload.errors import (
-    ChecksumMismatch,
     ConfigError,
     CoordinatorError,
     DestinationAbandoned,
-    LayoutMismatch,
-    LeaseRefused,
     LoadFailed,
-    NoSourceAvailable,
     PeerloadError,
     TransferTimeout,
 )
 from peerload.identity import SourceIdentity, new_worker_id
 from peerload.loader import mx_source
 from peerload.loader.faulting import Faulting, waves
+from peerload.loader.handshake import Handshake, MxPlan
 from peerload.loader.load_metrics import origin_of, record_failure, record_fallback, record_load
-from peerload.loader.network import describe_path
 from peerload.loader.phases import PhaseTimer
+from peerload.loader.sources import SourcePool
 from peerload.loader.storage import copy_into, fill_parts
 from peerload.loader.striping import DISCOVER_S, SOURCE_FAILURES, PeerPlan, SourceStats, StripedRead, StripeOptions
 from peerload.loader.survey import explain_sources
 from peerload.loader.swarm import list_candidates, part_order_seed, serve_while_loading
-from peerload.manifest import Manifest
 from peerload.parts import Part, plan_parts
 from peerload.seed.publisher import Publisher
-from peerload.seed_client import Holdings, SeedClient
-from peerload.settings import Settings, split_host_port
-from peerload.tensors import TensorSet, check_layout, collect
+from peerload.settings import Settings
+from peerload.tensors import TensorSet, collect
 from peerload.transport import make_transport, populate_supported
-from peerload.transport.base import EndpointInfo, Transport
-from peerload.wire import MODELEXPRESS
+from peerload.transport.base import Transport
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +117,6 @@ class _PeerOutcome:
     sums: list[str]
 
 
-@dataclass
-class _MxPlan:
-    """An official ModelExpress seed, handshaken: read by name, whole, without checksums."""
-
-    worker_id: str
-    read: mx_source.MxRead
-    stats: SourceStats
-
-
 class TargetLoad:
     """One load of `destination` for `identity`; `run()` does it once."""
 
@@ -158,15 +143,12 @@ class TargetLoad:
         self.transport: Transport | None = None
         self._waves: list[list[str]] = []
         self._faulting = Faulting([])
-        self._used: list[PeerPlan] = []  # sources handshaken and read from (their leases are ours)
+        self.pool: SourcePool | None = None  # the sources this load may read (once it is prepared)
         self._used_mx: list[SourceStats] = []  # official ModelExpress seeds read from
-        self._candidates_lock = threading.Lock()  # readers replace dropped sources concurrently
-        self._tried: set[str] = {self.worker_id}  # sources handshaken (or refused) already
         # Fan-out: read from sources still loading; serve our own verified parts while loading.
         self._swarm = settings.serve_while_loading
         self._serve = settings.serve_while_loading and options.publish and settings.verify_checksums
         self._early: Publisher | None = None  # this load, published INITIALIZING while it loads
-        self._busy = False  # a source refused us only because it served its maximum of readers
         self._restarted_bytes = 0
         self._storage_bytes = 0
         self._started = time.perf_counter()
@@ -240,11 +222,10 @@ class TargetLoad:
 
     def _from_peers(self, tensor_set: TensorSet) -> _PeerOutcome | None:
         """Stripe the load over the READY peers; None when no peer was usable at all."""
-        candidates = iter(
-            self._discover()[: max(self.settings.max_source_attempts, self.settings.max_parallel_sources)]
-        )
-        first = self._next_usable(candidates, tensor_set)
-        while isinstance(first, _MxPlan):  # only when no peerload seed was usable
+        pool = self.pool = self._pool(tensor_set)
+        pool.offer(self._discover()[: max(self.settings.max_source_attempts, self.settings.max_parallel_sources)])
+        first = pool.next()
+        while isinstance(first, MxPlan):  # only when no peerload seed was usable
             try:
                 return self._from_modelexpress(first, tensor_set)
             except SOURCE_FAILURES as exc:
@@ -253,9 +234,9 @@ class TargetLoad:
                 log.warning("source %s failed (%s); rolling back", first.worker_id, first.stats.error)
                 self._settle([first.worker_id])
                 self._rollback(tensor_set)
-            first = self._next_usable(candidates, tensor_set)
-        if first is None and self._swarm and self._busy:
-            first = self._wait_for_a_source(tensor_set)
+            first = pool.next()
+        if first is None and self._swarm and pool.busy:
+            first = self._wait_for_a_source(pool)
         if first is None:
             return None
         if not self.settings.verify_checksums:
@@ -266,7 +247,7 @@ class TargetLoad:
         availability = self._early.availability if self._early is not None else None
         sources = [first]
         while len(sources) < self.settings.max_parallel_sources:
-            more = self._next_peer(candidates, tensor_set, first)
+            more = pool.next_peer(first)
             if more is None:
                 break
             sources.append(more)
@@ -282,10 +263,10 @@ class TargetLoad:
                 verify=self.settings.verify_checksums,
                 wait_faulted=None if populate_supported() else self._wait_faulted(tensor_set, parts),
                 on_bytes=self._progress_hook(tensor_set.total_bytes),
-                on_drop=lambda name, exc: self.attempts.append(f"source {name}: {type(exc).__name__}: {exc}"),
+                on_drop=pool.dropped,
                 on_verified=availability.mark if availability is not None else None,
                 on_invalid=availability.unmark if availability is not None else None,
-                more_sources=(lambda room: self._join(room, tensor_set, first)) if self._swarm else None,
+                more_sources=(lambda room: pool.join(room, first)) if self._swarm else None,
                 max_sources=self.settings.max_parallel_sources,
                 shuffle=part_order_seed(self.worker_id) if self._swarm else None,
             ),
@@ -293,7 +274,7 @@ class TargetLoad:
         if availability is not None:
             availability.pending_from(reading.in_flight)
         with self._phase("transfer"):
-            reading.run(sources, lambda: self._next_peer(candidates, tensor_set, first))
+            reading.run(sources, lambda: pool.next_peer(first))
         if reading.timed_out:
             # A timed-out read may land after its parts were read again: wait, then check them again.
             self._settle(sorted(reading.timed_out))
@@ -304,39 +285,6 @@ class TargetLoad:
         if self._early is not None and missing:
             self._withdraw()  # storage fills the rest; the plain publish path serves the result
         return _PeerOutcome(parts=parts, missing=missing, part_bytes=first.manifest.part_bytes, sums=expected)
-
-    def _next_peer(self, candidates: Iterator[SourceRef], tensor_set: TensorSet, first: PeerPlan) -> PeerPlan | None:
-        """The next usable source to join the striped load of `first` (only peerload seeds can)."""
-        plan = self._next_usable(candidates, tensor_set, parts_of=first)
-        assert not isinstance(plan, _MxPlan), "_handshake refuses ModelExpress seeds when parts_of is given"
-        return plan
-
-    def _next_usable(
-        self, candidates: Iterator[SourceRef], tensor_set: TensorSet, parts_of: PeerPlan | None = None
-    ) -> PeerPlan | _MxPlan | None:
-        """Handshake candidates until one is usable (same layout and part plan, lease granted).
-
-        With `parts_of` (a striped load under way) only peerload seeds can join: official
-        ModelExpress seeds publish no parts and are passed over.
-        """
-        with self._candidates_lock:
-            for ref in candidates:
-                if ref.worker_id in self._tried:
-                    continue
-                self._tried.add(ref.worker_id)
-                try:
-                    plan = self._handshake(ref, tensor_set, parts_of)
-                except SOURCE_FAILURES as exc:
-                    self.attempts.append(f"source {ref.worker_id}: {type(exc).__name__}: {exc}")
-                    log.warning("source %s refused (%s: %s)", ref.worker_id, type(exc).__name__, exc)
-                    if isinstance(exc, LeaseRefused) and not exc.closing:
-                        self._tried.discard(ref.worker_id)  # at its reader cap now: worth asking again later
-                        self._busy = True
-                    continue
-                if isinstance(plan, PeerPlan):
-                    self._used.append(plan)
-                return plan
-        return None
 
     def _serve_while_loading(self, tensor_set: TensorSet, first: PeerPlan) -> None:
         """Publish this load INITIALIZING, serving its parts as they verify (fan-out); best effort."""
@@ -358,15 +306,23 @@ class TargetLoad:
                 self.attempts.append(f"serving while loading failed (loading anyway): {exc}")
                 log.warning("cannot serve while loading, loading anyway: %s", exc)
 
-    def _wait_for_a_source(self, tensor_set: TensorSet) -> PeerPlan | None:
+    def _pool(self, tensor_set: TensorSet) -> SourcePool:
+        """The pool of sources of this load, handshaking them against `tensor_set`."""
+        assert self.transport is not None
+        handshake = Handshake(
+            self.client, self.transport, tensor_set, self.settings, self.security, self.worker_id, self.seconds
+        )
+        return SourcePool(self.client, self.identity, self.rank, self.worker_id, handshake, self.attempts.append)
+
+    def _wait_for_a_source(self, pool: SourcePool) -> PeerPlan | None:
         """Every source was at its reader cap: look again (READY and loading) for up to part_timeout_s."""
         deadline = time.monotonic() + min(self.settings.part_timeout_s, self.settings.transfer_timeout_s)
         log.info("every source serves its maximum of readers; waiting for one (or a loading peer)")
         with self._phase("discover"):
             while time.monotonic() < deadline:
                 time.sleep(DISCOVER_S)
-                found = self._next_usable(iter(self._untried()), tensor_set)
-                if isinstance(found, _MxPlan):  # only peerload sources can start a striped load here
+                found = pool.first_of(pool.untried())
+                if isinstance(found, MxPlan):  # only peerload sources can start a striped load here
                     found.read.release()
                 elif found is not None:
                     return found
@@ -377,26 +333,6 @@ class TargetLoad:
         early, self._early = self._early, None
         if early is not None:
             early.withdraw()
-
-    def _join(self, room: int, tensor_set: TensorSet, first: PeerPlan) -> list[PeerPlan]:
-        """Up to `room` sources that appeared since the load began (READY or still loading), handshaken."""
-        joined: list[PeerPlan] = []
-        for ref in self._untried():
-            if len(joined) >= room:
-                break
-            found = self._next_usable(iter([ref]), tensor_set, parts_of=first)
-            if isinstance(found, PeerPlan):
-                joined.append(found)
-        return joined
-
-    def _untried(self) -> list[SourceRef]:
-        """Sources not handshaken yet, READY first then still loading; [] when the coordinator fails."""
-        try:
-            ready, partial = list_candidates(self.client, self.identity, self.rank, set(self._tried), True)
-        except CoordinatorError as exc:
-            log.debug("looking for more sources failed: %s", exc)
-            return []
-        return ready + partial
 
     def _discover(self) -> list[SourceRef]:
         with self._phase("discover"):
@@ -428,91 +364,7 @@ class TargetLoad:
         self.attempts.extend(found.attempt_lines())
         self.hint = found.hint
 
-    def _handshake(self, ref: SourceRef, tensor_set: TensorSet, parts_of: PeerPlan | None) -> PeerPlan | _MxPlan:
-        """Fetch the source's record and manifest, refuse it if it differs, then take a read lease."""
-        assert self.transport is not None
-        worker_id = ref.worker_id
-        with self._phase("handshake"):
-            record = self.client.get_metadata(ref.mx_source_id, worker_id)
-            if record is None:
-                raise NoSourceAvailable(f"source {worker_id} vanished before the transfer")
-            if record.kind == MODELEXPRESS:
-                if record.status != SourceStatus.READY:
-                    raise NoSourceAvailable(f"source {worker_id} is a ModelExpress seed that is not READY yet")
-                if parts_of is not None:
-                    raise NoSourceAvailable(f"source {worker_id} is a ModelExpress seed: it cannot join a striped load")
-                return self._modelexpress_plan(record, tensor_set)
-            seed = SeedClient(record.manifest_endpoint, worker_id, self.settings.rpc_timeout_s, self.security)
-            try:
-                manifest = seed.manifest()
-                peer = EndpointInfo(
-                    agent_name=record.agent_name,
-                    nixl_metadata=record.nixl_metadata,
-                    transfer_engine_session_id=record.transfer_engine_session_id,
-                )
-                self._check_source(tensor_set, manifest, peer, worker_id, parts_of)
-                held = seed.availability(len(manifest.parts())) if manifest.part_bytes else Holdings(0, None)
-                if held.parts is not None and parts_of is not None:
-                    self._check_loading_source(manifest, parts_of, worker_id)
-                lease = seed.acquire_lease(self.worker_id)
-            except BaseException:
-                seed.close()
-                raise
-        host = split_host_port(record.manifest_endpoint)[0]
-        stats = SourceStats(worker_id, peer.transport, describe_path(peer.transport, host))
-        return PeerPlan(
-            worker_id=worker_id,
-            peer=peer,
-            manifest=manifest,
-            seed=seed,
-            lease=lease,
-            stats=stats,
-            holds=held.parts,
-            version=held.version,
-        )
-
-    @staticmethod
-    def _check_loading_source(manifest: Manifest, parts_of: PeerPlan, worker_id: str) -> None:
-        """A source still loading must expect the very part checksums this load expects."""
-        if list(manifest.part_checksums) != list(parts_of.manifest.part_checksums):
-            raise LayoutMismatch(["source is loading other bytes (its part checksums differ from ours)"], worker_id)
-
-    def _check_source(
-        self, tensor_set: TensorSet, manifest: Manifest, peer: EndpointInfo, worker_id: str, parts_of: PeerPlan | None
-    ) -> None:
-        """Raise unless the source has our layout, our transport and usable part checksums."""
-        assert self.transport is not None
-        check_layout(tensor_set, manifest, source=worker_id)
-        if peer.transport != self.transport.kind:
-            raise LayoutMismatch([f"source uses transport {peer.transport}, we use {self.transport.kind}"], worker_id)
-        if parts_of is not None and manifest.part_bytes != parts_of.manifest.part_bytes:
-            raise LayoutMismatch(
-                [
-                    f"source cuts parts of {manifest.part_bytes} bytes, this load reads parts of "
-                    f"{parts_of.manifest.part_bytes} (give every seed the same chunk_bytes)"
-                ],
-                worker_id,
-            )
-        if self.settings.verify_checksums and not manifest.verifiable():
-            raise ChecksumMismatch(["(source published no usable part checksums)"], source=worker_id)
-
-    def _modelexpress_plan(self, record: WorkerRecord, tensor_set: TensorSet) -> _MxPlan:
-        """An official ModelExpress seed: descriptors by name (and a lease), no checksums."""
-        assert self.transport is not None
-        read = mx_source.prepare(record, tensor_set, self.settings.rpc_timeout_s, self.security)
-        try:
-            if read.peer.transport != self.transport.kind:
-                problem = f"source uses transport {read.peer.transport}, we use {self.transport.kind}"
-                raise LayoutMismatch([problem], record.worker_id)
-            self.transport.connect(read.peer)  # P2P mode: fetches its metadata from the listen thread
-        except BaseException:
-            read.release()
-            raise
-        host = _host_of(read.peer.metadata_endpoint or record.worker_grpc_endpoint)
-        stats = SourceStats(record.worker_id, read.peer.transport, describe_path(read.peer.transport, host))
-        return _MxPlan(record.worker_id, read, stats)
-
-    def _from_modelexpress(self, plan: _MxPlan, tensor_set: TensorSet) -> _PeerOutcome:
+    def _from_modelexpress(self, plan: MxPlan, tensor_set: TensorSet) -> _PeerOutcome:
         """Read everything from one official seed, wave by wave (no parts: it publishes no checksums)."""
         assert self.transport is not None
         self._used_mx.append(plan.stats)
@@ -628,7 +480,8 @@ class TargetLoad:
         return max(delivered, key=lambda s: s.bytes).worker_id
 
     def _all_stats(self) -> list[SourceStats]:
-        return [*self._used_mx, *(plan.stats for plan in self._used)]
+        used = self.pool.used() if self.pool is not None else []
+        return [*self._used_mx, *(plan.stats for plan in used)]
 
     def _settle(self, sources: list[str]) -> None:
         """Before a rollback or a re-check: wait until failed transfers can no longer write into the destination."""
@@ -675,20 +528,12 @@ class TargetLoad:
     def _finish(self, keep_transport: bool) -> None:
         """Wait for the prefault thread; release leases; close what a publisher did not take over."""
         self._faulting.join()
-        for plan in self._used:
-            plan.release()
+        if self.pool is not None:
+            self.pool.release()
         if not keep_transport and self.transport is not None:
             self.transport.close()
         self.transport = None
         self.client.close()
-
-
-def _host_of(endpoint: str) -> str:
-    """The host part of HOST:PORT ("" when there is none)."""
-    try:
-        return split_host_port(endpoint)[0]
-    except ConfigError:
-        return ""
 
 
 def load_into(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
+
+_ADD = threading.Lock()  # handshakes time themselves from several threads at once
 
 # Every phase a load times, in the order they first run; `settle` is the wait for timed-out
 # transfers to stop writing (before a re-check or a rollback).
@@ -21,4 +24,6 @@ class PhaseTimer:
         self.started = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
-        self.seconds[self.name] = self.seconds.get(self.name, 0.0) + time.perf_counter() - self.started
+        took = time.perf_counter() - self.started
+        with _ADD:
+            self.seconds[self.name] = self.seconds.get(self.name, 0.0) + took
