@@ -113,6 +113,7 @@ def test_first_run_commands_load_the_model_from_the_seed(tmp_path: Path, free_po
     block = _bash_blocks(_section("First run: three commands"))[0]
     serve, seed, load = [shlex.split(line) for line in block.strip().splitlines()]
     assert [serve[:2], seed[:2], load[:2]] == [["peerload", "serve"], ["peerload", "seed"], ["peerload", "load"]]
+    assert seed[3] == "--model-name" and load[3:5] == seed[3:5], "seed and load should give the same --model-name"
     path = Path(seed[2])
     assert load[2] == seed[2] and not path.is_absolute(), "seed and load should name the same ./model path"
     _tiny_model(tmp_path / path)
@@ -154,6 +155,15 @@ def test_first_run_commands_load_the_model_from_the_seed(tmp_path: Path, free_po
         assert on_disk
         for name, tensor in on_disk.items():
             assert report["sha256"][name] == hashlib.sha256(tensor.numpy().tobytes()).hexdigest(), name
+
+        # "`peerload sources` lists what the coordinator knows": the seed, READY; the one-shot load
+        # published nothing.
+        listed = subprocess.run(
+            cli(["peerload", "sources", "--json"]), cwd=tmp_path, env=env, text=True, capture_output=True, timeout=120
+        )
+        assert listed.returncode == 0, listed.stderr[-3000:]
+        rows = json.loads(listed.stdout)
+        assert [(r["model"], r["worker_id"], r["status"]) for r in rows] == [(seed[4], seed_worker, "READY")], rows
 
         # "serves it until Ctrl-C": both stop on SIGINT with the exit status docs/cli.md gives.
         for proc in reversed(servers):
