@@ -1,4 +1,4 @@
-# peerload developer commands. `make demo` and `make test` are the README's quick start.
+# peerload developer commands. `make demo` and `make test` are the README's two set-up commands.
 PY ?= python3
 VENV := .venv
 VENV_VLLM := .venv-vllm
@@ -63,7 +63,7 @@ test-fast: install
 bench: install
 	$(BIN)/peerload bench
 
-# GPU to GPU over NIXL on a CUDA machine, in minutes; prints JSON (README "GPU check"). It needs
+# GPU to GPU over NIXL on a CUDA machine, in minutes; prints JSON (docs/testing.md, "GPU check"). It needs
 # only a CUDA torch, NIXL (nixl-cu12 or nixl-cu13) and peerload's few pure-Python dependencies,
 # so it runs with whatever python3 has them (no venv is built); GPU_CHECK_ARGS="--device cpu" anywhere.
 GPU_CHECK_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))

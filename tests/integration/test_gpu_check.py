@@ -1,7 +1,7 @@
 """`make gpu-check`'s script on CPU (CUDA is not available here): a seed and a target process over
 NIXL, bit-exact, verified with the on-device digest (wsum64), and its JSON report complete.
 
-On a GPU machine the same script runs with --device cuda (README "GPU check"); only that run
+On a GPU machine the same script runs with --device cuda (docs/testing.md, "GPU check"); only that run
 measures GPU memory, cuda_ipc and the device copy the goals refer to.
 """
 
