@@ -73,6 +73,9 @@ class Settings:
     # source before that source counts as stalled (dropped; its parts go to the others).
     max_parallel_sources: int = 4
     part_timeout_s: float = 60.0
+    # A target started before its seed: how long it waits for a matching source to become READY
+    # (or start loading) before it falls back to storage (0 = not at all). `peerload load --wait`.
+    wait_for_source_s: float = 0.0
     # Fan-out: a loading target serves the parts it has verified to other loading targets (listed
     # INITIALIZING until complete), and reads from such targets itself.
     serve_while_loading: bool = True
@@ -332,6 +335,10 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{name} must be in 0..65535 (0 picks a free port), got {getattr(s, name)}")
     if s.seed_max_readers < 0:
         raise ConfigError(f"seed_max_readers must be >= 0 (0 = no cap), got {s.seed_max_readers}")
+    if not (math.isfinite(s.wait_for_source_s) and s.wait_for_source_s >= 0):
+        raise ConfigError(
+            f"wait_for_source_s must be a number of seconds >= 0 (0 = no wait), got {s.wait_for_source_s}"
+        )
     if not (math.isfinite(s.lease_close_wait_s) and s.lease_close_wait_s >= 0):
         raise ConfigError(f"lease_close_wait_s must be a number of seconds >= 0, got {s.lease_close_wait_s}")
     if s.checksum not in _CHECKSUMS:

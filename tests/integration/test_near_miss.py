@@ -16,7 +16,7 @@ import pytest
 from peerload.cli._model_options import identity_options
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
 
-FULL, BARE = "org/model-full", "org/model-bare"
+FULL, BARE = "org/tiny-llama", "/models/tiny-llama"  # one model spelled two ways (vLLM: path vs name)
 
 
 @pytest.fixture
@@ -134,7 +134,13 @@ def test_survey_reads_a_bounded_number_of_identities(registry):
     ours = SourceIdentity(model_name=BARE, dtype="float32")
     publish(registry.address, SourceIdentity(model_name=BARE, dtype="bfloat16"), 0, SourceStatus.READY, "bf16")
     for i in range(survey.MAX_LOOKUPS + 4):  # all newer than "bf16"
-        publish(registry.address, SourceIdentity(model_name=f"other/{i}", dtype="float32"), 0, None, f"other-{i}")
+        publish(
+            registry.address,
+            SourceIdentity(model_name=f"mirror-{i}/tiny-llama", dtype="float32"),
+            0,
+            None,
+            f"other-{i}",
+        )
 
     class Counting(CoordinatorClient):
         lookups = 0
@@ -146,7 +152,8 @@ def test_survey_reads_a_bounded_number_of_identities(registry):
     with Counting(registry.address) as client:
         explained = survey.explain_sources(client, ours, 0)
     assert Counting.lookups == survey.MAX_LOOKUPS
-    # The source with the same model name is read first; the others (one field away: model_name)
+    # The source with the same model name is read first; the others (the same model under other
+    # names, one field away: model_name)
     # fill the rest of the budget, and the ones past it are not judged.
     kinds = {m.workers[0].worker_id: [d.field for d in m.differences] for m in explained.near_misses}
     assert kinds["bf16"] == ["dtype"] and len(kinds) == survey.MAX_LOOKUPS

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from peerload.identity import BackendFramework, SourceIdentity
-from peerload.loader.near_miss import MAX_SHOWN, Seen, differences, explain
+from peerload.loader.near_miss import MAX_SHOWN, Seen, differences, explain, related_names
 
 OURS = SourceIdentity(model_name="/models/bare", dtype="float32", backend_framework=BackendFramework.VLLM)
 
@@ -23,7 +23,7 @@ def other(**changes: object) -> SourceIdentity:
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"model_name": "/models/full"}, [("model_name", "'/models/full'", "'/models/bare'")]),
+        ({"model_name": "meta-llama/bare"}, [("model_name", "'meta-llama/bare'", "'/models/bare'")]),
         ({"model_name": "/MODELS/BARE"}, []),  # the hash lower-cases: the same source id
         ({"dtype": "bfloat16", "revision": "v2"}, [("dtype", "'bfloat16'", "'float32'"), ("revision", "'v2'", "''")]),
         ({"backend_framework": BackendFramework.UNKNOWN}, [("backend_framework", "UNKNOWN", "VLLM")]),
@@ -38,11 +38,11 @@ def test_differences_name_each_field_and_both_values(changes, expected):
 
 
 def test_one_field_away_is_a_near_miss_with_a_fix():
-    result = explain(OURS, 0, [seen("seed-a", other(model_name="/models/full"))])
+    result = explain(OURS, 0, [seen("seed-a", other(model_name="meta-llama/bare"))])
     assert result.matches == ()
     (miss,) = result.near_misses
     assert miss.kind == "identity"
-    assert "model_name is '/models/full' there, '/models/bare' here" in miss.describe()
+    assert "model_name is 'meta-llama/bare' there, '/models/bare' here" in miss.describe()
     assert "worker seed-a, READY at rank 0" in miss.describe()
     assert "--served-model-name" in miss.fix and "--model-name" in miss.fix
     assert result.hint == miss.fix
@@ -50,8 +50,8 @@ def test_one_field_away_is_a_near_miss_with_a_fix():
 
 
 def test_two_fields_are_a_near_miss_three_are_another_model():
-    two = other(model_name="x", dtype="bfloat16")
-    three = other(model_name="x", dtype="bfloat16", revision="main")
+    two = other(model_name="BARE", dtype="bfloat16")
+    three = other(model_name="BARE", dtype="bfloat16", revision="main")
     result = explain(OURS, 0, [seen("two", two), seen("three", three)])
     assert [m.workers[0].worker_id for m in result.near_misses] == ["two"]
     fix = result.near_misses[0].fix
@@ -74,7 +74,7 @@ def test_same_identity_not_ready_or_at_another_rank(worker, kind, text, fix):
 
 
 def test_matches_exclusions_ordering_and_grouping():
-    full = other(model_name="/models/full")
+    full = other(model_name="meta-llama/bare")
     workers = [
         seen("match", OURS),
         seen("self", OURS, status="INITIALIZING"),  # this load's own record: never a near miss
@@ -91,7 +91,7 @@ def test_matches_exclusions_ordering_and_grouping():
     assert [w.worker_id for w in grouped.workers] == ["full-0", "full-1"]
     assert "2 workers: 1 READY, 1 STALE, ranks 0, 1" in grouped.describe()
     assert grouped.as_dict()["differences"] == [
-        {"field": "model_name", "theirs": "'/models/full'", "ours": "'/models/bare'"}
+        {"field": "model_name", "theirs": "'meta-llama/bare'", "ours": "'/models/bare'"}
     ]
 
 
@@ -100,3 +100,14 @@ def test_attempt_lines_are_bounded():
     lines = explain(OURS, 0, workers).attempt_lines()
     assert len(lines) == MAX_SHOWN + 1 and "3 more near miss(es)" in lines[-1]
     assert explain(OURS, 0, []).attempt_lines() == [] and explain(OURS, 0, []).hint == ""
+
+
+def test_another_model_is_never_a_near_miss() -> None:
+    """A seed of an unrelated model differing only in the name: no hint to rename after it."""
+    result = explain(OURS, 0, [seen("seed-a", other(model_name="mistralai/Mistral-7B"))])
+    assert result.near_misses == () and result.hint == ""
+
+
+def test_related_names_are_one_model_spelled_two_ways() -> None:
+    assert related_names("Qwen/Qwen3-0.6B", "/models/qwen3-0.6b/")
+    assert not related_names("org/llama", "org/mistral") and not related_names("", "")

@@ -46,6 +46,15 @@ def load(
         ),
     ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    wait: Annotated[
+        Optional[float],
+        typer.Option(
+            "--wait",
+            min=0,
+            help="Wait up to SECONDS for a matching source to become READY (a target started before its seed) "
+            "before storage; 0 = no wait [default: PEERLOAD_WAIT_FOR_SOURCE_S or 0].",
+        ),
+    ] = None,
     metrics_port: Annotated[
         Optional[int],
         typer.Option(
@@ -58,7 +67,9 @@ def load(
     from peerload.loader import load_into
 
     output_file(report, "--report")
-    settings = model.settings(verify_checksums=verify, storage_fallback=fallback, max_source_attempts=max_sources)
+    settings = model.settings(
+        verify_checksums=verify, storage_fallback=fallback, max_source_attempts=max_sources, wait_for_source_s=wait
+    )
     metrics = start_metrics(settings.host, metrics_port)
     destination, from_storage = hf.target_tensors(model.checkpoint, **model.hf_options())
     console = Console(stderr=True)

@@ -117,6 +117,11 @@ class _PeerOutcome:
     sums: list[str]
 
 
+# wait_for_source_s: how often the coordinator is asked again, and how often the wait says so.
+_WAIT_POLL_S = 0.5
+_WAIT_PROGRESS_S = 5.0
+
+
 class TargetLoad:
     """One load of `destination` for `identity`; `run()` does it once."""
 
@@ -337,7 +342,7 @@ class TargetLoad:
     def _discover(self) -> list[SourceRef]:
         with self._phase("discover"):
             try:
-                ready, partial = list_candidates(self.client, self.identity, self.rank, {self.worker_id}, self._swarm)
+                ready, partial = self._candidates()
             except CoordinatorError as exc:
                 if self.fallback is None:
                     raise
@@ -347,11 +352,36 @@ class TargetLoad:
             reason = (
                 f"no READY source of {self.identity.model_name} (id {self.identity.source_id()}) at rank {self.rank}"
             )
+            if self.settings.wait_for_source_s and not partial:
+                reason += f" within {self.settings.wait_for_source_s:g} s (wait_for_source_s)"
             self.attempts.append(reason)
             if not partial:
-                log.info("%s; loading from storage", reason)
+                then = "loading from storage" if self.fallback is not None else "and no storage fallback"
+                log.info("%s; %s", reason, then)
             self._explain_no_source()
         return ready + partial
+
+    def _candidates(self) -> tuple[list[SourceRef], list[SourceRef]]:
+        """READY and loading sources; with wait_for_source_s, waits (bounded) until there is one."""
+        listed = list_candidates(self.client, self.identity, self.rank, {self.worker_id}, self._swarm)
+        wait_s = self.settings.wait_for_source_s
+        if any(listed) or not wait_s:
+            return listed
+        deadline = time.monotonic() + wait_s
+        said = 0.0  # when the progress line was last written
+        while not any(listed) and (left := deadline - time.monotonic()) > 0:
+            if time.monotonic() - said >= _WAIT_PROGRESS_S:
+                said = time.monotonic()
+                log.info(
+                    "waiting for a source of %s (id %s) at rank %d to become READY: %.0f s left (wait_for_source_s)",
+                    self.identity.model_name,
+                    self.identity.source_id(),
+                    self.rank,
+                    left,
+                )
+            time.sleep(min(_WAIT_POLL_S, left))
+            listed = list_candidates(self.client, self.identity, self.rank, {self.worker_id}, self._swarm)
+        return listed
 
     def _explain_no_source(self) -> None:
         """Add the sources that almost matched to the attempts (bounded RPCs; never fails the load)."""

@@ -154,10 +154,26 @@ def explain(identity: SourceIdentity, rank: int, seen: Sequence[Seen], exclude: 
     for other_id, workers in others.items():
         theirs = workers[0].identity
         diff = differences(theirs, identity) if theirs is not None else []
+        renamed = any(d.field == "model_name" for d in diff)
+        if theirs is not None and renamed and not related_names(theirs.model_name, identity.model_name):
+            continue  # another model altogether: never suggest renaming after it
         if 1 <= len(diff) <= MAX_DIFFERENCES:
             misses.append(NearMiss(other_id, tuple(workers), rank, tuple(diff)))
     misses.sort(key=lambda m: (not m.ready, len(m.differences), m.source_id, m.workers[0].worker_id))
     return Explanation(identity, rank, tuple(matches), tuple(misses))
+
+
+def related_names(a: str, b: str) -> bool:
+    """Names of the same model spelled two ways: the same last path part, ignoring case.
+
+    "Qwen/Qwen3-0.6B", "/models/Qwen3-0.6B" and "qwen3-0.6b" are one model (a vLLM seed's
+    --model path against a target's --served-model-name); "org/llama" and "org/mistral" are not.
+    """
+
+    def last(name: str) -> str:
+        return name.rstrip("/").rsplit("/", 1)[-1].lower()
+
+    return bool(last(a)) and last(a) == last(b)
 
 
 def differences(theirs: SourceIdentity, ours: SourceIdentity) -> list[Difference]:
