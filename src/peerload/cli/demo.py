@@ -153,6 +153,8 @@ def _start_seed(model_dir: Path, settings: Settings, workdir: Path) -> tuple[sub
 
 def _load_from_peer(model_dir: Path, settings: Settings) -> tuple[LoadResult, torch.nn.Module, float]:
     """An empty model of `model_dir` filled peer-to-peer; the result, the model and the seconds taken."""
+    import torch
+
     from peerload.adapters import hf
     from peerload.loader import load_into
 
@@ -169,6 +171,8 @@ def _compare_with_disk(
     console: Console, model_dir: Path, result: LoadResult, destination: torch.nn.Module, p2p_s: float
 ) -> None:
     """Load the same model from disk; compare bytes and greedy tokens, print the phases."""
+    import torch
+
     from peerload.adapters import hf
     from peerload.loader import PHASES, copy_into
     from peerload.tensors import collect, sha256_of
