@@ -7,6 +7,7 @@ The UCX environment it needs is set (only where unset) before the first agent ex
 from __future__ import annotations
 
 import bisect
+import ctypes
 import importlib.util
 import logging
 import secrets
@@ -25,6 +26,7 @@ from peerload.errors import (
     PeerMetadataError,
     TransportError,
 )
+from peerload.transport import _push
 from peerload.transport._plan import Batch, plan_batches
 from peerload.transport._refcount import RangeUsers
 from peerload.transport.base import EndpointInfo, ReadLimits, ReadOp, Region, Transport, tensor_region
@@ -37,6 +39,11 @@ _NOTIF = b"peerload:"  # prefix of our notifications; b"peerload:done:" ends a r
 _FETCHED = b"fetched:"  # what `_peers` holds for a peer whose metadata came from its listen thread
 # Polls failing without a break for this long mean the agent is broken, not one bad poll.
 _POLL_FAILING_BROKEN_S = 5.0
+# A pushing reader that has heard nothing for this long checks its server is still connected.
+_PING_AFTER_S = 0.5
+_SLOT_BYTES = 8 << 20  # the most one push request carries (staging slot size)
+# Staging memory of closed endpoints that a server which stopped answering may still write into.
+_RETAINED: list[torch.Tensor] = []
 
 
 # NIXL's Python packages, in the order tried: the `nixl` meta package picks the build that matches
@@ -105,7 +112,11 @@ class NixlTransport(Transport):
         max_inflight: transfer requests posted at once.
         idle_poll_s / active_poll_s: seed poll interval when idle / while peers are reading.
         active_linger_s: how long the seed keeps polling fast after a peer's last notification.
-        unique_name: append a random suffix to `name`, so restarted or same-named peers never clash.
+        unique_name: append a random suffix to `name`, so restarted or same-named peers never clash;
+            the suffix also marks the agent as one that takes push requests (see `push`).
+        push: read host memory from peerload agents as pushes (they WRITE into staging slots; see
+            peerload.transport._push): no serving process can then be aborted by UCX for a reader
+            that vanished. False: always READ.
         listen_port: run NIXL's listen thread on this port (0 = a free one): it hands this agent's
             metadata to peers that fetch it (ModelExpress P2P metadata mode), and fetching a
             peer's metadata from its listen thread needs one here too. None: no listen thread.
@@ -127,10 +138,12 @@ class NixlTransport(Transport):
         unique_name: bool = True,
         listen_port: int | None = None,
         connect_timeout_s: float = 30.0,
+        push: bool = True,
     ) -> None:
         apply_ucx_defaults(loopback=loopback)
         nixl_agent, nixl_agent_config, self._nb = _import_nixl()
-        self.name = f"{name}-{secrets.token_hex(4)}" if unique_name else name
+        self.name = f"{name}-{secrets.token_hex(4)}{_push.MARK}" if unique_name else name
+        self._push = push
         self._chunk_bytes = chunk_bytes
         self._max_inflight = max(1, max_inflight)
         self._idle_poll_s = idle_poll_s
@@ -153,6 +166,16 @@ class NixlTransport(Transport):
         self._poll_delay_s = active_poll_s  # the serving thread's current poll interval
         self._stop = threading.Event()
         self._closed = False
+        # Pushes (see _push): the reader's staging slots, and what each side has in flight.
+        self._slot_bytes = min(chunk_bytes, _SLOT_BYTES) if chunk_bytes > 0 else _SLOT_BYTES
+        self._staging: torch.Tensor | None = None
+        self._staging_md = b""  # NIXL partial metadata of the staging memory, for servers
+        self._slots = _push.Slots(4 * self._max_inflight)
+        self._slot_peer: dict[str, str] = {}  # request id -> the server asked
+        self._answers: dict[str, str | None] = {}  # request id -> None (pushed) or why not
+        self._md_acked: set[str] = set()  # servers that have our staging metadata
+        self._writes: list[tuple[Any, str, str]] = []  # server side: (handle, reader, request id)
+        self._push_md: dict[str, bytes] = {}  # server side: readers' staging metadata loaded
 
     def _create_agent(self, nixl_agent: Any, nixl_agent_config: Any, listen_port: int | None) -> Any:
         """The agent, with its listen thread on `listen_port` (0: a free port) unless that is None."""
@@ -278,8 +301,7 @@ class NixlTransport(Transport):
         delay = self._active_poll_s
         while not self._stop.wait(delay):
             try:
-                with self._lock:
-                    notifs = self._agent.get_new_notifs()
+                notifs = self._poll()
                 self._polls_failing = None
             except Exception as e:  # keep serving: one bad poll must not stop the seed
                 if self._polls_failing is None:
@@ -297,11 +319,202 @@ class NixlTransport(Transport):
                         active[peer] = now + self._active_linger_s
             for peer in [p for p, t in active.items() if t < now]:
                 del active[peer]
-            if active or notifs:
+            if active or notifs or self._writes:
                 delay = self._active_poll_s
             else:  # back off towards the idle interval: an idle seed costs ~0% CPU
                 delay = min(self._idle_poll_s, max(delay * 2, self._active_poll_s))
             self._poll_delay_s = delay
+
+    # --- pushes, both sides (see peerload.transport._push) -------------------------------------
+
+    def _poll(self) -> dict[str, list[bytes]]:
+        """Drive UCX progress once: take push requests and answers, progress our WRITEs; the other
+        notifications, by peer. Both the serving thread and a pushing reader call it."""
+        with self._lock:
+            notifs = self._agent.get_new_notifs()
+            rest: dict[str, list[bytes]] = {}
+            for peer, msgs in notifs.items():
+                for msg in msgs:
+                    answer = _push.answer_id(msg)
+                    if answer is not None:
+                        self._answered(*answer)
+                    elif msg.startswith(_push.PUSH):  # counts as a READ's notification for fast polling
+                        last = self._accept_push(peer, msg)
+                        rest.setdefault(peer, []).append(_NOTIF + (b"done:" if last else b"xfer:"))
+                    else:
+                        rest.setdefault(peer, []).append(msg)
+            if self._writes:
+                self._progress_writes()
+        return rest
+
+    def _answered(self, rid: str, why: str | None) -> None:
+        if rid in self._slots.quarantined:  # given up: the slot may be used again, nobody waits
+            self._slots.answered(rid)
+            self._slot_peer.pop(rid, None)
+        elif rid in self._slot_peer:
+            self._answers[rid] = why
+
+    def _accept_push(self, reader: str, msg: bytes) -> bool:
+        """Post the WRITE a reader asked for (NIXL's notification on it tells the reader it is done);
+        whether it was the reader's last request for now."""
+        try:
+            req = _push.decode(msg)
+        except ValueError as e:
+            log.warning("bad push request from %s: %s", reader, e)
+            return False
+        try:
+            if req.metadata and self._push_md.get(reader) != req.metadata:
+                self._agent.add_remote_agent(req.metadata)
+                self._push_md[reader] = req.metadata
+            rows = req.rows
+            local = self._nb.nixlXferDList(self._mem(req.src_cuda), np.ascontiguousarray(rows[:, :3]))
+            far = np.ascontiguousarray(np.stack([rows[:, 3], rows[:, 1], np.zeros_like(rows[:, 1])], axis=1))
+            h = self._agent.initialize_xfer(
+                "WRITE", local, self._nb.nixlXferDList(self._nb.DRAM_SEG, far), reader, _push.PUSHED + req.id.encode()
+            )
+        except Exception as e:  # unknown ranges, no metadata, the reader is gone: it gets told why
+            self._tell(reader, _push.unpushed(req.id, f"{type(e).__name__}: {e}"))
+            return req.last
+        try:
+            state = self._agent.transfer(h)
+        except Exception as e:
+            state = f"ERR ({e})"
+        if state.startswith("ERR"):
+            self._release(h)
+            self._tell(reader, _push.unpushed(req.id, f"the WRITE failed to post: {state}"))
+        else:
+            self._writes.append((h, reader, req.id))
+        return req.last
+
+    def _progress_writes(self) -> None:
+        pending = []
+        for h, reader, rid in self._writes:
+            try:
+                state = self._agent.check_xfer_state(h)
+            except Exception as e:  # e.g. nixlRemoteDisconnectError: the reader is gone
+                state = f"ERR ({type(e).__name__}: {e})"
+            if state == "PROC":
+                pending.append((h, reader, rid))
+                continue
+            self._release(h)
+            if state != "DONE":
+                log.debug("push %s to %s failed: %s", rid, reader, state)
+                self._tell(reader, _push.unpushed(rid, f"the WRITE failed: {state}"))
+        self._writes = pending
+
+    def _tell(self, peer: str, msg: bytes) -> None:
+        try:
+            self._agent.send_notif(peer, msg)
+        except Exception as e:  # the peer is gone; it asks nothing more
+            log.debug("notification to %s failed: %s", peer, e)
+
+    def _pushes_from(self, remote: str, batches: list[Batch]) -> bool:
+        """Read these batches as pushes: a peerload peer, host memory on both sides."""
+        return self._push and remote.endswith(_push.MARK) and all(_kinds(b) == (False, "cpu") for b in batches)
+
+    def _staging_slots(self) -> int:
+        """The staging memory's address (allocated and registered on first use)."""
+        if self._staging is None:
+            staging = torch.empty(self._slot_bytes * (4 * self._max_inflight), dtype=torch.uint8)
+            row = np.array([(staging.data_ptr(), staging.nbytes, 0)], dtype=np.uint64)
+            reg = self._nb.nixlRegDList(self._nb.DRAM_SEG, row)
+            with self._lock:
+                try:
+                    self._agent.register_memory(reg)
+                    self._staging_md = self._agent.get_partial_agent_metadata(reg, True)
+                except Exception as e:
+                    raise TransportError(f"NIXL could not register {staging.nbytes} B of staging memory: {e}") from e
+            self._staging = staging
+        return self._staging.data_ptr()
+
+    def _run_pushed(self, read: _ReadState, asked: dict[str, tuple[Batch, int]]) -> None:
+        """`_run_batches` for a server that pushes: request each batch, copy it out of its slot when done."""
+        base, last = self._staging_slots(), len(read.batches) - 1
+        heard = time.monotonic()
+        while read.next <= last or asked:
+            read.check_alive()
+            while read.next <= last and len(asked) < self._max_inflight and (read.next < last or not asked):
+                rid = f"{read.tag.decode()}:{read.next}"
+                with self._lock:
+                    slot = self._slots.take(rid)
+                    if slot is not None:
+                        self._slot_peer[rid] = read.remote
+                if slot is None:  # other reads hold them all: wait for one (bounded by the deadline)
+                    break
+                asked[rid] = (read.batches[read.next], base + slot * self._slot_bytes)
+                self._ask(read, rid, *asked[rid], final=read.next == last)
+                read.next += 1
+            if not asked and len(self._slots.quarantined) == self._slots.count:
+                raise TransportError(
+                    f"no free staging slot: all {self._slots.count} hold pushes that peers gave no answer to",
+                    read.remote,
+                )
+            self._poll()
+            done = []
+            with self._lock:
+                for rid in [r for r in asked if r in self._answers]:
+                    why = self._answers.pop(rid)
+                    self._slot_peer.pop(rid, None)
+                    batch, addr = asked.pop(rid)
+                    if why is not None:
+                        self._slots.answered(rid)
+                        raise TransportError(f"the peer pushed nothing: {why}", read.remote)
+                    self._copy_out(batch, addr)
+                    self._slots.answered(rid)
+                    self._md_acked.add(read.remote)
+                    done.append(batch.nbytes)
+            if done:
+                heard = time.monotonic()
+                if read.limits.progress is not None:
+                    for nbytes in done:
+                        read.limits.progress(nbytes)
+            elif time.monotonic() - heard > _PING_AFTER_S:
+                heard = time.monotonic()  # a peer whose connection failed cannot take this
+                self._send(read.remote, _NOTIF + b"ping", "the peer is gone")
+            else:
+                time.sleep(0.0005)
+
+    def _ask(self, read: _ReadState, rid: str, batch: Batch, addr: int, *, final: bool) -> None:
+        """Ask the server to WRITE `batch` into the slot at `addr`, its pieces back to back."""
+        offsets = np.cumsum([0] + [op.size for op in batch.ops[:-1]], dtype=np.uint64)
+        rows = np.array([(op.remote_addr, op.size, op.remote_device, 0) for op in batch.ops], dtype=np.uint64)
+        rows[:, 3] = offsets + np.uint64(addr)
+        md = b"" if read.remote in self._md_acked else self._staging_md
+        req = _push.PushRequest(rid, False, final and read.limits.last, rows, md)
+        self._send(read.remote, _push.encode(req), "cannot ask the peer to push")
+
+    def _send(self, remote: str, msg: bytes, what: str) -> None:
+        with self._lock:
+            try:
+                self._agent.send_notif(remote, msg)
+            except Exception as e:  # the connection failed: the peer can no longer write into our slots
+                self._forget_slots(remote)
+                raise TransportError(f"{what}: {type(e).__name__}: {e}", remote) from e
+
+    @staticmethod
+    def _copy_out(batch: Batch, addr: int) -> None:
+        for op in batch.ops:
+            ctypes.memmove(op.local_addr, addr, op.size)
+            addr += op.size
+
+    def _give_up(self, asked: dict[str, tuple[Batch, int]]) -> None:
+        """A push read failed or timed out: its unanswered slots stay out of use until answered."""
+        with self._lock:
+            for rid in asked:
+                if rid in self._answers:  # answered already: the server is done with the slot
+                    del self._answers[rid]
+                    self._slots.answered(rid)
+                    self._slot_peer.pop(rid, None)
+                else:
+                    self._slots.give_up(rid)
+        asked.clear()
+
+    def _forget_slots(self, remote: str) -> None:
+        """`remote` can no longer write (its connection failed): free the slots it held."""
+        for rid, peer in list(self._slot_peer.items()):
+            if peer == remote and rid in self._slots.quarantined:
+                self._slots.answered(rid)
+                del self._slot_peer[rid]
 
     # --- target side ------------------------------------------------------------------------
 
@@ -390,6 +603,7 @@ class NixlTransport(Transport):
         return remote
 
     def _drop_peer(self, remote: str) -> None:
+        self._md_acked.discard(remote)
         if self._peers.pop(remote, None) is None:
             return
         with self._lock:
@@ -411,7 +625,19 @@ class NixlTransport(Transport):
         cuda_op = next((op for b in batches if _kinds(b)[0] for op in b.ops), None)
         if cuda_op is not None:
             _current_device(cuda_op.local_device)
-        state = _ReadState(remote=self._connect(peer), batches=batches, limits=limits)
+        remote = self._connect(peer)
+        if self._pushes_from(remote, batches):
+            slotted = plan_batches(ops, self._slot_bytes, key=memory_kinds)
+            state = _ReadState(remote=remote, batches=slotted, limits=limits)
+            asked: dict[str, tuple[Batch, int]] = {}
+            try:
+                self._run_pushed(state, asked)
+            except BaseException:
+                self._give_up(asked)
+                self._drop_peer(remote)
+                raise
+            return
+        state = _ReadState(remote=remote, batches=batches, limits=limits)
         try:
             self._run_batches(state)
         except BaseException:
@@ -515,5 +741,7 @@ class NixlTransport(Transport):
         for name in self._users.names():
             self._users.forget(name)
         self._ranges = []
+        if self._staging is not None and self._slots.quarantined:
+            _RETAINED.append(self._staging)  # a server that stopped answering may still write there
         with self._lock:
             self._agent = None  # the agent's destructor releases UCX; must run before exit
