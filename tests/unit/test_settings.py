@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -160,3 +161,40 @@ def test_redis_sentinel_urls() -> None:
         Settings.load(env={}, redis_url="redis+sentinel://s:26379/pl/x")
     with pytest.raises(ConfigError, match="Sentinel 's' is not HOST:PORT"):
         Settings.load(env={}, redis_url="redis+sentinel://s/pl")
+
+
+def test_model_express_url_wins_over_mx_server_address_as_in_the_official_client() -> None:
+    """modelexpress 0.7.0's _get_server_url reads MODEL_EXPRESS_URL first, then MX_SERVER_ADDRESS."""
+    both = {"MODEL_EXPRESS_URL": "url-host:8001", "MX_SERVER_ADDRESS": "address-host:8002"}
+    assert Settings.load(env=both).coordinator == "url-host:8001"
+    assert Settings.load(env={"MX_SERVER_ADDRESS": "address-host:8002"}).coordinator == "address-host:8002"
+    assert Settings.load(env={**both, "PEERLOAD_COORDINATOR": "mine:9"}).coordinator == "mine:9"
+
+
+def test_model_express_url_precedence_matches_the_installed_official_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = pytest.importorskip("modelexpress.client")
+    monkeypatch.setenv("MODEL_EXPRESS_URL", "url-host:8001")
+    monkeypatch.setenv("MX_SERVER_ADDRESS", "address-host:8002")
+    assert client._get_server_url() == Settings.load(env=dict(os.environ)).coordinator
+
+
+@pytest.mark.parametrize("prefix", ["http://", "https://", "HTTP://", "grpc://", "dns:///", "ipv4:"])
+def test_coordinator_prefixes_the_official_client_or_grpc_accept_are_dropped(prefix: str) -> None:
+    s = Settings.load(env={}, coordinator=f"{prefix}10.0.0.1:8001, {prefix}10.0.0.2:8001/")
+    assert s.coordinators == ("10.0.0.1:8001", "10.0.0.2:8001")
+    assert Settings.load(env={"MODEL_EXPRESS_URL": f"{prefix}mx:8001"}).coordinators == ("mx:8001",)
+
+
+def test_coordinator_prefix_handling_matches_the_installed_official_client() -> None:
+    client = pytest.importorskip("modelexpress.client")
+    for url in ("http://mx:8001", "https://mx:8001", "mx:8001"):
+        assert Settings.load(env={}, coordinator=url).coordinators == (client._get_server_url(url),)
+
+
+@pytest.mark.parametrize("address", ["ftp://10.0.0.1:8001", "unix:///run/mx.sock", "redis://h:6379", "a:1,tcp://b:2"])
+def test_other_coordinator_schemes_are_refused_naming_the_scheme(address: str) -> None:
+    scheme = address.split(",")[-1].split("://")[0]
+    with pytest.raises(ConfigError, match=rf"scheme {scheme}:// is not one peerload dials; give HOST:PORT"):
+        Settings.load(env={}, coordinator=address)
+    with pytest.raises(ConfigError, match=rf"scheme {scheme}://"):
+        Settings.load(env={"MX_SERVER_ADDRESS": address})
