@@ -46,7 +46,7 @@ def _counts(value: str) -> list[int]:
 
 def bench(
     size_gib: Annotated[
-        Optional[float], typer.Option(help="Checkpoint size in GiB [default: 2, or 1 with --fleet].", min=0.001)
+        Optional[float], typer.Option(help="Checkpoint size in GiB.", min=0.001, show_default="2, or 1 with --fleet")
     ] = None,
     tensors: Annotated[int, typer.Option(help="About this many tensors (Llama-like mix).", min=12)] = 500,
     transport: Annotated[str, typer.Option(help="nixl, transfer_engine, a comma list, or all.")] = "all",
@@ -54,7 +54,10 @@ def bench(
     cases: Annotated[str, typer.Option(help="limit,storage,peerload,setup,wire,modelexpress or all.")] = "all",
     scaling: Annotated[
         str,
-        typer.Option(help="Comma list of GiB sizes: cold-load scaling curve (limit, cold safetensors, P2P verified)."),
+        typer.Option(
+            help="Comma list of GiB sizes: cold-load scaling curve (limit, cold safetensors, P2P verified).",
+            show_default="no curve",
+        ),
     ] = "",
     fleet: Annotated[
         bool, typer.Option("--fleet", help="Striping, resume and storage over capped NICs on emulated hosts (root).")
@@ -63,13 +66,14 @@ def bench(
         float, typer.Option(help="--fleet: NIC cap of seed and storage hosts, Gbit/s.", min=0.01)
     ] = 2.0,
     target_nic_gbit: Annotated[
-        Optional[float], typer.Option(help="--fleet: the target's NIC cap [default: 4 x --nic-gbit].", min=0.01)
+        Optional[float], typer.Option(help="--fleet: the target's NIC cap.", min=0.01, show_default="4 x --nic-gbit")
     ] = None,
     targets: Annotated[
         str,
         typer.Option(
             help="--fleet: comma list of target counts started at once from one seed (fan-out); only this runs, "
-            "and fleet.json gains fanout and origin_copies."
+            "and fleet.json gains fanout and origin_copies.",
+            show_default="no fan-out",
         ),
     ] = "",
     part_mib: Annotated[int, typer.Option(help="--fleet --targets: part size in MiB.", min=1)] = 16,
