@@ -76,6 +76,12 @@ def swarm(
     return {h: json.loads((tmp / f"t{h}.json").read_text()) for h in hosts if (tmp / f"t{h}.json").exists()}
 
 
+def no_report(tmp: Path, hosts: list[int], reports: dict[int, dict[str, Any]]) -> str:
+    """The log tails of the targets on `hosts` that wrote no report (for an assertion's message)."""
+    tails = {h: (tmp / f"t{h}.log").read_text(errors="replace")[-3000:] for h in hosts if h not in reports}
+    return "".join(f"\n--- target {h} wrote no report; its log ends:\n{tail}" for h, tail in tails.items())
+
+
 def _wait(done, procs, timeout_s: float, tmp: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while not done():
@@ -102,7 +108,7 @@ def test_four_targets_at_once_read_each_other_and_the_seed_serves_fewer_than_fou
         reports = swarm(fleet, model, coordinator, tmp_path, [1, 2, 3, 4], {}, env)
         seed_sent = fleet.nic_bytes(0)[1] - sent_before
     assert fleet.leftovers() == []
-    assert sorted(reports) == [1, 2, 3, 4]
+    assert sorted(reports) == [1, 2, 3, 4], no_report(tmp_path, [1, 2, 3, 4], reports)
     for r in reports.values():
         assert r["sha256"] == expected and r["storage_bytes"] == 0 and r["published"], r["attempts"]
     from_seed = served_by(reports, seed["worker_id"])
@@ -121,7 +127,8 @@ def test_a_loading_source_killed_while_others_read_from_it(checkpoint, tmp_path)
         start_seed(fleet, 0, model, NAME, coordinator, tmp_path, env=ENV)
         reports = swarm(fleet, model, coordinator, tmp_path, [1, 2, 3, 4], {1: ["--die-after-parts", "12"]})
     assert fleet.leftovers() == []
-    assert sorted(reports) == [2, 3, 4], "the killed target must not have finished"
+    assert 1 not in reports, "the killed target must not have finished"
+    assert sorted(reports) == [2, 3, 4], no_report(tmp_path, [2, 3, 4], reports)
     survivors = {r["worker_id"] for r in reports.values()}
     dropped = []
     for r in reports.values():
@@ -138,7 +145,7 @@ def test_a_part_is_never_served_before_its_checksum_matched(checkpoint, tmp_path
         coordinator = start_coordinator(fleet, 0, tmp_path)
         start_seed(fleet, 0, model, NAME, coordinator, tmp_path, env=ENV)
         reports = swarm(fleet, model, coordinator, tmp_path, [1, 2, 3, 4], {1: ["--hide-first-part", "1.5"]})
-    assert sorted(reports) == [1, 2, 3, 4]
+    assert sorted(reports) == [1, 2, 3, 4], no_report(tmp_path, [1, 2, 3, 4], reports)
     evil = reports[1]
     assert evil["watched"] and evil["exposed_while_unverified"] is False
     for r in reports.values():
@@ -157,7 +164,7 @@ def test_targets_refused_by_a_busy_seed_wait_and_read_from_a_loading_peer(checkp
         )
         reports = swarm(fleet, model, coordinator, tmp_path, [1, 2, 3], {})
     assert fleet.leftovers() == []
-    assert sorted(reports) == [1, 2, 3]
+    assert sorted(reports) == [1, 2, 3], no_report(tmp_path, [1, 2, 3], reports)
     for r in reports.values():
         assert r["sha256"] == expected and r["storage_bytes"] == 0, r["attempts"]
     refused = [r for r in reports.values() if any("LeaseRefused" in a for a in r["attempts"])]

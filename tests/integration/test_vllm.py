@@ -340,7 +340,7 @@ def test_no_weights_and_no_peer_is_one_clear_error(tiny_llama: dict[str, Any], c
 
 
 def test_near_misses_are_named_in_the_error(tiny_llama: dict[str, Any], coordinator_factory: Any) -> None:
-    """A seed started with `--model FULL` and no --served-model-name; a target with `--model BARE`.
+    """A seed started with `--model /models/NAME` and no --served-model-name; a target with `--model DIR/NAME`.
 
     The seed's record is published with the coordinator client under the identity a vLLM seed
     publishes (test_seed_from_disk_then_target_from_peer checks that identity), to keep this short.
@@ -348,7 +348,10 @@ def test_near_misses_are_named_in_the_error(tiny_llama: dict[str, Any], coordina
     from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
     from peerload.identity import BackendFramework, SourceIdentity
 
-    full, bare = str(tiny_llama["full"]), str(tiny_llama["bare"])
+    # The seed serves the same model from another directory (its own disk): the names differ, the
+    # last path part is the same, so the target's error names it as a near miss.
+    bare = str(tiny_llama["bare"])
+    full = f"/models/{tiny_llama['bare'].name}"
     registry = coordinator_factory(heartbeat_timeout_s=300)
     with CoordinatorClient(registry.address) as client:
         for name, worker_id, status in (

@@ -100,6 +100,7 @@ def load(
             publish=serve,
             progress=hook,
             worker_id=model.worker_id,
+            layout=hf.tensor_layout(model.checkpoint, **model.hf_options()),
         )
     stopped_by = None
     try:

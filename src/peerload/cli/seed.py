@@ -62,7 +62,14 @@ def seed(
     tensors, _model = hf.seed_tensors(model.checkpoint, **model.hf_options())
     with contextlib.ExitStack() as stack:
         pub = stack.enter_context(
-            publish(tensors, model.identity, rank=model.rank, settings=settings, worker_id=model.worker_id)
+            publish(
+                tensors,
+                model.identity,
+                rank=model.rank,
+                settings=settings,
+                worker_id=model.worker_id,
+                layout=hf.tensor_layout(model.checkpoint, **model.hf_options()),
+            )
         )
         sources = [
             stack.enter_context(ArtifactSource(path, artifact_identity(model.identity, kind), settings=settings))
