@@ -253,6 +253,7 @@ def test_load_report_must_be_writable(run_peerload: Run, tmp_path: Path) -> None
         (["simulate", "--modes", "gossip"], ["--modes 'gossip': choose from single, striping, swarm"]),
         (["demo", "--transport", "carrier-pigeon"], ["transport 'carrier-pigeon' is not supported"]),
         (["sources", "--coordinator", "host:99999"], ["coordinator 'host:99999' is not HOST:PORT"]),
+        (["sources", "--coordinator", "ftp://host:8001"], ["scheme ftp:// is not one peerload dials; give HOST:PORT"]),
     ],
 )
 def test_other_commands_check_their_options(run_peerload: Run, tmp_path: Path, args: list[str], fragments: list[str]):

@@ -17,8 +17,9 @@ def fanout(
     nic_gbit: Annotated[
         Optional[float],
         typer.Option(
-            help="Every NIC's cap, Gbit/s (default: --ceiling-share x the measured ceiling / the largest count).",
+            help="Every NIC's cap, Gbit/s.",
             min=0.001,
+            show_default="--ceiling-share x the measured ceiling / the largest count",
         ),
     ] = None,
     ceiling_share: Annotated[

@@ -14,7 +14,7 @@ def fleet(
     size_gib: Annotated[float, typer.Option(help="Checkpoint size in GiB.", min=0.001)] = 1.0,
     nic_gbit: Annotated[float, typer.Option(help="NIC cap of the seed and storage hosts, Gbit/s.", min=0.01)] = 2.0,
     target_nic_gbit: Annotated[
-        Optional[float], typer.Option(help="The target's NIC cap (default: 4 x --nic-gbit).", min=0.01)
+        Optional[float], typer.Option(help="The target's NIC cap, Gbit/s.", min=0.01, show_default="4 x --nic-gbit")
     ] = None,
     transport: Transport = "all",
     repeats: Repeats = 3,
