@@ -14,6 +14,7 @@ from typing import NamedTuple, cast
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.peerload.v1 import seed_pb2
+from peerload.boxes import Box
 from peerload.components import transport_of
 from peerload.errors import ConfigError
 from peerload.identity import OPTIONAL_HASHED_FIELDS, SourceIdentity
@@ -327,6 +328,7 @@ def manifest_to_proto(m: Manifest) -> seed_pb2.Manifest:
                 nbytes=t.nbytes,
                 storage_offset=t.storage_offset,
                 region=t.region,
+                boxes=[_box_to_proto(b) for b in t.boxes],
             )
             for t in m.tensors
         ],
@@ -339,6 +341,14 @@ def manifest_to_proto(m: Manifest) -> seed_pb2.Manifest:
         part_bytes=m.part_bytes,
         part_checksums=m.part_checksums,
     )
+
+
+def _box_to_proto(b: Box) -> seed_pb2.Box:
+    return seed_pb2.Box(tensor=b.tensor, full_shape=b.full_shape, start=b.start, stop=b.stop, offset=b.offset)
+
+
+def _box_from_proto(b: seed_pb2.Box) -> Box:
+    return Box(b.tensor, tuple(b.full_shape), tuple(b.start), tuple(b.stop), b.offset)
 
 
 def manifest_from_proto(p: seed_pb2.Manifest) -> Manifest:
@@ -357,6 +367,7 @@ def manifest_from_proto(p: seed_pb2.Manifest) -> Manifest:
                 nbytes=t.nbytes,
                 storage_offset=t.storage_offset,
                 region=t.region,
+                boxes=tuple(_box_from_proto(b) for b in t.boxes),
             )
             for t in p.tensors
         ],

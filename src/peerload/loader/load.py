@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from peerload._grpc import ChannelSecurity
+from peerload.boxes import Box
 from peerload.client import CoordinatorClient, SourceRef
 from peerload.errors import (
     ConfigError,
@@ -71,6 +72,9 @@ class LoadOptions:
     publish: bool = True  # serve the loaded tensors as a new source afterwards
     progress: ProgressHook | None = None
     worker_id: str | None = None  # generated when omitted
+    # Where each destination tensor sits in the full checkpoint tensors (`peerload.boxes`): lets
+    # the load reshard from sources of another tensor-parallel size, and is published afterwards.
+    layout: Mapping[str, tuple[Box, ...]] | None = None
 
     def __post_init__(self) -> None:
         if self.rank < 0:
@@ -218,7 +222,7 @@ class TargetLoad:
 
     def _prepare(self) -> TensorSet:
         with self._phase("prepare"):
-            tensor_set = collect(self.destination)
+            tensor_set = collect(self.destination, self.options.layout)
             self._waves = waves(tensor_set)
             self._faulting = Faulting([[tensor_set.regions[n] for n in wave] for wave in self._waves])
             self.transport = make_transport(self.settings, self.worker_id)
@@ -576,6 +580,7 @@ def load_into(
     publish: bool = True,
     progress: ProgressHook | None = None,
     worker_id: str | None = None,
+    layout: Mapping[str, tuple[Box, ...]] | None = None,
 ) -> LoadResult:
     """Fill `destination` in place from READY peers, else from `fallback`, then publish it.
 
@@ -595,11 +600,17 @@ def load_into(
             alive, or call `result.close()` when the instance stops).
         progress: called with `Progress` as bytes arrive from a peer (from reader threads).
         worker_id: this worker's id as a source; generated when omitted.
+        layout: where each destination tensor sits in the full checkpoint tensors (name ->
+            boxes, `peerload.boxes`; e.g. `adapters.hf.tensor_layout`). With it, sources of
+            another tensor-parallel size can serve this load (resharding) when none of this
+            layout is READY, and this worker publishes it afterwards.
 
     Raises:
         CoordinatorUnavailable: the coordinator is down and there is no fallback.
         LoadFailed: no peer and no storage produced a verified model (destination rolled back).
         ConfigError / MissingExtraError: bad destination tensors or an unavailable transport.
     """
-    options = LoadOptions(rank=rank, fallback=fallback, publish=publish, progress=progress, worker_id=worker_id)
+    options = LoadOptions(
+        rank=rank, fallback=fallback, publish=publish, progress=progress, worker_id=worker_id, layout=layout
+    )
     return TargetLoad(destination, identity, settings or Settings.load(), options).run()

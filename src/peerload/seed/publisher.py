@@ -18,6 +18,7 @@ from peerload import telemetry
 from peerload._backoff import Backoff
 from peerload._grpc_server import ServerSecurity
 from peerload.advertise import advertise_host
+from peerload.boxes import Box
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
 from peerload.devices import accelerator_of
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
@@ -355,6 +356,7 @@ def publish(
     rank: int = 0,
     settings: Settings | None = None,
     worker_id: str | None = None,
+    layout: Mapping[str, tuple[Box, ...]] | None = None,
 ) -> Publisher:
     """Make `tensors` (a model or a name->tensor map) a READY source of `identity` at `rank`.
 
@@ -365,6 +367,10 @@ def publish(
         rank: worker rank (pp_rank * tp_size + tp_rank).
         settings: configuration; defaults to `Settings.load()` (env vars).
         worker_id: a stable id for this worker; a unique one is generated when omitted.
+        layout: where each tensor sits in the full checkpoint tensors (name -> boxes, see
+            `peerload.boxes`; e.g. `adapters.hf.tensor_layout`); published so that targets of
+            another tensor-parallel layout can reshard from this one. None: only targets of the
+            same layout can read it.
 
     Raises:
         CoordinatorError: the coordinator rejected or could not take the publication.
@@ -372,6 +378,6 @@ def publish(
     """
     settings = settings or Settings.load()
     started = time.perf_counter()
-    pub = Publisher(collect(tensors), identity, rank=rank, settings=settings, worker_id=worker_id)
+    pub = Publisher(collect(tensors, layout), identity, rank=rank, settings=settings, worker_id=worker_id)
     log.debug("publish took %.3fs", time.perf_counter() - started)
     return pub
