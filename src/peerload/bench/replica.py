@@ -33,7 +33,7 @@ CASES = {
     "d": "disk weights, warm local compile cache",
 }
 PROMPTS = [[5, 17, 99, 3, 250], [7, 7, 42, 11], [300, 1, 2, 8, 64, 9]]
-PATH_ROUNDS = 7  # artifact and weights back to back, per round (the ratio is the median round's)
+PATH_ROUNDS = 11  # artifact and weights back to back, per round (the ratio is the median round's)
 
 
 @dataclass(frozen=True)
