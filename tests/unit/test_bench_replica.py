@@ -1,4 +1,4 @@
-"""`peerload bench --replica`: the goals are computed from the medians, and the table and chart render."""
+"""`peerload bench replica`: the goals are computed from the medians, and the table and chart render."""
 
 from __future__ import annotations
 

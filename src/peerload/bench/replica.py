@@ -1,4 +1,4 @@
-"""`peerload bench --replica`: what a user waits for, process start to first token of a new vLLM replica.
+"""`peerload bench replica`: what a user waits for, process start to first token of a new vLLM replica.
 
 Real vLLM on CPU (torch.compile on, its default), a tiny Llama, one seed replica that loaded from
 disk, compiled, and serves its weights and (once settled) its compile cache. Then fresh replica

@@ -21,12 +21,19 @@ log = logging.getLogger(__name__)
 def seed(
     model: ModelOptions,
     ready_file: Annotated[
-        Optional[Path], typer.Option("--ready-file", help="Write {worker_id, source_id, rank} as JSON here once READY.")
+        Optional[Path],
+        typer.Option(
+            "--ready-file", help="Write {worker_id, source_id, rank} as JSON here once READY.", show_default="none"
+        ),
     ] = None,
     metrics_port: Annotated[
         Optional[int],
         typer.Option(
-            "--metrics-port", min=0, max=65535, help="Serve this process's Prometheus /metrics here (0: a free port)."
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve this process's Prometheus /metrics here (0: a free port).",
+            show_default="off",
         ),
     ] = None,
     artifact: Annotated[
@@ -34,6 +41,7 @@ def seed(
         typer.Option(
             "--artifact",
             help="KIND=DIR: also publish the cache directory DIR as an artifact source of this model (repeatable).",
+            show_default="none",
         ),
     ] = None,
 ) -> None:
