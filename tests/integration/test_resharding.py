@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,8 +108,7 @@ def load_rank(
         settings=settings,
         fallback=from_storage if fallback else None,
         publish=False,
-        layout=hf.tensor_layout(source.checkpoint, quantize=None, tp_size=tp, tp_rank=rank),
-        **more,
+        **{"layout": hf.tensor_layout(source.checkpoint, quantize=None, tp_size=tp, tp_rank=rank), **more},
     )
     tensors = module_tensors(destination, attributes=False) if isinstance(destination, torch.nn.Module) else destination
     return result, tensors
@@ -143,6 +143,27 @@ def test_every_tp_pair_reshards_bit_exact(models, seed_procs, coordinator, famil
                     assert result.resharded_from == "", result.attempts  # same layout: the plain path
                 else:
                     assert result.resharded_from.startswith(f"tp={tp_seed} pp=1"), result.attempts
+    if family == "llama":
+        explained_and_refused_without_a_layout(model_dir, coordinator.address)
+
+
+def explained_and_refused_without_a_layout(model_dir: Path, coordinator: str) -> None:
+    """`sources --explain` names the TP=2 seeds as reshardable; a load without a layout (as vLLM's)
+    cannot plan, says so, and loads from storage instead (nothing read half)."""
+    from peerload._process import peerload_cmd
+
+    explained = subprocess.run(
+        peerload_cmd("sources", "--explain", str(model_dir), "--model-name", "llama-s2", "--coordinator", coordinator),
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert explained.returncode == 0, explained.stderr
+    text = " ".join(explained.stdout.split())
+    assert "tensor_parallel_size is 2 there, 1 here: the layout differs but can be resharded" in text, text
+    assert "reshards from it" in text
+    result, got = load_rank(model_dir, "llama-s2", coordinator, 1, 0, fallback=True, layout=None)
+    assert result.source == "storage" and result.resharded_from == ""
+    assert any("this load has no layout" in a and "vLLM" in a for a in result.attempts), result.attempts
+    assert_bit_exact(got, expected_shard(model_dir, 1, 0))
 
 
 def test_a_seed_rank_killed_mid_load_leaves_only_its_boxes_to_storage(tmp_path, models, coordinator):

@@ -157,6 +157,7 @@ class TargetLoad:
         self.pool: SourcePool | None = None  # the sources this load may read (once it is prepared)
         self._resharding: Resharding | None = None  # the ranks of another layout read from, if any
         self.resharded_from = ""  # that layout, described
+        self._reshardable_seen = False  # a READY near miss differs only in its parallel layout
         self._used_mx: list[SourceStats] = []  # official ModelExpress seeds read from
         # Fan-out: read from sources still loading; serve our own verified parts while loading.
         self._swarm = settings.serve_while_loading
@@ -252,7 +253,17 @@ class TargetLoad:
         if first is None and self._swarm and pool.busy:
             first = self._wait_for_a_source(pool)
         if first is None:
-            return self._from_resharding(tensor_set) if has_layout(tensor_set) else None
+            if has_layout(tensor_set):
+                return self._from_resharding(tensor_set)
+            if self._reshardable_seen:
+                line = (
+                    "resharding: a source of another parallel layout is READY, but this load has no layout (boxes per "
+                    "tensor) to plan from, so it cannot read it: vLLM loads publish none yet (their fused, padded "
+                    "parameters); `peerload load` and load_into(layout=...) do (docs/resharding.md)"
+                )
+                self.attempts.append(line)
+                log.warning("%s", line)
+            return None
         if not self.settings.verify_checksums:
             self.unverified = "checksum verification is turned off"
         parts = first.manifest.parts() or self._fallback_plan(tensor_set)
@@ -449,6 +460,7 @@ class TargetLoad:
                 return
         self.attempts.extend(found.attempt_lines())
         self.hint = found.hint
+        self._reshardable_seen = any(m.reshardable and m.ready for m in found.near_misses)
 
     def _from_modelexpress(self, plan: MxPlan, tensor_set: TensorSet) -> _PeerOutcome:
         """Read everything from one official seed, wave by wave (no parts: it publishes no checksums)."""

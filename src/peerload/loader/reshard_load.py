@@ -19,7 +19,7 @@ from peerload.client import CoordinatorClient, SourceRef, SourceStatus
 from peerload.devices import device_id_of
 from peerload.errors import ChecksumMismatch, CoordinatorError, LayoutMismatch, NoSourceAvailable
 from peerload.identity import SourceIdentity
-from peerload.loader.near_miss import differences
+from peerload.loader.near_miss import LAYOUT_FIELDS, differences
 from peerload.loader.network import describe_path
 from peerload.loader.phases import PhaseTimer
 from peerload.loader.selection import order_sources
@@ -35,8 +35,6 @@ from peerload.wire import MODELEXPRESS
 
 log = logging.getLogger(__name__)
 
-# The identity fields a resharding load may differ in from its sources.
-LAYOUT_FIELDS = frozenset({"tensor_parallel_size", "pipeline_parallel_size"})
 MAX_LAYOUTS = 4  # other layouts tried, best first
 MAX_PIECES_PER_PART = 8192  # keeps a part's READs and its digest request small
 
