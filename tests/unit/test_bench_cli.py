@@ -11,7 +11,7 @@ from peerload.cli.bench import BENCHMARKS, _legacy, app
 def test_every_benchmark_is_a_subcommand() -> None:
     group = get_command(app)
     assert list(group.commands) == [name for name, _ in BENCHMARKS]  # type: ignore[attr-defined]
-    assert {"data", "scaling", "fleet", "fanout", "control-plane", "replica"} <= set(group.commands)  # type: ignore[attr-defined]
+    assert {"data", "scaling", "fleet", "fanout", "control-plane", "replica", "reshard"} <= set(group.commands)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

@@ -119,6 +119,7 @@ class Publisher:
                 host=advertise_host(settings),
                 security=security,
                 availability=availability,
+                regions=tensor_set.regions,
             )
             self._publish(status=SourceStatus.INITIALIZING if self._loading else SourceStatus.READY)
             telemetry.SEED_TRANSPORT_HEALTHY.labels(self.transport.kind).set(1)

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from peerload.cli.bench import control_plane, data, fanout, fleet, replica, scaling
+from peerload.cli.bench import control_plane, data, fanout, fleet, replica, reshard, scaling
 
 # (subcommand, its function): in the order `peerload bench --help` lists them.
 BENCHMARKS: tuple[tuple[str, Callable[..., Any]], ...] = (
@@ -22,6 +22,7 @@ BENCHMARKS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("fanout", fanout.fanout),
     ("control-plane", control_plane.control_plane),
     ("replica", replica.replica),
+    ("reshard", reshard.reshard),
 )
 
 app = typer.Typer(
