@@ -185,6 +185,8 @@ def _discover(
     refs = client.list_sources(model_name=identity.model_name, status=SourceStatus.READY)
     refs.sort(key=lambda r: (r.mx_source_id != wanted, r.source_load or 0.0))
     for ref in refs[:_MAX_CANDIDATES]:
+        if exact and ref.mx_source_id != wanted:
+            break  # the exact ones come first; near misses are only reported when there is none
         record = client.get_metadata(ref.mx_source_id, ref.worker_id)
         if record is None or record.artifact is None or not record.worker_grpc_endpoint:
             continue
