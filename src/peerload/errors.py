@@ -78,6 +78,11 @@ class PreconditionFailed(PeerloadError, RuntimeError):
     lacks); maps to FAILED_PRECONDITION. The message says why."""
 
 
+class WorkerSuperseded(PeerloadError, PermissionError):
+    """A heartbeat from a process whose worker id another live process has published since (newest
+    wins); maps to ALREADY_EXISTS. The message names the worker and where the record points now."""
+
+
 class ServerClosing(PeerloadError, ConnectionError):
     """The server is shutting down and takes no new work; maps to UNAVAILABLE (try another)."""
 

@@ -21,6 +21,7 @@ from peerload.errors import (
     SeedServiceError,
     ServiceError,
     TransportError,
+    WorkerSuperseded,
 )
 
 _TLS_FAILED = ("handshake", "ssl", "tls", "socket closed")
@@ -92,6 +93,10 @@ _HINTS: dict[type[PeerloadError], Callable[[PeerloadError], str]] = {
     ),
     FleetUnavailable: lambda e: (
         "emulated hosts need root and iproute2 (ip, tc); run as root, or without --hosts/--fleet."
+    ),
+    WorkerSuperseded: lambda e: (
+        "two live processes had one --worker-id; this one stopped. Give each its own (or none: a unique "
+        "one is generated); a restarted process may reuse its id."
     ),
     ConfigError: lambda e: "see `peerload COMMAND --help` for the options and their values.",
 }

@@ -111,7 +111,7 @@ def load(
             )
         if serve and result.publisher is not None:
             console.print(f"serving as source {result.publisher.worker_id}; SIGTERM or Ctrl-C to stop")
-            stopped_by = wait_for_signal()
+            stopped_by = wait_for_signal(result.publisher)
     finally:
         result.close()
         if metrics is not None:

@@ -2,7 +2,8 @@
 
 The heartbeat keeps a source listed through coordinator faults: refused (the coordinator lost
 its state) -> publish again at once; unreachable -> keep serving, retry with jittered backoff
-capped at one interval; transport broken -> heartbeat STALE and log why.
+capped at one interval; transport broken -> heartbeat STALE and log why. Another process
+published this worker id since (newest wins) -> WARNING, stop heartbeating, `superseded` says why.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -40,6 +42,7 @@ from peerload.wire import LOAD_SUMMARY_KEY, PEERLOAD_MANIFEST_KEY, TensorInfo, T
 log = logging.getLogger(__name__)
 
 _FIRST_RETRY_FRACTION = 0.125  # first retry after an unreachable beat: this share of the interval
+SUPERSEDED_CODE = "ALREADY_EXISTS"  # a heartbeat's code when another process published our worker id
 
 
 class Publisher:
@@ -78,11 +81,16 @@ class Publisher:
         self.worker_id = worker_id or new_worker_id(rank)
         self.tensor_set = tensor_set
         self.source_id = identity.source_id()
+        # Which process this is, for the coordinator: a second live process of this worker id replaces
+        # this one's record (newest wins), and this one's next heartbeat is refused (`superseded`).
+        self.instance = uuid.uuid4().hex
+        self.superseded = ""  # why another process holds this worker id now ("" while it is ours)
+        self.superseded_event = threading.Event()
         register = transport is None
         self._closed = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._server: ManifestServer | None = None
-        self._client = CoordinatorClient.from_settings(settings)
+        self._client = CoordinatorClient.from_settings(settings, instance=self.instance)
         self.leases = LeaseTable(settings.seed_max_readers, settings.lease_timeout_s, transport=settings.transport)
         self._beats = self._heartbeat_client()
         self._unhealthy: str | None = None  # the transport's last complaint, if any
@@ -185,7 +193,10 @@ class Publisher:
         assert self._server is not None
         client = client or self._client
         worker = self._worker_info(self._endpoint, self._server.endpoint)
-        published_id = client.publish(self.identity, worker, worker_id=self.worker_id)
+        reply = client.publish_worker(self.identity, worker, worker_id=self.worker_id)
+        published_id = reply.source_id
+        if reply.replaced:
+            log.warning("worker id %s was in use: %s", self.worker_id, reply.replaced)
         if published_id != self.source_id:
             log.warning("coordinator computed source id %s, we computed %s", published_id, self.source_id)
             self.source_id = published_id
@@ -207,7 +218,11 @@ class Publisher:
         """A client for beats: one attempt within one interval, on a connection of its own."""
         interval = self.settings.heartbeat_interval_s
         return CoordinatorClient.from_settings(
-            self.settings, timeout_s=min(self.settings.rpc_timeout_s, interval), retries=0, private_connection=True
+            self.settings,
+            timeout_s=min(self.settings.rpc_timeout_s, interval),
+            retries=0,
+            private_connection=True,
+            instance=self.instance,
         )
 
     def _heartbeat_loop(self) -> None:
@@ -219,6 +234,9 @@ class Publisher:
             try:
                 status = self._beat()
             except CoordinatorError as exc:
+                if exc.code == SUPERSEDED_CODE:
+                    self._supersede(exc)
+                    return
                 self.heartbeats.failed()
                 delay = backoff.next()
                 self._beat_failed(exc, delay)
@@ -250,6 +268,12 @@ class Publisher:
             )
             self._unreachable_since = None
         return status
+
+    def _supersede(self, exc: CoordinatorError) -> None:
+        """Another process published this worker id: it is listed now, not this one (newest wins)."""
+        self.superseded = exc.details
+        log.warning("%s; stopped heartbeating (this process still serves readers that hold its metadata)", exc.details)
+        self.superseded_event.set()
 
     @property
     def republished(self) -> int:
@@ -322,10 +346,14 @@ class Publisher:
         self._closed.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=self.settings.rpc_timeout_s)
-        try:
-            self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.STALE)
-        except CoordinatorError as exc:
-            log.warning("could not mark %s STALE (the reaper will): %s", self.worker_id, exc)
+        if not self.superseded:  # the record is another process' now: leave it alone
+            try:
+                self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.STALE)
+            except CoordinatorError as exc:
+                if exc.code == SUPERSEDED_CODE:
+                    self._supersede(exc)
+                else:
+                    log.warning("could not mark %s STALE (the reaper will): %s", self.worker_id, exc)
         # Readers hold leases on our memory: refuse new ones, and deregister only when they end.
         wait_s = self.settings.lease_close_wait_s if wait_readers else 0.0
         still_open = self.leases.close(wait_s)

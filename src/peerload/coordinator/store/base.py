@@ -30,6 +30,7 @@ class WorkerEntry:
     source_load: float | None
     payload: bytes  # serialized PublishMetadataRequest (identity, worker, pod fields); b"" when not read
     revision: int = 0  # set by the store on every write
+    instance: str = ""  # the publishing process (wire.INSTANCE_HEADER), "" when it sent none
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Beat:
     status: int
     updated_at_ms: int
     source_load: float | None
+    instance: str = ""  # the beating process, "" when it sent none
 
 
 class Heartbeat(enum.Enum):
@@ -50,6 +52,7 @@ class Heartbeat(enum.Enum):
     OK = "ok"
     MISSING = "missing"
     RANK_MISMATCH = "rank_mismatch"
+    SUPERSEDED = "superseded"  # the record is another process' now (both sent instances, they differ)
 
 
 class Store(ABC):
@@ -73,7 +76,8 @@ class Store(ABC):
 
     @abstractmethod
     def heartbeat(self, beat: Beat) -> Heartbeat:
-        """Set status, time and load of an existing worker whose rank matches."""
+        """Set status, time and load of an existing worker whose rank (and instance, when the beat
+        and the record both have one) matches."""
 
     @abstractmethod
     def compare_and_set_status(self, seen: WorkerEntry, status: int) -> bool:

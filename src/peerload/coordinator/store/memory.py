@@ -38,6 +38,8 @@ class MemoryStore(Store):
                 return Heartbeat.MISSING
             if entry.worker_rank != beat.worker_rank:
                 return Heartbeat.RANK_MISMATCH
+            if beat.instance and entry.instance and beat.instance != entry.instance:
+                return Heartbeat.SUPERSEDED
             self._entries[key] = dataclasses.replace(
                 entry,
                 status=beat.status,

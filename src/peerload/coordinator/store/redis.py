@@ -39,10 +39,13 @@ redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[2])
 return rev
 """
-# KEYS: worker hash, revision counter. ARGV: rank, status, updated_at_ms, source_load ("" = none).
+# KEYS: worker hash, revision counter. ARGV: rank, status, updated_at_ms, source_load ("" = none),
+# instance ("" = none). Returns 1 ok, 0 missing, -1 another rank, -2 another instance's record.
 _HEARTBEAT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HGET', KEYS[1], 'worker_rank') ~= ARGV[1] then return -1 end
+local instance = redis.call('HGET', KEYS[1], 'instance')
+if ARGV[5] ~= '' and instance and instance ~= '' and instance ~= ARGV[5] then return -2 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at_ms', ARGV[3], 'source_load', ARGV[4],
            'rev', redis.call('INCR', KEYS[2]))
 return 1
@@ -172,10 +175,11 @@ class RedisStore(Store):
             "heartbeat",
             lambda: self._heartbeat(
                 keys=[self._key(beat.mx_source_id, beat.worker_id), self._rev()],
-                args=[str(beat.worker_rank), str(beat.status), str(beat.updated_at_ms), load],
+                args=[str(beat.worker_rank), str(beat.status), str(beat.updated_at_ms), load, beat.instance],
             ),
         )
-        return {1: Heartbeat.OK, 0: Heartbeat.MISSING}.get(int(result), Heartbeat.RANK_MISMATCH)
+        outcomes = {1: Heartbeat.OK, 0: Heartbeat.MISSING, -2: Heartbeat.SUPERSEDED}
+        return outcomes.get(int(result), Heartbeat.RANK_MISMATCH)
 
     def compare_and_set_status(self, seen: WorkerEntry, status: int) -> bool:
         result = self._call(
@@ -231,6 +235,7 @@ def _encode(entry: WorkerEntry) -> dict[str, bytes | str]:
         "updated_at_ms": str(entry.updated_at_ms),
         "source_load": "" if entry.source_load is None else repr(float(entry.source_load)),
         "payload": entry.payload,
+        "instance": entry.instance,
     }
 
 
@@ -251,4 +256,5 @@ def _decode(raw: Mapping[Any, Any]) -> WorkerEntry:
         source_load=float(load) if load else None,
         payload=text.get("payload") or b"",
         revision=int(text.get("rev") or 0),  # 0: written by a peerload that kept no revision
+        instance=(text.get("instance") or b"").decode(),  # "": written by a peerload that kept none
     )
