@@ -150,6 +150,21 @@ class TransportError(PeerloadError, RuntimeError):
         super().__init__(f"{message} (peer {peer})" if peer else message)
 
 
+class TransportMismatch(TransportError, ValueError):
+    """A source serves over another transport than this load reads with (e.g. mooncake vs nixl)."""
+
+    def __init__(self, source: str, source_transport: str, own_transport: str) -> None:
+        self.source = source
+        self.source_transport = source_transport
+        self.own_transport = own_transport
+        serves = f"serves over {source_transport}" if source_transport else "published no transport endpoint"
+        super().__init__(
+            f"transport mismatch: source {source} {serves}, this load reads over "
+            f"{own_transport}; give seed and target the same transport (--transport or PEERLOAD_TRANSPORT: "
+            "nixl or transfer_engine)"
+        )
+
+
 class TransferTimeout(TransportError, TimeoutError):
     """A transfer did not complete within its timeout."""
 

@@ -21,6 +21,7 @@ from peerload.errors import (
     SeedServiceError,
     ServiceError,
     TransportError,
+    TransportMismatch,
     WorkerSuperseded,
 )
 
@@ -80,6 +81,9 @@ _HINTS: dict[type[PeerloadError], Callable[[PeerloadError], str]] = {
     ),
     ChecksumMismatch: lambda e: "the bytes read differ from what the seed published; the load was rolled back.",
     TransportError: lambda e: "the data plane failed; check that seed and target can reach each other.",
+    TransportMismatch: lambda e: (
+        "start the load with the seed's transport (--transport), or seed the model over this load's transport too."
+    ),
     CheckpointMismatch: lambda e: (
         "build the class the checkpoint was saved from (--model-class NAME), or accept the difference: "
         "--allow-missing (the model initialises those tensors itself) / --allow-unused (they are ignored)."

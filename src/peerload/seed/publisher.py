@@ -2,7 +2,9 @@
 
 The heartbeat keeps a source listed through coordinator faults: refused (the coordinator lost
 its state) -> publish again at once; unreachable -> keep serving, retry with jittered backoff
-capped at one interval; transport broken -> heartbeat STALE and log why. Another process
+capped at one interval; transport broken -> heartbeat STALE and log why. Started while the
+coordinator is down (`publish_later`) -> serve unpublished, publish at the first beat that reaches
+it. Another process
 published this worker id since (newest wins) -> WARNING, stop heartbeating, `superseded` says why.
 """
 
@@ -58,6 +60,9 @@ class Publisher:
     the load each heartbeat reports. With `availability` the worker is still loading: it is listed
     INITIALIZING (readers that list only READY sources never see it) and serves only the parts
     marked there, until `ready()`; `withdraw()` takes it back without releasing the transport.
+    With `publish_later`, a coordinator that cannot be reached now does not fail the Publisher: it
+    serves unpublished (`published` is False) and the heartbeat publishes it once the coordinator
+    answers (a process started during a coordinator outage still becomes a source).
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class Publisher:
         part_sums: tuple[int, Sequence[str]] | None = None,
         availability: PartAvailability | None = None,
         load_summary: str = "",
+        publish_later: bool = False,
     ) -> None:
         self.identity = identity
         self.load_summary = load_summary  # JSON of how this worker was loaded, for the status page
@@ -100,6 +106,7 @@ class Publisher:
         self.availability = availability
         self._loading = availability is not None
         self._owns_transport = True
+        self.published = False  # the coordinator has this worker's record (False: publish_later, still down)
         try:
             self.transport = transport or make_transport(settings, self.worker_id)
             if register:
@@ -128,7 +135,7 @@ class Publisher:
                 security=security,
                 availability=availability,
             )
-            self._publish(status=SourceStatus.INITIALIZING if self._loading else SourceStatus.READY)
+            self._first_publish(publish_later)
             telemetry.SEED_TRANSPORT_HEALTHY.labels(self.transport.kind).set(1)
         except BaseException:
             self._release()
@@ -203,6 +210,7 @@ class Publisher:
             if self._server.worker_service is not None:
                 self._server.worker_service.set_source_id(published_id)
         client.update_status(self.source_id, self.worker_id, self.rank, status, float(self.leases.active()))
+        self.published = True
         log.info(
             "published %d tensors (%.1f MiB) as %s/%s rank %d via %s (ModelExpress readers: %s)",
             len(self.manifest.tensors),
@@ -213,6 +221,21 @@ class Publisher:
             self.transport.kind,
             "p2p" if self.settings.mx_p2p_metadata else "centralized",
         )
+
+    def _first_publish(self, publish_later: bool) -> None:
+        try:
+            self._publish(status=SourceStatus.INITIALIZING if self._loading else SourceStatus.READY)
+        except CoordinatorUnavailable as exc:
+            if not publish_later:
+                raise
+            self._unreachable_since = time.monotonic()  # one warning for this outage, here
+            log.warning(
+                "coordinator unreachable: %s serves unpublished and publishes itself as soon as the coordinator "
+                "answers (retrying every %.1fs at most): %s",
+                self.worker_id,
+                self.settings.heartbeat_interval_s,
+                exc,
+            )
 
     def _heartbeat_client(self) -> CoordinatorClient:
         """A client for beats: one attempt within one interval, on a connection of its own."""
@@ -249,8 +272,9 @@ class Publisher:
         """One beat (READY, or STALE while the transport is broken); raises CoordinatorError."""
         status = self._status()
         load = float(self.leases.active())  # readers now: targets prefer idle seeds
-        known = self._beats.update_status(self.source_id, self.worker_id, self.rank, status, load)
-        if not known:
+        if not self.published:  # started while the coordinator was down: publish now
+            self._publish(self._beats, status)
+        elif not self._beats.update_status(self.source_id, self.worker_id, self.rank, status, load):
             log.warning(
                 "coordinator %s no longer knows worker %s (restarted or lost its store): publishing again",
                 self._beats.current_address,
@@ -346,7 +370,7 @@ class Publisher:
         self._closed.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=self.settings.rpc_timeout_s)
-        if not self.superseded:  # the record is another process' now: leave it alone
+        if self.published and not self.superseded:  # never published, or another process' record now
             try:
                 self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.STALE)
             except CoordinatorError as exc:
