@@ -506,7 +506,7 @@ def test_vllm_started_while_the_coordinator_is_down_becomes_a_source_once_it_is_
     address = f"127.0.0.1:{port}"  # nothing listens here while vLLM starts
     extra = {"coordinator": address, "heartbeat_interval_s": interval, "heartbeat_timeout_s": 4 * interval}
     seed = api_server(tiny_llama["full"], free_port(), extra)
-    seed.wait_ready(timeout=180)
+    seed.wait_ready(timeout=300)  # a bound only (2 shared cores)
     log = seed.log()
     assert "serves unpublished and publishes itself as soon as the coordinator answers" in log, log[-4000:]
     assert re.search(r"peerload: .* from storage .*serving as source \S+ once the coordinator answers", log), log
@@ -534,9 +534,14 @@ def test_vllm_started_while_the_coordinator_is_down_becomes_a_source_once_it_is_
     result = load_into(destination, identity, settings=Settings.load(env={}, coordinator=address), publish=False)
     assert result.source == ref.worker_id and result.verified, result.attempts
     disk = load_file(str(tiny_llama["full"] / "model.safetensors"))
-    same = [n for n, t in disk.items() if n in destination and destination[n].shape == t.shape]
-    assert "model.embed_tokens.weight" in same and "lm_head.weight" in same, sorted(destination)
-    assert all(torch.equal(destination[n], disk[n]) for n in same), "bytes differ from the checkpoint's"
+    checked = []
+    for name, tensor in disk.items():  # the tensors vLLM keeps under the checkpoint's name
+        got = destination.get(name)
+        if got is None or got.shape[1:] != tensor.shape[1:] or got.shape[0] < tensor.shape[0]:
+            continue
+        assert torch.equal(got[: tensor.shape[0]], tensor), f"{name}: bytes differ from the checkpoint's"
+        checked.append(name)  # (vLLM pads vocabulary rows: the checkpoint's rows come first)
+    assert {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"} <= set(checked), sorted(destination)
     assert seed.complete(tiny_llama["prompts"][:1])  # still serving inference
 
 
