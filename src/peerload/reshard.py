@@ -70,8 +70,9 @@ class ReshardPlan:
             out[run.copies[0].source] += run.size
         return out
 
-    def parts(self, part_bytes: int) -> list[Part]:
-        """Runs cut into parts of about `part_bytes`, each part's runs held by the same sources.
+    def parts(self, part_bytes: int, max_pieces: int = 8192) -> list[Part]:
+        """Runs cut into parts of about `part_bytes` (and at most `max_pieces` pieces), each part's
+        runs held by the same sources.
 
         `part_copies[i][source]` lists (region, offset, size) at `source` for part i's pieces, in order.
         """
@@ -95,7 +96,7 @@ class ReshardPlan:
                         copies.setdefault(c.source, []).append((c.region, c.offset + at, size))
                     at += size
                     filled += size
-                    if filled >= part_bytes:
+                    if filled >= part_bytes or len(pieces) >= max_pieces:
                         self._close(parts, pieces, copies)
                         pieces, copies, filled = [], {}, 0
             if pieces:

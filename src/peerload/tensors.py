@@ -146,6 +146,11 @@ def _storage_bytes(storage: torch.UntypedStorage, device: torch.device) -> torch
     return flat
 
 
+def host_bytes(flat: torch.Tensor) -> memoryview:
+    """A flat uint8 region's bytes as a buffer (a host copy first for device memory)."""
+    return _as_buffer(flat)
+
+
 def _as_buffer(flat: torch.Tensor) -> memoryview:
     if flat.device.type != "cpu":
         # xxh3 of device memory needs a host copy: seeds of GPU targets should publish wsum64.

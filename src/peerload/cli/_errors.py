@@ -96,7 +96,8 @@ _HINTS: dict[type[PeerloadError], Callable[[PeerloadError], str]] = {
         "that seed serves its maximum of readers (PEERLOAD_SEED_MAX_READERS); try again or add seeds."
     ),
     FleetUnavailable: lambda e: (
-        "emulated hosts need root and iproute2 (ip, tc); run as root, or without --hosts/--fleet."
+        "emulated hosts need root and iproute2 (ip, tc); run as root, or without demo's --hosts "
+        "(bench fleet and bench fanout always need them)."
     ),
     WorkerSuperseded: lambda e: (
         "two live processes had one --worker-id; this one stopped. Give each its own (or none: a unique "

@@ -154,6 +154,8 @@ def build_report(result: "LoadResult", transport: str, source_id: str) -> dict:
         "sources": [s.as_dict() for s in result.sources],
         "restarted_bytes": result.restarted_bytes,
         "storage_bytes": result.storage_bytes,
+        # the other tensor-parallel layout the peers' bytes were resharded from ("" for none)
+        "resharded_from": result.resharded_from,
         "published": result.publisher is not None,
         "sha256": {name: sha256_of(t) for name, t in sorted(result.tensor_set.tensors.items())},
     }

@@ -127,16 +127,18 @@ class Registry:
         stored.worker.status = status_to_proto(INITIALIZING)
         now = self.now_ms()
         stored.worker.updated_at = now
+        model_name = request.identity.model_name.lower()
         self.store.put(
             WorkerEntry(
                 mx_source_id=sid,
                 worker_id=worker_id,
                 worker_rank=request.worker.worker_rank,
-                model_name=request.identity.model_name.lower(),
+                model_name=model_name,
                 status=INITIALIZING,
                 updated_at_ms=now,
                 source_load=None,
                 payload=stored.SerializeToString(),
+                listing=_static_ref(stored, sid, worker_id, model_name).SerializeToString(),
                 instance=instance,
             )
         )
@@ -191,33 +193,48 @@ class Registry:
 
     def list_sources(self, request: pb.ListSourcesRequest) -> list[pb.SourceInstanceRef]:
         """Matching workers, newest first."""
+        return list(self.list_sources_reply(request).instances)
+
+    def list_sources_reply(self, request: pb.ListSourcesRequest) -> pb.ListSourcesResponse:
+        """The ListSources reply: matching workers, newest first.
+
+        With an identity, the store reads only that source's workers and the fields listed (the
+        static part of each reference was encoded once, at publish); time and load are its own.
+        """
         sid = None
         if request.HasField("identity"):
             _check_identity(request.identity, "identity")
             sid = source_id_of(request.identity)
         if request.HasField("status_filter"):
             _check_enum(pb.SourceStatus, request.status_filter, "status_filter")
+        # The filters the request sets (None: not set); a worker is listed when it passes all.
+        wanted_status = request.status_filter if request.HasField("status_filter") else None
+        model = request.model_name_filter.lower() if request.HasField("model_name_filter") else None
+        rank = request.worker_rank_filter if request.HasField("worker_rank_filter") else None
+        min_updated = request.min_updated_at if request.HasField("min_updated_at") else None
+        # Training steps are never published through this protocol version, so any positive
+        # minimum excludes every worker rather than being silently ignored.
+        if request.HasField("min_training_step") and request.min_training_step > 0:
+            return pb.ListSourcesResponse()
         now = self.now_ms()
-        matches: list[tuple[WorkerEntry, int]] = []
-        for entry in self.store.entries(sid):
-            status = self.effective_status(entry, now)
-            if request.HasField("status_filter") and status != request.status_filter:
+        matches: list[WorkerEntry] = []
+        for entry in self.store.entries() if sid is None else self.store.listed(sid):
+            if wanted_status is not None and self.effective_status(entry, now) != wanted_status:
                 continue
-            if request.HasField("model_name_filter") and entry.model_name != request.model_name_filter.lower():
+            if model is not None and entry.model_name != model:
                 continue
-            if request.HasField("worker_rank_filter") and entry.worker_rank != request.worker_rank_filter:
+            if rank is not None and entry.worker_rank != rank:
                 continue
-            if request.HasField("min_updated_at") and entry.updated_at_ms < request.min_updated_at:
+            if min_updated is not None and entry.updated_at_ms < min_updated:
                 continue
-            # Training steps are never published through this protocol version, so any
-            # positive minimum excludes every worker rather than being silently ignored.
-            if request.HasField("min_training_step") and request.min_training_step > 0:
-                continue
-            matches.append((entry, status))
-        matches.sort(key=lambda m: (-m[0].updated_at_ms, m[0].mx_source_id, m[0].worker_id))
+            matches.append(entry)
+        matches.sort(key=lambda e: (-e.updated_at_ms, e.mx_source_id, e.worker_id))
         if request.HasField("limit") and request.limit > 0:  # limit 0 means "no limit"
             matches = matches[: request.limit]
-        return [_instance_ref(entry) for entry, _ in matches]
+        reply = pb.ListSourcesResponse()
+        for entry in matches:
+            _fill_ref(reply.instances.add(), entry)
+        return reply
 
     def get_metadata(self, request: pb.GetMetadataRequest) -> pb.GetMetadataResponse:
         """found=false for an unknown worker; otherwise its metadata with the effective status."""
@@ -280,7 +297,7 @@ class Registry:
         """
         now = self.now_ms()
         stale = deleted = 0
-        for entry in self.store.entries(payload=False):
+        for entry in self.store.reap_candidates(now, self.heartbeat_timeout_ms, self.gc_timeout_ms):
             status = self.effective_status(entry, now)
             age = now - entry.updated_at_ms
             if status != READY and age > self.gc_timeout_ms:
@@ -321,20 +338,34 @@ def _published(entry: WorkerEntry) -> pb.PublishMetadataRequest:
     return message
 
 
-def _instance_ref(entry: WorkerEntry) -> pb.SourceInstanceRef:
-    worker = _published(entry)
-    ref = pb.SourceInstanceRef(
-        mx_source_id=entry.mx_source_id,
-        worker_id=entry.worker_id,
-        model_name=worker.identity.model_name or entry.model_name,
-        worker_rank=entry.worker_rank,
-        accelerator=worker.worker.accelerator,
-        updated_at=entry.updated_at_ms,
-        topology=dict(worker.worker.topology),
+def _static_ref(
+    published: pb.PublishMetadataRequest, sid: str, worker_id: str, model_name: str
+) -> pb.SourceInstanceRef:
+    """What ListSources shows of a worker that only a publish changes (not its time or load)."""
+    return pb.SourceInstanceRef(
+        mx_source_id=sid,
+        worker_id=worker_id,
+        model_name=published.identity.model_name or model_name,
+        worker_rank=published.worker.worker_rank,
+        accelerator=published.worker.accelerator,
+        topology=dict(published.worker.topology),
     )
+
+
+def _fill_ref(ref: pb.SourceInstanceRef, entry: WorkerEntry) -> None:
+    """`ref` (empty) set to the entry's reference: its encoded listing, else from its payload."""
+    try:
+        ref.MergeFromString(entry.listing)
+    except DecodeError:  # only a foreign writer could do this; fall back to the payload
+        logger.warning("corrupt listing for worker %s of %s", entry.worker_id, entry.mx_source_id)
+        ref.Clear()
+    if not ref.mx_source_id:  # a record written by a peerload that kept no listing
+        published = _published(entry)
+        published.worker.worker_rank = entry.worker_rank
+        ref.CopyFrom(_static_ref(published, entry.mx_source_id, entry.worker_id, entry.model_name))
+    ref.updated_at = entry.updated_at_ms
     if entry.source_load is not None:
         ref.source_load = entry.source_load
-    return ref
 
 
 def _check_id(value: str, field: str) -> str:

@@ -27,7 +27,7 @@ class P2pServicer:
         )
 
     def ListSources(self, request: pb.ListSourcesRequest, context: grpc.ServicerContext) -> pb.ListSourcesResponse:
-        return pb.ListSourcesResponse(instances=self._registry.list_sources(request))
+        return self._registry.list_sources_reply(request)
 
     def GetMetadata(self, request: pb.GetMetadataRequest, context: grpc.ServicerContext) -> pb.GetMetadataResponse:
         return self._registry.get_metadata(request)

@@ -134,6 +134,7 @@ class Publisher:
                 host=advertise_host(settings),
                 security=security,
                 availability=availability,
+                regions=tensor_set.regions,
             )
             self._first_publish(publish_later)
             telemetry.SEED_TRANSPORT_HEALTHY.labels(self.transport.kind).set(1)

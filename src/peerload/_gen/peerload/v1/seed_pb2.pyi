@@ -132,3 +132,31 @@ class ReleaseLeaseResponse(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     released: bool
     def __init__(self, released: bool = ...) -> None: ...
+
+class RegionRanges(_message.Message):
+    __slots__ = ("region", "offsets", "sizes")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    SIZES_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, region: _Optional[str] = ..., offsets: _Optional[_Iterable[int]] = ..., sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DigestRangesRequest(_message.Message):
+    __slots__ = ("worker_id", "ranges", "check_parts")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    CHECK_PARTS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    ranges: _containers.RepeatedCompositeFieldContainer[RegionRanges]
+    check_parts: bool
+    def __init__(self, worker_id: _Optional[str] = ..., ranges: _Optional[_Iterable[_Union[RegionRanges, _Mapping]]] = ..., check_parts: bool = ...) -> None: ...
+
+class DigestRangesResponse(_message.Message):
+    __slots__ = ("digest", "parts_checked")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PARTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    parts_checked: int
+    def __init__(self, digest: _Optional[str] = ..., parts_checked: _Optional[int] = ...) -> None: ...
