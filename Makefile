@@ -61,7 +61,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -rs -m "not vllm"
 
 bench: install
-	$(BIN)/peerload bench
+	$(BIN)/peerload bench data
 
 # GPU to GPU over NIXL on a CUDA machine, in minutes; prints JSON (docs/testing.md, "GPU check"). It needs
 # only a CUDA torch, NIXL (nixl-cu12 or nixl-cu13) and peerload's few pure-Python dependencies,

@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import socket
 
-from peerload.settings import AUTO_ADVERTISE_HOST, Settings, split_host_port
+from peerload.settings import AUTO_ADVERTISE_HOST, Settings, coordinator_addresses, split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,7 @@ def _resolve(configured: str, coordinator: str) -> str:
 
 
 def _first_coordinator_host(coordinator: str) -> str:
-    first = coordinator.split(",")[0].strip()
-    host, _port = split_host_port(first, what="coordinator")
+    host, _port = split_host_port(coordinator_addresses(coordinator)[0], what="coordinator")
     return host
 
 

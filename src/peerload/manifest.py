@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from peerload.boxes import Box
 from peerload.parts import PART_ALIGN, Part, count_parts, plan_parts
 
 # A part checksum is "<algorithm>:<hex digest>", or bare hex for xxh3_64 (what manifests held
@@ -49,6 +50,8 @@ class TensorEntry:
     nbytes: int  # numel * element size (what the tensor itself spans when contiguous)
     storage_offset: int  # in elements, inside the region's storage
     region: str  # name of the region (storage) holding it
+    # Where it sits in the full checkpoint tensors (`peerload.boxes`); empty: not published.
+    boxes: tuple[Box, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,9 @@ def manifest_problem(m: Manifest) -> tuple[str, str] | None:
             return f"{where}.stride", f"{list(t.stride)} does not fit shape {list(t.shape)}"
         if t.storage_offset < 0:
             return f"{where}.storage_offset", f"is negative ({t.storage_offset})"
+        for j, box in enumerate(t.boxes):
+            if box.problem():
+                return f"{where}.boxes[{j}]", box.problem()
     return _parts_problem(m)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from peerload._gen.peerload.v1 import seed_pb2, seed_pb2_grpc
@@ -91,6 +92,25 @@ class SeedClient(ChannelClient):
             problem = f"reports {reply.part_count} parts, the plan has {part_count}"
             raise SeedServiceError("GetAvailability", "FAILED_PRECONDITION", problem, self.endpoint)
         return Holdings(reply.version, decode_held(reply.bitmap, part_count), decode_held(reply.pending, part_count))
+
+    def digest_ranges(
+        self, ranges: Sequence[tuple[str, int, int]], check_parts: bool = True, lease: str | None = None
+    ) -> str:
+        """The seed's xxh3_64 hex of these (region, offset, size) ranges' bytes, in order.
+
+        Raises:
+            SeedServiceError: the seed cannot be reached, serves no digests (UNIMPLEMENTED: an
+                older seed), or a part the ranges touch no longer matches its checksum
+                (FAILED_PRECONDITION).
+        """
+        request = seed_pb2.DigestRangesRequest(worker_id=self.worker_id, check_parts=check_parts, lease_id=lease or "")
+        group: seed_pb2.RegionRanges | None = None
+        for region, offset, size in ranges:
+            if group is None or group.region != region:
+                group = request.ranges.add(region=region)
+            group.offsets.append(offset)
+            group.sizes.append(size)
+        return self._call("DigestRanges", self._stub.DigestRanges, request).digest
 
     def release_lease(self, lease_id: str, bytes_read: int = 0, parts_read: int = 0) -> bool:
         """End a lease, telling the seed what was read under it; False if the seed no longer knew it.

@@ -2,8 +2,8 @@
 
 Precedence (highest first): explicit keyword overrides, a JSON config (ModelExpress style
 `{"url", "transport", "source"}` or peerload keys), PEERLOAD_* variables, the ModelExpress
-variables MODEL_EXPRESS_URL / MX_SERVER_ADDRESS, MX_P2P_METADATA and MX_AUTH_TOKEN_PATH (its
-default token file too, when present), then the defaults below.
+variables MODEL_EXPRESS_URL (else MX_SERVER_ADDRESS: the official client's order), MX_P2P_METADATA
+and MX_AUTH_TOKEN_PATH (its default token file too, when present), then the defaults below.
 """
 
 from __future__ import annotations
@@ -152,13 +152,38 @@ def coordinator_addresses(text: str) -> tuple[str, ...]:
     for entry in text.split(","):
         if not entry.strip():
             continue
-        host, port = split_host_port(entry, what="coordinator")
+        host, port = split_host_port(_without_scheme(entry), what="coordinator")
         address = host_port(host, port)
         if address not in addresses:
             addresses.append(address)
     if not addresses:
         raise ConfigError(f"coordinator {text!r} names no HOST:PORT (for example 127.0.0.1:8001)")
     return tuple(addresses)
+
+
+# Prefixes a coordinator address may carry: the official client drops http:// and https:// (and
+# dials plaintext either way); grpc://, dns: and ipv4: are gRPC's own target forms.
+_COORDINATOR_PREFIXES = ("http://", "https://", "grpc://", "dns:///", "dns:", "ipv4:")
+
+
+def _without_scheme(entry: str) -> str:
+    """One coordinator address without an accepted prefix; any other scheme is refused by name.
+
+    Raises:
+        ConfigError: `entry` starts with a scheme peerload does not dial (e.g. ftp://, unix://).
+    """
+    text = entry.strip()
+    for prefix in _COORDINATOR_PREFIXES:
+        if text.lower().startswith(prefix):
+            return text[len(prefix) :]
+    scheme, sep, _rest = text.partition("://")
+    if sep:
+        raise ConfigError(
+            f"coordinator {entry.strip()!r}: scheme {scheme}:// is not one peerload dials; give HOST:PORT "
+            "(a leading http:// or https:// is dropped, as the official ModelExpress client does; TLS comes "
+            "from the tls_ca setting, not from the address)"
+        )
+    return text
 
 
 def parse_bool(name: str, value: str | bool) -> bool:
@@ -218,7 +243,9 @@ def _from_peerload_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _from_mx_env(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("MX_SERVER_ADDRESS", "MODEL_EXPRESS_URL"):
+    # The official client's order: MODEL_EXPRESS_URL first (deprecated there, still preferred), then
+    # MX_SERVER_ADDRESS (modelexpress.client._get_server_url).
+    for key in ("MODEL_EXPRESS_URL", "MX_SERVER_ADDRESS"):
         if env.get(key):
             out["coordinator"] = env[key]
             break

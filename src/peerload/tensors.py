@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import xxhash
 
+from peerload.boxes import Box
 from peerload.devices import device_id_of, memory_of
 from peerload.digest import digest_pieces
 from peerload.errors import ConfigError, LayoutMismatch
@@ -88,8 +89,15 @@ def module_tensors(module: torch.nn.Module, *, attributes: bool = True) -> dict[
     return out
 
 
-def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
-    """Group tensors by the storage they live in; refuse what cannot be moved."""
+def collect(
+    tensors: Mapping[str, torch.Tensor] | torch.nn.Module, layout: Mapping[str, tuple[Box, ...]] | None = None
+) -> TensorSet:
+    """Group tensors by the storage they live in; refuse what cannot be moved.
+
+    `layout` (name -> boxes, `peerload.boxes`) says where each tensor sits in the full checkpoint
+    tensors; the manifest publishes it, so targets of another layout can reshard from it.
+    """
+    boxes_of = layout or {}
     named = module_tensors(tensors) if isinstance(tensors, torch.nn.Module) else dict(tensors)
     if not named:
         raise ConfigError("no tensors to publish or load: the model has no parameters or buffers")
@@ -126,6 +134,7 @@ def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> TensorSet:
                 nbytes=t.numel() * t.element_size(),
                 storage_offset=int(t.storage_offset()),
                 region=region_of_storage[key] if storage.nbytes() else name,
+                boxes=tuple(boxes_of.get(name, ())),
             )
         )
     return TensorSet(tensors=named, entries=entries, regions=regions)
@@ -135,6 +144,11 @@ def _storage_bytes(storage: torch.UntypedStorage, device: torch.device) -> torch
     flat = torch.empty(0, dtype=torch.uint8, device=device)
     flat.set_(storage, 0, (storage.nbytes(),), (1,))
     return flat
+
+
+def host_bytes(flat: torch.Tensor) -> memoryview:
+    """A flat uint8 region's bytes as a buffer (a host copy first for device memory)."""
+    return _as_buffer(flat)
 
 
 def _as_buffer(flat: torch.Tensor) -> memoryview:

@@ -14,6 +14,7 @@ from typing import NamedTuple, cast
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.peerload.v1 import seed_pb2
+from peerload.boxes import Box
 from peerload.components import transport_of
 from peerload.errors import ConfigError
 from peerload.identity import OPTIONAL_HASHED_FIELDS, SourceIdentity
@@ -33,6 +34,12 @@ class SourceStatus(enum.IntEnum):
 # `peerload.v1.SeedService` (manifest with checksums). Topology is an open map that ListSources
 # returns too, so targets tell the kinds of seed apart without a call per seed.
 PEERLOAD_MANIFEST_KEY = "peerload.manifest"
+# gRPC request header: which process a peerload publisher is (random per Publisher). The coordinator
+# keeps it with the record, so a second live process publishing the same worker id replaces the
+# first (newest wins) and the first's next heartbeat is refused with ALREADY_EXISTS, not merged.
+INSTANCE_HEADER = "peerload-instance"
+# PublishMetadataResponse.message when the publish replaced another live process' record.
+REPLACED_PREFIX = "replaced: "
 PEERLOAD, MODELEXPRESS = "peerload", "modelexpress"
 # A worker that a peerload target loaded carries how that load went under this key (JSON: origin,
 # bytes, seconds, gbps, sources, finished_at), so the coordinator's status page can show recent loads.
@@ -327,6 +334,7 @@ def manifest_to_proto(m: Manifest) -> seed_pb2.Manifest:
                 nbytes=t.nbytes,
                 storage_offset=t.storage_offset,
                 region=t.region,
+                boxes=[_box_to_proto(b) for b in t.boxes],
             )
             for t in m.tensors
         ],
@@ -339,6 +347,14 @@ def manifest_to_proto(m: Manifest) -> seed_pb2.Manifest:
         part_bytes=m.part_bytes,
         part_checksums=m.part_checksums,
     )
+
+
+def _box_to_proto(b: Box) -> seed_pb2.Box:
+    return seed_pb2.Box(tensor=b.tensor, full_shape=b.full_shape, start=b.start, stop=b.stop, offset=b.offset)
+
+
+def _box_from_proto(b: seed_pb2.Box) -> Box:
+    return Box(b.tensor, tuple(b.full_shape), tuple(b.start), tuple(b.stop), b.offset)
 
 
 def manifest_from_proto(p: seed_pb2.Manifest) -> Manifest:
@@ -357,6 +373,7 @@ def manifest_from_proto(p: seed_pb2.Manifest) -> Manifest:
                 nbytes=t.nbytes,
                 storage_offset=t.storage_offset,
                 region=t.region,
+                boxes=tuple(_box_from_proto(b) for b in t.boxes),
             )
             for t in p.tensors
         ],

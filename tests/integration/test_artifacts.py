@@ -153,6 +153,41 @@ def test_kind_is_part_of_the_identity(tmp_path: Path, settings: Settings) -> Non
     assert replace(wanted, mx_source_type=4).source_id() != wanted.source_id()
 
 
+def test_chunks_read_in_pieces_install_identically_and_a_bad_piece_is_refused(
+    tmp_path: Path, settings: Settings, monkeypatch
+) -> None:
+    """Pieces smaller than a chunk (and not dividing it): each piece is checksummed on its own
+    thread while the next is read, and their CRCs combine to the chunk's; one flipped byte in a
+    later piece of a chunk still fails that chunk."""
+    monkeypatch.setattr("peerload.artifacts.install._PIECE", 20_000)
+    files = make_cache(tmp_path / "seed-cache")
+    identity = artifact_identity(MODEL, "torch_compile_cache")
+    with ArtifactSource(tmp_path / "seed-cache", identity, settings=settings, chunk_bytes=64 << 10) as source:
+        outcome = fetch_artifact(identity, tmp_path / "good", settings=settings)
+        assert outcome.status == INSTALLED, outcome.reason
+        assert tree(tmp_path / "good") == files
+        source._bytes[(64 << 10) * 2 + 50_000] ^= 0xFF  # chunk 2, its third piece
+        outcome = fetch_artifact(identity, tmp_path / "bad", settings=settings)
+        assert source.leases.active() == 0, "every chunk lease was released"
+    assert outcome.status == FAILED and "chunk 2 crc32c" in outcome.reason
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_refused_lease_gives_back_the_others(tmp_path: Path, settings: Settings, monkeypatch) -> None:
+    """Leases of a batch are requested together; when the source refuses one (all its leases
+    taken), the ones granted are given back and nothing is installed."""
+    from peerload.seed.leases import LeaseTable
+
+    make_cache(tmp_path / "seed-cache")
+    identity = artifact_identity(MODEL, "torch_compile_cache")
+    with ArtifactSource(tmp_path / "seed-cache", identity, settings=settings, chunk_bytes=64 << 10) as source:
+        source.leases = source.servicer._leases = LeaseTable(2, settings.lease_timeout_s)
+        outcome = fetch_artifact(identity, tmp_path / "replica", settings=settings)
+        assert source.leases.active() == 0, "the granted leases were given back"
+    assert outcome.status == FAILED and "RESOURCE_EXHAUSTED" in outcome.reason, outcome.reason
+    assert not (tmp_path / "replica").exists()
+
+
 def test_tampered_bytes_are_refused_and_nothing_is_installed(tmp_path: Path, settings: Settings) -> None:
     make_cache(tmp_path / "seed-cache")
     identity = artifact_identity(MODEL, "torch_compile_cache")

@@ -238,18 +238,33 @@ def test_load_report_must_be_writable(run_peerload: Run, tmp_path: Path) -> None
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["bench", "--scaling", "1,two"], ["--scaling '1,two' is not a comma list of sizes in GiB > 0"]),
-        (["bench", "--scaling", "0"], ["--scaling '0'"]),
-        (["bench", "--out", "{file}"], ["--out", "is a file; give a directory"]),
-        (["bench", "--cases", "fastest"], ["--cases 'fastest' is not valid"]),
+        (["bench", "scaling", "--sizes", "1,two"], ["--sizes '1,two' is not a comma list of sizes in GiB > 0"]),
+        (["bench", "scaling", "--sizes", "0"], ["--sizes '0'"]),
+        (["bench", "data", "--out", "{file}"], ["--out", "is a file; give a directory"]),
+        (["bench", "fanout", "--out", "{file}"], ["--out", "is a file; give a directory"]),
+        (["bench", "data", "--cases", "fastest"], ["--cases 'fastest' is not valid"]),
+        (["bench", "fanout", "--targets", "1,0"], ["--targets '1,0' is not a comma list of target counts"]),
+        (["bench", "fanout", "--ceiling-share", "2"], ["--ceiling-share must be in (0, 1]"]),
+        (["bench", "fleet", "--transport", "carrier-pigeon"], ["--transport 'carrier-pigeon' is not valid"]),
+        # the flag form before subcommands still works, with a notice naming the new form
         (["bench", "--fleet", "--targets", "1,0"], ["--targets '1,0' is not a comma list of target counts"]),
-        (["bench", "--targets", "2"], ["--targets needs --fleet"]),
+        (["bench", "--scaling", "0"], ["--sizes '0'"]),
         (["simulate", "--targets", "x"], ["--targets 'x' is not a comma list of integers"]),
         (["simulate", "--modes", "gossip"], ["--modes 'gossip': choose from single, striping, swarm"]),
         (["demo", "--transport", "carrier-pigeon"], ["transport 'carrier-pigeon' is not supported"]),
         (["sources", "--coordinator", "host:99999"], ["coordinator 'host:99999' is not HOST:PORT"]),
+        (["sources", "--coordinator", "ftp://host:8001"], ["scheme ftp:// is not one peerload dials; give HOST:PORT"]),
     ],
 )
 def test_other_commands_check_their_options(run_peerload: Run, tmp_path: Path, args: list[str], fragments: list[str]):
     (tmp_path / "file").write_text("")
     usage_error(run_peerload(*[a.format(file=tmp_path / "file") for a in args]), *fragments)
+
+
+def test_the_bench_flag_form_names_its_subcommand(run_peerload: Run) -> None:
+    proc = run_peerload("bench", "--control-plane", "--duration", "inf")
+    usage_error(proc, "--duration must be a finite number")
+    assert (
+        "`peerload bench --control-plane --duration inf` is deprecated; use `peerload bench control-plane "
+        "--duration inf`" in proc.stderr
+    ), proc.stderr

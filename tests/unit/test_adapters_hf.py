@@ -103,3 +103,21 @@ def test_targets_and_seeds_allocate_on_the_device_asked_for(tiny_model):
     assert {t.device.type for t in shards.values()} == {"meta"}
     model, _ = hf.seed_tensors(path, quantize=None, tp_size=1, tp_rank=0, device="meta")
     assert {t.device.type for t in module_tensors(model).values()} == {"meta"}
+
+
+def test_layout_published_for_a_gqa_llama_matches_the_shards(tiny_model):
+    """kv_heads (1) < tp (2): both ranks hold the one KV head whole (replicated), not half a head each."""
+    path = tiny_model("llama")
+    for rank in (0, 1):
+        destination, _ = hf.target_tensors(path, quantize=None, tp_size=2, tp_rank=rank)
+        layout = hf.tensor_layout(path, quantize=None, tp_size=2, tp_rank=rank)
+        assert set(layout) == set(destination)
+        k = layout["model.layers.0.self_attn.k_proj.weight"]
+        assert [(b.start, b.stop) for b in k] == [((0, 0), (16, 32))]
+        for name, boxes in layout.items():
+            assert sum(b.numel for b in boxes) == destination[name].numel(), name
+    model_layout = hf.tensor_layout(path, quantize=None, tp_size=1, tp_rank=0)
+    model, _ = hf.target_tensors(path, quantize=None, tp_size=1, tp_rank=0)
+    assert set(model_layout) == set(module_tensors(model))
+    assert all(boxes[0].is_full() for boxes in model_layout.values())
+    assert hf.tensor_layout(path, quantize="int8", tp_size=1, tp_rank=0) is None

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from peerload._gen.model_express import p2p_pb2 as pb
-from peerload.artifacts.manifest import artifact_id, build_manifest, check_served, crc32c_hex
+from peerload.artifacts.manifest import (
+    artifact_id,
+    build_manifest,
+    check_served,
+    crc32c_combine,
+    crc32c_extend,
+    crc32c_hex,
+)
 from peerload.artifacts.stamp import describe, mismatches, stamp_of, stamped
 from peerload.errors import ArtifactRejected
 from peerload.identity import SourceIdentity
@@ -14,6 +21,16 @@ from peerload.identity import SourceIdentity
 def test_crc32c_wire_form() -> None:
     assert crc32c_hex(b"") == "00000000"
     assert crc32c_hex(b"123456789") == "e3069283"  # the CRC-32C check value
+
+
+@pytest.mark.parametrize("split", [0, 1, 7, 4096, 99_999, 100_000])
+def test_crc32c_of_pieces_combines_to_the_whole(split: int) -> None:
+    """A chunk's CRC from its pieces', a file's from its chunks' (no second pass over the bytes)."""
+    data = bytes((i * 131 + (i >> 7)) & 0xFF for i in range(100_000))
+    a, b = memoryview(data)[:split], memoryview(data)[split:]
+    assert crc32c_combine(crc32c_extend(0, a), crc32c_extend(0, b), len(b)) == int(crc32c_hex(data), 16)
+    assert crc32c_extend(crc32c_extend(0, a), b) == int(crc32c_hex(data), 16)
+    assert crc32c_extend(0, bytes(a)) == crc32c_extend(0, a)  # bytes and in-place memory agree
 
 
 def test_manifest_chunks_cover_files_in_path_order() -> None:
@@ -26,6 +43,7 @@ def test_manifest_chunks_cover_files_in_path_order() -> None:
         (3, 1, 0, 10),
     ]
     assert m.files[0].checksum == crc32c_hex(b"a" * 25) and m.chunks[2].checksum == crc32c_hex(b"a" * 5)
+    assert m.files[1].checksum == crc32c_hex(b"b" * 10)
     assert len(artifact_id(m)) == 64
 
 

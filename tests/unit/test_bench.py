@@ -13,7 +13,17 @@ import pytest
 from rich.console import Console
 
 from peerload.bench import report
-from peerload.bench.runner import GOALS, SETUP_GOAL_S, BenchConfig, CaseFailed, Runs, _Measurement, goals, summarise
+from peerload.bench.runner import (
+    GOALS,
+    SETUP_GOAL_S,
+    BenchConfig,
+    CaseFailed,
+    Runs,
+    _Measurement,
+    goals,
+    outlier_rounds,
+    summarise,
+)
 from peerload.synthetic import inventory, write_checkpoint
 
 
@@ -186,3 +196,82 @@ def test_tables_show_goals_without_issue_numbers_and_parts_without_a_limit_ratio
     assert rows[report.label("peerload_nixl")][-1] == "2.00"  # x limit: 2.0 s / 1.0 s
     assert rows[report.label("wire_nixl")][-2:] == [f"{r['cases']['wire_nixl']['gbps']:.2f}", ""]
     assert rows[report.label("setup_nixl")][-2:] == ["", ""]
+
+
+class _TimedHarness(_FakeHarness):
+    """Runs of a case take the next of its given times (1.0 s once they run out)."""
+
+    def __init__(self, times: dict[str, list[float]]) -> None:
+        super().__init__()
+        self.times = times
+
+    def run(self, case: str, args: dict[str, Any]) -> dict[str, Any]:
+        queue = self.times.get(case) or [1.0]
+        return {"seconds": queue.pop(0) if len(queue) > 1 or case not in self.times else queue[0], "case": case}
+
+
+def test_an_outlier_is_a_run_far_above_the_median_of_the_others() -> None:
+    assert outlier_rounds([6.36, 0.78, 0.78], 2.0) == [0]
+    assert outlier_rounds([0.78, 6.36], 2.0) == [1]
+    assert outlier_rounds([1.0, 1.1, 0.9], 2.0) == []
+    assert outlier_rounds([6.0, 6.0, 0.8], 2.0) == []  # most runs slow: none stands out
+    assert outlier_rounds([6.36], 2.0) == []
+
+
+def _limit_and_p2p(limit_times: list[float], remeasure: int = 2) -> dict[str, Any]:
+    harness = _TimedHarness({"limit": limit_times, "target": [1.0]})
+    m = _measurement(
+        harness, repeats=3, transports=("nixl",), groups=("limit", "peerload"), remeasure=remeasure,
+        skip=frozenset({"limit_prefault", "peerload_nixl_noverify"}),
+    )  # fmt: skip
+    plan = m.plan()
+    m.run_rounds(plan, progress=lambda s: None)
+    m.remeasure_outliers(plan, progress=lambda s: None)
+    cfg = m.config
+    return summarise(m.raw, cfg, inventory(1 << 20, 21))
+
+
+def test_a_bimodal_limit_round_is_remeasured_and_replaced() -> None:
+    r = _limit_and_p2p([6.36, 0.78, 0.80, 0.79])
+    limit = r["cases"]["limit"]
+    assert limit["runs"] == [0.79, 0.78, 0.80]
+    assert limit["outliers"] == [
+        {
+            "round": 1,
+            "seconds": 6.36,
+            "others_median": pytest.approx(0.79),
+            "remeasured": [0.79],
+            "action": "remeasured",
+        }
+    ]
+    ratios = r["ratios"]
+    assert ratios["p2p_cold_to_limit_per_round"] == [0.79, 0.78, 0.80]
+    assert ratios["p2p_cold_to_limit_same_round_median"] == pytest.approx(0.79)
+    assert ratios["limit_outliers"]["left_out_of_same_round_median"] == []
+    assert r["config"]["outlier_factor"] == 2.0 and r["config"]["remeasure"] == 2
+
+
+def test_an_outlier_that_stays_is_reported_and_left_out_of_the_same_round_ratio() -> None:
+    r = _limit_and_p2p([6.36, 0.78, 0.80, 6.1, 5.9])
+    (outlier,) = r["cases"]["limit"]["outliers"]
+    assert outlier["action"] == "reported" and outlier["remeasured"] == [6.1, 5.9]
+    assert r["cases"]["limit"]["runs"] == [6.36, 0.78, 0.80]
+    ratios = r["ratios"]
+    assert ratios["p2p_cold_to_limit_per_round"] == [6.36, 0.78, 0.80]
+    assert ratios["limit_outliers"]["left_out_of_same_round_median"] == [1]
+    assert ratios["p2p_cold_to_limit_same_round_median"] == pytest.approx(0.79)
+
+
+def test_with_no_remeasure_an_outlier_is_only_reported() -> None:
+    r = _limit_and_p2p([6.36, 0.78, 0.80], remeasure=0)
+    assert r["cases"]["limit"]["outliers"][0]["action"] == "reported"
+    assert r["cases"]["limit"]["outliers"][0]["remeasured"] == []
+
+
+def test_the_table_names_an_outlier_round_and_what_became_of_it() -> None:
+    r = _limit_and_p2p([6.36, 0.78, 0.80, 0.79])
+    note = report.outliers_note(r)
+    assert note == (
+        f"{report.label('limit')}, round 1: 6.360 s against 0.790 s in the other rounds; re-measured 0.790: remeasured"
+    )
+    assert report.table(r).caption == note

@@ -1,4 +1,4 @@
-"""`peerload bench --replica`: the goals are computed from the medians, and the table and chart render."""
+"""`peerload bench replica`: the goals are computed from the medians, and the table and chart render."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def run(seconds: float, graph: bool = False) -> dict:
 
 def test_goals_from_medians(tmp_path: Path) -> None:
     runs = {"a": [run(30), run(32)], "b": [run(28)], "c": [run(11, True)], "d": [run(10)]}
-    paths = {"bytes": 1, "artifact": {"gbps": 0.9}, "weights": {"gbps": 1.0}}
+    paths = {"bytes": 1, "artifact": {"gbps": 0.9}, "weights": {"gbps": 1.0}, "ratio": 0.9}
     results = _results(ReplicaBenchConfig(Path("py"), tmp_path), {"llm_s": 30, "tokens": [[1]]}, runs, paths)
     assert set(results["cases"]) == set(CASES)
     assert results["cases"]["a"]["median_s"] == 31

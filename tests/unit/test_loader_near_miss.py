@@ -111,3 +111,16 @@ def test_another_model_is_never_a_near_miss() -> None:
 def test_related_names_are_one_model_spelled_two_ways() -> None:
     assert related_names("Qwen/Qwen3-0.6B", "/models/qwen3-0.6b/")
     assert not related_names("org/llama", "org/mistral") and not related_names("", "")
+
+
+def test_a_source_of_another_parallel_layout_can_be_resharded():
+    result = explain(OURS, 1, [seen("tp2", other(tensor_parallel_size=2, pipeline_parallel_size=2))])
+    (miss,) = result.near_misses
+    assert miss.reshardable and miss.as_dict()["reshardable"] is True
+    assert miss.describe().endswith(
+        "tensor_parallel_size is 2 there, 1 here; pipeline_parallel_size is 2 there, "
+        "1 here: the layout differs but can be resharded"
+    )
+    assert "reshards from it" in miss.fix and "--tp-size" in miss.fix
+    other_too = explain(OURS, 0, [seen("tp2-bf16", other(tensor_parallel_size=2, dtype="bfloat16"))])
+    assert not other_too.near_misses[0].reshardable and "resharded" not in other_too.near_misses[0].describe()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -160,3 +164,55 @@ def test_redis_sentinel_urls() -> None:
         Settings.load(env={}, redis_url="redis+sentinel://s:26379/pl/x")
     with pytest.raises(ConfigError, match="Sentinel 's' is not HOST:PORT"):
         Settings.load(env={}, redis_url="redis+sentinel://s/pl")
+
+
+def test_model_express_url_wins_over_mx_server_address_as_in_the_official_client() -> None:
+    """modelexpress 0.7.0's _get_server_url reads MODEL_EXPRESS_URL first, then MX_SERVER_ADDRESS."""
+    both = {"MODEL_EXPRESS_URL": "url-host:8001", "MX_SERVER_ADDRESS": "address-host:8002"}
+    assert Settings.load(env=both).coordinator == "url-host:8001"
+    assert Settings.load(env={"MX_SERVER_ADDRESS": "address-host:8002"}).coordinator == "address-host:8002"
+    assert Settings.load(env={**both, "PEERLOAD_COORDINATOR": "mine:9"}).coordinator == "mine:9"
+
+
+def _official_server_urls(env: dict[str, str], explicit: list[str]) -> list[str]:
+    """modelexpress.client._get_server_url, in a process of its own (its stubs clash with ours)."""
+    if importlib.util.find_spec("modelexpress") is None:
+        pytest.skip("modelexpress==0.7.0 (the oracle) is not installed; `make install` adds it")
+    script = (
+        "import json, sys\nfrom modelexpress.client import _get_server_url\n"
+        "print(json.dumps([_get_server_url()] + [_get_server_url(u) for u in json.loads(sys.argv[1])]))"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in ("MODEL_EXPRESS_URL", "MX_SERVER_ADDRESS")}
+    out = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(explicit)],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_coordinator_address_handling_matches_the_installed_official_client() -> None:
+    both = {"MODEL_EXPRESS_URL": "url-host:8001", "MX_SERVER_ADDRESS": "address-host:8002"}
+    urls = ["http://mx:8001", "https://mx:8001", "mx:8001"]
+    from_env, *explicit = _official_server_urls(both, urls)
+    assert from_env == Settings.load(env=both).coordinator == "url-host:8001"
+    assert [Settings.load(env={}, coordinator=u).coordinators for u in urls] == [(e,) for e in explicit]
+
+
+@pytest.mark.parametrize("prefix", ["http://", "https://", "HTTP://", "grpc://", "dns:///", "ipv4:"])
+def test_coordinator_prefixes_the_official_client_or_grpc_accept_are_dropped(prefix: str) -> None:
+    s = Settings.load(env={}, coordinator=f"{prefix}10.0.0.1:8001, {prefix}10.0.0.2:8001/")
+    assert s.coordinators == ("10.0.0.1:8001", "10.0.0.2:8001")
+    assert Settings.load(env={"MODEL_EXPRESS_URL": f"{prefix}mx:8001"}).coordinators == ("mx:8001",)
+
+
+@pytest.mark.parametrize("address", ["ftp://10.0.0.1:8001", "unix:///run/mx.sock", "redis://h:6379", "a:1,tcp://b:2"])
+def test_other_coordinator_schemes_are_refused_naming_the_scheme(address: str) -> None:
+    scheme = address.split(",")[-1].split("://")[0]
+    with pytest.raises(ConfigError, match=rf"scheme {scheme}:// is not one peerload dials; give HOST:PORT"):
+        Settings.load(env={}, coordinator=address)
+    with pytest.raises(ConfigError, match=rf"scheme {scheme}://"):
+        Settings.load(env={"MX_SERVER_ADDRESS": address})

@@ -34,6 +34,8 @@ from peerload.adapters.hf_models import (
     post_process,
 )
 from peerload.adapters.sharding import check_shardable, empty_like_shard, shard, shard_dim, unshard
+from peerload.adapters.sharding import layout as sharding_layout
+from peerload.boxes import Box, Heads
 from peerload.errors import ConfigError
 from peerload.tensors import module_tensors
 
@@ -61,6 +63,7 @@ __all__ = [
     "shard",
     "shard_dim",
     "target_tensors",
+    "tensor_layout",
     "unshard",
 ]
 
@@ -95,7 +98,7 @@ def seed_tensors(
         )
         if tp_size == 1:
             return model, model
-        return shard(module_tensors(model, attributes=False), tp_size, tp_rank), model
+        return shard(module_tensors(model, attributes=False), tp_size, tp_rank, _heads(checkpoint)), model
     if quantize:
         raise ConfigError("--quantize needs a model directory with config.json, not a bare safetensors file")
     tensors = read_checkpoint(checkpoint.path)
@@ -130,7 +133,9 @@ def target_tensors(
             meta = meta_model(checkpoint, model_class)
             check_shardable(meta, tp_size)
             post_process(meta, quantize)
-            destination = empty_like_shard(module_tensors(meta, attributes=False), tp_size, tp_rank, device)
+            destination = empty_like_shard(
+                module_tensors(meta, attributes=False), tp_size, tp_rank, device, _heads(checkpoint)
+            )
 
         def from_storage() -> Mapping[str, torch.Tensor]:
             model = load_model(
@@ -141,7 +146,7 @@ def target_tensors(
                 allow_unused=allow_unused,
             )
             if tp_size > 1:
-                return shard(module_tensors(model, attributes=False), tp_size, tp_rank)
+                return shard(module_tensors(model, attributes=False), tp_size, tp_rank, _heads(checkpoint))
             return module_tensors(model)
 
         return destination, from_storage if checkpoint.has_weights else None
@@ -150,5 +155,36 @@ def target_tensors(
     metas = {n: torch.empty(shape, dtype=dt, device="meta") for n, (shape, dt) in checkpoint.layout.items()}
     check_shardable(metas, tp_size, what=f"the bare checkpoint {checkpoint.path}")
     return empty_like_shard(metas, tp_size, tp_rank, device), lambda: shard(
-        read_checkpoint(checkpoint.path), tp_size, tp_rank
+        read_checkpoint(checkpoint.path), tp_size, tp_rank, _heads(checkpoint)
     )
+
+
+def _heads(checkpoint: Checkpoint) -> Heads | None:
+    """The attention heads config.json names (q/k/v/o are then cut by whole heads)."""
+    return Heads.from_config(checkpoint.config)
+
+
+def tensor_layout(
+    path: str | Path | Checkpoint,
+    *,
+    quantize: str | None,
+    tp_size: int,
+    tp_rank: int,
+    model_class: str | None = None,
+    **_: object,
+) -> dict[str, tuple[Box, ...]] | None:
+    """Where each tensor `seed_tensors` / `target_tensors` give sits in the full checkpoint tensors.
+
+    Boxes per tensor name (`peerload.boxes`), what a seed publishes so that targets of another
+    tensor-parallel size can reshard from it. None with `quantize`: post-processed tensors are not
+    slices of the checkpoint's, so a quantized seed serves only its own layout.
+    """
+    if quantize:
+        return None
+    checkpoint = as_checkpoint(path)
+    heads = _heads(checkpoint)
+    if checkpoint.has_config:
+        meta = meta_model(checkpoint, model_class)
+        return sharding_layout(module_tensors(meta, attributes=tp_size == 1), tp_size, tp_rank, heads)
+    metas = {n: torch.empty(shape, dtype=dt, device="meta") for n, (shape, dt) in checkpoint.layout.items()}
+    return sharding_layout(metas, tp_size, tp_rank, heads)

@@ -1,4 +1,10 @@
-"""Megatron-style tensor-parallel shards of Llama/Qwen2-like tensors, by name: split, check, reassemble."""
+"""Megatron-style tensor-parallel shards of Llama/Qwen2-like and Phi-3-like tensors, by name.
+
+Which elements a rank holds is `peerload.boxes.tp_boxes` (the layout a seed publishes and a
+resharding target plans from): column-parallel modules split dim 0, row-parallel ones dim 1,
+fused `qkv_proj`/`gate_up_proj` hold one box per segment back to back, and with `heads` known
+(config.json) q/k/v/o are cut by whole heads, KV heads replicated when there are fewer than ranks.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +12,37 @@ from collections.abc import Mapping
 
 import torch
 
+from peerload.boxes import Box, Heads, local_shape, shard_dim, tp_boxes
 from peerload.errors import ConfigError
 from peerload.tensors import module_tensors
 
-# Which dim each rank splits: column-parallel modules on dim 0, row-parallel ones on dim 1.
-_COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "embed_tokens", "lm_head")
-_ROW_PARALLEL = ("o_proj", "down_proj")
+__all__ = ["check_shardable", "empty_like_shard", "layout", "shard", "shard_dim", "take", "unshard"]
 
 
-def shard_dim(name: str) -> int | None:
-    """The dimension a tensor is split on across tp ranks, or None if every rank holds it whole."""
-    parts = name.split(".")
-    module = parts[-2] if len(parts) >= 2 else ""
-    leaf = parts[-1]
-    if module in _COLUMN_PARALLEL and leaf in ("weight", "bias", "weight_scale"):
-        return 0
-    if module in _ROW_PARALLEL and leaf == "weight":
-        return 1
-    return None
+def take(t: torch.Tensor, boxes: tuple[Box, ...]) -> torch.Tensor:
+    """A contiguous copy of `boxes` of the full tensor `t`, back to back (concatenated along dim 0)."""
+    pieces = [t[tuple(slice(a, b) for a, b in zip(box.start, box.stop, strict=True))] for box in boxes]
+    whole = torch.cat(pieces, 0) if len(pieces) > 1 else pieces[0]
+    return whole.detach().contiguous().clone()
 
 
-def shard(tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank: int) -> dict[str, torch.Tensor]:
+def layout(
+    tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank: int, heads: Heads | None = None
+) -> dict[str, tuple[Box, ...]]:
+    """The boxes rank `tp_rank` of `tp_size` holds of each full tensor (works on meta tensors).
+
+    Raises:
+        ConfigError: a tensor cannot be split evenly (naming it).
+    """
+    return {n: tp_boxes(n, t.shape, tp_size, tp_rank, heads, t.element_size()) for n, t in tensors.items()}
+
+
+def shard(
+    tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank: int, heads: Heads | None = None
+) -> dict[str, torch.Tensor]:
     """Rank `tp_rank`'s contiguous shard of every tensor (a copy; replicated tensors cloned)."""
-    out: dict[str, torch.Tensor] = {}
-    for name, t in tensors.items():
-        dim = shard_dim(name)
-        if tp_size == 1 or dim is None:
-            out[name] = t.detach().clone()
-            continue
-        if t.shape[dim] % tp_size:
-            raise ConfigError(f"{name}: dimension {dim} ({t.shape[dim]}) is not divisible by tp_size {tp_size}")
-        out[name] = t.detach().chunk(tp_size, dim=dim)[tp_rank].contiguous().clone()
-    return out
+    boxes = layout(tensors, tp_size, tp_rank, heads)
+    return {n: take(t, boxes[n]) for n, t in tensors.items()}
 
 
 def check_shardable(model: torch.nn.Module | Mapping[str, torch.Tensor], tp_size: int, what: str = "") -> None:
@@ -56,12 +61,13 @@ def check_shardable(model: torch.nn.Module | Mapping[str, torch.Tensor], tp_size
         raise ConfigError(
             f"--tp-size {tp_size}: peerload has no tensor-parallel sharding rules for {what}: "
             f"{len(uncovered)} matrix tensor(s) match none, such as {', '.join(uncovered[:3])}. peerload shards "
-            "Llama-style models (q/k/v/o_proj, gate/up/down_proj, embed_tokens, lm_head); use --tp-size 1"
+            "Llama-style models (q/k/v/o_proj, gate/up/down_proj, embed_tokens, lm_head) and fused Phi-3-style "
+            "ones (qkv_proj, gate_up_proj); use --tp-size 1"
         )
 
 
 def unshard(shards: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Reassemble full tensors from every rank's shard (inverse of `shard`)."""
+    """Reassemble full tensors from every rank's shard (inverse of `shard` for unfused tensors split evenly)."""
     out = {}
     for name in shards[0]:
         dim = shard_dim(name)
@@ -72,16 +78,14 @@ def unshard(shards: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]
 
 
 def empty_like_shard(
-    tensors: Mapping[str, torch.Tensor], tp_size: int, tp_rank: int, device: str = "cpu"
+    tensors: Mapping[str, torch.Tensor],
+    tp_size: int,
+    tp_rank: int,
+    device: str = "cpu",
+    heads: Heads | None = None,
 ) -> dict[str, torch.Tensor]:
     """Uninitialised tensors shaped like `shard(tensors, ...)` (works on meta tensors)."""
-    out = {}
-    for name, t in tensors.items():
-        shape = list(t.shape)
-        dim = shard_dim(name)
-        if tp_size > 1 and dim is not None:
-            if shape[dim] % tp_size:
-                raise ConfigError(f"{name}: dimension {dim} ({shape[dim]}) is not divisible by tp_size {tp_size}")
-            shape[dim] //= tp_size
-        out[name] = torch.empty(shape, dtype=t.dtype, device=device)
-    return out
+    boxes = layout(tensors, tp_size, tp_rank, heads)
+    if any(not b for b in boxes.values()):
+        raise ConfigError("a tensor holds no box")
+    return {n: torch.empty(local_shape(boxes[n]), dtype=t.dtype, device=device) for n, t in tensors.items()}

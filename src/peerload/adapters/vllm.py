@@ -2,7 +2,8 @@
 
 Importing this module never imports vLLM; `register()` does, inside vLLM's own processes. The
 loader class lives in `peerload.adapters.vllm_loader` (it subclasses vLLM's `BaseModelLoader`);
-what both share is in `peerload.adapters.vllm_support`.
+what both share is in `peerload.adapters.vllm_support`. `register()` also makes a warm compile
+cache loadable where vLLM 0.32 compiled again on every start (`peerload.adapters.vllm_compat`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ def register() -> None:
         return
     from vllm.model_executor.model_loader import register_model_loader
 
+    from peerload.adapters import vllm_compat
     from peerload.adapters.vllm_loader import PeerloadModelLoader
 
     register_model_loader(LOAD_FORMAT)(PeerloadModelLoader)
+    vllm_compat.install()  # a warm compile cache loads instead of compiling again (see vllm_compat)
     _registered.set()

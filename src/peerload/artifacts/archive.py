@@ -15,6 +15,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from peerload.errors import ArtifactRejected
 
@@ -158,8 +159,9 @@ def unpack(
     Raises:
         ArtifactRejected: the archive is unreadable or a member is unsafe (see `check_members`).
     """
+    data = memoryview(archive_bytes).cast("B")
     try:
-        archive = tarfile.open(fileobj=io.BufferedReader(_MemoryReader(archive_bytes)), mode="r:")
+        archive = tarfile.open(fileobj=io.BufferedReader(_MemoryReader(data)), mode="r:")
     except tarfile.TarError as exc:
         raise ArtifactRejected(name, f"is not a readable tar archive: {exc}") from None
     with archive:
@@ -178,13 +180,28 @@ def unpack(
                 path.mkdir(mode=0o755, parents=True, exist_ok=True)
                 continue
             path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            source = archive.extractfile(member)
-            assert source is not None  # a regular file always has contents
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
             fd = os.open(path, flags, 0o644 | (member.mode & 0o111))
-            with os.fdopen(fd, "wb") as out:
-                while data := source.read(1 << 20):
-                    out.write(data)
+            with os.fdopen(fd, "wb", buffering=0) as out:
+                _write_member(out, archive, member, data, name)
             os.utime(path, (member.mtime, member.mtime))
             written += 1
     return written
+
+
+def _write_member(
+    out: BinaryIO, archive: tarfile.TarFile, member: tarfile.TarInfo, data: memoryview, name: str
+) -> None:
+    """A plain member's bytes straight from the archive in memory (no copy); a sparse one through tarfile."""
+    if member.sparse is None:
+        end = member.offset_data + member.size
+        if end > len(data):
+            raise ArtifactRejected(name, f"member {member.name!r} runs past the end of the archive")
+        contents = data[member.offset_data : end]
+        while contents:
+            contents = contents[out.write(contents) :]
+        return
+    source = archive.extractfile(member)
+    assert source is not None  # a regular file always has contents
+    while chunk := source.read(1 << 20):
+        out.write(chunk)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
 from peerload._grpc import PLAINTEXT, Caller, ChannelClient, ChannelSecurity, open_channel
@@ -60,8 +63,27 @@ class ArtifactClient(ChannelClient):
         )
         return self._call("PrepareArtifactChunk", self._stub.PrepareArtifactChunk, request)
 
+    def prepare_async(self, chunk_index: int) -> Callable[[], pb.PrepareArtifactChunkResponse]:
+        """Send `prepare` now; the returned call waits for its answer (errors as `prepare`'s).
+
+        Several leases in flight at once cost one round trip, not one each.
+        """
+        request = pb.PrepareArtifactChunkRequest(
+            mx_source_id=self.source_id, artifact_id=self.artifact_id, chunk_index=chunk_index
+        )
+        return self._send("PrepareArtifactChunk", self._stub.PrepareArtifactChunk, request)
+
     def release(self, lease_id: str) -> None:
+        self.release_async(lease_id)()
+
+    def release_async(self, lease_id: str) -> Callable[[], pb.ReleaseArtifactChunkResponse]:
+        """Send `release` now; the returned call waits for its answer (errors as `release`'s)."""
         request = pb.ReleaseArtifactChunkRequest(
             mx_source_id=self.source_id, artifact_id=self.artifact_id, lease_id=lease_id
         )
-        self._call("ReleaseArtifactChunk", self._stub.ReleaseArtifactChunk, request)
+        return self._send("ReleaseArtifactChunk", self._stub.ReleaseArtifactChunk, request)
+
+    def _send(self, rpc: str, method: Any, request: Any) -> Callable[[], Any]:
+        future = method.future(request, timeout=self._call.timeout_s)
+        # The Caller turns the RpcError that `result()` raises into the typed error (no retries here).
+        return lambda: self._call(rpc, lambda _request, timeout: future.result(), request)

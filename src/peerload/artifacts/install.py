@@ -18,7 +18,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -30,21 +31,29 @@ from peerload._grpc import ChannelSecurity
 from peerload.artifacts import archive
 from peerload.artifacts.client import ArtifactClient
 from peerload.artifacts.kinds import kind_name
-from peerload.artifacts.manifest import check_served, crc32c_combine, crc32c_hex
+from peerload.artifacts.manifest import check_served, crc32c_combine, crc32c_extend
 from peerload.artifacts.source import BUNDLE_FILE
 from peerload.artifacts.stamp import STAMP_EXTRA_PREFIX, STAMP_FIELDS, describe, mismatches, stamp_of
 from peerload.client import CoordinatorClient, SourceStatus
-from peerload.errors import ArtifactRejected, CoordinatorError, PeerloadError, ServiceError, TransportError
+from peerload.errors import (
+    ArtifactRejected,
+    CoordinatorError,
+    PeerloadError,
+    ServiceError,
+    TransferTimeout,
+    TransportError,
+)
 from peerload.identity import SourceIdentity
 from peerload.settings import Settings
 from peerload.transport import make_transport, prefault
-from peerload.transport.base import EndpointInfo, ReadOp
+from peerload.transport.base import EndpointInfo, ReadOp, Transport
 from peerload.wire import WorkerRecord
 
 log = logging.getLogger(__name__)
 
 INSTALLED, SKIPPED, FAILED = "installed", "skipped", "failed"
-_BATCH = 4  # chunk leases held at once (one READ each, posted together)
+_BATCH = 4  # chunk leases held at once (requested together)
+_PIECE = 16 << 20  # bytes per READ: a piece is checksummed while the next one is read
 _MAX_CANDIDATES = 32  # records looked at per discovery
 
 
@@ -176,6 +185,8 @@ def _discover(
     refs = client.list_sources(model_name=identity.model_name, status=SourceStatus.READY)
     refs.sort(key=lambda r: (r.mx_source_id != wanted, r.source_load or 0.0))
     for ref in refs[:_MAX_CANDIDATES]:
+        if exact and ref.mx_source_id != wanted:
+            break  # the exact ones come first; near misses are only reported when there is none
         record = client.get_metadata(ref.mx_source_id, ref.worker_id)
         if record is None or record.artifact is None or not record.worker_grpc_endpoint:
             continue
@@ -193,7 +204,8 @@ def _transfer(
     record: WorkerRecord, settings: Settings, security: ChannelSecurity, limits: archive.ArchiveLimits
 ) -> tuple[memoryview, float]:
     """The artifact's one archive from `record`'s source, every chunk and the file checksummed;
-    (its bytes, seconds of the data movement from the first chunk lease to the last check)."""
+    (its bytes, seconds of the transfer phase: from holding the first batch of chunk leases to the
+    last check, the phase the weights path times after its handshake took its lease)."""
     assert record.artifact is not None
     name = record.artifact.artifact_id[:12]
     with ArtifactClient(
@@ -228,50 +240,105 @@ def _read_chunks(
     settings: Settings,
     name: str,
 ) -> tuple[memoryview, float]:
-    """READ every chunk into one registered buffer, `_BATCH` leases at a time; each chunk checked,
-    then the file (its CRC32C combined from the chunks', so the bytes are read once)."""
+    """READ every chunk into one registered buffer, `_BATCH` leases requested at once, piece by
+    piece; a thread computes each piece's CRC32C while the next piece is read. Every chunk is
+    checked, then the file (its CRC32C combined from the chunks', so the bytes are read once)."""
     buffer = torch.empty(max(file.size, 1), dtype=torch.uint8)
     prefault([buffer])  # a cold page costs more than its bytes on the wire (docs/transport.md)
     transport = make_transport(settings, "peerload-artifact-reader")
+    releases: list[Callable[[], object]] = []
     try:
         base = transport.register({"artifact": buffer})[0].addr
         view = buffer.numpy().data
-        whole = 0
-        started = time.perf_counter()
-        for start in range(0, len(chunks), _BATCH):
-            batch = chunks[start : start + _BATCH]
-            leases: list[pb.PrepareArtifactChunkResponse] = []
-            try:
-                for chunk in batch:
-                    leases.append(rpc.prepare(chunk.chunk_index))
-                ops = []
-                for lease, chunk in zip(leases, batch, strict=True):
-                    if lease.chunk != chunk or lease.source.length != chunk.length:
-                        raise ArtifactRejected(name, f"lease for chunk {chunk.chunk_index} describes another chunk")
-                    ops.append(
-                        ReadOp(lease.source.addr, base + chunk.file_offset, chunk.length, lease.source.device_id)
-                    )
-                peer = EndpointInfo(header.agent_name, nixl_metadata=leases[-1].source_metadata)
-                transport.read(peer, ops, timeout_s=settings.transfer_timeout_s, last=start + _BATCH >= len(chunks))
-            finally:
-                for lease in leases:
-                    try:
-                        rpc.release(lease.lease_id)
-                    except ServiceError as exc:  # it lapses on the source by itself
-                        log.debug("releasing chunk lease %s: %s", lease.lease_id, exc)
-            for chunk in batch:
-                got = crc32c_hex(view[chunk.file_offset : chunk.file_offset + chunk.length])
-                if got != chunk.checksum:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="peerload-artifact-crc") as hashing:
+            started = 0.0
+            deadline = time.monotonic() + settings.transfer_timeout_s
+            sums: list[list[Future[int]]] = []  # per chunk, its pieces' CRC32C
+            for start in range(0, len(chunks), _BATCH):
+                batch = chunks[start : start + _BATCH]
+                leases = _take_leases(rpc, batch, name)
+                started = started or time.perf_counter()
+                try:
+                    peer = EndpointInfo(header.agent_name, nixl_metadata=leases[0].source_metadata)
+                    for lease, chunk in zip(leases, batch, strict=True):
+                        final = chunk is chunks[-1]
+                        sums.append(_read_chunk(transport, peer, lease, chunk, base, view, hashing, deadline, final))
+                finally:
+                    releases.extend(rpc.release_async(lease.lease_id) for lease in leases)
+            whole = 0
+            for chunk, pieces in zip(chunks, sums, strict=True):
+                crc = 0
+                for offset, piece in zip(range(0, chunk.length, _PIECE), pieces, strict=True):
+                    crc = crc32c_combine(crc, piece.result(), min(_PIECE, chunk.length - offset))
+                if f"{crc:08x}" != chunk.checksum:
                     raise ArtifactRejected(
-                        name, f"chunk {chunk.chunk_index} crc32c {got}, manifest says {chunk.checksum}"
+                        name, f"chunk {chunk.chunk_index} crc32c {crc:08x}, manifest says {chunk.checksum}"
                     )
-                whole = crc32c_combine(whole, int(got, 16), chunk.length)
-        if f"{whole:08x}" != file.checksum:
-            raise ArtifactRejected(name, f"file {file.path} crc32c {whole:08x}, manifest says {file.checksum}")
-        seconds = time.perf_counter() - started
+                whole = crc32c_combine(whole, crc, chunk.length)
+            if f"{whole:08x}" != file.checksum:
+                raise ArtifactRejected(name, f"file {file.path} crc32c {whole:08x}, manifest says {file.checksum}")
+            seconds = time.perf_counter() - started
     finally:
+        for release in releases:
+            try:
+                release()
+            except ServiceError as exc:  # it lapses on the source by itself
+                log.debug("releasing a chunk lease: %s", exc)
         transport.close()
     return view[: file.size], seconds
+
+
+def _take_leases(
+    rpc: ArtifactClient, batch: Sequence[pb.ArtifactManifestChunk], name: str
+) -> list[pb.PrepareArtifactChunkResponse]:
+    """One lease per chunk of `batch`, all requested at once; if one is refused, the others are
+    given back and the refusal raised."""
+    answers = [rpc.prepare_async(chunk.chunk_index) for chunk in batch]
+    leases: list[pb.PrepareArtifactChunkResponse] = []
+    failure: PeerloadError | None = None
+    for answer, chunk in zip(answers, batch, strict=True):
+        try:
+            lease = answer()
+        except ServiceError as exc:
+            failure = failure or exc
+            continue
+        leases.append(lease)
+        if failure is None and (lease.chunk != chunk or lease.source.length != chunk.length):
+            failure = ArtifactRejected(name, f"lease for chunk {chunk.chunk_index} describes another chunk")
+    if failure is not None:
+        for lease in leases:
+            try:
+                rpc.release(lease.lease_id)
+            except ServiceError as exc:
+                log.debug("releasing chunk lease %s: %s", lease.lease_id, exc)
+        raise failure
+    return leases
+
+
+def _read_chunk(
+    transport: Transport,
+    peer: EndpointInfo,
+    lease: pb.PrepareArtifactChunkResponse,
+    chunk: pb.ArtifactManifestChunk,
+    base: int,
+    view: memoryview,
+    hashing: ThreadPoolExecutor,
+    deadline: float,
+    final: bool,
+) -> list[Future[int]]:
+    """READ one leased chunk in pieces of `_PIECE` bytes; each piece's CRC32C is computed on
+    `hashing` while the next one is read. `final`: this is the artifact's last chunk."""
+    pieces: list[Future[int]] = []
+    for offset in range(0, chunk.length, _PIECE):
+        size = min(_PIECE, chunk.length - offset)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TransferTimeout("the artifact's transfer timeout (transfer_timeout_s) passed", peer.agent_name)
+        local = chunk.file_offset + offset
+        op = ReadOp(lease.source.addr + offset, base + local, size, lease.source.device_id)
+        transport.read(peer, [op], timeout_s=left, last=final and offset + size >= chunk.length)
+        pieces.append(hashing.submit(crc32c_extend, 0, view[local : local + size]))
+    return pieces
 
 
 # -- install --------------------------------------------------------------------------------------

@@ -32,13 +32,23 @@ MAX_CHUNK_BYTES = 4 << 30
 
 def crc32c_hex(data: bytes | memoryview) -> str:
     """The wire form of a checksum: CRC32C as 8 lower-case hex digits."""
-    if isinstance(data, memoryview) and len(data):
-        native = _native_extend()
-        if native is not None:
-            array = np.frombuffer(data, dtype=np.uint8)
-            return f"{native(0, array.ctypes.data, array.nbytes):08x}"
-        data = bytes(data)  # google_crc32c's Python API takes bytes objects only: one copy
-    return f"{google_crc32c.value(data):08x}"
+    return f"{crc32c_extend(0, data):08x}"
+
+
+def crc32c_extend(crc: int, data: bytes | memoryview) -> int:
+    """CRC32C of the bytes that gave `crc` followed by `data` (`crc` 0 starts a new one).
+
+    Computed in place on the memory of a memoryview (no copy) through the C library
+    google_crc32c wraps; ctypes releases the GIL for the call, so other threads run meanwhile.
+    """
+    if not len(data):
+        return crc
+    native = _native_extend()
+    if native is not None:
+        array = np.frombuffer(data, dtype=np.uint8)
+        return native(crc, array.ctypes.data, array.nbytes)
+    # google_crc32c's Python API takes bytes objects only: one copy
+    return int(google_crc32c.extend(crc, bytes(data) if isinstance(data, memoryview) else data))
 
 
 @functools.cache
@@ -59,60 +69,56 @@ def _native_extend() -> Callable[[int, int, int], int] | None:
     return None
 
 
+# CRC arithmetic on reflected polynomials (bit 31 is x^0), as zlib 1.2.12's crc32_combine does it.
 _POLY = 0x82F63B78  # CRC-32C (Castagnoli), reflected
+_ONE = 1 << 31  # the polynomial 1
 
 
-def _gf2_times(matrix: list[int], vector: int) -> int:
-    out, i = 0, 0
-    while vector:
-        if vector & 1:
-            out ^= matrix[i]
-        vector >>= 1
-        i += 1
-    return out
+def _times(a: int, b: int) -> int:
+    """a * b modulo the CRC polynomial."""
+    product = 0
+    bit = _ONE
+    while a:
+        if a & bit:
+            product ^= b
+            a ^= bit
+        bit >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+    return product
 
 
-def _gf2_square(matrix: list[int]) -> list[int]:
-    return [_gf2_times(matrix, row) for row in matrix]
+def _x_powers() -> list[int]:
+    """x^(2^k) modulo the polynomial, for k = 0..31 (the cycle repeats after that)."""
+    powers = [_ONE >> 1]  # x^1
+    for _ in range(31):
+        powers.append(_times(powers[-1], powers[-1]))
+    return powers
+
+
+_X_POWERS = _x_powers()
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros_operator(length: int) -> int:
+    """x^(8 * length) modulo the polynomial: what appending `length` zero bytes multiplies by."""
+    operator, k = _ONE, 3  # 8 * length = length * 2^3
+    while length:
+        if length & 1:
+            operator = _times(_X_POWERS[k & 31], operator)
+        length >>= 1
+        k += 1
+    return operator
 
 
 def crc32c_combine(crc_a: int, crc_b: int, length_b: int) -> int:
     """CRC32C of A+B from CRC32C(A), CRC32C(B) and len(B) (zlib's crc32_combine, for CRC-32C).
 
-    A file's checksum from its chunks' without a second pass over the bytes.
+    A file's checksum from its chunks' without a second pass over the bytes: about 30 small
+    polynomial products, cached per length (a file's chunks share one length).
     """
     if length_b <= 0:
         return crc_a
-    odd = [_POLY] + [1 << i for i in range(31)]  # the operator for one zero bit
-    even = _gf2_square(odd)  # two zero bits
-    odd = _gf2_square(even)  # four zero bits
-    while True:  # apply length_b zero bytes to crc_a, one bit of length_b at a time
-        even = _gf2_square(odd)
-        if length_b & 1:
-            crc_a = _gf2_times(even, crc_a)
-        length_b >>= 1
-        if not length_b:
-            break
-        odd = _gf2_square(even)
-        if length_b & 1:
-            crc_a = _gf2_times(odd, crc_a)
-        length_b >>= 1
-        if not length_b:
-            break
-    return crc_a ^ crc_b
-
-
-class RunningCrc:
-    """CRC32C over bytes fed in order (a whole file's checksum from its chunks)."""
-
-    def __init__(self) -> None:
-        self._crc = google_crc32c.Checksum()
-
-    def update(self, data: bytes | memoryview) -> None:
-        self._crc.update(bytes(data) if isinstance(data, memoryview) else data)
-
-    def hex(self) -> str:
-        return self._crc.hexdigest().decode("ascii")
+    return _times(_zeros_operator(length_b), crc_a) ^ crc_b
 
 
 def build_manifest(
@@ -126,19 +132,22 @@ def build_manifest(
     )
     for file_index, (path, contents) in enumerate(sorted(files, key=lambda f: f[0])):
         data = memoryview(contents)
+        whole = 0
         for offset in range(0, len(data), chunk_bytes):
             piece = data[offset : offset + chunk_bytes]
+            crc = crc32c_extend(0, piece)
+            whole = crc32c_combine(whole, crc, len(piece))
             manifest.chunks.append(
                 pb.ArtifactManifestChunk(
                     chunk_index=len(manifest.chunks),
                     file_index=file_index,
                     file_offset=offset,
                     length=len(piece),
-                    checksum=crc32c_hex(piece),
+                    checksum=f"{crc:08x}",
                 )
             )
         manifest.files.append(
-            pb.ArtifactManifestFile(file_index=file_index, path=path, size=len(data), checksum=crc32c_hex(data))
+            pb.ArtifactManifestFile(file_index=file_index, path=path, size=len(data), checksum=f"{whole:08x}")
         )
     return manifest
 

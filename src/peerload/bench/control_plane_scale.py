@@ -90,14 +90,22 @@ def _generator(
     start_at: float,
     conn: Any,
 ) -> None:
-    """One load-generator process: its workers' beats and its share of the lists, on schedule."""
-    from peerload.client import CoordinatorClient, SourceStatus
+    """One load-generator process: its workers' beats and its share of the lists, on schedule.
 
-    clients = [
-        CoordinatorClient(addresses[c % len(addresses)], timeout_s=30, retries=0) for c in range(config.channels)
-    ]
-    for c in clients:
-        c.health_check()  # connected before the clock starts
+    It calls the P2pService stubs with messages built before the clock starts, not through
+    CoordinatorClient (which converts every listed worker): the generators share the machine's
+    CPUs with the coordinators, and what they spend per call is not the coordinators' latency.
+    """
+    import grpc
+
+    from peerload._gen.model_express import p2p_pb2 as pb
+    from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
+    from peerload.wire import SourceStatus, identity_to_proto, status_to_proto
+
+    channels = [grpc.insecure_channel(addresses[c % len(addresses)]) for c in range(config.channels)]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=60)  # connected before the clock starts
+    stubs = [pb_grpc.P2pServiceStub(channel) for channel in channels]
     expected = config.workers // config.models
     rng = random.Random(index)
     events: list[tuple[float, int, int]] = []  # (due, kind 0 = beat / 1 = list, worker or model)
@@ -110,22 +118,27 @@ def _generator(
     lists = int(config.duration_s * share)
     events += [((j + rng.random()) / share, 1, rng.randrange(config.models)) for j in range(lists)]
     heapq.heapify(events)
-    by_worker = {w: (sid, wid) for w, sid, wid in workers}
+    ready = status_to_proto(SourceStatus.READY)
+    beats = {
+        w: pb.UpdateStatusRequest(mx_source_id=sid, worker_id=wid, worker_rank=0, status=ready, source_load=0.0)
+        for w, sid, wid in workers
+    }
+    listings = [
+        pb.ListSourcesRequest(identity=identity_to_proto(_identity(m)), status_filter=ready)
+        for m in range(config.models)
+    ]
     results: list[tuple[int, float, float, bool, bool]] = []  # kind, latency from due, service, ok, complete
     lock = threading.Lock()
-    ids = [_identity(m) for m in range(config.models)]
 
-    def call(kind: int, arg: int, due_abs: float, client: CoordinatorClient) -> None:
+    def call(kind: int, arg: int, due_abs: float, stub: Any) -> None:
         started = time.time()
         ok, complete = True, True
         try:
             if kind == 0:
-                sid, wid = by_worker[arg]
-                ok = client.update_status(sid, wid, 0, SourceStatus.READY, 0.0)
+                ok = stub.UpdateStatus(beats[arg], timeout=30).success
             else:
-                refs = client.list_sources(ids[arg], status=SourceStatus.READY)
-                complete = len(refs) >= expected
-        except Exception:  # counted: the benchmark reports errors, it does not stop on them
+                complete = len(stub.ListSources(listings[arg], timeout=30).instances) >= expected
+        except grpc.RpcError:  # counted: the benchmark reports errors, it does not stop on them
             ok = False
         done = time.time()
         with lock:
@@ -137,10 +150,10 @@ def _generator(
             due, kind, arg = heapq.heappop(events)
             due_abs = start_at + due
             time.sleep(max(0.0, due_abs - time.time()))
-            pool.submit(call, kind, arg, due_abs, clients[n % len(clients)])
+            pool.submit(call, kind, arg, due_abs, stubs[n % len(stubs)])
             n += 1
-    for c in clients:
-        c.close()
+    for channel in channels:
+        channel.close()
     conn.send(results)
 
 

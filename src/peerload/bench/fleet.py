@@ -1,4 +1,4 @@
-"""`peerload bench --fleet`: striping, resume and storage-over-the-NIC on emulated hosts.
+"""`peerload bench fleet`: striping, resume and storage-over-the-NIC on emulated hosts.
 
 Hosts: 0 runs the coordinator and a plain HTTP file server (the storage host), 1..4 run seeds,
 5 runs the targets, one at a time, each a fresh `peerload load` process. Seed hosts and the
@@ -44,7 +44,7 @@ GOALS = {
 
 @dataclass
 class FleetBenchConfig:
-    """What one `peerload bench --fleet` run measures."""
+    """What one `peerload bench fleet` run measures."""
 
     size_gib: float = 1.0
     tensors: int = 200

@@ -40,7 +40,8 @@ def table(results: dict[str, Any]) -> Table:
     cfg = results["config"]
     t = Table(
         title=f"peerload bench: {cfg['bytes'] / 2**30:.2f} GiB bf16 in {cfg['tensors']} tensors, "
-        f"{cfg['repeats']} fresh processes each"
+        f"{cfg['repeats']} fresh processes each",
+        caption=outliers_note(results) or None,
     )
     for col in ("case", "median s", "min s", "max s", "GB/s", "x limit"):
         t.add_column(col, justify="left" if col == "case" else "right")
@@ -59,6 +60,17 @@ def table(results: dict[str, Any]) -> Table:
             "" if part or not limit else f"{limit / c['median']:.2f}",
         )
     return t
+
+
+def outliers_note(results: dict[str, Any]) -> str:
+    """One line per outlier run of a case (limit, limit + prefault): what it took and what became of it."""
+    lines = []
+    for name, c in results["cases"].items():
+        for o in c.get("outliers", []):
+            again = ", ".join(f"{x:.3f}" for x in o["remeasured"]) or "not re-run"
+            lines.append(f"{label(name)}, round {o['round']}: {o['seconds']:.3f} s against {o['others_median']:.3f} s "
+                         f"in the other rounds; re-measured {again}: {o['action']}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def goals_table(results: dict[str, Any]) -> Table:

@@ -1,4 +1,4 @@
-"""One vLLM replica for `peerload bench --replica`, run by the vLLM environment's python.
+"""One vLLM replica for `peerload bench replica`, run by the vLLM environment's python.
 
 Usage: python -m peerload.bench.vllm_replica '<json>' with keys model, prompts (token id lists),
 load_format, extra_config, served_model_name, ready_file, hold. Offline `LLM(...)` (torch.compile

@@ -6,6 +6,7 @@ the command one validated `ModelOptions` instead of a dozen parameters.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import signal
@@ -19,13 +20,14 @@ import typer
 
 from peerload.coordinator.registry import MAX_ID_CHARS
 from peerload.devices import parse_device
-from peerload.errors import ConfigError
+from peerload.errors import ConfigError, WorkerSuperseded
 from peerload.identity import SourceIdentity
 from peerload.settings import Settings
 from peerload.telemetry import MetricsServer
 
 if TYPE_CHECKING:
     from peerload.adapters.hf_config import Checkpoint
+    from peerload.seed.publisher import Publisher
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class ModelOptions:
         )
 
 
+# What --coordinator is when not given (every command that talks to a coordinator shows it).
+COORDINATOR_DEFAULT = "PEERLOAD_COORDINATOR, else MODEL_EXPRESS_URL, else MX_SERVER_ADDRESS, else 127.0.0.1:8001"
+
 # name -> (annotation, default); the order is the order of --help.
 _SHARED: dict[str, tuple[Any, Any]] = {
     "path": (
@@ -79,12 +84,26 @@ _SHARED: dict[str, tuple[Any, Any]] = {
     ),
     "coordinator": (
         Annotated[
-            Optional[str], typer.Option("--coordinator", help="Coordinator HOST:PORT; replicas comma-separated.")
+            Optional[str],
+            typer.Option(
+                "--coordinator",
+                help="Coordinator HOST:PORT; replicas comma-separated.",
+                show_default=COORDINATOR_DEFAULT,
+            ),
         ],
         None,
     ),
-    "transport": (Annotated[Optional[str], typer.Option("--transport", help="nixl or transfer_engine.")], None),
-    "revision": (Annotated[str, typer.Option("--revision", help="Model revision (part of the identity).")], ""),
+    "transport": (
+        Annotated[
+            Optional[str],
+            typer.Option("--transport", help="nixl or transfer_engine.", show_default="PEERLOAD_TRANSPORT, else nixl"),
+        ],
+        None,
+    ),
+    "revision": (
+        Annotated[str, typer.Option("--revision", help="Model revision (part of the identity).", show_default="none")],
+        "",
+    ),
     "tp_size": (Annotated[int, typer.Option("--tp-size", min=1, help="Tensor-parallel size.")], 1),
     "tp_rank": (Annotated[int, typer.Option("--tp-rank", min=0, help="This process' tensor-parallel rank.")], 0),
     "pp_size": (Annotated[int, typer.Option("--pp-size", min=1, help="Pipeline-parallel size.")], 1),
@@ -96,17 +115,25 @@ _SHARED: dict[str, tuple[Any, Any]] = {
             typer.Option(
                 "--dtype",
                 help="dtype the model is built in and published as (part of the identity; give seed and load the "
-                "same). Default: config.json's torch_dtype, else float32; a bare .safetensors file: as stored.",
+                "same); a bare .safetensors file keeps its stored dtypes.",
+                show_default="config.json's torch_dtype, else float32",
             ),
         ],
         None,
     ),
     "quantize": (
-        Annotated[Optional[str], typer.Option("--quantize", help="Post-processing: int8 (weight-only).")],
+        Annotated[
+            Optional[str], typer.Option("--quantize", help="Post-processing: int8 (weight-only).", show_default="none")
+        ],
         None,
     ),
     "worker_id": (
-        Annotated[Optional[str], typer.Option("--worker-id", help="Stable worker id (default: generated).")],
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--worker-id", help="Stable worker id, unique in the fleet.", show_default="generated, unique"
+            ),
+        ],
         None,
     ),
     "advertise_host": (
@@ -114,8 +141,8 @@ _SHARED: dict[str, tuple[Any, Any]] = {
             Optional[str],
             typer.Option(
                 "--advertise-host",
-                help="Address peers on other hosts reach this process at (default: the local address "
-                "of the route to the coordinator; PEERLOAD_ADVERTISE_HOST).",
+                help="Address peers on other hosts reach this process at.",
+                show_default="PEERLOAD_ADVERTISE_HOST, else the local address of the route to the coordinator",
             ),
         ],
         None,
@@ -125,8 +152,8 @@ _SHARED: dict[str, tuple[Any, Any]] = {
             Optional[str],
             typer.Option(
                 "--model-class",
-                help="transformers class to build, e.g. BertModel or AutoModelForMaskedLM "
-                "(default: the class config.json names).",
+                help="transformers class to build, e.g. BertModel or AutoModelForMaskedLM.",
+                show_default="the class config.json names",
             ),
         ],
         None,
@@ -196,8 +223,10 @@ def _optional(name: str) -> tuple[Any, Any]:
     annotation, default = _SHARED[name]
     if default is not inspect.Parameter.empty:
         return annotation, default
-    base, *metadata = get_args(annotation)
-    params = (Optional[base], *metadata)  # Annotated[params] is Annotated[base, *metadata] (py3.10 syntax)
+    base, info, *metadata = get_args(annotation)
+    info = copy.copy(info)
+    info.show_default = "none"  # e.g. --model-name, which only some uses of the command need
+    params = (Optional[base], info, *metadata)  # Annotated[params] is Annotated[base, *metadata] (py3.10 syntax)
     return Annotated[params], None
 
 
@@ -324,9 +353,14 @@ def start_metrics(host: str, port: int | None) -> MetricsServer | None:
     return server
 
 
-def wait_for_signal() -> signal.Signals:
-    """Block until SIGINT or SIGTERM; which one came (the caller stops cleanly either way)."""
-    stop = threading.Event()
+def wait_for_signal(publisher: Publisher | None = None) -> signal.Signals:
+    """Block until SIGINT or SIGTERM; which one came (the caller stops cleanly either way).
+
+    Raises:
+        WorkerSuperseded: another process published `publisher`'s worker id meanwhile (newest
+            wins), so this one serves nobody new; the caller stops as for SIGTERM.
+    """
+    stop = publisher.superseded_event if publisher is not None else threading.Event()
     received: list[signal.Signals] = []
 
     def on_signal(signum: int, frame: object) -> None:
@@ -337,4 +371,7 @@ def wait_for_signal() -> signal.Signals:
         signal.signal(sig, on_signal)
     while not stop.wait(1.0):
         pass
+    if not received:
+        assert publisher is not None
+        raise WorkerSuperseded(publisher.superseded)
     return received[0]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from peerload._process import write_ready_file
+from peerload.cli._model_options import COORDINATOR_DEFAULT
 
 if TYPE_CHECKING:
     from peerload.identity import SourceIdentity
@@ -20,11 +21,15 @@ app = typer.Typer(
 
 _KIND = typer.Option("--kind", help="torch_compile_cache, triton_cache, deep_gemm_cache, ... (the MxSourceType).")
 _NAME = typer.Option("--model-name", help="Model name of the artifact's identity.")
-_COORD = typer.Option("--coordinator", help="Coordinator HOST:PORT.")
-_REVISION = typer.Option("--revision", help="Model revision (part of the identity).")
-_FRAMEWORK = typer.Option("--framework-version", help="Engine version stamp, e.g. vllm 0.32.0.")
-_DIGEST = typer.Option("--compile-config-digest", help="Digest of the compile configuration (stamp).")
-_DTYPE = typer.Option("--dtype", help="The model's dtype, as its weights' identity says (e.g. float32).")
+_COORD = typer.Option("--coordinator", help="Coordinator HOST:PORT.", show_default=COORDINATOR_DEFAULT)
+_REVISION = typer.Option("--revision", help="Model revision (part of the identity).", show_default="none")
+_FRAMEWORK = typer.Option("--framework-version", help="Engine version stamp, e.g. vllm 0.32.0.", show_default="none")
+_DIGEST = typer.Option(
+    "--compile-config-digest", help="Digest of the compile configuration (stamp).", show_default="none"
+)
+_DTYPE = typer.Option(
+    "--dtype", help="The model's dtype, as its weights' identity says (e.g. float32).", show_default="none"
+)
 
 
 def parse_artifact_option(value: str) -> tuple[str, Path]:
@@ -65,7 +70,10 @@ def publish(
     framework_version: Annotated[str, _FRAMEWORK] = "",
     compile_config_digest: Annotated[str, _DIGEST] = "",
     ready_file: Annotated[
-        Optional[Path], typer.Option("--ready-file", help="Write {worker_id, source_id, artifact_id} here once READY.")
+        Optional[Path],
+        typer.Option(
+            "--ready-file", help="Write {worker_id, source_id, artifact_id} here once READY.", show_default="none"
+        ),
     ] = None,
 ) -> None:
     """Publish DIRECTORY as an artifact source and heartbeat READY until SIGINT/SIGTERM."""
@@ -109,7 +117,9 @@ def fetch(
     dtype: Annotated[str, _DTYPE] = "",
     framework_version: Annotated[str, _FRAMEWORK] = "",
     compile_config_digest: Annotated[str, _DIGEST] = "",
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write the outcome as JSON here.")] = None,
+    report: Annotated[
+        Optional[Path], typer.Option("--report", help="Write the outcome as JSON here.", show_default="no report")
+    ] = None,
 ) -> None:
     """Install a READY peer's artifact into DESTINATION; exit 1 if it failed (skipped is not a failure)."""
     from peerload.artifacts import FAILED, fetch_artifact, kind_value

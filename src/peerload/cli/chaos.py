@@ -16,17 +16,20 @@ from peerload.errors import ConfigError
 def chaos(
     quick: Annotated[bool, typer.Option("--quick", help="A few trials of each fault (what `make test` runs).")] = False,
     only: Annotated[
-        Optional[list[str]], typer.Option("--only", help="Run only this fault (repeatable); see --list.")
+        Optional[list[str]],
+        typer.Option("--only", help="Run only this fault (repeatable); see --list.", show_default="every fault"),
     ] = None,
     list_faults: Annotated[bool, typer.Option("--list", help="List the faults and exit.")] = False,
     out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path("chaos.json"),
     markdown: Annotated[
-        Optional[Path], typer.Option(help="Write the table here (between its markers if the file has them).")
+        Optional[Path],
+        typer.Option(help="Write the table here (between its markers if the file has them).", show_default="none"),
     ] = None,
     max_seconds_per_fault: Annotated[float, typer.Option(help="Stop a fault's trials after this.", min=1)] = 900.0,
     seed: Annotated[int, typer.Option(help="Random seed of fault points and fuzzed messages.")] = 0,
     workdir: Annotated[
-        Optional[Path], typer.Option(help="Keep logs and the checkpoint here (default: a temporary directory).")
+        Optional[Path],
+        typer.Option(help="Keep logs and the checkpoint here.", show_default="a temporary directory, removed"),
     ] = None,
 ) -> None:
     """Inject each fault a fixed number of times into real processes; exit 1 if any model came out

@@ -29,13 +29,21 @@ log = logging.getLogger(__name__)
 @model_command
 def load(
     model: ModelOptions,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write a JSON report here.")] = None,
+    report: Annotated[
+        Optional[Path], typer.Option("--report", help="Write a JSON report here.", show_default="no report")
+    ] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Verify content checksums.")] = True,
     fallback: Annotated[
         bool, typer.Option("--fallback/--no-fallback", help="Load from PATH when no peer works.")
     ] = True,
     max_sources: Annotated[
-        Optional[int], typer.Option("--max-sources", min=1, help="Peers to try before storage.")
+        Optional[int],
+        typer.Option(
+            "--max-sources",
+            min=1,
+            help="Peers to try before storage.",
+            show_default="PEERLOAD_MAX_SOURCE_ATTEMPTS, else 3",
+        ),
     ] = None,
     serve: Annotated[
         bool,
@@ -52,13 +60,18 @@ def load(
             "--wait",
             min=0,
             help="Wait up to SECONDS for a matching source to become READY (a target started before its seed) "
-            "before storage; 0 = no wait [default: PEERLOAD_WAIT_FOR_SOURCE_S or 0].",
+            "before storage; 0 = no wait.",
+            show_default="PEERLOAD_WAIT_FOR_SOURCE_S, else 0",
         ),
     ] = None,
     metrics_port: Annotated[
         Optional[int],
         typer.Option(
-            "--metrics-port", min=0, max=65535, help="Serve this process's Prometheus /metrics here (0: a free port)."
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve this process's Prometheus /metrics here (0: a free port).",
+            show_default="off",
         ),
     ] = None,
 ) -> None:
@@ -87,6 +100,7 @@ def load(
             publish=serve,
             progress=hook,
             worker_id=model.worker_id,
+            layout=hf.tensor_layout(model.checkpoint, **model.hf_options()),
         )
     stopped_by = None
     try:
@@ -96,8 +110,9 @@ def load(
                 json.dumps(build_report(result, settings.transport, model.identity.source_id()), indent=2)
             )
         if serve and result.publisher is not None:
-            console.print(f"serving as source {result.publisher.worker_id}; SIGTERM or Ctrl-C to stop")
-            stopped_by = wait_for_signal()
+            later = "" if result.publisher.published else " (published once the coordinator answers)"
+            console.print(f"serving as source {result.publisher.worker_id}{later}; SIGTERM or Ctrl-C to stop")
+            stopped_by = wait_for_signal(result.publisher)
     finally:
         result.close()
         if metrics is not None:
@@ -139,6 +154,8 @@ def build_report(result: "LoadResult", transport: str, source_id: str) -> dict:
         "sources": [s.as_dict() for s in result.sources],
         "restarted_bytes": result.restarted_bytes,
         "storage_bytes": result.storage_bytes,
+        # the other tensor-parallel layout the peers' bytes were resharded from ("" for none)
+        "resharded_from": result.resharded_from,
         "published": result.publisher is not None,
         "sha256": {name: sha256_of(t) for name, t in sorted(result.tensor_set.tensors.items())},
     }

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from peerload.cli import _interrupt, artifact, bench, chaos, demo, load, seed, serve, simulate, sources
 from peerload.cli._errors import hint_for
+from peerload.cli.bench import _legacy
 from peerload.errors import ConfigError, PeerloadError
 from peerload.settings import debug_enabled
 
@@ -27,10 +28,10 @@ app.command()(sources.sources)
 app.command()(demo.demo)
 app.command()(seed.seed)
 app.command()(load.load)
-app.command()(bench.bench)
 app.command()(chaos.chaos)
 app.command()(simulate.simulate)
 app.add_typer(artifact.app, name="artifact")
+app.add_typer(bench.app, name="bench")
 
 
 EXIT_ERROR = 1  # a runtime failure: unreachable service, refused request, failed load
@@ -46,8 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     err = Console(stderr=True, highlight=False)
     _interrupt.install()
+    args, notice = _legacy.rewrite(sys.argv[1:] if argv is None else argv)
+    if notice:
+        err.print(f"[yellow]warning:[/] {notice}", markup=True, soft_wrap=True)
     try:
-        app(args=argv, prog_name="peerload")
+        app(args=args, prog_name="peerload")
     except (_interrupt.Interrupted, KeyboardInterrupt) as exc:
         detail = str(exc) if isinstance(exc, _interrupt.Interrupted) else ""
         err.print(f"interrupted: {detail}" if detail else "interrupted", soft_wrap=True)

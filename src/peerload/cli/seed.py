@@ -21,12 +21,19 @@ log = logging.getLogger(__name__)
 def seed(
     model: ModelOptions,
     ready_file: Annotated[
-        Optional[Path], typer.Option("--ready-file", help="Write {worker_id, source_id, rank} as JSON here once READY.")
+        Optional[Path],
+        typer.Option(
+            "--ready-file", help="Write {worker_id, source_id, rank} as JSON here once READY.", show_default="none"
+        ),
     ] = None,
     metrics_port: Annotated[
         Optional[int],
         typer.Option(
-            "--metrics-port", min=0, max=65535, help="Serve this process's Prometheus /metrics here (0: a free port)."
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve this process's Prometheus /metrics here (0: a free port).",
+            show_default="off",
         ),
     ] = None,
     artifact: Annotated[
@@ -34,6 +41,7 @@ def seed(
         typer.Option(
             "--artifact",
             help="KIND=DIR: also publish the cache directory DIR as an artifact source of this model (repeatable).",
+            show_default="none",
         ),
     ] = None,
 ) -> None:
@@ -54,7 +62,14 @@ def seed(
     tensors, _model = hf.seed_tensors(model.checkpoint, **model.hf_options())
     with contextlib.ExitStack() as stack:
         pub = stack.enter_context(
-            publish(tensors, model.identity, rank=model.rank, settings=settings, worker_id=model.worker_id)
+            publish(
+                tensors,
+                model.identity,
+                rank=model.rank,
+                settings=settings,
+                worker_id=model.worker_id,
+                layout=hf.tensor_layout(model.checkpoint, **model.hf_options()),
+            )
         )
         sources = [
             stack.enter_context(ArtifactSource(path, artifact_identity(model.identity, kind), settings=settings))
@@ -92,7 +107,7 @@ def seed(
                     ],
                 },
             )
-        stopped_by = wait_for_signal()
+        stopped_by = wait_for_signal(pub)
         typer.echo("stopping: marking the source STALE", err=True)
     if metrics is not None:
         metrics.close()

@@ -16,32 +16,56 @@ logger = logging.getLogger(__name__)
 
 
 def serve(
-    host: Optional[str] = typer.Option(None, help="Address to listen on [default: 127.0.0.1, or PEERLOAD_HOST]."),
-    port: Optional[int] = typer.Option(
-        None, min=0, max=65535, help="Port; 0 picks a free one, printed at start [default: 8001, or PEERLOAD_PORT]."
+    host: Optional[str] = typer.Option(
+        None, help="Address to listen on.", show_default="PEERLOAD_HOST, else 127.0.0.1"
     ),
-    store: Optional[str] = typer.Option(None, help="Registry store: memory or redis [default: memory]."),
-    redis_url: Optional[str] = typer.Option(None, help="Redis URL for --store redis."),
+    port: Optional[int] = typer.Option(
+        None,
+        min=0,
+        max=65535,
+        help="Port; 0 picks a free one, printed at start.",
+        show_default="PEERLOAD_PORT, else 8001",
+    ),
+    store: Optional[str] = typer.Option(
+        None, help="Registry store: memory or redis.", show_default="PEERLOAD_STORE, else memory"
+    ),
+    redis_url: Optional[str] = typer.Option(
+        None, help="Redis URL for --store redis.", show_default="PEERLOAD_REDIS_URL, else redis://127.0.0.1:6379/0"
+    ),
     heartbeat_timeout: Optional[float] = typer.Option(
-        None, help="Seconds without heartbeat before a READY worker is STALE [default: 10]."
+        None,
+        help="Seconds without heartbeat before a READY worker is STALE.",
+        show_default="PEERLOAD_HEARTBEAT_TIMEOUT_S, else 10",
     ),
     gc_timeout: Optional[float] = typer.Option(
-        None, help="Seconds without heartbeat before a STALE worker is deleted [default: 60]."
+        None,
+        help="Seconds without heartbeat before a STALE worker is deleted.",
+        show_default="PEERLOAD_GC_TIMEOUT_S, else 60",
     ),
     metrics_port: Optional[int] = typer.Option(
         None,
         min=0,
         max=65535,
-        help="Serve Prometheus /metrics and the status page (/, /status.json) on this port (0 picks a free one) "
-        "[default: off].",
+        help="Serve Prometheus /metrics and the status page (/, /status.json) on this port (0 picks a free one).",
+        show_default="off",
     ),
-    tls_cert: Optional[str] = typer.Option(None, help="Serve TLS with this certificate (PEM); needs --tls-key."),
-    tls_key: Optional[str] = typer.Option(None, help="Private key (PEM) of --tls-cert."),
+    tls_cert: Optional[str] = typer.Option(
+        None,
+        help="Serve TLS with this certificate (PEM); needs --tls-key.",
+        show_default="PEERLOAD_TLS_CERT, else plaintext",
+    ),
+    tls_key: Optional[str] = typer.Option(
+        None, help="Private key (PEM) of --tls-cert.", show_default="PEERLOAD_TLS_KEY"
+    ),
     auth_token_file: Optional[str] = typer.Option(
-        None, help="Require a bearer token from this file (one per line, re-read on change) on every RPC."
+        None,
+        help="Require a bearer token from this file (one per line, re-read on change) on every RPC.",
+        show_default="PEERLOAD_ACCEPT_TOKENS_FILE, else no token",
     ),
     auth_write_token_file: Optional[str] = typer.Option(
-        None, help="Publishing and status updates need a token from this file (others only read)."
+        None,
+        help="Publishing and status updates need a token from this file (others only read).",
+        show_default="PEERLOAD_ACCEPT_WRITE_TOKENS_FILE, else any accepted token",
     ),
 ) -> None:
     """Run the coordinator (ModelExpress-compatible P2P metadata service)."""

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from peerload._grpc import PLAINTEXT, ChannelSecurity
-from peerload.cli._model_options import identity_command, identity_options
+from peerload.cli._model_options import COORDINATOR_DEFAULT, identity_command, identity_options
 from peerload.client import CoordinatorClient, SourceStatus, WorkerRecord
 from peerload.errors import ConfigError, SeedServiceError
 from peerload.identity import BackendFramework
@@ -99,13 +99,13 @@ def sources(
     identity_values: dict[str, Any],
     coordinator: Optional[str] = typer.Option(
         None,
-        help=(
-            "Coordinator HOST:PORT, replicas comma-separated "
-            "[default: PEERLOAD_COORDINATOR, MX_SERVER_ADDRESS or 127.0.0.1:8001]."
-        ),
+        help="Coordinator HOST:PORT, replicas comma-separated.",
+        show_default=COORDINATOR_DEFAULT,
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    model: Annotated[Optional[str], typer.Option("--model", help="Only the sources of this model name.")] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Only the sources of this model name.", show_default="every model")
+    ] = None,
     explain: Annotated[
         bool,
         typer.Option(

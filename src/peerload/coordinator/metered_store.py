@@ -60,6 +60,14 @@ class MeteredStore(Store):
     def entries(self, mx_source_id: str | None = None, *, payload: bool = True) -> list[WorkerEntry]:
         return self._call("entries", lambda: self.inner.entries(mx_source_id, payload=payload))
 
+    def listed(self, mx_source_id: str) -> list[WorkerEntry]:
+        return self._call("listed", lambda: self.inner.listed(mx_source_id))
+
+    def reap_candidates(self, now_ms: int, heartbeat_timeout_ms: int, gc_timeout_ms: int) -> list[WorkerEntry]:
+        return self._call(
+            "reap_candidates", lambda: self.inner.reap_candidates(now_ms, heartbeat_timeout_ms, gc_timeout_ms)
+        )
+
     def count(self, mx_source_id: str) -> int:
         return self._call("count", lambda: self.inner.count(mx_source_id))
 

@@ -1,6 +1,12 @@
 """The registry's rules, over the wire messages but without gRPC.
 
 - Publish validates, then stores the worker INITIALIZING (replacing one with the same id).
+- One worker id, two live processes: the newest publish wins. Each peerload publisher sends a
+  random instance id (header `peerload-instance`) with its publishes and heartbeats; a publish
+  that replaces a live record of another instance is logged as a WARNING here and told to the
+  publisher; the replaced process' next heartbeat is refused (ALREADY_EXISTS), so it learns it is
+  no longer listed instead of keeping the other's record alive. A restarted process simply takes
+  its record back. Clients that send no instance (the official one) keep the old behaviour.
 - UpdateStatus is the heartbeat and the only way to READY.
 - A READY worker silent for longer than the heartbeat timeout reads as STALE at once; the
   reaper writes STALE, and deletes non-READY workers silent for longer than the GC timeout.
@@ -18,9 +24,9 @@ from google.protobuf.message import DecodeError
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload.coordinator.store import Beat, Heartbeat, Store, WorkerEntry
-from peerload.errors import InvalidRequest, LimitExceeded
+from peerload.errors import InvalidRequest, LimitExceeded, WorkerSuperseded
 from peerload.identity import OPTIONAL_HASHED_FIELDS, compute_source_id
-from peerload.wire import SourceStatus, status_to_proto
+from peerload.wire import PEERLOAD_MANIFEST_KEY, REPLACED_PREFIX, SourceStatus, status_to_proto
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +38,19 @@ READY = SourceStatus.READY
 STALE = SourceStatus.STALE
 INITIALIZING = SourceStatus.INITIALIZING
 _SETTABLE_STATUSES = (INITIALIZING, READY, STALE)
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What one publish did: the source id, and which live record of another process it replaced ("" if none)."""
+
+    source_id: str
+    replaced: str = ""
+
+    @property
+    def message(self) -> str:
+        """PublishMetadataResponse.message: "published", or the replacement (wire.REPLACED_PREFIX)."""
+        return f"{REPLACED_PREFIX}{self.replaced}" if self.replaced else "published"
 
 
 @dataclass(frozen=True)
@@ -85,8 +104,12 @@ class Registry:
         return entry.status
 
     # -- RPCs ---------------------------------------------------------------------------------
-    def publish(self, request: pb.PublishMetadataRequest) -> str:
+    def publish(self, request: pb.PublishMetadataRequest, instance: str = "") -> str:
         """Store the worker INITIALIZING; returns its mx_source_id."""
+        return self.publish_as(request, instance).source_id
+
+    def publish_as(self, request: pb.PublishMetadataRequest, instance: str = "") -> Publication:
+        """Store the worker INITIALIZING for the process `instance` ("" = unknown); newest wins."""
         if not request.HasField("identity"):
             raise InvalidRequest("identity", "is required")
         _check_identity(request.identity, "identity")
@@ -96,24 +119,31 @@ class Registry:
         _check_enum(pb.SourceStatus, request.worker.status, "worker.status")
         self._check_descriptors(request.worker)
         sid = source_id_of(request.identity)
-        self._check_room(sid, worker_id)
+        previous = self.store.get(sid, worker_id)
+        self._check_room(sid, worker_id, previous)
+        replaced = self._replaced(previous, instance)
         stored = pb.PublishMetadataRequest()
         stored.CopyFrom(request)
         stored.worker.status = status_to_proto(INITIALIZING)
         now = self.now_ms()
         stored.worker.updated_at = now
+        model_name = request.identity.model_name.lower()
         self.store.put(
             WorkerEntry(
                 mx_source_id=sid,
                 worker_id=worker_id,
                 worker_rank=request.worker.worker_rank,
-                model_name=request.identity.model_name.lower(),
+                model_name=model_name,
                 status=INITIALIZING,
                 updated_at_ms=now,
                 source_load=None,
                 payload=stored.SerializeToString(),
+                listing=_static_ref(stored, sid, worker_id, model_name).SerializeToString(),
+                instance=instance,
             )
         )
+        if replaced:
+            logger.warning("worker id %r of %s published by a second process: %s", worker_id, sid, replaced)
         logger.info(
             "published worker %s rank %d of %s (%s)",
             worker_id,
@@ -121,7 +151,23 @@ class Registry:
             request.identity.model_name,
             sid,
         )
-        return sid
+        return Publication(sid, replaced)
+
+    def _replaced(self, previous: WorkerEntry | None, instance: str) -> str:
+        """Whose live record a publish by `instance` replaces ("" for none, the same process, or two unknowns)."""
+        if previous is None or previous.instance == instance:
+            return ""
+        now = self.now_ms()
+        status = self.effective_status(previous, now)
+        age_ms = now - previous.updated_at_ms
+        if status == STALE or age_ms > self.heartbeat_timeout_ms:
+            return ""  # nobody beats for it any more: a restart taking its id back
+        return (
+            f"the live record of worker {previous.worker_id!r} ({SourceStatus(status).name}, last heartbeat "
+            f"{age_ms / 1000:.1f}s ago, at {_endpoint_of(previous)}) was another process'; this publish replaced it "
+            "(newest wins) and that process is refused at its next heartbeat. If it was this worker before a "
+            "restart, nothing is wrong; otherwise give every process its own worker id"
+        )
 
     def _check_descriptors(self, worker: pb.WorkerMetadata) -> None:
         limit = self.max_tensors_per_worker
@@ -134,9 +180,9 @@ class Registry:
                     field, f"has {len(tensors)} descriptors; the limit is {limit} (setting max_tensors_per_worker)"
                 )
 
-    def _check_room(self, sid: str, worker_id: str) -> None:
+    def _check_room(self, sid: str, worker_id: str, previous: WorkerEntry | None) -> None:
         """A new worker must fit under max_workers_per_source (re-publishing one always does)."""
-        if self.store.get(sid, worker_id) is not None:
+        if previous is not None:
             return
         count = self.store.count(sid)
         if count >= self.max_workers_per_source:
@@ -147,33 +193,48 @@ class Registry:
 
     def list_sources(self, request: pb.ListSourcesRequest) -> list[pb.SourceInstanceRef]:
         """Matching workers, newest first."""
+        return list(self.list_sources_reply(request).instances)
+
+    def list_sources_reply(self, request: pb.ListSourcesRequest) -> pb.ListSourcesResponse:
+        """The ListSources reply: matching workers, newest first.
+
+        With an identity, the store reads only that source's workers and the fields listed (the
+        static part of each reference was encoded once, at publish); time and load are its own.
+        """
         sid = None
         if request.HasField("identity"):
             _check_identity(request.identity, "identity")
             sid = source_id_of(request.identity)
         if request.HasField("status_filter"):
             _check_enum(pb.SourceStatus, request.status_filter, "status_filter")
+        # The filters the request sets (None: not set); a worker is listed when it passes all.
+        wanted_status = request.status_filter if request.HasField("status_filter") else None
+        model = request.model_name_filter.lower() if request.HasField("model_name_filter") else None
+        rank = request.worker_rank_filter if request.HasField("worker_rank_filter") else None
+        min_updated = request.min_updated_at if request.HasField("min_updated_at") else None
+        # Training steps are never published through this protocol version, so any positive
+        # minimum excludes every worker rather than being silently ignored.
+        if request.HasField("min_training_step") and request.min_training_step > 0:
+            return pb.ListSourcesResponse()
         now = self.now_ms()
-        matches: list[tuple[WorkerEntry, int]] = []
-        for entry in self.store.entries(sid):
-            status = self.effective_status(entry, now)
-            if request.HasField("status_filter") and status != request.status_filter:
+        matches: list[WorkerEntry] = []
+        for entry in self.store.entries() if sid is None else self.store.listed(sid):
+            if wanted_status is not None and self.effective_status(entry, now) != wanted_status:
                 continue
-            if request.HasField("model_name_filter") and entry.model_name != request.model_name_filter.lower():
+            if model is not None and entry.model_name != model:
                 continue
-            if request.HasField("worker_rank_filter") and entry.worker_rank != request.worker_rank_filter:
+            if rank is not None and entry.worker_rank != rank:
                 continue
-            if request.HasField("min_updated_at") and entry.updated_at_ms < request.min_updated_at:
+            if min_updated is not None and entry.updated_at_ms < min_updated:
                 continue
-            # Training steps are never published through this protocol version, so any
-            # positive minimum excludes every worker rather than being silently ignored.
-            if request.HasField("min_training_step") and request.min_training_step > 0:
-                continue
-            matches.append((entry, status))
-        matches.sort(key=lambda m: (-m[0].updated_at_ms, m[0].mx_source_id, m[0].worker_id))
+            matches.append(entry)
+        matches.sort(key=lambda e: (-e.updated_at_ms, e.mx_source_id, e.worker_id))
         if request.HasField("limit") and request.limit > 0:  # limit 0 means "no limit"
             matches = matches[: request.limit]
-        return [_instance_ref(entry) for entry, _ in matches]
+        reply = pb.ListSourcesResponse()
+        for entry in matches:
+            _fill_ref(reply.instances.add(), entry)
+        return reply
 
     def get_metadata(self, request: pb.GetMetadataRequest) -> pb.GetMetadataResponse:
         """found=false for an unknown worker; otherwise its metadata with the effective status."""
@@ -190,8 +251,13 @@ class Registry:
             found=True, worker=worker, mx_source_id=sid, worker_id=wid, identity=published.identity
         )
 
-    def update_status(self, request: pb.UpdateStatusRequest) -> pb.UpdateStatusResponse:
-        """Heartbeat; success=false (not an error) for an unknown worker, so clients re-publish."""
+    def update_status(self, request: pb.UpdateStatusRequest, instance: str = "") -> pb.UpdateStatusResponse:
+        """Heartbeat; success=false (not an error) for an unknown worker, so clients re-publish.
+
+        Raises:
+            WorkerSuperseded: the record is another process' now (`instance` differs from the one
+                that published it last).
+        """
         sid = _check_id(request.mx_source_id, "mx_source_id")
         wid = _check_id(request.worker_id, "worker_id")
         _check_enum(pb.SourceStatus, request.status, "status")
@@ -200,10 +266,19 @@ class Registry:
         load = request.source_load if request.HasField("source_load") else None
         if load is not None and (not math.isfinite(load) or load < 0):
             raise InvalidRequest("source_load", f"must be a finite number >= 0, got {load}")
-        outcome = self.store.heartbeat(Beat(sid, wid, request.worker_rank, request.status, self.now_ms(), load))
+        outcome = self.store.heartbeat(
+            Beat(sid, wid, request.worker_rank, request.status, self.now_ms(), load, instance=instance)
+        )
         if outcome is Heartbeat.MISSING:
             return pb.UpdateStatusResponse(
                 success=False, message=f"unknown worker {wid!r} of source {sid}: publish it first"
+            )
+        if outcome is Heartbeat.SUPERSEDED:
+            entry = self.store.get(sid, wid)
+            where = _endpoint_of(entry) if entry else "another address"
+            raise WorkerSuperseded(
+                f"worker id {wid!r} of source {sid} was published since by another process (at {where}; newest "
+                "wins): this process is no longer listed; give every process its own worker id"
             )
         if outcome is Heartbeat.RANK_MISMATCH:
             entry = self.store.get(sid, wid)
@@ -222,7 +297,7 @@ class Registry:
         """
         now = self.now_ms()
         stale = deleted = 0
-        for entry in self.store.entries(payload=False):
+        for entry in self.store.reap_candidates(now, self.heartbeat_timeout_ms, self.gc_timeout_ms):
             status = self.effective_status(entry, now)
             age = now - entry.updated_at_ms
             if status != READY and age > self.gc_timeout_ms:
@@ -243,6 +318,17 @@ class Registry:
         return ReapResult(marked_stale=stale, deleted=deleted)
 
 
+def _endpoint_of(entry: WorkerEntry) -> str:
+    """Where a record says its worker serves: its manifest server, else its WorkerService, else its session."""
+    worker = _published(entry).worker
+    return (
+        worker.topology.get(PEERLOAD_MANIFEST_KEY)
+        or worker.worker_grpc_endpoint
+        or worker.transfer_engine_session_id
+        or "an unknown address"
+    )
+
+
 def _published(entry: WorkerEntry) -> pb.PublishMetadataRequest:
     message = pb.PublishMetadataRequest()
     try:
@@ -252,20 +338,34 @@ def _published(entry: WorkerEntry) -> pb.PublishMetadataRequest:
     return message
 
 
-def _instance_ref(entry: WorkerEntry) -> pb.SourceInstanceRef:
-    worker = _published(entry)
-    ref = pb.SourceInstanceRef(
-        mx_source_id=entry.mx_source_id,
-        worker_id=entry.worker_id,
-        model_name=worker.identity.model_name or entry.model_name,
-        worker_rank=entry.worker_rank,
-        accelerator=worker.worker.accelerator,
-        updated_at=entry.updated_at_ms,
-        topology=dict(worker.worker.topology),
+def _static_ref(
+    published: pb.PublishMetadataRequest, sid: str, worker_id: str, model_name: str
+) -> pb.SourceInstanceRef:
+    """What ListSources shows of a worker that only a publish changes (not its time or load)."""
+    return pb.SourceInstanceRef(
+        mx_source_id=sid,
+        worker_id=worker_id,
+        model_name=published.identity.model_name or model_name,
+        worker_rank=published.worker.worker_rank,
+        accelerator=published.worker.accelerator,
+        topology=dict(published.worker.topology),
     )
+
+
+def _fill_ref(ref: pb.SourceInstanceRef, entry: WorkerEntry) -> None:
+    """`ref` (empty) set to the entry's reference: its encoded listing, else from its payload."""
+    try:
+        ref.MergeFromString(entry.listing)
+    except DecodeError:  # only a foreign writer could do this; fall back to the payload
+        logger.warning("corrupt listing for worker %s of %s", entry.worker_id, entry.mx_source_id)
+        ref.Clear()
+    if not ref.mx_source_id:  # a record written by a peerload that kept no listing
+        published = _published(entry)
+        published.worker.worker_rank = entry.worker_rank
+        ref.CopyFrom(_static_ref(published, entry.mx_source_id, entry.worker_id, entry.model_name))
+    ref.updated_at = entry.updated_at_ms
     if entry.source_load is not None:
         ref.source_load = entry.source_load
-    return ref
 
 
 def _check_id(value: str, field: str) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from peerload._grpc import ChannelSecurity
+from peerload.boxes import Box
 from peerload.client import CoordinatorClient, SourceRef
 from peerload.errors import (
     ConfigError,
@@ -33,6 +34,7 @@ from peerload.loader.faulting import Faulting, waves
 from peerload.loader.handshake import Handshake, MxPlan
 from peerload.loader.load_metrics import origin_of, record_failure, record_fallback, record_load
 from peerload.loader.phases import PhaseTimer
+from peerload.loader.reshard_load import ReshardHandshake, Resharding, has_layout
 from peerload.loader.sources import SourcePool
 from peerload.loader.storage import copy_into, fill_parts
 from peerload.loader.striping import DISCOVER_S, SOURCE_FAILURES, PeerPlan, SourceStats, StripedRead, StripeOptions
@@ -71,6 +73,9 @@ class LoadOptions:
     publish: bool = True  # serve the loaded tensors as a new source afterwards
     progress: ProgressHook | None = None
     worker_id: str | None = None  # generated when omitted
+    # Where each destination tensor sits in the full checkpoint tensors (`peerload.boxes`): lets
+    # the load reshard from sources of another tensor-parallel size, and is published afterwards.
+    layout: Mapping[str, tuple[Box, ...]] | None = None
 
     def __post_init__(self) -> None:
         if self.rank < 0:
@@ -95,6 +100,7 @@ class LoadResult:
     sources: list[SourceStats] = field(default_factory=list)  # every peer read from, in start order
     restarted_bytes: int = 0  # bytes read again after a source failed mid-part
     storage_bytes: int = 0  # bytes storage filled (all of them when no peer worked)
+    resharded_from: str = ""  # the other layout the peers' bytes were resharded from ("": none)
 
     @property
     def gbps(self) -> float:
@@ -149,6 +155,9 @@ class TargetLoad:
         self._waves: list[list[str]] = []
         self._faulting = Faulting([])
         self.pool: SourcePool | None = None  # the sources this load may read (once it is prepared)
+        self._resharding: Resharding | None = None  # the ranks of another layout read from, if any
+        self.resharded_from = ""  # that layout, described
+        self._reshardable_seen = False  # a READY near miss differs only in its parallel layout
         self._used_mx: list[SourceStats] = []  # official ModelExpress seeds read from
         # Fan-out: read from sources still loading; serve our own verified parts while loading.
         self._swarm = settings.serve_while_loading
@@ -171,7 +180,8 @@ class TargetLoad:
             outcome = self._from_peers(tensor_set) if coordinator_up else None
             if outcome is None or outcome.missing:
                 self._from_storage(tensor_set, outcome)
-            publisher = self._publish(tensor_set, outcome) if self.options.publish and coordinator_up else None
+            # Published even when the coordinator was down: it publishes itself once that answers.
+            publisher = self._publish(tensor_set, outcome) if self.options.publish else None
         except BaseException as exc:
             self._withdraw()
             self._faulting.stop()  # an interrupt must not wait for gigabytes of page faults
@@ -200,6 +210,7 @@ class TargetLoad:
             sources=self._all_stats(),
             restarted_bytes=self._restarted_bytes,
             storage_bytes=self._storage_bytes,
+            resharded_from=self.resharded_from,
         )
         record_load(result, self.identity.model_name, self.rank, self.settings.expect_tcp)
         return result
@@ -212,13 +223,13 @@ class TargetLoad:
             except CoordinatorError as exc:
                 if self.fallback is None:
                     raise
-                self.attempts.append(f"coordinator {self.settings.coordinator}: {exc}")
+                self.attempts.append(str(exc))  # "coordinator at HOST:PORT: Check failed with ..."
                 log.warning("coordinator unreachable, loading from storage: %s", exc)
                 return False
 
     def _prepare(self) -> TensorSet:
         with self._phase("prepare"):
-            tensor_set = collect(self.destination)
+            tensor_set = collect(self.destination, self.options.layout)
             self._waves = waves(tensor_set)
             self._faulting = Faulting([[tensor_set.regions[n] for n in wave] for wave in self._waves])
             self.transport = make_transport(self.settings, self.worker_id)
@@ -243,6 +254,16 @@ class TargetLoad:
         if first is None and self._swarm and pool.busy:
             first = self._wait_for_a_source(pool)
         if first is None:
+            if has_layout(tensor_set):
+                return self._from_resharding(tensor_set)
+            if self._reshardable_seen:
+                line = (
+                    "resharding: a source of another parallel layout is READY, but this load has no layout (boxes per "
+                    "tensor) to plan from, so it cannot read it: vLLM loads publish none yet (their fused, padded "
+                    "parameters); `peerload load` and load_into(layout=...) do (docs/resharding.md)"
+                )
+                self.attempts.append(line)
+                log.warning("%s", line)
             return None
         if not self.settings.verify_checksums:
             self.unverified = "checksum verification is turned off"
@@ -290,6 +311,53 @@ class TargetLoad:
         if self._early is not None and missing:
             self._withdraw()  # storage fills the rest; the plain publish path serves the result
         return _PeerOutcome(parts=parts, missing=missing, part_bytes=first.manifest.part_bytes, sums=expected)
+
+    def _from_resharding(self, tensor_set: TensorSet) -> _PeerOutcome | None:
+        """Read from the ranks of another layout of the model, per a checked plan; None when none can serve."""
+        assert self.transport is not None
+        handshake = ReshardHandshake(
+            self.client,
+            self.transport,
+            tensor_set,
+            self.settings,
+            self.security,
+            self.worker_id,
+            self.seconds,
+            self.attempts.append,
+        )
+        found = handshake.first_usable(self.identity)
+        if found is None:
+            return None
+        self._resharding = found
+        self.resharded_from = found.layout.describe()
+        if not self.settings.verify_checksums:
+            self.unverified = "checksum verification is turned off"
+        reading = StripedRead(
+            self.transport,
+            tensor_set,
+            found.parts,
+            [],
+            StripeOptions(
+                part_timeout_s=self.settings.part_timeout_s,
+                deadline=time.monotonic() + self.settings.transfer_timeout_s,
+                verify=self.settings.verify_checksums,
+                wait_faulted=None if populate_supported() else self._wait_faulted(tensor_set, found.parts),
+                on_bytes=self._progress_hook(tensor_set.total_bytes),
+                on_drop=lambda worker_id, exc: self.attempts.append(f"source {worker_id}: {type(exc).__name__}: {exc}"),
+                max_sources=len(found.sources),
+                ops_for=found.ops_for,
+                check=found.check,
+            ),
+        )
+        with self._phase("transfer"):
+            reading.run(found.sources, lambda: None)
+        if reading.timed_out:
+            self._settle(sorted(reading.timed_out))
+            reading.recheck()
+        self.seconds["verify"] = reading.verify_seconds
+        self._restarted_bytes = reading.scheduler.restarted_bytes
+        missing = [found.parts[i] for i in reading.scheduler.missing()]
+        return _PeerOutcome(parts=found.parts, missing=missing, part_bytes=0, sums=[])
 
     def _serve_while_loading(self, tensor_set: TensorSet, first: PeerPlan) -> None:
         """Publish this load INITIALIZING, serving its parts as they verify (fan-out); best effort."""
@@ -393,6 +461,7 @@ class TargetLoad:
                 return
         self.attempts.extend(found.attempt_lines())
         self.hint = found.hint
+        self._reshardable_seen = any(m.reshardable and m.ready for m in found.near_misses)
 
     def _from_modelexpress(self, plan: MxPlan, tensor_set: TensorSet) -> _PeerOutcome:
         """Read everything from one official seed, wave by wave (no parts: it publishes no checksums)."""
@@ -477,6 +546,7 @@ class TargetLoad:
                     transport=self.transport,
                     part_sums=(outcome.part_bytes, outcome.sums) if reuse and outcome else None,
                     load_summary=self._summary(tensor_set),
+                    publish_later=True,
                 )
             except PeerloadError as exc:
                 # The model is loaded and verified; failing to become a seed must not lose it.
@@ -511,7 +581,8 @@ class TargetLoad:
 
     def _all_stats(self) -> list[SourceStats]:
         used = self.pool.used() if self.pool is not None else []
-        return [*self._used_mx, *(plan.stats for plan in used)]
+        resharded = self._resharding.sources if self._resharding is not None else []
+        return [*self._used_mx, *(plan.stats for plan in [*used, *resharded])]
 
     def _settle(self, sources: list[str]) -> None:
         """Before a rollback or a re-check: wait until failed transfers can no longer write into the destination."""
@@ -560,6 +631,8 @@ class TargetLoad:
         self._faulting.join()
         if self.pool is not None:
             self.pool.release()
+        if self._resharding is not None:
+            self._resharding.release()
         if not keep_transport and self.transport is not None:
             self.transport.close()
         self.transport = None
@@ -576,6 +649,7 @@ def load_into(
     publish: bool = True,
     progress: ProgressHook | None = None,
     worker_id: str | None = None,
+    layout: Mapping[str, tuple[Box, ...]] | None = None,
 ) -> LoadResult:
     """Fill `destination` in place from READY peers, else from `fallback`, then publish it.
 
@@ -595,11 +669,17 @@ def load_into(
             alive, or call `result.close()` when the instance stops).
         progress: called with `Progress` as bytes arrive from a peer (from reader threads).
         worker_id: this worker's id as a source; generated when omitted.
+        layout: where each destination tensor sits in the full checkpoint tensors (name ->
+            boxes, `peerload.boxes`; e.g. `adapters.hf.tensor_layout`). With it, sources of
+            another tensor-parallel size can serve this load (resharding) when none of this
+            layout is READY, and this worker publishes it afterwards.
 
     Raises:
         CoordinatorUnavailable: the coordinator is down and there is no fallback.
         LoadFailed: no peer and no storage produced a verified model (destination rolled back).
         ConfigError / MissingExtraError: bad destination tensors or an unavailable transport.
     """
-    options = LoadOptions(rank=rank, fallback=fallback, publish=publish, progress=progress, worker_id=worker_id)
+    options = LoadOptions(
+        rank=rank, fallback=fallback, publish=publish, progress=progress, worker_id=worker_id, layout=layout
+    )
     return TargetLoad(destination, identity, settings or Settings.load(), options).run()

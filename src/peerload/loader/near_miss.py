@@ -14,6 +14,13 @@ from dataclasses import dataclass, fields
 from peerload.identity import BackendFramework, SourceIdentity, canonical_fields
 
 MAX_DIFFERENCES = 2  # more than this and it is another model, not a near miss
+# Identity fields of the parallel layout only: a source differing in just these can be resharded.
+LAYOUT_FIELDS = frozenset({"tensor_parallel_size", "pipeline_parallel_size"})
+RESHARD_FIX = (
+    "a load that knows its layout (`peerload load` without --quantize; vLLM cannot yet) reshards from it "
+    "when no source of its own layout is READY (docs/resharding.md); to read it as it is, use the same "
+    "parallel sizes (--tp-size / --pp-size)"
+)
 MAX_SHOWN = 5  # near misses written into a load's attempts
 
 # What makes a field agree on both sides; the identity's fields in their dataclass order.
@@ -77,11 +84,17 @@ class NearMiss:
     def ready(self) -> bool:
         return any(w.status == "READY" for w in self.workers)
 
+    @property
+    def reshardable(self) -> bool:
+        """Whether only the parallel layout differs (a resharding load can read it)."""
+        return bool(self.differences) and {d.field for d in self.differences} <= LAYOUT_FIELDS
+
     def describe(self) -> str:
         """One line naming the source, its workers and what differs."""
         if self.kind == "identity":
             what = "; ".join(f"{d.field} is {d.theirs} there, {d.ours} here" for d in self.differences)
-            return f"source {self.source_id} ({_workers(self.workers)}) differs: {what}"
+            more = ": the layout differs but can be resharded" if self.reshardable else ""
+            return f"source {self.source_id} ({_workers(self.workers)}) differs: {what}{more}"
         worker = self.workers[0]
         where = f"worker {worker.worker_id} of this identity (source {self.source_id})"
         if self.kind == "rank":
@@ -92,6 +105,8 @@ class NearMiss:
     @property
     def fix(self) -> str:
         """What to change so that this source can serve the load."""
+        if self.reshardable:
+            return RESHARD_FIX
         if self.kind == "identity":
             fixes = [FIXES.get(d.field, _OTHER_FIX.format(field=d.field)) for d in self.differences]
             return "; ".join(dict.fromkeys(fixes))
@@ -105,6 +120,7 @@ class NearMiss:
     def as_dict(self) -> dict[str, object]:
         return {
             "kind": self.kind,
+            "reshardable": self.reshardable,
             "source_id": self.source_id,
             "workers": [{"worker_id": w.worker_id, "rank": w.rank, "status": w.status} for w in self.workers],
             "differences": [{"field": d.field, "theirs": d.theirs, "ours": d.ours} for d in self.differences],

@@ -154,6 +154,11 @@ class StripeOptions:
     more_sources: MoreSources | None = None
     max_sources: int = 1  # live sources at once, counting those that join later
     shuffle: int | None = None  # this load's own part order (see PartScheduler)
+    # Resharding (`loader.reshard_load`): each source's READs of a part, and the part's check
+    # (instead of the same offsets on both sides and the published part checksums). Sources then
+    # hold fixed sets of parts (`PeerPlan.holds`), never refreshed.
+    ops_for: Callable[[PeerPlan, Part], list[ReadOp]] | None = None
+    check: Callable[[PeerPlan, int], bool] | None = None
 
 
 class StripedRead:
@@ -224,7 +229,11 @@ class StripedRead:
         next_discovery = time.monotonic() + DISCOVER_S
         while not self._over.wait(POLL_S):
             with self._cond:
-                loading = [self._plans[n] for n in self.scheduler.alive if self.scheduler.sources[n].holds is not None]
+                loading = [
+                    self._plans[n]
+                    for n in self.scheduler.alive
+                    if self.scheduler.sources[n].holds is not None and self.options.ops_for is None
+                ]
             for plan in loading:
                 self._refresh(plan)
             if self.options.more_sources is not None and time.monotonic() >= next_discovery:
@@ -315,9 +324,14 @@ class StripedRead:
                 raise TransferTimeout("the load's transfer timeout passed", name)
             self._started.setdefault(name, time.perf_counter())
             plan.reading_now = index
+            ops = (
+                self.options.ops_for(plan, part)
+                if self.options.ops_for is not None
+                else part_ops(self.tensor_set.regions, plan.manifest, part)
+            )
             self.transport.read(
                 plan.peer,
-                part_ops(self.tensor_set.regions, plan.manifest, part),
+                ops,
                 timeout_s=min(self.options.part_timeout_s, left),
                 progress=self._progress(name),
                 last=False,  # more parts follow; the seed's fast polling lingers after the last one
@@ -341,7 +355,10 @@ class StripedRead:
         """Check one part's checksum (on the hashing pool); a mismatch condemns its source."""
         part = self.parts[index]
         began = time.perf_counter()
-        ok = part_matches(self.tensor_set.regions, part, self.expected[index])
+        if self.options.check is not None:
+            ok = self.options.check(plan, index)
+        else:
+            ok = part_matches(self.tensor_set.regions, part, self.expected[index])
         self.verify_seconds += time.perf_counter() - began
         if ok:
             self._delivered(plan, index)
@@ -385,7 +402,17 @@ class StripedRead:
                     return index
                 if self.scheduler.finished or not self.scheduler.waiting_is_useful() or self._hopeless():
                     return None
+                if self.options.ops_for is not None and not self.scheduler.in_flight() and not self._held_todo():
+                    return None  # fixed holdings: no live source holds what is left, and no read may fail back
                 self._cond.wait(_IDLE_WAIT_S)
+
+    def _held_todo(self) -> bool:
+        """Whether a live source holds a part nobody has taken yet."""
+        todo = {i for i, state in enumerate(self.scheduler.state) if state is PartState.TODO}
+        return any(
+            s.alive and (s.holds is None and todo or bool(s.holds and todo & s.holds))
+            for s in self.scheduler.sources.values()
+        )
 
     def _hopeless(self) -> bool:
         """Past the deadline, or only loading sources left and none of them grew for a part timeout."""
@@ -404,7 +431,10 @@ class StripedRead:
         for index in sorted(self._overwritable):
             if not self.options.verify or self.scheduler.state[index] is not PartState.DONE:
                 continue
-            if not part_matches(self.tensor_set.regions, self.parts[index], self.expected[index]):
+            # A resharded part's check asks its source, which timed out: it counts as missing.
+            if self.options.check is not None or not part_matches(
+                self.tensor_set.regions, self.parts[index], self.expected[index]
+            ):
                 self.scheduler.invalidate(index)
                 if self.options.on_invalid is not None:
                     self.options.on_invalid(index)

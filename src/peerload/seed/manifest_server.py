@@ -5,19 +5,22 @@ readers call). Both grant leases from the Publisher's one LeaseTable."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import grpc
+import torch
 
 from peerload._address import host_port
 from peerload._gen.model_express import p2p_pb2
 from peerload._gen.peerload.v1 import seed_pb2
 from peerload._grpc_edge import service_handler
 from peerload._grpc_server import OPEN, ServerSecurity, bind, new_server
-from peerload.errors import NotFound
+from peerload.errors import InvalidRequest, NotFound, PreconditionFailed, Unsupported
 from peerload.limits import MANIFEST_MAX_BYTES, SEED_MAX_REQUEST_BYTES
 from peerload.manifest import Manifest
 from peerload.seed.availability import PartAvailability
 from peerload.seed.leases import LeaseTable
+from peerload.seed.range_digests import RangeDigests
 from peerload.seed.worker_service import WorkerServicer
 from peerload.wire import manifest_to_proto
 
@@ -29,8 +32,15 @@ _WORKER_SERVICE = p2p_pb2.DESCRIPTOR.services_by_name["WorkerService"]
 class _Servicer:
     """SeedService: the manifest and read leases of one worker."""
 
-    def __init__(self, manifest: Manifest, leases: LeaseTable, availability: PartAvailability | None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        leases: LeaseTable,
+        availability: PartAvailability | None,
+        digests: RangeDigests | None = None,
+    ) -> None:
         self._manifest = manifest
+        self._digests = digests
         self._reply = manifest_to_proto(manifest)
         self._leases = leases
         self._availability = availability
@@ -67,6 +77,22 @@ class _Servicer:
             pending=snap.pending,
         )
 
+    def DigestRanges(
+        self, request: seed_pb2.DigestRangesRequest, context: grpc.ServicerContext
+    ) -> seed_pb2.DigestRangesResponse:
+        self._check_worker(request.worker_id)
+        if self._digests is None:
+            raise Unsupported("this worker serves no range digests")
+        if self._availability is not None and not self._availability.snapshot().complete:
+            raise PreconditionFailed("this worker is still loading: resharding readers read complete sources only")
+        ranges: list[tuple[str, int, int]] = []
+        for i, group in enumerate(request.ranges):
+            if len(group.offsets) != len(group.sizes):
+                raise InvalidRequest(f"ranges[{i}]", f"{len(group.offsets)} offsets for {len(group.sizes)} sizes")
+            ranges.extend((group.region, o, n) for o, n in zip(group.offsets, group.sizes, strict=True))
+        digest, checked = self._digests.digest(ranges, request.check_parts, request.lease_id)
+        return seed_pb2.DigestRangesResponse(digest=digest, parts_checked=checked)
+
     def ReleaseLease(
         self, request: seed_pb2.ReleaseLeaseRequest, context: grpc.ServicerContext
     ) -> seed_pb2.ReleaseLeaseResponse:
@@ -84,6 +110,7 @@ class ManifestServer:
         leases: the worker's read leases (SeedService.AcquireLease/ReleaseLease).
         worker_service: the ModelExpress WorkerService of the same worker, or None.
         availability: the verified parts of a worker still loading; None: a complete seed.
+        regions: the worker's region bytes, for the digests resharding readers ask (None: none served).
 
     Raises:
         ConfigError: HOST cannot be bound (see the advertise_host setting).
@@ -98,6 +125,7 @@ class ManifestServer:
         port: int = 0,
         security: ServerSecurity = OPEN,
         availability: PartAvailability | None = None,
+        regions: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         # Larger requests are refused with RESOURCE_EXHAUSTED by gRPC itself, before any parsing.
         options = [
@@ -106,7 +134,8 @@ class ManifestServer:
         ]
         self.worker_service = worker_service
         self._server = new_server(security, max_workers=4, options=options, thread_name_prefix="peerload-seed-rpc")
-        servicer = _Servicer(manifest, leases, availability)
+        digests = RangeDigests(regions, manifest) if regions is not None else None
+        servicer = _Servicer(manifest, leases, availability, digests)
         handlers = [service_handler(_SEED_SERVICE, seed_pb2, servicer, server="the seed")]
         if worker_service is not None:
             handlers.append(service_handler(_WORKER_SERVICE, p2p_pb2, worker_service, server="the seed"))

@@ -11,15 +11,20 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
+
+from peerload.wire import SourceStatus
 
 if TYPE_CHECKING:
     from peerload.settings import Settings
 
 
-@dataclass(frozen=True)
-class WorkerEntry:
-    """One published worker as stored: indexed fields plus the published request bytes."""
+class WorkerEntry(NamedTuple):
+    """One published worker as stored: indexed fields plus the published request bytes.
+
+    A named tuple, not a dataclass: a listing builds one per worker, and a tuple is several
+    times cheaper to make (new ones are made with `_replace`).
+    """
 
     mx_source_id: str
     worker_id: str
@@ -30,6 +35,11 @@ class WorkerEntry:
     source_load: float | None
     payload: bytes  # serialized PublishMetadataRequest (identity, worker, pod fields); b"" when not read
     revision: int = 0  # set by the store on every write
+    # What ListSources shows of the worker that only a publish changes: a serialized
+    # SourceInstanceRef without updated_at and source_load (b"": not read, or a record written
+    # by a peerload that kept none; the payload then has it).
+    listing: bytes = b""
+    instance: str = ""  # the publishing process (wire.INSTANCE_HEADER), "" when it sent none
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class Beat:
     status: int
     updated_at_ms: int
     source_load: float | None
+    instance: str = ""  # the beating process, "" when it sent none
 
 
 class Heartbeat(enum.Enum):
@@ -50,6 +61,7 @@ class Heartbeat(enum.Enum):
     OK = "ok"
     MISSING = "missing"
     RANK_MISMATCH = "rank_mismatch"
+    SUPERSEDED = "superseded"  # the record is another process' now (both sent instances, they differ)
 
 
 class Store(ABC):
@@ -67,13 +79,27 @@ class Store(ABC):
     def entries(self, mx_source_id: str | None = None, *, payload: bool = True) -> list[WorkerEntry]:
         """All entries, or those of one source id; `payload=False` may leave payloads empty (cheaper)."""
 
+    def listed(self, mx_source_id: str) -> list[WorkerEntry]:
+        """The entries of one source id for ListSources: `listing` set where the record has one,
+        and then `payload` may be empty (cheaper). Override where reading payloads is costly."""
+        return self.entries(mx_source_id)
+
+    def reap_candidates(self, now_ms: int, heartbeat_timeout_ms: int, gc_timeout_ms: int) -> list[WorkerEntry]:
+        """Entries (payloads may be empty) a reaper pass at `now_ms` may change: READY ones silent
+        for longer than the heartbeat timeout, the others silent for longer than the GC timeout.
+
+        A superset is fine (the registry decides again); override to filter where the data is.
+        """
+        return due(self.entries(payload=False), now_ms, heartbeat_timeout_ms, gc_timeout_ms)
+
     def count(self, mx_source_id: str) -> int:
         """How many workers one source id has (override where listing them all is costly)."""
         return len(self.entries(mx_source_id))
 
     @abstractmethod
     def heartbeat(self, beat: Beat) -> Heartbeat:
-        """Set status, time and load of an existing worker whose rank matches."""
+        """Set status, time and load of an existing worker whose rank (and instance, when the beat
+        and the record both have one) matches."""
 
     @abstractmethod
     def compare_and_set_status(self, seen: WorkerEntry, status: int) -> bool:
@@ -93,3 +119,12 @@ class Store(ABC):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def due(entries: list[WorkerEntry], now_ms: int, heartbeat_timeout_ms: int, gc_timeout_ms: int) -> list[WorkerEntry]:
+    """Those of `entries` a reaper pass at `now_ms` may change (see `Store.reap_candidates`)."""
+    return [
+        e
+        for e in entries
+        if now_ms - e.updated_at_ms > (heartbeat_timeout_ms if e.status == SourceStatus.READY else gc_timeout_ms)
+    ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import threading
 
@@ -19,7 +18,7 @@ class MemoryStore(Store):
 
     def put(self, entry: WorkerEntry) -> None:
         with self._lock:
-            stored = dataclasses.replace(entry, revision=next(self._revisions))
+            stored = entry._replace(revision=next(self._revisions))
             self._entries[(entry.mx_source_id, entry.worker_id)] = stored
 
     def get(self, mx_source_id: str, worker_id: str) -> WorkerEntry | None:
@@ -38,8 +37,9 @@ class MemoryStore(Store):
                 return Heartbeat.MISSING
             if entry.worker_rank != beat.worker_rank:
                 return Heartbeat.RANK_MISMATCH
-            self._entries[key] = dataclasses.replace(
-                entry,
+            if beat.instance and entry.instance and beat.instance != entry.instance:
+                return Heartbeat.SUPERSEDED
+            self._entries[key] = entry._replace(
                 status=beat.status,
                 updated_at_ms=beat.updated_at_ms,
                 source_load=beat.source_load,
@@ -56,8 +56,8 @@ class MemoryStore(Store):
             entry = self._unchanged(seen)
             if entry is None:
                 return False
-            self._entries[(seen.mx_source_id, seen.worker_id)] = dataclasses.replace(
-                entry, status=status, revision=next(self._revisions)
+            self._entries[(seen.mx_source_id, seen.worker_id)] = entry._replace(
+                status=status, revision=next(self._revisions)
             )
             return True
 

@@ -9,12 +9,14 @@ coordinator is never lost, and a record two reapers race over is deleted once, n
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from peerload.coordinator.store.base import Beat, Heartbeat, Store, WorkerEntry
+from peerload.coordinator.store.base import Beat, Heartbeat, Store, WorkerEntry, due
 from peerload.errors import MissingExtraError, StoreUnavailable
 from peerload.settings import parse_sentinel_url
+from peerload.wire import SourceStatus
 
 try:
     import redis
@@ -29,22 +31,28 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# KEYS: worker hash, all-workers set, per-source set, revision counter.
-# ARGV: member "<sid>:<wid>", wid, then the hash's field/value pairs.
+# KEYS: worker hash, all-workers set, per-source set, revision counter, beats index.
+# ARGV: member "<sid>:<wid>", wid, updated_at_ms, then the hash's field/value pairs.
 _PUT = """
 local rev = redis.call('INCR', KEYS[4])
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'rev', rev, unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'rev', rev, unpack(ARGV, 4))
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 return rev
 """
-# KEYS: worker hash, revision counter. ARGV: rank, status, updated_at_ms, source_load ("" = none).
+# KEYS: worker hash, revision counter, beats index.
+# ARGV: rank, status, updated_at_ms, source_load ("" = none), member "<sid>:<wid>", instance ("" =
+# none). Returns 1 ok, 0 missing, -1 another rank, -2 another instance's record.
 _HEARTBEAT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HGET', KEYS[1], 'worker_rank') ~= ARGV[1] then return -1 end
+local instance = redis.call('HGET', KEYS[1], 'instance')
+if ARGV[6] ~= '' and instance and instance ~= '' and instance ~= ARGV[6] then return -2 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at_ms', ARGV[3], 'source_load', ARGV[4],
            'rev', redis.call('INCR', KEYS[2]))
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
 return 1
 """
 # Shared head of the conditional writes. ARGV[1], ARGV[2]: the revision and updated_at_ms read.
@@ -62,13 +70,15 @@ redis.call('HSET', KEYS[1], 'status', ARGV[3], 'rev', redis.call('INCR', KEYS[2]
 return 1
 """
 )
-# KEYS: worker hash, all-workers set, per-source set. ARGV: revision, updated_at_ms, member, wid.
+# KEYS: worker hash, all-workers set, per-source set, beats index.
+# ARGV: revision, updated_at_ms, member, wid.
 _CAS_DELETE = (
     _UNCHANGED
     + """
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[3])
 redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('ZREM', KEYS[4], ARGV[3])
 return 1
 """
 )
@@ -83,6 +93,56 @@ _INDEX_FIELDS = (
     "source_load",
     "rev",
 )
+# KEYS: beats index. ARGV: key prefix of worker hashes ("P:w:"), now_ms, heartbeat timeout ms,
+# GC timeout ms, the READY status as stored. The records a reaper pass may change, each as
+# _INDEX_FIELDS' values (flat): only those silent for longer than the shorter timeout are read,
+# so a pass over thousands of beating workers reads nothing. A member whose record is gone, or
+# whose score is not its record's time (a peerload that kept no index wrote it), is put right.
+_DUE = """
+local now, hb, gc, ready = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local before = '(' .. tostring(now - math.min(hb, gc))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', before, 'WITHSCORES')
+local out = {}
+for i = 1, #due, 2 do
+  local member = due[i]
+  local row = redis.call('HMGET', ARGV[1] .. member, 'mx_source_id', 'worker_id', 'worker_rank', 'model_name',
+                         'status', 'updated_at_ms', 'source_load', 'rev')
+  if not row[5] or not row[6] then
+    redis.call('ZREM', KEYS[1], member)
+  else
+    local updated = tonumber(row[6])
+    if updated ~= tonumber(due[i + 1]) then redis.call('ZADD', KEYS[1], updated, member) end
+    local limit = gc
+    if row[5] == ready then limit = hb end
+    if now - updated > limit then
+      for j = 1, 8 do out[#out + 1] = row[j] end
+    end
+  end
+end
+return out
+"""
+# How often a reaper pass also reads every record (and indexes those missing from the beats
+# index: written by a peerload that kept none); the first pass of a coordinator always does.
+_FULL_SCAN_S = 600.0
+# KEYS: per-source set. ARGV: the key prefix of its workers' hashes ("P:w:<sid>:").
+# Per worker, flat: wid, then _LISTED_FIELDS, then its payload where it has no listing (a record
+# of a peerload that kept none), else false. One round trip, whatever the number of workers.
+_LISTED = """
+local out = {}
+for _, wid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[1] .. wid
+  local row = redis.call('HMGET', key, 'worker_rank', 'model_name', 'status', 'updated_at_ms', 'source_load',
+                         'rev', 'listing')
+  if row[1] then
+    out[#out + 1] = wid
+    for i = 1, 7 do out[#out + 1] = row[i] end
+    out[#out + 1] = (not row[7]) and (redis.call('HGET', key, 'payload') or '') or false
+  end
+end
+return out
+"""
+_LISTED_FIELDS = ("worker_rank", "model_name", "status", "updated_at_ms", "source_load", "rev", "listing")
+_LISTED_ROW = 2 + len(_LISTED_FIELDS)
 
 
 class RedisStore(Store):
@@ -105,6 +165,9 @@ class RedisStore(Store):
         self._heartbeat = self._client.register_script(_HEARTBEAT)
         self._cas_status = self._client.register_script(_CAS_STATUS)
         self._cas_delete = self._client.register_script(_CAS_DELETE)
+        self._listed = self._client.register_script(_LISTED)
+        self._due = self._client.register_script(_DUE)
+        self._last_full_scan: float | None = None  # time.monotonic() of the last full reaper scan
 
     # -- keys ---------------------------------------------------------------------------------
     def _key(self, sid: str, wid: str) -> str:
@@ -119,6 +182,9 @@ class RedisStore(Store):
     def _rev(self) -> str:
         return f"{self._prefix}:rev"
 
+    def _beats(self) -> str:
+        return f"{self._prefix}:beats"
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
@@ -132,8 +198,8 @@ class RedisStore(Store):
         self._call(
             "put",
             lambda: self._put(
-                keys=[self._key(sid, wid), self._all(), self._src(sid), self._rev()],
-                args=[f"{sid}:{wid}", wid, *fields],
+                keys=[self._key(sid, wid), self._all(), self._src(sid), self._rev(), self._beats()],
+                args=[f"{sid}:{wid}", wid, entry.updated_at_ms, *fields],
             ),
         )
 
@@ -163,6 +229,59 @@ class RedisStore(Store):
         # A hash deleted between SMEMBERS and reading it comes back empty: skip it.
         return [_decode(raw) for raw in rows if raw]
 
+    def listed(self, mx_source_id: str) -> list[WorkerEntry]:
+        flat = self._call(
+            "list", lambda: self._listed(keys=[self._src(mx_source_id)], args=[self._key(mx_source_id, "")])
+        )
+        out = []
+        for i in range(0, len(flat), _LISTED_ROW):
+            wid, rank, model, status, updated, load, rev, listing, payload = flat[i : i + _LISTED_ROW]
+            out.append(  # positional: the fields in WorkerEntry's order (cheapest)
+                WorkerEntry(
+                    mx_source_id,
+                    wid.decode(),
+                    int(rank),
+                    model.decode(),
+                    int(status),
+                    int(updated),
+                    float(load) if load else None,
+                    payload or b"",
+                    int(rev or 0),
+                    listing or b"",
+                )
+            )
+        return out
+
+    def reap_candidates(self, now_ms: int, heartbeat_timeout_ms: int, gc_timeout_ms: int) -> list[WorkerEntry]:
+        """Read from the beats index (sorted by time); every `_FULL_SCAN_S`, and on the first
+        call, from every record, indexing those a peerload that kept no index wrote."""
+        if self._last_full_scan is None or time.monotonic() - self._last_full_scan >= _FULL_SCAN_S:
+            self._last_full_scan = time.monotonic()
+            return self._full_scan(now_ms, heartbeat_timeout_ms, gc_timeout_ms)
+        args: list[str | int] = [
+            f"{self._prefix}:w:",
+            now_ms,
+            heartbeat_timeout_ms,
+            gc_timeout_ms,
+            int(SourceStatus.READY),
+        ]
+        flat = self._call("list", lambda: self._due(keys=[self._beats()], args=args))
+        names = [f.encode() for f in _INDEX_FIELDS]
+        width = len(_INDEX_FIELDS)
+        return [_decode(dict(zip(names, flat[i : i + width], strict=True))) for i in range(0, len(flat), width)]
+
+    def _full_scan(self, now_ms: int, heartbeat_timeout_ms: int, gc_timeout_ms: int) -> list[WorkerEntry]:
+        entries = self.entries(payload=False)
+
+        def index() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for e in entries:  # NX: never move a member back in time past a beat since the read
+                pipe.zadd(self._beats(), {f"{e.mx_source_id}:{e.worker_id}": e.updated_at_ms}, nx=True)
+            pipe.execute()
+
+        self._call("index", index)
+        return due(entries, now_ms, heartbeat_timeout_ms, gc_timeout_ms)
+
     def count(self, mx_source_id: str) -> int:
         return int(self._call("count", lambda: self._client.scard(self._src(mx_source_id))))
 
@@ -171,11 +290,19 @@ class RedisStore(Store):
         result = self._call(
             "heartbeat",
             lambda: self._heartbeat(
-                keys=[self._key(beat.mx_source_id, beat.worker_id), self._rev()],
-                args=[str(beat.worker_rank), str(beat.status), str(beat.updated_at_ms), load],
+                keys=[self._key(beat.mx_source_id, beat.worker_id), self._rev(), self._beats()],
+                args=[
+                    str(beat.worker_rank),
+                    str(beat.status),
+                    str(beat.updated_at_ms),
+                    load,
+                    f"{beat.mx_source_id}:{beat.worker_id}",
+                    beat.instance,
+                ],
             ),
         )
-        return {1: Heartbeat.OK, 0: Heartbeat.MISSING}.get(int(result), Heartbeat.RANK_MISMATCH)
+        outcomes = {1: Heartbeat.OK, 0: Heartbeat.MISSING, -2: Heartbeat.SUPERSEDED}
+        return outcomes.get(int(result), Heartbeat.RANK_MISMATCH)
 
     def compare_and_set_status(self, seen: WorkerEntry, status: int) -> bool:
         result = self._call(
@@ -192,7 +319,7 @@ class RedisStore(Store):
         result = self._call(
             "delete",
             lambda: self._cas_delete(
-                keys=[self._key(sid, wid), self._all(), self._src(sid)],
+                keys=[self._key(sid, wid), self._all(), self._src(sid), self._beats()],
                 args=[str(seen.revision), str(seen.updated_at_ms), f"{sid}:{wid}", wid],
             ),
         )
@@ -231,6 +358,8 @@ def _encode(entry: WorkerEntry) -> dict[str, bytes | str]:
         "updated_at_ms": str(entry.updated_at_ms),
         "source_load": "" if entry.source_load is None else repr(float(entry.source_load)),
         "payload": entry.payload,
+        "listing": entry.listing,
+        "instance": entry.instance,
     }
 
 
@@ -251,4 +380,6 @@ def _decode(raw: Mapping[Any, Any]) -> WorkerEntry:
         source_load=float(load) if load else None,
         payload=text.get("payload") or b"",
         revision=int(text.get("rev") or 0),  # 0: written by a peerload that kept no revision
+        listing=text.get("listing") or b"",
+        instance=(text.get("instance") or b"").decode(),  # "": written by a peerload that kept none
     )

@@ -12,7 +12,7 @@ class GetManifestRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
 
 class TensorEntry(_message.Message):
-    __slots__ = ("name", "shape", "stride", "dtype", "nbytes", "storage_offset", "region")
+    __slots__ = ("name", "shape", "stride", "dtype", "nbytes", "storage_offset", "region", "boxes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     STRIDE_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class TensorEntry(_message.Message):
     NBYTES_FIELD_NUMBER: _ClassVar[int]
     STORAGE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
+    BOXES_FIELD_NUMBER: _ClassVar[int]
     name: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     stride: _containers.RepeatedScalarFieldContainer[int]
@@ -27,7 +28,22 @@ class TensorEntry(_message.Message):
     nbytes: int
     storage_offset: int
     region: str
-    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., nbytes: _Optional[int] = ..., storage_offset: _Optional[int] = ..., region: _Optional[str] = ...) -> None: ...
+    boxes: _containers.RepeatedCompositeFieldContainer[Box]
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., nbytes: _Optional[int] = ..., storage_offset: _Optional[int] = ..., region: _Optional[str] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ...) -> None: ...
+
+class Box(_message.Message):
+    __slots__ = ("tensor", "full_shape", "start", "stop", "offset")
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    FULL_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    tensor: str
+    full_shape: _containers.RepeatedScalarFieldContainer[int]
+    start: _containers.RepeatedScalarFieldContainer[int]
+    stop: _containers.RepeatedScalarFieldContainer[int]
+    offset: int
+    def __init__(self, tensor: _Optional[str] = ..., full_shape: _Optional[_Iterable[int]] = ..., start: _Optional[_Iterable[int]] = ..., stop: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class RegionEntry(_message.Message):
     __slots__ = ("name", "size", "addr", "device_id", "checksum", "memory")
@@ -116,3 +132,33 @@ class ReleaseLeaseResponse(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     released: bool
     def __init__(self, released: bool = ...) -> None: ...
+
+class RegionRanges(_message.Message):
+    __slots__ = ("region", "offsets", "sizes")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    SIZES_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, region: _Optional[str] = ..., offsets: _Optional[_Iterable[int]] = ..., sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DigestRangesRequest(_message.Message):
+    __slots__ = ("worker_id", "ranges", "check_parts", "lease_id")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    CHECK_PARTS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    ranges: _containers.RepeatedCompositeFieldContainer[RegionRanges]
+    check_parts: bool
+    lease_id: str
+    def __init__(self, worker_id: _Optional[str] = ..., ranges: _Optional[_Iterable[_Union[RegionRanges, _Mapping]]] = ..., check_parts: bool = ..., lease_id: _Optional[str] = ...) -> None: ...
+
+class DigestRangesResponse(_message.Message):
+    __slots__ = ("digest", "parts_checked")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PARTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    parts_checked: int
+    def __init__(self, digest: _Optional[str] = ..., parts_checked: _Optional[int] = ...) -> None: ...

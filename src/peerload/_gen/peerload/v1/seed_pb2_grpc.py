@@ -54,6 +54,11 @@ class SeedServiceStub(object):
                 request_serializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.GetAvailabilityRequest.SerializeToString,
                 response_deserializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.Availability.FromString,
                 _registered_method=True)
+        self.DigestRanges = channel.unary_unary(
+                '/peerload.v1.SeedService/DigestRanges',
+                request_serializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.DigestRangesRequest.SerializeToString,
+                response_deserializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.DigestRangesResponse.FromString,
+                _registered_method=True)
 
 
 class SeedServiceServicer(object):
@@ -86,6 +91,13 @@ class SeedServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DigestRanges(self, request, context):
+        """The digest of byte ranges a resharding reader read (docs/resharding.md#verification).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SeedServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +120,11 @@ def add_SeedServiceServicer_to_server(servicer, server):
                     servicer.GetAvailability,
                     request_deserializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.GetAvailabilityRequest.FromString,
                     response_serializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.Availability.SerializeToString,
+            ),
+            'DigestRanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.DigestRanges,
+                    request_deserializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.DigestRangesRequest.FromString,
+                    response_serializer=peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.DigestRangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +235,33 @@ class SeedService(object):
             '/peerload.v1.SeedService/GetAvailability',
             peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.GetAvailabilityRequest.SerializeToString,
             peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.Availability.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DigestRanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerload.v1.SeedService/DigestRanges',
+            peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.DigestRangesRequest.SerializeToString,
+            peerload_dot___gen_dot_peerload_dot_v1_dot_seed__pb2.DigestRangesResponse.FromString,
             options,
             channel_credentials,
             insecure,
