@@ -175,11 +175,13 @@ class Caller:
         self._rng = rng or random.Random()
         self._sleep = sleep
 
-    def __call__(self, rpc: str, method: Callable[..., T], request: Any) -> T:
+    def __call__(self, rpc: str, method: Callable[..., T], request: Any, metadata: Sequence[tuple[str, str]] = ()) -> T:
+        """`method(request)` with the deadline (and `metadata`, request headers, when given)."""
         backoff = Backoff(_BACKOFF_FIRST_S, _BACKOFF_MAX_S, self._rng)
+        extra: dict[str, Any] = {"metadata": tuple(metadata)} if metadata else {}
         for attempt in range(self.retries + 1):
             try:
-                return method(request, timeout=self.timeout_s)
+                return method(request, timeout=self.timeout_s, **extra)
             except grpc.RpcError as exc:
                 code: grpc.StatusCode = exc.code()
                 details = exc.details() or ""

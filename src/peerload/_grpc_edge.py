@@ -31,6 +31,7 @@ from peerload.errors import (
     ServerClosing,
     StoreUnavailable,
     Unsupported,
+    WorkerSuperseded,
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ STATUS_CODES: dict[type[BaseException], _Code] = {
     ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    WorkerSuperseded: grpc.StatusCode.ALREADY_EXISTS,
     ServerClosing: grpc.StatusCode.UNAVAILABLE,
     # At the reader cap: this seed, later. Closing: never again (readers tell the two apart).
     LeaseRefused: lambda e: grpc.StatusCode.UNAVAILABLE if e.closing else grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -9,6 +9,7 @@ several replicas' addresses, each call goes on to the next replica when the one 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,6 +23,8 @@ from peerload.identity import SourceIdentity
 from peerload.limits import COORDINATOR_MAX_MESSAGE_BYTES
 from peerload.settings import Settings, coordinator_addresses
 from peerload.wire import (
+    INSTANCE_HEADER,
+    REPLACED_PREFIX,
     SourceRef,
     SourceStatus,
     TensorInfo,
@@ -34,7 +37,7 @@ from peerload.wire import (
     worker_to_proto,
 )
 
-__all__ = ["CoordinatorClient", "SourceRef", "SourceStatus", "TensorInfo", "WorkerInfo", "WorkerRecord"]
+__all__ = ["CoordinatorClient", "PublishReply", "SourceRef", "SourceStatus", "TensorInfo", "WorkerInfo", "WorkerRecord"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ class CoordinatorClient(ChannelClient):
         security: TLS roots and bearer token (default: plaintext, no token).
         private_connection: dial a connection of this client's own, at once, instead of sharing
             one (and its reconnect backoff) with other clients of the same address.
+        instance: the publishing process' id, sent with publishes and heartbeats (header
+            `peerload-instance`) so the coordinator tells two processes of one worker id apart.
 
     Raises:
         ConfigError: `address` is not HOST:PORT or a list of them.
@@ -64,6 +69,7 @@ class CoordinatorClient(ChannelClient):
         timeout_s: float | None = None,
         retries: int | None = None,
         private_connection: bool = False,
+        instance: str = "",
     ) -> CoordinatorClient:
         """A client of `settings.coordinator` with the configured deadline, retries, TLS and token.
 
@@ -78,6 +84,7 @@ class CoordinatorClient(ChannelClient):
             retries=settings.rpc_retries if retries is None else retries,
             security=ChannelSecurity.from_settings(settings),
             private_connection=private_connection,
+            instance=instance,
         )
 
     def __init__(
@@ -89,8 +96,10 @@ class CoordinatorClient(ChannelClient):
         channel: grpc.Channel | None = None,
         security: ChannelSecurity = PLAINTEXT,
         private_connection: bool = False,
+        instance: str = "",
     ) -> None:
         addresses = (address,) if channel is not None else coordinator_addresses(address)
+        self._writer_headers: tuple[tuple[str, str], ...] = ((INSTANCE_HEADER, instance),) if instance else ()
         self.address = ",".join(addresses)
         self._call = Caller(
             self.address,
@@ -137,13 +146,25 @@ class CoordinatorClient(ChannelClient):
             CoordinatorError: rejected (e.g. INVALID_ARGUMENT) or failed.
             CoordinatorUnavailable: unreachable after retries.
         """
+        return self.publish_worker(identity, worker, worker_id).source_id
+
+    def publish_worker(self, identity: SourceIdentity, worker: WorkerInfo, worker_id: str) -> PublishReply:
+        """`publish`, also saying whose live record it replaced (another process of this worker id).
+
+        Raises:
+            CoordinatorError, CoordinatorUnavailable: as for `publish`.
+        """
         request = pb.PublishMetadataRequest(
             identity=identity_to_proto(identity), worker=worker_to_proto(worker), worker_id=worker_id
         )
-        response = self._call("PublishMetadata", self._endpoints.call(lambda s: s.p2p.PublishMetadata), request)
+        response = self._call(
+            "PublishMetadata", self._endpoints.call(lambda s: s.p2p.PublishMetadata), request, self._writer_headers
+        )
         if not response.success:
             raise self._call.rejected("PublishMetadata", response.message)
-        return response.mx_source_id
+        message: str = response.message
+        replaced = message[len(REPLACED_PREFIX) :] if message.startswith(REPLACED_PREFIX) else ""
+        return PublishReply(response.mx_source_id, replaced)
 
     def list_sources(
         self,
@@ -194,17 +215,28 @@ class CoordinatorClient(ChannelClient):
         """Heartbeat; False if the coordinator no longer knows the worker (publish it again).
 
         Raises:
-            CoordinatorError, CoordinatorUnavailable: as for `publish`.
+            CoordinatorError, CoordinatorUnavailable: as for `publish`; code ALREADY_EXISTS when
+                another process has published this worker id since (this client's `instance`).
         """
         request = pb.UpdateStatusRequest(
             mx_source_id=source_id, worker_id=worker_id, worker_rank=worker_rank, status=status_to_proto(status)
         )
         if source_load is not None:
             request.source_load = source_load
-        response = self._call("UpdateStatus", self._endpoints.call(lambda s: s.p2p.UpdateStatus), request)
+        response = self._call(
+            "UpdateStatus", self._endpoints.call(lambda s: s.p2p.UpdateStatus), request, self._writer_headers
+        )
         if not response.success:
             logger.info("UpdateStatus of %s/%s refused: %s", source_id, worker_id, response.message)
         return response.success
+
+
+@dataclass(frozen=True)
+class PublishReply:
+    """A publish's answer: the source id, and the live record of another process it replaced ("" if none)."""
+
+    source_id: str
+    replaced: str = ""
 
 
 class _Stubs:

@@ -78,6 +78,11 @@ class PreconditionFailed(PeerloadError, RuntimeError):
     lacks); maps to FAILED_PRECONDITION. The message says why."""
 
 
+class WorkerSuperseded(PeerloadError, PermissionError):
+    """A heartbeat from a process whose worker id another live process has published since (newest
+    wins); maps to ALREADY_EXISTS. The message names the worker and where the record points now."""
+
+
 class ServerClosing(PeerloadError, ConnectionError):
     """The server is shutting down and takes no new work; maps to UNAVAILABLE (try another)."""
 
@@ -143,6 +148,21 @@ class TransportError(PeerloadError, RuntimeError):
     def __init__(self, message: str, peer: str | None = None) -> None:
         self.peer = peer
         super().__init__(f"{message} (peer {peer})" if peer else message)
+
+
+class TransportMismatch(TransportError, ValueError):
+    """A source serves over another transport than this load reads with (e.g. mooncake vs nixl)."""
+
+    def __init__(self, source: str, source_transport: str, own_transport: str) -> None:
+        self.source = source
+        self.source_transport = source_transport
+        self.own_transport = own_transport
+        serves = f"serves over {source_transport}" if source_transport else "published no transport endpoint"
+        super().__init__(
+            f"transport mismatch: source {source} {serves}, this load reads over "
+            f"{own_transport}; give seed and target the same transport (--transport or PEERLOAD_TRANSPORT: "
+            "nixl or transfer_engine)"
+        )
 
 
 class TransferTimeout(TransportError, TimeoutError):

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import product
 from math import prod
+from typing import NamedTuple
+
+import numpy as np
 
 from peerload.boxes import Box, intersect, itemsize, tile_problem
 from peerload.errors import ConfigError, LayoutMismatch
@@ -28,8 +30,7 @@ from peerload.parts import PART_ALIGN, Part, Piece
 MAX_PROBLEMS = 20  # problems collected before the plan gives up
 
 
-@dataclass(frozen=True)
-class Copy:
+class Copy(NamedTuple):
     """Where one run's bytes are at a source: `offset` bytes into its region `region`."""
 
     source: str
@@ -37,8 +38,7 @@ class Copy:
     offset: int
 
 
-@dataclass(frozen=True)
-class Run:
+class Run(NamedTuple):
     """`size` bytes at `offset` of the target's region `region`, held by `copies` (the first is planned)."""
 
     region: str
@@ -134,13 +134,16 @@ def box_runs(start: Sequence[int], stop: Sequence[int], src: Box, dst: Box, item
         k -= 1
     run = prod(ext[k:]) * item
     s_strides, d_strides = _strides(src.shape), _strides(dst.shape)
-    out = []
-    for outer in product(*(range(start[d], stop[d]) for d in range(k))):
-        pos = (*outer, *start[k:])
-        s = sum((p - a) * st for p, a, st in zip(pos, src.start, s_strides, strict=True))
-        t = sum((p - a) * st for p, a, st in zip(pos, dst.start, d_strides, strict=True))
-        out.append((src.offset + s * item, dst.offset + t * item, run))
-    return out
+    # The first run's offsets, then each outer dimension adds its stride (an arithmetic grid).
+    s0 = src.offset + item * sum((a - b) * st for a, b, st in zip(start, src.start, s_strides, strict=True))
+    t0 = dst.offset + item * sum((a - b) * st for a, b, st in zip(start, dst.start, d_strides, strict=True))
+    s_off = np.array([s0], dtype=np.int64)
+    t_off = np.array([t0], dtype=np.int64)
+    for d in range(k):
+        steps = np.arange(ext[d], dtype=np.int64)
+        s_off = (s_off[:, None] + steps[None, :] * (s_strides[d] * item)).reshape(-1)
+        t_off = (t_off[:, None] + steps[None, :] * (d_strides[d] * item)).reshape(-1)
+    return [(int(a), int(b), run) for a, b in zip(s_off.tolist(), t_off.tolist(), strict=True)]
 
 
 def _subtract(
@@ -273,10 +276,11 @@ def _plan_box(
                 rest.append(u)
                 continue
             used.add(key)
-            replicas = [r for r in candidates if (r.box.start, r.box.stop) == key]
-            for s_off, d_off, size in box_runs(hit[0], hit[1], h.box, box, item):
-                copies = tuple(Copy(r.source, r.entry.region, r.base + s_off) for r in replicas)
-                runs.append(Run(entry.region, base + d_off, size, copies))
+            replicas = [(r.source, r.entry.region, r.base) for r in candidates if (r.box.start, r.box.stop) == key]
+            runs.extend(
+                Run(entry.region, base + d_off, size, tuple(Copy(w, reg, b + s_off) for w, reg, b in replicas))
+                for s_off, d_off, size in box_runs(hit[0], hit[1], h.box, box, item)
+            )
             rest.extend(_subtract(u, hit))
         uncovered = rest
     if uncovered:

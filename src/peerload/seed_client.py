@@ -93,7 +93,9 @@ class SeedClient(ChannelClient):
             raise SeedServiceError("GetAvailability", "FAILED_PRECONDITION", problem, self.endpoint)
         return Holdings(reply.version, decode_held(reply.bitmap, part_count), decode_held(reply.pending, part_count))
 
-    def digest_ranges(self, ranges: Sequence[tuple[str, int, int]], check_parts: bool = True) -> str:
+    def digest_ranges(
+        self, ranges: Sequence[tuple[str, int, int]], check_parts: bool = True, lease: str | None = None
+    ) -> str:
         """The seed's xxh3_64 hex of these (region, offset, size) ranges' bytes, in order.
 
         Raises:
@@ -101,7 +103,7 @@ class SeedClient(ChannelClient):
                 older seed), or a part the ranges touch no longer matches its checksum
                 (FAILED_PRECONDITION).
         """
-        request = seed_pb2.DigestRangesRequest(worker_id=self.worker_id, check_parts=check_parts)
+        request = seed_pb2.DigestRangesRequest(worker_id=self.worker_id, check_parts=check_parts, lease_id=lease or "")
         group: seed_pb2.RegionRanges | None = None
         for region, offset, size in ranges:
             if group is None or group.region != region:

@@ -34,6 +34,12 @@ class SourceStatus(enum.IntEnum):
 # `peerload.v1.SeedService` (manifest with checksums). Topology is an open map that ListSources
 # returns too, so targets tell the kinds of seed apart without a call per seed.
 PEERLOAD_MANIFEST_KEY = "peerload.manifest"
+# gRPC request header: which process a peerload publisher is (random per Publisher). The coordinator
+# keeps it with the record, so a second live process publishing the same worker id replaces the
+# first (newest wins) and the first's next heartbeat is refused with ALREADY_EXISTS, not merged.
+INSTANCE_HEADER = "peerload-instance"
+# PublishMetadataResponse.message when the publish replaced another live process' record.
+REPLACED_PREFIX = "replaced: "
 PEERLOAD, MODELEXPRESS = "peerload", "modelexpress"
 # A worker that a peerload target loaded carries how that load went under this key (JSON: origin,
 # bytes, seconds, gbps, sources, finished_at), so the coordinator's status page can show recent loads.

@@ -34,6 +34,7 @@ from peerload.errors import (
     ServerClosing,
     StoreUnavailable,
     Unsupported,
+    WorkerSuperseded,
 )
 from peerload.identity import SourceIdentity
 from peerload.seed.leases import LeaseTable
@@ -61,6 +62,7 @@ CASES = [
     (ServerClosing("the seed is shutting down; read from another source"), Code.UNAVAILABLE),
     (LeaseRefused("the seed is serving its maximum of 1 readers", closing=False), Code.RESOURCE_EXHAUSTED),
     (LeaseRefused("the seed is shutting down and grants no new reads", closing=True), Code.UNAVAILABLE),
+    (WorkerSuperseded("worker id 'w' of source abc was published since by another process"), Code.ALREADY_EXISTS),
 ]
 
 

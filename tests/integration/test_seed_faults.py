@@ -22,6 +22,7 @@ import torch
 from peerload._process import free_port
 from peerload.chaos.cluster import RedisProcess
 from peerload.client import CoordinatorClient, SourceStatus
+from peerload.errors import CoordinatorError
 from peerload.identity import SourceIdentity
 from peerload.loader import load_into
 from peerload.seed.heartbeats import HeartbeatCounts
@@ -53,6 +54,14 @@ def settings_for(address: str, **more: Any) -> Settings:
 def ready_ids(address: str) -> set[str]:
     with CoordinatorClient(address, timeout_s=2, retries=0) as client:
         return {r.worker_id for r in client.list_sources(IDENTITY, status=SourceStatus.READY)}
+
+
+def reachable(address: str) -> bool:
+    try:
+        with CoordinatorClient(address, timeout_s=2, retries=0) as client:
+            return client.health_check()
+    except CoordinatorError:
+        return False
 
 
 def status_of(address: str, pub: Publisher) -> SourceStatus | None:
@@ -125,6 +134,41 @@ def test_memory_coordinator_restart_republishes_at_the_next_beat(coordinator_fac
     assert pub.worker_id not in ready_ids(server.address) or pub.republished == 1
     assert_republished_at_next_beat(server.address, pub, back)
     assert pub.republished == 1
+
+
+def test_a_target_loaded_while_the_coordinator_was_down_publishes_itself_once_it_is_back(coordinator_factory):
+    """Coordinator down at start: the target loads from storage and serves unpublished; the first
+    beat that reaches the coordinator, started on that address afterwards, publishes it READY, and
+    a second target then reads every byte from it."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"  # nothing listens here yet
+    settings = settings_for(address)
+    weights = tensors(7)
+    destination = {n: torch.empty_like(t) for n, t in weights.items()}
+    result = load_into(destination, IDENTITY, settings=settings, fallback=lambda: weights)
+    try:
+        pub = result.publisher
+        assert result.source == "storage" and pub is not None, result.attempts
+        assert not pub.published
+        wait_beats(pub, "failed while the coordinator is down", lambda c: c.failed >= 1)
+        server = coordinator_factory(port=port, heartbeat_timeout_s=4 * INTERVAL_S)
+        back = pub.heartbeats.snapshot()
+        after = wait_beats(pub, "reached the coordinator", lambda c: c.succeeded >= 1)
+        assert after.status_since <= back.attempts + 1, f"published only at beat {after.status_since}: {after}"
+        assert pub.published and after.last_status is SourceStatus.READY
+        # This process' shared connection to the address was refused while nothing listened: wait
+        # until it is back (gRPC's reconnect backoff) before the second load uses it.
+        deadline = time.monotonic() + HANG_S
+        while not reachable(server.address):
+            assert time.monotonic() < deadline, "the coordinator never became reachable again"
+            time.sleep(0.1)
+        assert ready_ids(server.address) == {pub.worker_id}
+        copy = {n: torch.full_like(t, float("nan")) for n, t in weights.items()}
+        second = load_into(copy, IDENTITY, settings=settings, publish=False)
+        assert second.source == pub.worker_id, second.attempts
+        assert all(torch.equal(copy[n], weights[n]) for n in weights)
+    finally:
+        result.close()
 
 
 @pytest.mark.redis

@@ -473,6 +473,78 @@ def test_vllm_seed_publishes_again_after_coordinator_restart(
     assert log.count("coordinator unreachable") <= 1, "one outage, one warning"
 
 
+def _destination_like(manifest: Any) -> dict[str, Any]:
+    """Empty tensors in exactly a seed's layout (its regions, and each tensor's view into one)."""
+    import torch
+
+    buffers = {r.name: torch.empty(r.size, dtype=torch.uint8) for r in manifest.regions}
+    out = {}
+    for t in manifest.tensors:
+        view = torch.empty(0, dtype=getattr(torch, t.dtype.removeprefix("torch.")))
+        view.set_(buffers[t.region].untyped_storage(), t.storage_offset, t.shape, t.stride)
+        out[t.name] = view
+    return out
+
+
+def test_vllm_started_while_the_coordinator_is_down_becomes_a_source_once_it_is_back(
+    tiny_llama: dict[str, Any], coordinator_factory: Any, api_server: Any, free_port: Any
+) -> None:
+    """No coordinator at start: vLLM loads from disk and serves unpublished; the coordinator then
+    starts on that address and the instance's heartbeat publishes it READY; this process reads
+    every byte from it (verified against the seed's checksums), equal to the checkpoint's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from peerload.client import CoordinatorClient, SourceStatus
+    from peerload.identity import BackendFramework, SourceIdentity
+    from peerload.loader import load_into
+    from peerload.seed_client import fetch_manifest
+    from peerload.settings import Settings
+    from peerload.wire import PEERLOAD_MANIFEST_KEY
+
+    interval, port = 1.0, free_port()
+    address = f"127.0.0.1:{port}"  # nothing listens here while vLLM starts
+    extra = {"coordinator": address, "heartbeat_interval_s": interval, "heartbeat_timeout_s": 4 * interval}
+    seed = api_server(tiny_llama["full"], free_port(), extra)
+    seed.wait_ready(timeout=300)  # a bound only (2 shared cores)
+    log = seed.log()
+    assert "serves unpublished and publishes itself as soon as the coordinator answers" in log, log[-4000:]
+    assert re.search(r"peerload: .* from storage .*serving as source \S+ once the coordinator answers", log), log
+    assert "not published" not in log and "loading from storage" in log
+    # The alarm's fix fits the cause (no `sources --explain` against a coordinator that is down),
+    # and the cause names the address once.
+    assert "fix: start the coordinator (`peerload serve`)" in log
+    assert f"coordinator {address}: coordinator at" not in log
+
+    coordinator_factory(port=port, heartbeat_timeout_s=4 * interval)
+    identity = SourceIdentity(model_name=SERVED_NAME, backend_framework=BackendFramework.VLLM, dtype="float32")
+
+    def ready() -> list[Any]:
+        with CoordinatorClient(address, timeout_s=2, retries=0) as client:
+            return client.list_sources(identity, status=SourceStatus.READY)
+
+    deadline = time.monotonic() + 60  # a bound on the wait only
+    while not ready():
+        assert time.monotonic() < deadline, f"never published:\n{seed.log()[-4000:]}"
+        time.sleep(0.05)
+    [ref] = ready()
+
+    endpoint = ref.topology[PEERLOAD_MANIFEST_KEY]
+    destination = _destination_like(fetch_manifest(endpoint, ref.worker_id, timeout_s=10))
+    result = load_into(destination, identity, settings=Settings.load(env={}, coordinator=address), publish=False)
+    assert result.source == ref.worker_id and result.verified, result.attempts
+    disk = load_file(str(tiny_llama["full"] / "model.safetensors"))
+    checked = []
+    for name, tensor in disk.items():  # the tensors vLLM keeps under the checkpoint's name
+        got = destination.get(name)
+        if got is None or got.shape[1:] != tensor.shape[1:] or got.shape[0] < tensor.shape[0]:
+            continue
+        assert torch.equal(got[: tensor.shape[0]], tensor), f"{name}: bytes differ from the checkpoint's"
+        checked.append(name)  # (vLLM pads vocabulary rows: the checkpoint's rows come first)
+    assert {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"} <= set(checked), sorted(destination)
+    assert seed.complete(tiny_llama["prompts"][:1])  # still serving inference
+
+
 @pytest.mark.timeout(1500)  # three vLLM starts, two of them compiling, on 2 shared cores
 def test_replica_installs_the_peers_compile_cache_instead_of_compiling(
     tiny_llama: dict[str, Any], coordinator_factory: Any, api_server: Any, free_port: Any, tmp_path: Path

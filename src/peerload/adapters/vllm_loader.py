@@ -178,7 +178,7 @@ class PeerloadModelLoader(BaseModelLoader):
             result.source,
             result.seconds.get("total", 0.0),
             result.gbps,
-            f", serving as source {result.worker_id}" if result.publisher else ", not published",
+            _serving(result),
         )
         return model.eval()
 
@@ -243,3 +243,16 @@ class PeerloadModelLoader(BaseModelLoader):
                 load.attempts,
                 hint=hint,
             ) from exc
+
+
+def _serving(result: LoadResult) -> str:
+    """The end of the load's log line: whether (and when) this instance serves as a source."""
+    publisher = result.publisher
+    if publisher is None:
+        return ", not published"
+    if not publisher.published:
+        return (
+            f", serving as source {result.worker_id} once the coordinator answers (unreachable now; "
+            "the heartbeat publishes it then)"
+        )
+    return f", serving as source {result.worker_id}"

@@ -185,6 +185,8 @@ def _discover(
     refs = client.list_sources(model_name=identity.model_name, status=SourceStatus.READY)
     refs.sort(key=lambda r: (r.mx_source_id != wanted, r.source_load or 0.0))
     for ref in refs[:_MAX_CANDIDATES]:
+        if exact and ref.mx_source_id != wanted:
+            break  # the exact ones come first; near misses are only reported when there is none
         record = client.get_metadata(ref.mx_source_id, ref.worker_id)
         if record is None or record.artifact is None or not record.worker_grpc_endpoint:
             continue
@@ -202,7 +204,8 @@ def _transfer(
     record: WorkerRecord, settings: Settings, security: ChannelSecurity, limits: archive.ArchiveLimits
 ) -> tuple[memoryview, float]:
     """The artifact's one archive from `record`'s source, every chunk and the file checksummed;
-    (its bytes, seconds of the data movement from the first chunk lease to the last check)."""
+    (its bytes, seconds of the transfer phase: from holding the first batch of chunk leases to the
+    last check, the phase the weights path times after its handshake took its lease)."""
     assert record.artifact is not None
     name = record.artifact.artifact_id[:12]
     with ArtifactClient(
@@ -248,12 +251,13 @@ def _read_chunks(
         base = transport.register({"artifact": buffer})[0].addr
         view = buffer.numpy().data
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="peerload-artifact-crc") as hashing:
-            started = time.perf_counter()
+            started = 0.0
             deadline = time.monotonic() + settings.transfer_timeout_s
             sums: list[list[Future[int]]] = []  # per chunk, its pieces' CRC32C
             for start in range(0, len(chunks), _BATCH):
                 batch = chunks[start : start + _BATCH]
                 leases = _take_leases(rpc, batch, name)
+                started = started or time.perf_counter()
                 try:
                     peer = EndpointInfo(header.agent_name, nixl_metadata=leases[0].source_metadata)
                     for lease, chunk in zip(leases, batch, strict=True):

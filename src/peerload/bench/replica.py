@@ -33,7 +33,7 @@ CASES = {
     "d": "disk weights, warm local compile cache",
 }
 PROMPTS = [[5, 17, 99, 3, 250], [7, 7, 42, 11], [300, 1, 2, 8, 64, 9]]
-PATH_ROUNDS = 7  # artifact and weights back to back, per round (the ratio is the median round's)
+PATH_ROUNDS = 11  # artifact and weights back to back, per round (the ratio is the median round's)
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ class _Runner:
         return proc, ready, log, started
 
     def run(self, model: Path, cache_root: Path, **kw: Any) -> dict[str, Any]:
+        load_before = os.getloadavg()[0]
         proc, ready, log, started = self.start(model, cache_root, **kw)
         try:
             info = wait_ready_file(proc, ready, timeout_s=900, what=f"the vLLM replica (log {log})")
@@ -131,6 +132,7 @@ class _Runner:
             "compile_cache_installed": "compile cache installed" in text,
             "loaded_compiled_graph": "Directly load AOT compilation" in text,
             "weights_from_peer": "from storage" not in text and kw.get("peer", False),
+            "load_average": [load_before, os.getloadavg()[0]],  # 1-minute, before and after
         }
 
 
@@ -270,6 +272,8 @@ def _results(
     ratio_paths = paths["ratio"]
     return {
         "what": "seconds from process start to the first generated token of a new vLLM replica (CPU, tiny Llama)",
+        "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "cpus": os.cpu_count(),
         "repeats": config.repeats,
         "cases": {k: {"label": CASES[k], "median_s": median[k], "runs": runs[k]} for k in CASES},
         "seed": {"llm_s": seed["llm_s"]},

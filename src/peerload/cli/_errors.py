@@ -21,6 +21,8 @@ from peerload.errors import (
     SeedServiceError,
     ServiceError,
     TransportError,
+    TransportMismatch,
+    WorkerSuperseded,
 )
 
 _TLS_FAILED = ("handshake", "ssl", "tls", "socket closed")
@@ -79,6 +81,9 @@ _HINTS: dict[type[PeerloadError], Callable[[PeerloadError], str]] = {
     ),
     ChecksumMismatch: lambda e: "the bytes read differ from what the seed published; the load was rolled back.",
     TransportError: lambda e: "the data plane failed; check that seed and target can reach each other.",
+    TransportMismatch: lambda e: (
+        "start the load with the seed's transport (--transport), or seed the model over this load's transport too."
+    ),
     CheckpointMismatch: lambda e: (
         "build the class the checkpoint was saved from (--model-class NAME), or accept the difference: "
         "--allow-missing (the model initialises those tensors itself) / --allow-unused (they are ignored)."
@@ -93,6 +98,10 @@ _HINTS: dict[type[PeerloadError], Callable[[PeerloadError], str]] = {
     FleetUnavailable: lambda e: (
         "emulated hosts need root and iproute2 (ip, tc); run as root, or without demo's --hosts "
         "(bench fleet and bench fanout always need them)."
+    ),
+    WorkerSuperseded: lambda e: (
+        "two live processes had one --worker-id; this one stopped. Give each its own (or none: a unique "
+        "one is generated); a restarted process may reuse its id."
     ),
     ConfigError: lambda e: "see `peerload COMMAND --help` for the options and their values.",
 }

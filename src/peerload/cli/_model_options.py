@@ -20,13 +20,14 @@ import typer
 
 from peerload.coordinator.registry import MAX_ID_CHARS
 from peerload.devices import parse_device
-from peerload.errors import ConfigError
+from peerload.errors import ConfigError, WorkerSuperseded
 from peerload.identity import SourceIdentity
 from peerload.settings import Settings
 from peerload.telemetry import MetricsServer
 
 if TYPE_CHECKING:
     from peerload.adapters.hf_config import Checkpoint
+    from peerload.seed.publisher import Publisher
 
 
 @dataclass(frozen=True)
@@ -352,9 +353,14 @@ def start_metrics(host: str, port: int | None) -> MetricsServer | None:
     return server
 
 
-def wait_for_signal() -> signal.Signals:
-    """Block until SIGINT or SIGTERM; which one came (the caller stops cleanly either way)."""
-    stop = threading.Event()
+def wait_for_signal(publisher: Publisher | None = None) -> signal.Signals:
+    """Block until SIGINT or SIGTERM; which one came (the caller stops cleanly either way).
+
+    Raises:
+        WorkerSuperseded: another process published `publisher`'s worker id meanwhile (newest
+            wins), so this one serves nobody new; the caller stops as for SIGTERM.
+    """
+    stop = publisher.superseded_event if publisher is not None else threading.Event()
     received: list[signal.Signals] = []
 
     def on_signal(signum: int, frame: object) -> None:
@@ -365,4 +371,7 @@ def wait_for_signal() -> signal.Signals:
         signal.signal(sig, on_signal)
     while not stop.wait(1.0):
         pass
+    if not received:
+        assert publisher is not None
+        raise WorkerSuperseded(publisher.superseded)
     return received[0]

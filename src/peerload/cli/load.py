@@ -110,8 +110,9 @@ def load(
                 json.dumps(build_report(result, settings.transport, model.identity.source_id()), indent=2)
             )
         if serve and result.publisher is not None:
-            console.print(f"serving as source {result.publisher.worker_id}; SIGTERM or Ctrl-C to stop")
-            stopped_by = wait_for_signal()
+            later = "" if result.publisher.published else " (published once the coordinator answers)"
+            console.print(f"serving as source {result.publisher.worker_id}{later}; SIGTERM or Ctrl-C to stop")
+            stopped_by = wait_for_signal(result.publisher)
     finally:
         result.close()
         if metrics is not None:

@@ -107,7 +107,7 @@ def seed(
                     ],
                 },
             )
-        stopped_by = wait_for_signal()
+        stopped_by = wait_for_signal(pub)
         typer.echo("stopping: marking the source STALE", err=True)
     if metrics is not None:
         metrics.close()

@@ -1,6 +1,12 @@
 """The registry's rules, over the wire messages but without gRPC.
 
 - Publish validates, then stores the worker INITIALIZING (replacing one with the same id).
+- One worker id, two live processes: the newest publish wins. Each peerload publisher sends a
+  random instance id (header `peerload-instance`) with its publishes and heartbeats; a publish
+  that replaces a live record of another instance is logged as a WARNING here and told to the
+  publisher; the replaced process' next heartbeat is refused (ALREADY_EXISTS), so it learns it is
+  no longer listed instead of keeping the other's record alive. A restarted process simply takes
+  its record back. Clients that send no instance (the official one) keep the old behaviour.
 - UpdateStatus is the heartbeat and the only way to READY.
 - A READY worker silent for longer than the heartbeat timeout reads as STALE at once; the
   reaper writes STALE, and deletes non-READY workers silent for longer than the GC timeout.
@@ -18,9 +24,9 @@ from google.protobuf.message import DecodeError
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload.coordinator.store import Beat, Heartbeat, Store, WorkerEntry
-from peerload.errors import InvalidRequest, LimitExceeded
+from peerload.errors import InvalidRequest, LimitExceeded, WorkerSuperseded
 from peerload.identity import OPTIONAL_HASHED_FIELDS, compute_source_id
-from peerload.wire import SourceStatus, status_to_proto
+from peerload.wire import PEERLOAD_MANIFEST_KEY, REPLACED_PREFIX, SourceStatus, status_to_proto
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +38,19 @@ READY = SourceStatus.READY
 STALE = SourceStatus.STALE
 INITIALIZING = SourceStatus.INITIALIZING
 _SETTABLE_STATUSES = (INITIALIZING, READY, STALE)
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What one publish did: the source id, and which live record of another process it replaced ("" if none)."""
+
+    source_id: str
+    replaced: str = ""
+
+    @property
+    def message(self) -> str:
+        """PublishMetadataResponse.message: "published", or the replacement (wire.REPLACED_PREFIX)."""
+        return f"{REPLACED_PREFIX}{self.replaced}" if self.replaced else "published"
 
 
 @dataclass(frozen=True)
@@ -85,8 +104,12 @@ class Registry:
         return entry.status
 
     # -- RPCs ---------------------------------------------------------------------------------
-    def publish(self, request: pb.PublishMetadataRequest) -> str:
+    def publish(self, request: pb.PublishMetadataRequest, instance: str = "") -> str:
         """Store the worker INITIALIZING; returns its mx_source_id."""
+        return self.publish_as(request, instance).source_id
+
+    def publish_as(self, request: pb.PublishMetadataRequest, instance: str = "") -> Publication:
+        """Store the worker INITIALIZING for the process `instance` ("" = unknown); newest wins."""
         if not request.HasField("identity"):
             raise InvalidRequest("identity", "is required")
         _check_identity(request.identity, "identity")
@@ -96,7 +119,9 @@ class Registry:
         _check_enum(pb.SourceStatus, request.worker.status, "worker.status")
         self._check_descriptors(request.worker)
         sid = source_id_of(request.identity)
-        self._check_room(sid, worker_id)
+        previous = self.store.get(sid, worker_id)
+        self._check_room(sid, worker_id, previous)
+        replaced = self._replaced(previous, instance)
         stored = pb.PublishMetadataRequest()
         stored.CopyFrom(request)
         stored.worker.status = status_to_proto(INITIALIZING)
@@ -114,8 +139,11 @@ class Registry:
                 source_load=None,
                 payload=stored.SerializeToString(),
                 listing=_static_ref(stored, sid, worker_id, model_name).SerializeToString(),
+                instance=instance,
             )
         )
+        if replaced:
+            logger.warning("worker id %r of %s published by a second process: %s", worker_id, sid, replaced)
         logger.info(
             "published worker %s rank %d of %s (%s)",
             worker_id,
@@ -123,7 +151,23 @@ class Registry:
             request.identity.model_name,
             sid,
         )
-        return sid
+        return Publication(sid, replaced)
+
+    def _replaced(self, previous: WorkerEntry | None, instance: str) -> str:
+        """Whose live record a publish by `instance` replaces ("" for none, the same process, or two unknowns)."""
+        if previous is None or previous.instance == instance:
+            return ""
+        now = self.now_ms()
+        status = self.effective_status(previous, now)
+        age_ms = now - previous.updated_at_ms
+        if status == STALE or age_ms > self.heartbeat_timeout_ms:
+            return ""  # nobody beats for it any more: a restart taking its id back
+        return (
+            f"the live record of worker {previous.worker_id!r} ({SourceStatus(status).name}, last heartbeat "
+            f"{age_ms / 1000:.1f}s ago, at {_endpoint_of(previous)}) was another process'; this publish replaced it "
+            "(newest wins) and that process is refused at its next heartbeat. If it was this worker before a "
+            "restart, nothing is wrong; otherwise give every process its own worker id"
+        )
 
     def _check_descriptors(self, worker: pb.WorkerMetadata) -> None:
         limit = self.max_tensors_per_worker
@@ -136,9 +180,9 @@ class Registry:
                     field, f"has {len(tensors)} descriptors; the limit is {limit} (setting max_tensors_per_worker)"
                 )
 
-    def _check_room(self, sid: str, worker_id: str) -> None:
+    def _check_room(self, sid: str, worker_id: str, previous: WorkerEntry | None) -> None:
         """A new worker must fit under max_workers_per_source (re-publishing one always does)."""
-        if self.store.get(sid, worker_id) is not None:
+        if previous is not None:
             return
         count = self.store.count(sid)
         if count >= self.max_workers_per_source:
@@ -207,8 +251,13 @@ class Registry:
             found=True, worker=worker, mx_source_id=sid, worker_id=wid, identity=published.identity
         )
 
-    def update_status(self, request: pb.UpdateStatusRequest) -> pb.UpdateStatusResponse:
-        """Heartbeat; success=false (not an error) for an unknown worker, so clients re-publish."""
+    def update_status(self, request: pb.UpdateStatusRequest, instance: str = "") -> pb.UpdateStatusResponse:
+        """Heartbeat; success=false (not an error) for an unknown worker, so clients re-publish.
+
+        Raises:
+            WorkerSuperseded: the record is another process' now (`instance` differs from the one
+                that published it last).
+        """
         sid = _check_id(request.mx_source_id, "mx_source_id")
         wid = _check_id(request.worker_id, "worker_id")
         _check_enum(pb.SourceStatus, request.status, "status")
@@ -217,10 +266,19 @@ class Registry:
         load = request.source_load if request.HasField("source_load") else None
         if load is not None and (not math.isfinite(load) or load < 0):
             raise InvalidRequest("source_load", f"must be a finite number >= 0, got {load}")
-        outcome = self.store.heartbeat(Beat(sid, wid, request.worker_rank, request.status, self.now_ms(), load))
+        outcome = self.store.heartbeat(
+            Beat(sid, wid, request.worker_rank, request.status, self.now_ms(), load, instance=instance)
+        )
         if outcome is Heartbeat.MISSING:
             return pb.UpdateStatusResponse(
                 success=False, message=f"unknown worker {wid!r} of source {sid}: publish it first"
+            )
+        if outcome is Heartbeat.SUPERSEDED:
+            entry = self.store.get(sid, wid)
+            where = _endpoint_of(entry) if entry else "another address"
+            raise WorkerSuperseded(
+                f"worker id {wid!r} of source {sid} was published since by another process (at {where}; newest "
+                "wins): this process is no longer listed; give every process its own worker id"
             )
         if outcome is Heartbeat.RANK_MISMATCH:
             entry = self.store.get(sid, wid)
@@ -258,6 +316,17 @@ class Registry:
                         age / 1000,
                     )
         return ReapResult(marked_stale=stale, deleted=deleted)
+
+
+def _endpoint_of(entry: WorkerEntry) -> str:
+    """Where a record says its worker serves: its manifest server, else its WorkerService, else its session."""
+    worker = _published(entry).worker
+    return (
+        worker.topology.get(PEERLOAD_MANIFEST_KEY)
+        or worker.worker_grpc_endpoint
+        or worker.transfer_engine_session_id
+        or "an unknown address"
+    )
 
 
 def _published(entry: WorkerEntry) -> pb.PublishMetadataRequest:

@@ -6,7 +6,8 @@ import grpc
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._grpc_edge import Observer, service_handler
-from peerload.coordinator.registry import Registry
+from peerload.coordinator.registry import MAX_ID_CHARS, Registry
+from peerload.wire import INSTANCE_HEADER
 
 SERVICE = pb.DESCRIPTOR.services_by_name["P2pService"]
 
@@ -20,9 +21,9 @@ class P2pServicer:
     def PublishMetadata(
         self, request: pb.PublishMetadataRequest, context: grpc.ServicerContext
     ) -> pb.PublishMetadataResponse:
-        sid = self._registry.publish(request)
+        done = self._registry.publish_as(request, instance_of(context))
         return pb.PublishMetadataResponse(
-            success=True, message="published", mx_source_id=sid, worker_id=request.worker_id
+            success=True, message=done.message, mx_source_id=done.source_id, worker_id=request.worker_id
         )
 
     def ListSources(self, request: pb.ListSourcesRequest, context: grpc.ServicerContext) -> pb.ListSourcesResponse:
@@ -32,7 +33,15 @@ class P2pServicer:
         return self._registry.get_metadata(request)
 
     def UpdateStatus(self, request: pb.UpdateStatusRequest, context: grpc.ServicerContext) -> pb.UpdateStatusResponse:
-        return self._registry.update_status(request)
+        return self._registry.update_status(request, instance_of(context))
+
+
+def instance_of(context: grpc.ServicerContext) -> str:
+    """The caller's `peerload-instance` header (wire.INSTANCE_HEADER), "" when it sent none (or an unusable one)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == INSTANCE_HEADER and isinstance(value, str):
+            return value[:MAX_ID_CHARS]
+    return ""
 
 
 def p2p_handler(servicer: object, observe: Observer | None = None) -> grpc.GenericRpcHandler:

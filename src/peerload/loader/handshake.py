@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from peerload._grpc import ChannelSecurity
 from peerload.client import CoordinatorClient, SourceRef, SourceStatus, WorkerRecord
-from peerload.errors import ChecksumMismatch, ConfigError, LayoutMismatch, NoSourceAvailable
+from peerload.errors import ChecksumMismatch, ConfigError, LayoutMismatch, NoSourceAvailable, TransportMismatch
 from peerload.loader import mx_source
 from peerload.loader.network import describe_path
 from peerload.loader.phases import PhaseTimer
@@ -106,10 +106,10 @@ class Handshake:
         )
 
     def _check_source(self, manifest: Manifest, peer: EndpointInfo, worker_id: str, parts_of: PeerPlan | None) -> None:
-        """Raise unless the source has our layout, our transport and usable part checksums."""
+        """Raise unless the source has our transport, our layout and usable part checksums."""
+        if peer.transport != self.transport.kind:  # first: the layout does not matter if we cannot read it
+            raise TransportMismatch(worker_id, peer.transport, self.transport.kind)
         check_layout(self.tensor_set, manifest, source=worker_id)
-        if peer.transport != self.transport.kind:
-            raise LayoutMismatch([f"source uses transport {peer.transport}, we use {self.transport.kind}"], worker_id)
         if parts_of is not None and manifest.part_bytes != parts_of.manifest.part_bytes:
             raise LayoutMismatch(
                 [
@@ -126,8 +126,7 @@ class Handshake:
         read = mx_source.prepare(record, self.tensor_set, self.settings.rpc_timeout_s, self.security)
         try:
             if read.peer.transport != self.transport.kind:
-                problem = f"source uses transport {read.peer.transport}, we use {self.transport.kind}"
-                raise LayoutMismatch([problem], record.worker_id)
+                raise TransportMismatch(record.worker_id, read.peer.transport, self.transport.kind)
             self.transport.connect(read.peer)  # P2P mode: fetches its metadata from the listen thread
         except BaseException:
             read.release()

@@ -180,7 +180,8 @@ class TargetLoad:
             outcome = self._from_peers(tensor_set) if coordinator_up else None
             if outcome is None or outcome.missing:
                 self._from_storage(tensor_set, outcome)
-            publisher = self._publish(tensor_set, outcome) if self.options.publish and coordinator_up else None
+            # Published even when the coordinator was down: it publishes itself once that answers.
+            publisher = self._publish(tensor_set, outcome) if self.options.publish else None
         except BaseException as exc:
             self._withdraw()
             self._faulting.stop()  # an interrupt must not wait for gigabytes of page faults
@@ -222,7 +223,7 @@ class TargetLoad:
             except CoordinatorError as exc:
                 if self.fallback is None:
                     raise
-                self.attempts.append(f"coordinator {self.settings.coordinator}: {exc}")
+                self.attempts.append(str(exc))  # "coordinator at HOST:PORT: Check failed with ..."
                 log.warning("coordinator unreachable, loading from storage: %s", exc)
                 return False
 
@@ -545,6 +546,7 @@ class TargetLoad:
                     transport=self.transport,
                     part_sums=(outcome.part_bytes, outcome.sums) if reuse and outcome else None,
                     load_summary=self._summary(tensor_set),
+                    publish_later=True,
                 )
             except PeerloadError as exc:
                 # The model is loaded and verified; failing to become a seed must not lose it.

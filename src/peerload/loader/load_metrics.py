@@ -57,14 +57,24 @@ def record_load(result: LoadResult, model: str, rank: int, expect_tcp: bool) -> 
             )
 
 
+_NO_SOURCE_FIX = (
+    "start (or wait for) a READY seed of the same identity and rank; `peerload sources --explain` shows what "
+    "the coordinator holds and what differs"
+)
+# Where the usual fix (a seed, `peerload sources --explain`) cannot help: nothing answered to ask.
+_FIXES = {
+    "coordinator_unreachable": (
+        "start the coordinator (`peerload serve`) or point coordinator / PEERLOAD_COORDINATOR at a running "
+        "one; a worker that serves publishes itself once it answers"
+    ),
+}
+
+
 def record_fallback(reason: str, model: str, rank: int, attempts: Sequence[str], hint: str) -> None:
     """A load is about to read from storage: count it by reason and raise the storage_fallback alarm."""
     telemetry.LOAD_FALLBACKS.labels(reason).inc()
     why = attempts[-1] if attempts else reason
-    fix = hint or (
-        "start (or wait for) a READY seed of the same identity and rank; `peerload sources --explain` shows what "
-        "the coordinator holds and what differs"
-    )
+    fix = hint or _FIXES.get(reason, _NO_SOURCE_FIX)
     telemetry.alarm(
         telemetry.STORAGE_FALLBACK,
         f"{model} rank {rank} loads from storage ({reason}: {why})",

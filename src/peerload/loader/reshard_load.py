@@ -130,7 +130,8 @@ class Resharding:
         """Whether our bytes of part `index` equal the source's digest of the ranges they came from."""
         part = self.parts[index]
         try:
-            theirs = source.seed.digest_ranges(self.plan.part_copies[index][source.worker_id], check_parts=True)
+            copies = self.plan.part_copies[index][source.worker_id]
+            theirs = source.seed.digest_ranges(copies, check_parts=True, lease=source.lease)
         except SOURCE_FAILURES as exc:
             log.warning("source %s could not vouch for part %d: %s", source.worker_id, index, exc)
             return False

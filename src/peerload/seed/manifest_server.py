@@ -90,7 +90,7 @@ class _Servicer:
             if len(group.offsets) != len(group.sizes):
                 raise InvalidRequest(f"ranges[{i}]", f"{len(group.offsets)} offsets for {len(group.sizes)} sizes")
             ranges.extend((group.region, o, n) for o, n in zip(group.offsets, group.sizes, strict=True))
-        digest, checked = self._digests.digest(ranges, request.check_parts)
+        digest, checked = self._digests.digest(ranges, request.check_parts, request.lease_id)
         return seed_pb2.DigestRangesResponse(digest=digest, parts_checked=checked)
 
     def ReleaseLease(

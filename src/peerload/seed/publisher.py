@@ -2,7 +2,10 @@
 
 The heartbeat keeps a source listed through coordinator faults: refused (the coordinator lost
 its state) -> publish again at once; unreachable -> keep serving, retry with jittered backoff
-capped at one interval; transport broken -> heartbeat STALE and log why.
+capped at one interval; transport broken -> heartbeat STALE and log why. Started while the
+coordinator is down (`publish_later`) -> serve unpublished, publish at the first beat that reaches
+it. Another process
+published this worker id since (newest wins) -> WARNING, stop heartbeating, `superseded` says why.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -40,6 +44,7 @@ from peerload.wire import LOAD_SUMMARY_KEY, PEERLOAD_MANIFEST_KEY, TensorInfo, T
 log = logging.getLogger(__name__)
 
 _FIRST_RETRY_FRACTION = 0.125  # first retry after an unreachable beat: this share of the interval
+SUPERSEDED_CODE = "ALREADY_EXISTS"  # a heartbeat's code when another process published our worker id
 
 
 class Publisher:
@@ -55,6 +60,9 @@ class Publisher:
     the load each heartbeat reports. With `availability` the worker is still loading: it is listed
     INITIALIZING (readers that list only READY sources never see it) and serves only the parts
     marked there, until `ready()`; `withdraw()` takes it back without releasing the transport.
+    With `publish_later`, a coordinator that cannot be reached now does not fail the Publisher: it
+    serves unpublished (`published` is False) and the heartbeat publishes it once the coordinator
+    answers (a process started during a coordinator outage still becomes a source).
     """
 
     def __init__(
@@ -70,6 +78,7 @@ class Publisher:
         part_sums: tuple[int, Sequence[str]] | None = None,
         availability: PartAvailability | None = None,
         load_summary: str = "",
+        publish_later: bool = False,
     ) -> None:
         self.identity = identity
         self.load_summary = load_summary  # JSON of how this worker was loaded, for the status page
@@ -78,11 +87,16 @@ class Publisher:
         self.worker_id = worker_id or new_worker_id(rank)
         self.tensor_set = tensor_set
         self.source_id = identity.source_id()
+        # Which process this is, for the coordinator: a second live process of this worker id replaces
+        # this one's record (newest wins), and this one's next heartbeat is refused (`superseded`).
+        self.instance = uuid.uuid4().hex
+        self.superseded = ""  # why another process holds this worker id now ("" while it is ours)
+        self.superseded_event = threading.Event()
         register = transport is None
         self._closed = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._server: ManifestServer | None = None
-        self._client = CoordinatorClient.from_settings(settings)
+        self._client = CoordinatorClient.from_settings(settings, instance=self.instance)
         self.leases = LeaseTable(settings.seed_max_readers, settings.lease_timeout_s, transport=settings.transport)
         self._beats = self._heartbeat_client()
         self._unhealthy: str | None = None  # the transport's last complaint, if any
@@ -92,6 +106,7 @@ class Publisher:
         self.availability = availability
         self._loading = availability is not None
         self._owns_transport = True
+        self.published = False  # the coordinator has this worker's record (False: publish_later, still down)
         try:
             self.transport = transport or make_transport(settings, self.worker_id)
             if register:
@@ -121,7 +136,7 @@ class Publisher:
                 availability=availability,
                 regions=tensor_set.regions,
             )
-            self._publish(status=SourceStatus.INITIALIZING if self._loading else SourceStatus.READY)
+            self._first_publish(publish_later)
             telemetry.SEED_TRANSPORT_HEALTHY.labels(self.transport.kind).set(1)
         except BaseException:
             self._release()
@@ -186,13 +201,17 @@ class Publisher:
         assert self._server is not None
         client = client or self._client
         worker = self._worker_info(self._endpoint, self._server.endpoint)
-        published_id = client.publish(self.identity, worker, worker_id=self.worker_id)
+        reply = client.publish_worker(self.identity, worker, worker_id=self.worker_id)
+        published_id = reply.source_id
+        if reply.replaced:
+            log.warning("worker id %s was in use: %s", self.worker_id, reply.replaced)
         if published_id != self.source_id:
             log.warning("coordinator computed source id %s, we computed %s", published_id, self.source_id)
             self.source_id = published_id
             if self._server.worker_service is not None:
                 self._server.worker_service.set_source_id(published_id)
         client.update_status(self.source_id, self.worker_id, self.rank, status, float(self.leases.active()))
+        self.published = True
         log.info(
             "published %d tensors (%.1f MiB) as %s/%s rank %d via %s (ModelExpress readers: %s)",
             len(self.manifest.tensors),
@@ -204,11 +223,30 @@ class Publisher:
             "p2p" if self.settings.mx_p2p_metadata else "centralized",
         )
 
+    def _first_publish(self, publish_later: bool) -> None:
+        try:
+            self._publish(status=SourceStatus.INITIALIZING if self._loading else SourceStatus.READY)
+        except CoordinatorUnavailable as exc:
+            if not publish_later:
+                raise
+            self._unreachable_since = time.monotonic()  # one warning for this outage, here
+            log.warning(
+                "coordinator unreachable: %s serves unpublished and publishes itself as soon as the coordinator "
+                "answers (retrying every %.1fs at most): %s",
+                self.worker_id,
+                self.settings.heartbeat_interval_s,
+                exc,
+            )
+
     def _heartbeat_client(self) -> CoordinatorClient:
         """A client for beats: one attempt within one interval, on a connection of its own."""
         interval = self.settings.heartbeat_interval_s
         return CoordinatorClient.from_settings(
-            self.settings, timeout_s=min(self.settings.rpc_timeout_s, interval), retries=0, private_connection=True
+            self.settings,
+            timeout_s=min(self.settings.rpc_timeout_s, interval),
+            retries=0,
+            private_connection=True,
+            instance=self.instance,
         )
 
     def _heartbeat_loop(self) -> None:
@@ -220,6 +258,9 @@ class Publisher:
             try:
                 status = self._beat()
             except CoordinatorError as exc:
+                if exc.code == SUPERSEDED_CODE:
+                    self._supersede(exc)
+                    return
                 self.heartbeats.failed()
                 delay = backoff.next()
                 self._beat_failed(exc, delay)
@@ -232,8 +273,9 @@ class Publisher:
         """One beat (READY, or STALE while the transport is broken); raises CoordinatorError."""
         status = self._status()
         load = float(self.leases.active())  # readers now: targets prefer idle seeds
-        known = self._beats.update_status(self.source_id, self.worker_id, self.rank, status, load)
-        if not known:
+        if not self.published:  # started while the coordinator was down: publish now
+            self._publish(self._beats, status)
+        elif not self._beats.update_status(self.source_id, self.worker_id, self.rank, status, load):
             log.warning(
                 "coordinator %s no longer knows worker %s (restarted or lost its store): publishing again",
                 self._beats.current_address,
@@ -251,6 +293,12 @@ class Publisher:
             )
             self._unreachable_since = None
         return status
+
+    def _supersede(self, exc: CoordinatorError) -> None:
+        """Another process published this worker id: it is listed now, not this one (newest wins)."""
+        self.superseded = exc.details
+        log.warning("%s; stopped heartbeating (this process still serves readers that hold its metadata)", exc.details)
+        self.superseded_event.set()
 
     @property
     def republished(self) -> int:
@@ -323,10 +371,14 @@ class Publisher:
         self._closed.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=self.settings.rpc_timeout_s)
-        try:
-            self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.STALE)
-        except CoordinatorError as exc:
-            log.warning("could not mark %s STALE (the reaper will): %s", self.worker_id, exc)
+        if self.published and not self.superseded:  # never published, or another process' record now
+            try:
+                self._client.update_status(self.source_id, self.worker_id, self.rank, SourceStatus.STALE)
+            except CoordinatorError as exc:
+                if exc.code == SUPERSEDED_CODE:
+                    self._supersede(exc)
+                else:
+                    log.warning("could not mark %s STALE (the reaper will): %s", self.worker_id, exc)
         # Readers hold leases on our memory: refuse new ones, and deregister only when they end.
         wait_s = self.settings.lease_close_wait_s if wait_readers else 0.0
         still_open = self.leases.close(wait_s)

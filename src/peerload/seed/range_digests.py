@@ -4,11 +4,13 @@ A target of another tensor-parallel layout reads sub-ranges of this seed's regio
 published part checksum covers. It asks for the xxh3_64 of exactly the ranges it read, in its
 order, and compares it with the bytes it holds; with `check_parts` the seed first checks every
 part of its own plan those ranges touch against the checksum it published, so the digest vouches
-for bytes that are still what was published (docs/resharding.md#verification).
+for bytes that are still what was published (docs/resharding.md#verification); each part once
+per reader's lease.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -19,6 +21,7 @@ from peerload.manifest import Manifest
 from peerload.tensors import host_bytes, part_matches
 
 Range = tuple[str, int, int]  # (region, offset, size)
+MAX_LEASES = 256  # leases whose checked parts are remembered
 
 
 class RangeDigests:
@@ -29,13 +32,15 @@ class RangeDigests:
         self._manifest = manifest
         self._parts = manifest.parts()
         self._sizes = {r.name: r.size for r in manifest.regions}
+        self._lock = threading.Lock()
+        self._checked: dict[str, set[int]] = {}  # lease -> parts checked under it
         # region -> [(first byte, last byte + 1, part index)] of the seed's own plan
         self._spans: dict[str, list[tuple[int, int, int]]] = {}
         for part in self._parts:
             for piece in part.pieces:
                 self._spans.setdefault(piece.region, []).append((piece.offset, piece.offset + piece.size, part.index))
 
-    def digest(self, ranges: Sequence[Range], check_parts: bool) -> tuple[str, int]:
+    def digest(self, ranges: Sequence[Range], check_parts: bool, lease: str = "") -> tuple[str, int]:
         """(xxh3_64 hex of the ranges' bytes in order, parts checked).
 
         Raises:
@@ -49,22 +54,20 @@ class RangeDigests:
                 raise InvalidRequest(
                     f"ranges[{i}]", f"[{offset}, {offset + size}) runs past {region} ({self._sizes[region]} bytes)"
                 )
-        checked = self._check(ranges) if check_parts else 0
+        checked = self._check(ranges, lease) if check_parts else 0
         digest = xxhash.xxh3_64()
         buffers = {name: host_bytes(self._regions[name]) for name in {r for r, _, _ in ranges}}
         for region, offset, size in ranges:
             digest.update(buffers[region][offset : offset + size])
         return digest.hexdigest(), checked
 
-    def _check(self, ranges: Sequence[Range]) -> int:
-        touched = sorted(
-            {
-                i
-                for region, offset, size in ranges
-                for a, b, i in self._spans.get(region, ())
-                if a < offset + size and b > offset
-            }
-        )
+    def _check(self, ranges: Sequence[Range], lease: str) -> int:
+        touched: set[int] = set()
+        for region, offset, size in ranges:
+            touched.update(i for a, b, i in self._spans.get(region, ()) if a < offset + size and b > offset)
+        if lease:
+            with self._lock:
+                touched -= self._checked.get(lease, set())
         sums = self._manifest.part_checksums
         for i in sorted(touched):
             if i >= len(sums) or not sums[i]:
@@ -73,4 +76,9 @@ class RangeDigests:
                 raise PreconditionFailed(
                     f"part {i} ({', '.join(self._parts[i].regions[:3])}) no longer matches its published checksum"
                 )
+        if lease:
+            with self._lock:
+                self._checked.setdefault(lease, set()).update(touched)
+                while len(self._checked) > MAX_LEASES:  # the oldest lease's record goes first
+                    del self._checked[next(iter(self._checked))]
         return len(touched)

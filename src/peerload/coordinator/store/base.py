@@ -39,6 +39,7 @@ class WorkerEntry(NamedTuple):
     # SourceInstanceRef without updated_at and source_load (b"": not read, or a record written
     # by a peerload that kept none; the payload then has it).
     listing: bytes = b""
+    instance: str = ""  # the publishing process (wire.INSTANCE_HEADER), "" when it sent none
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Beat:
     status: int
     updated_at_ms: int
     source_load: float | None
+    instance: str = ""  # the beating process, "" when it sent none
 
 
 class Heartbeat(enum.Enum):
@@ -59,6 +61,7 @@ class Heartbeat(enum.Enum):
     OK = "ok"
     MISSING = "missing"
     RANK_MISMATCH = "rank_mismatch"
+    SUPERSEDED = "superseded"  # the record is another process' now (both sent instances, they differ)
 
 
 class Store(ABC):
@@ -95,7 +98,8 @@ class Store(ABC):
 
     @abstractmethod
     def heartbeat(self, beat: Beat) -> Heartbeat:
-        """Set status, time and load of an existing worker whose rank matches."""
+        """Set status, time and load of an existing worker whose rank (and instance, when the beat
+        and the record both have one) matches."""
 
     @abstractmethod
     def compare_and_set_status(self, seen: WorkerEntry, status: int) -> bool:

@@ -37,6 +37,8 @@ class MemoryStore(Store):
                 return Heartbeat.MISSING
             if entry.worker_rank != beat.worker_rank:
                 return Heartbeat.RANK_MISMATCH
+            if beat.instance and entry.instance and beat.instance != entry.instance:
+                return Heartbeat.SUPERSEDED
             self._entries[key] = entry._replace(
                 status=beat.status,
                 updated_at_ms=beat.updated_at_ms,

@@ -43,10 +43,13 @@ redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 return rev
 """
 # KEYS: worker hash, revision counter, beats index.
-# ARGV: rank, status, updated_at_ms, source_load ("" = none), member "<sid>:<wid>".
+# ARGV: rank, status, updated_at_ms, source_load ("" = none), member "<sid>:<wid>", instance ("" =
+# none). Returns 1 ok, 0 missing, -1 another rank, -2 another instance's record.
 _HEARTBEAT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HGET', KEYS[1], 'worker_rank') ~= ARGV[1] then return -1 end
+local instance = redis.call('HGET', KEYS[1], 'instance')
+if ARGV[6] ~= '' and instance and instance ~= '' and instance ~= ARGV[6] then return -2 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at_ms', ARGV[3], 'source_load', ARGV[4],
            'rev', redis.call('INCR', KEYS[2]))
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
@@ -294,10 +297,12 @@ class RedisStore(Store):
                     str(beat.updated_at_ms),
                     load,
                     f"{beat.mx_source_id}:{beat.worker_id}",
+                    beat.instance,
                 ],
             ),
         )
-        return {1: Heartbeat.OK, 0: Heartbeat.MISSING}.get(int(result), Heartbeat.RANK_MISMATCH)
+        outcomes = {1: Heartbeat.OK, 0: Heartbeat.MISSING, -2: Heartbeat.SUPERSEDED}
+        return outcomes.get(int(result), Heartbeat.RANK_MISMATCH)
 
     def compare_and_set_status(self, seen: WorkerEntry, status: int) -> bool:
         result = self._call(
@@ -354,6 +359,7 @@ def _encode(entry: WorkerEntry) -> dict[str, bytes | str]:
         "source_load": "" if entry.source_load is None else repr(float(entry.source_load)),
         "payload": entry.payload,
         "listing": entry.listing,
+        "instance": entry.instance,
     }
 
 
@@ -375,4 +381,5 @@ def _decode(raw: Mapping[Any, Any]) -> WorkerEntry:
         payload=text.get("payload") or b"",
         revision=int(text.get("rev") or 0),  # 0: written by a peerload that kept no revision
         listing=text.get("listing") or b"",
+        instance=(text.get("instance") or b"").decode(),  # "": written by a peerload that kept none
     )

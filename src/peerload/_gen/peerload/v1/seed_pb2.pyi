@@ -144,14 +144,16 @@ class RegionRanges(_message.Message):
     def __init__(self, region: _Optional[str] = ..., offsets: _Optional[_Iterable[int]] = ..., sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DigestRangesRequest(_message.Message):
-    __slots__ = ("worker_id", "ranges", "check_parts")
+    __slots__ = ("worker_id", "ranges", "check_parts", "lease_id")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RANGES_FIELD_NUMBER: _ClassVar[int]
     CHECK_PARTS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     ranges: _containers.RepeatedCompositeFieldContainer[RegionRanges]
     check_parts: bool
-    def __init__(self, worker_id: _Optional[str] = ..., ranges: _Optional[_Iterable[_Union[RegionRanges, _Mapping]]] = ..., check_parts: bool = ...) -> None: ...
+    lease_id: str
+    def __init__(self, worker_id: _Optional[str] = ..., ranges: _Optional[_Iterable[_Union[RegionRanges, _Mapping]]] = ..., check_parts: bool = ..., lease_id: _Optional[str] = ...) -> None: ...
 
 class DigestRangesResponse(_message.Message):
     __slots__ = ("digest", "parts_checked")
