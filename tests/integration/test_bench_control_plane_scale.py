@@ -13,7 +13,7 @@ pytestmark = pytest.mark.redis
 
 @pytest.mark.timeout(300)
 def test_tiny_scale_run_answers_every_beat_and_list_on_one_and_two_replicas() -> None:
-    config = ScaleConfig(workers=60, models=6, interval_s=1.0, list_rps=20, duration_s=2.0, channels=4, threads=4)
+    config = ScaleConfig(workers=60, models=6, interval_s=1.0, list_rps=20, duration_s=2.0, channels=4)
     results = run_scale(config)
     assert [c["replicas"] for c in results["cases"]] == [1, 2]
     for case in results["cases"]:

@@ -10,6 +10,7 @@ Redis's) CPU time over the measured window, divided by the calls it answered, is
 
 from __future__ import annotations
 
+import functools
 import heapq
 import multiprocessing as mp
 import os
@@ -42,7 +43,6 @@ class ScaleConfig:
     replicas: tuple[int, ...] = (1, 2)  # coordinator replicas over one Redis, one case each
     processes: int = 2  # load-generator processes
     channels: int = 32  # connections per generator process, spread over the replicas
-    threads: int = 32  # calls in flight per generator process at most
 
 
 def _identity(model: int) -> Any:
@@ -130,28 +130,40 @@ def _generator(
     results: list[tuple[int, float, float, bool, bool]] = []  # kind, latency from due, service, ok, complete
     lock = threading.Lock()
 
-    def call(kind: int, arg: int, due_abs: float, stub: Any) -> None:
-        started = time.time()
+    outstanding = threading.Semaphore(0)  # released once per answered call
+
+    def answered(kind: int, due_abs: float, started: float, future: Any) -> None:
+        done = time.time()
         ok, complete = True, True
         try:
+            reply = future.result()
             if kind == 0:
-                ok = stub.UpdateStatus(beats[arg], timeout=30).success
+                ok = reply.success
             else:
-                complete = len(stub.ListSources(listings[arg], timeout=30).instances) >= expected
+                complete = len(reply.instances) >= expected
         except grpc.RpcError:  # counted: the benchmark reports errors, it does not stop on them
             ok = False
-        done = time.time()
         with lock:
             results.append((kind, done - due_abs, done - started, ok, complete))
+        outstanding.release()
 
-    with ThreadPoolExecutor(config.threads) as pool:
-        n = 0
-        while events:
-            due, kind, arg = heapq.heappop(events)
-            due_abs = start_at + due
-            time.sleep(max(0.0, due_abs - time.time()))
-            pool.submit(call, kind, arg, due_abs, stubs[n % len(stubs)])
-            n += 1
+    # Each call is sent at its time without waiting for any other (gRPC futures): no thread or
+    # in-flight bound of the generator's can delay a call, whatever the replies' latency.
+    n = 0
+    while events:
+        due, kind, arg = heapq.heappop(events)
+        due_abs = start_at + due
+        time.sleep(max(0.0, due_abs - time.time()))
+        stub = stubs[n % len(stubs)]
+        started = time.time()
+        if kind == 0:
+            future = stub.UpdateStatus.future(beats[arg], timeout=30)
+        else:
+            future = stub.ListSources.future(listings[arg], timeout=30)
+        future.add_done_callback(functools.partial(answered, kind, due_abs, started))
+        n += 1
+    for _ in range(n):
+        outstanding.acquire()
     for channel in channels:
         channel.close()
     conn.send(results)

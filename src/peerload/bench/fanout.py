@@ -27,6 +27,7 @@ from typing import Any
 from peerload.bench import fanout_target
 from peerload.errors import ConfigError, PeerloadError
 from peerload.fleet import Fleet, start_coordinator, start_seed
+from peerload.settings import Settings
 from peerload.synthetic import inventory, write_checkpoint
 
 SEED_HOST = 0
@@ -47,6 +48,9 @@ class FanoutConfig:
     nic_gbit: float | None = None  # None: ceiling_share x the measured ceiling / max(targets)
     ceiling_share: float = 0.5
     part_mib: int = 8
+    # Sources one target reads at once (PEERLOAD_MAX_PARALLEL_SOURCES); None: the targets' own
+    # setting (the environment's, else the loader's default).
+    max_sources: int | None = None
     transport: str = "nixl"
     out: Path = Path("bench/results")
     timeout_s: float = 300.0
@@ -110,6 +114,9 @@ def run_fanout(config: FanoutConfig, workdir: Path, progress: Callable[[str], No
         "PEERLOAD_TRANSPORT": config.transport,
         "PEERLOAD_LEASE_CLOSE_WAIT_S": "2",
     }
+    if config.max_sources is not None:
+        env["PEERLOAD_MAX_PARALLEL_SOURCES"] = str(config.max_sources)
+    max_sources = Settings.load(env={**os.environ, **env}).max_parallel_sources
     top = max(config.targets)
     sweep = _Sweep(model, nbytes, env, workdir, config.timeout_s, progress)
     progress(f"ceiling: 1 and {top} target(s) at once, no NIC caps")
@@ -142,6 +149,7 @@ def run_fanout(config: FanoutConfig, workdir: Path, progress: Callable[[str], No
             "nic_rule": f"{config.ceiling_share:g} x ceiling / {top}" if config.nic_gbit is None else "given",
             "ceiling_share": config.ceiling_share,
             "part_bytes": config.part_mib << 20,
+            "max_parallel_sources": max_sources,
             "transport": config.transport,
             "seeds": 1,
         },
@@ -253,7 +261,8 @@ def fanout_table(run: dict[str, Any]) -> Any:
     cfg = run["config"]
     t = Table(
         title=f"fan-out: {cfg['bytes'] / 2**30:.2f} GiB, 1 seed, NICs {cfg['nic_gbit']:g} Gbit/s "
-        f"({cfg['nic_rule']}), {cfg['transport']}",
+        f"({cfg['nic_rule']}), {cfg['part_bytes'] >> 20} MiB parts, "
+        f"{cfg.get('max_parallel_sources', '?')} sources per target, {cfg['transport']}",
         caption=run["verdict"],
     )
     for col in ("targets", "NIC cap", "last loaded s", "GB/s in all", "fanout", "origin copies", "seed NIC copies"):

@@ -27,6 +27,14 @@ def fanout(
         typer.Option(help="Share of the uncapped ceiling that the largest count's NICs at full rate may ask for."),
     ] = 0.5,
     part_mib: Annotated[int, typer.Option(help="Part size in MiB.", min=1)] = 8,
+    max_sources: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Sources one target reads at once (PEERLOAD_MAX_PARALLEL_SOURCES).",
+            min=1,
+            show_default="the targets' own: the environment's, else the loader's default",
+        ),
+    ] = None,
     transport: Annotated[str, typer.Option(help="nixl or transfer_engine.")] = "nixl",
     out: Out = DEFAULT_OUT,
     plot: Plot = True,
@@ -41,7 +49,7 @@ def fanout(
         raise ConfigError(f"--ceiling-share must be in (0, 1], got {ceiling_share}")
     config = FanoutConfig(
         targets=counts(targets, "--targets"), size_gib=size_gib, nic_gbit=nic_gbit, ceiling_share=ceiling_share,
-        part_mib=part_mib, transport=transports(transport)[0], out=out,
+        part_mib=part_mib, max_sources=max_sources, transport=transports(transport)[0], out=out,
     )  # fmt: skip
     run = Run(out, json_out)
     run.start()
