@@ -116,7 +116,8 @@ class NixlTransport(Transport):
             the suffix also marks the agent as one that takes push requests (see `push`).
         push: read host memory from peerload agents as pushes (they WRITE into staging slots; see
             peerload.transport._push): no serving process can then be aborted by UCX for a reader
-            that vanished. False: always READ.
+            that vanished. Off by default: in test_swarm's killed source a push read could stall
+            for the whole read timeout (not yet understood). False: always READ.
         listen_port: run NIXL's listen thread on this port (0 = a free one): it hands this agent's
             metadata to peers that fetch it (ModelExpress P2P metadata mode), and fetching a
             peer's metadata from its listen thread needs one here too. None: no listen thread.
@@ -138,7 +139,7 @@ class NixlTransport(Transport):
         unique_name: bool = True,
         listen_port: int | None = None,
         connect_timeout_s: float = 30.0,
-        push: bool = True,
+        push: bool = False,
     ) -> None:
         apply_ucx_defaults(loopback=loopback)
         nixl_agent, nixl_agent_config, self._nb = _import_nixl()
