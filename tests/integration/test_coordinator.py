@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
+from manual_clock import ManualClock, wait_until
 
 from peerload._gen.model_express import p2p_pb2 as pb
 from peerload._gen.model_express import p2p_pb2_grpc as pb_grpc
@@ -39,30 +39,6 @@ def make(request: pytest.FixtureRequest, coordinator_factory: Callable[..., Any]
 # Only a bound on waits for a state that must come, so that a broken build fails instead of
 # hanging; no assertion here is about how long something took.
 HANG_S = 30.0
-
-
-class ManualClock:
-    """Unix seconds that move only when a test says so: expiry and ordering without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll `predicate` until it holds (the reaper thread works on its own period)."""
-    deadline = time.monotonic() + HANG_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.02)
 
 
 def test_publish_list_get_update(make: Callable[..., Any]) -> None:
@@ -139,14 +115,14 @@ def test_heartbeat_expiry_reaper_stale_then_gc(make: Callable[..., Any]) -> None
         assert client.list_sources(status=SourceStatus.READY) == []
         assert client.get_metadata(sid, "w0").status is SourceStatus.STALE
         # ...the reaper then writes STALE into the store...
-        wait_until(lambda: server.store.get(sid, "w0").status == SourceStatus.STALE, "the reaper wrote STALE")
+        wait_until(lambda: server.store.get(sid, "w0").status == SourceStatus.STALE, "the reaper wrote STALE", HANG_S)
         assert [r.worker_id for r in client.list_sources(status=SourceStatus.STALE)] == ["w0"]
         # ...and deletes the worker after the GC timeout, not before.
         clock.advance(0.6)  # 1.2 s since the heartbeat: at the GC timeout
         assert server.registry.reap().deleted == 0  # a pass at exactly the GC timeout keeps it
         assert client.get_metadata(sid, "w0") is not None
         clock.advance(0.1)
-        wait_until(lambda: client.get_metadata(sid, "w0") is None, "the reaper deleted the worker")
+        wait_until(lambda: client.get_metadata(sid, "w0") is None, "the reaper deleted the worker", HANG_S)
         assert client.list_sources() == []
 
 
@@ -263,7 +239,7 @@ def test_store_outage_is_unavailable_and_not_serving(
         with pytest.raises(CoordinatorUnavailable) as info:
             client.publish(QWEN, WorkerInfo(rank=0), "w")
         assert url in info.value.details
-        wait_until(lambda: client.health_check() is False, "health NOT_SERVING")
+        wait_until(lambda: client.health_check() is False, "health NOT_SERVING", HANG_S)
 
 
 class _BrokenStore(MemoryStore):

@@ -6,12 +6,11 @@ published record, and records of a peerload that kept no listing or beats index 
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from manual_clock import ManualClock, wait_until
 
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
 from peerload.identity import SourceIdentity
@@ -22,29 +21,6 @@ IDENTITY = SourceIdentity(model_name="Test/Listing-Model", dtype="bfloat16")
 OTHER = SourceIdentity(model_name="test/other-model", dtype="bfloat16")
 HB_S, GC_S = 10.0, 60.0
 HANG_S = 60.0  # bound on waiting for a reaper on a loaded machine; never reached when things work
-
-
-class SharedClock:
-    """Unix seconds that move only when the test says so, read by both replicas."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + HANG_S  # clock-ok: only bounds a wait for the reaper thread
-    while not predicate():
-        assert time.monotonic() < deadline, f"never happened: {what}"  # clock-ok: bounds the wait
-        time.sleep(0.02)
 
 
 def ready(client: CoordinatorClient, identity: SourceIdentity = IDENTITY) -> dict[str, Any]:
@@ -58,7 +34,7 @@ def worker(node: str, accelerator: str = "cpu") -> WorkerInfo:
 def test_a_write_through_one_replica_is_in_the_next_listing_of_the_other(
     coordinator_factory: Callable[..., Any],
 ) -> None:
-    clock = SharedClock()
+    clock = ManualClock()
     settings = {"heartbeat_timeout_s": HB_S, "gc_timeout_s": GC_S, "clock": clock, "reap_interval_s": 0.05}
     a, b = (coordinator_factory("redis", **settings) for _ in range(2))
     with CoordinatorClient(a.address, retries=0) as via_a, CoordinatorClient(b.address, retries=0) as via_b:
@@ -100,10 +76,10 @@ def test_a_write_through_one_replica_is_in_the_next_listing_of_the_other(
         assert set(ready(via_a)) == {"w0"}
         clock.advance(HB_S + 0.001)
         assert ready(via_a) == {} and ready(via_b) == {}
-        wait_until(lambda: a.store.get(sid, "w0").status == SourceStatus.STALE, "a reaper wrote STALE")
+        wait_until(lambda: a.store.get(sid, "w0").status == SourceStatus.STALE, "a reaper wrote STALE", HANG_S)
         assert ready(via_b) == {}
         clock.advance(GC_S)
-        wait_until(lambda: via_b.get_metadata(sid, "w0") is None, "a reaper deleted the worker")
+        wait_until(lambda: via_b.get_metadata(sid, "w0") is None, "a reaper deleted the worker", HANG_S)
         assert via_a.list_sources(IDENTITY) == [] and via_b.list_sources(IDENTITY) == []
 
 
@@ -112,7 +88,7 @@ def test_records_without_listing_or_beats_index_are_listed_and_reaped(
 ) -> None:
     import redis
 
-    clock = SharedClock()
+    clock = ManualClock()
     settings = {"heartbeat_timeout_s": HB_S, "gc_timeout_s": GC_S, "clock": clock, "reap_interval_s": 0.05}
     a = coordinator_factory("redis", **settings)
     with CoordinatorClient(a.address, retries=0) as client:
@@ -129,10 +105,10 @@ def test_records_without_listing_or_beats_index_are_listed_and_reaped(
         b = coordinator_factory("redis", **settings)  # its first reaper pass reads every record
         with CoordinatorClient(b.address, retries=0) as client:
             assert client.list_sources(IDENTITY, status=SourceStatus.READY) == before  # built from the payloads
-            wait_until(lambda: r.zcard("peerload:beats") == 3, "the first reaper pass to index the records")
+            wait_until(lambda: r.zcard("peerload:beats") == 3, "the first reaper pass to index the records", HANG_S)
             a.stop()  # b alone reaps now, from its index
             clock.advance(HB_S + GC_S + 0.001)
-            wait_until(lambda: client.list_sources(IDENTITY) == [], "b's reaper to delete the records")
+            wait_until(lambda: client.list_sources(IDENTITY) == [], "b's reaper to delete the records", HANG_S)
         assert sorted(k.decode() for k in r.scan_iter("peerload:*")) == ["peerload:rev"]
     finally:
         r.close()
