@@ -10,6 +10,10 @@ Tensor-parallel boxes come from intervals of units (attention heads, or rows/col
 `tp` holds the units [r * n / tp, (r + 1) * n / tp), rounded outward to whole units. With fewer
 units than ranks (grouped-query attention with kv_heads < tp) that is one unit, replicated across
 tp / n ranks, never `n // tp` (which is 0 there).
+
+A box whose `tensor` is `PADDING` ("") holds bytes of no checkpoint tensor that the engine fills
+itself (vLLM pads vocabulary rows): it occupies its place in the buffer, and no plan reads it.
+A layout maps each tensor name to its boxes, or to a string saying why it has none.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dataclasses import dataclass
 from math import prod
 
 from peerload.errors import ConfigError
+
+PADDING = ""  # the `tensor` of a padding box (bytes the engine fills itself)
 
 # Bytes per element of the dtypes a manifest names ("torch.bfloat16" or "bfloat16").
 ITEMSIZE = {
@@ -63,6 +69,10 @@ class Box:
     def numel(self) -> int:
         return prod(self.shape)
 
+    @property
+    def is_padding(self) -> bool:
+        return self.tensor == PADDING
+
     def is_full(self) -> bool:
         return all(a == 0 for a in self.start) and tuple(self.stop) == tuple(self.full_shape)
 
@@ -82,6 +92,15 @@ class Box:
 def full_box(name: str, shape: Sequence[int]) -> Box:
     """The whole of tensor `name`: what an unsharded or replicated tensor holds."""
     return Box(name, tuple(shape), (0,) * len(shape), tuple(shape))
+
+
+def padding_box(shape: Sequence[int], offset: int) -> Box:
+    """`shape` elements at byte `offset` that belong to no checkpoint tensor (the engine fills them)."""
+    return Box(PADDING, tuple(shape), (0,) * len(shape), tuple(shape), offset)
+
+
+# name -> the boxes the tensor holds, or why it publishes none (a plan needing it fails naming that).
+Layout = Mapping[str, "tuple[Box, ...] | str"]
 
 
 def intersect(a: Box, b: Box) -> tuple[tuple[int, ...], tuple[int, ...]] | None:

@@ -52,6 +52,7 @@ class TensorEntry:
     region: str  # name of the region (storage) holding it
     # Where it sits in the full checkpoint tensors (`peerload.boxes`); empty: not published.
     boxes: tuple[Box, ...] = ()
+    no_layout: str = ""  # why it has no boxes, when its seed knows (named by a plan that needs it)
 
 
 @dataclass(frozen=True)

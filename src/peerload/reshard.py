@@ -5,8 +5,10 @@ Input: the target's tensors and every source's tensors, each with the boxes it h
 boxes of the same checkpoint tensor and turns each intersection into runs contiguous on both
 sides. It is checked before any byte moves: every destination byte covered exactly once, dtypes
 equal, full shapes equal, every tensor described by boxes (a seed of a quantized or unknown
-layout publishes none), and the boxes of one layout either identical (replicas) or disjoint.
-Anything else raises `LayoutMismatch` naming the tensors.
+layout publishes none, a vLLM seed none for what its post-processing repacked, saying why), and
+the boxes of one layout either identical (replicas) or disjoint. Anything else raises
+`LayoutMismatch` naming the tensors. Padding boxes (`boxes.PADDING`) are never read: a source's
+are skipped, and the target's count as covered, since its engine fills them itself.
 
 Runs are cut into parts (`Part`, in destination coordinates, so a storage fill can cover exactly
 the parts no peer delivered); each part is read from one source, and a part of replicated boxes
@@ -183,7 +185,8 @@ def _contiguous(entry: TensorEntry) -> bool:
 def _check_entries(who: str, entries: Sequence[TensorEntry], problems: list[str]) -> None:
     for e in entries:
         if not e.boxes:
-            problems.append(f"{e.name}: {who} publishes no layout for it (quantized, or an engine of unknown layout)")
+            why = e.no_layout or "quantized, or an engine of unknown layout"
+            problems.append(f"{e.name}: {who} publishes no layout for it ({why})")
         elif not _contiguous(e):
             problems.append(
                 f"{e.name}: {who} holds it non-contiguous (stride {list(e.stride)}); it cannot be resharded"
@@ -224,6 +227,8 @@ def plan(target: Sequence[TensorEntry], sources: Mapping[str, Sequence[TensorEnt
         _check_entries(f"source {source}", entries, problems)
         for e in entries:
             for box in e.boxes:
+                if box.is_padding or not box.numel:
+                    continue  # bytes the source's engine filled itself, or none: nothing to read there
                 held.setdefault(box.tensor, []).append(_Held(source, e, box, _base(e)))
     if problems:
         raise LayoutMismatch(problems[:MAX_PROBLEMS], source="resharding plan")
@@ -234,6 +239,8 @@ def plan(target: Sequence[TensorEntry], sources: Mapping[str, Sequence[TensorEnt
         for box in entry.boxes:
             if len(problems) >= MAX_PROBLEMS:
                 break
+            if box.is_padding or not box.numel:
+                continue  # the target's engine fills its own padding (the vLLM loader zeroes it); empty: nothing
             runs.extend(_plan_box(entry, box, held.get(box.tensor, []), order, t_index, problems))
     if problems:
         raise LayoutMismatch(problems[:MAX_PROBLEMS], source="resharding plan")
@@ -311,10 +318,16 @@ def _coalesce(runs: list[Run]) -> list[Run]:
 
 
 def coverage_problems(target: Sequence[TensorEntry], runs: Sequence[Run]) -> list[str]:
-    """Every destination byte of `target` covered exactly once by `runs` (one line per tensor that is not)."""
+    """Every destination byte of `target` covered exactly once by `runs` or by the target's own
+    padding boxes (one line per tensor that is not)."""
     spans: dict[str, list[tuple[int, int]]] = {}
     for run in runs:
         spans.setdefault(run.region, []).append((run.offset, run.offset + run.size))
+    for entry in target:
+        for box in entry.boxes:
+            if box.is_padding and box.numel:
+                at = _base(entry) + box.offset
+                spans.setdefault(entry.region, []).append((at, at + box.numel * itemsize(entry.dtype)))
     for s in spans.values():
         s.sort()
     problems = []

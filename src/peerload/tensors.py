@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import xxhash
 
-from peerload.boxes import Box
+from peerload.boxes import Layout
 from peerload.devices import device_id_of, memory_of
 from peerload.digest import digest_pieces
 from peerload.errors import ConfigError, LayoutMismatch
@@ -89,13 +89,12 @@ def module_tensors(module: torch.nn.Module, *, attributes: bool = True) -> dict[
     return out
 
 
-def collect(
-    tensors: Mapping[str, torch.Tensor] | torch.nn.Module, layout: Mapping[str, tuple[Box, ...]] | None = None
-) -> TensorSet:
+def collect(tensors: Mapping[str, torch.Tensor] | torch.nn.Module, layout: Layout | None = None) -> TensorSet:
     """Group tensors by the storage they live in; refuse what cannot be moved.
 
     `layout` (name -> boxes, `peerload.boxes`) says where each tensor sits in the full checkpoint
-    tensors; the manifest publishes it, so targets of another layout can reshard from it.
+    tensors; the manifest publishes it, so targets of another layout can reshard from it. A
+    string in place of boxes says why the tensor has none (published as `no_layout`).
     """
     boxes_of = layout or {}
     named = module_tensors(tensors) if isinstance(tensors, torch.nn.Module) else dict(tensors)
@@ -119,6 +118,7 @@ def collect(
             memory_of(t.device)
         except ConfigError as exc:
             raise ConfigError(f"tensor {name!r}: {exc}") from None
+        held = boxes_of.get(name, ())
         storage = t.untyped_storage()
         key = (str(t.device), storage.data_ptr())
         if key not in region_of_storage or storage.nbytes() == 0:
@@ -134,7 +134,8 @@ def collect(
                 nbytes=t.numel() * t.element_size(),
                 storage_offset=int(t.storage_offset()),
                 region=region_of_storage[key] if storage.nbytes() else name,
-                boxes=tuple(boxes_of.get(name, ())),
+                boxes=() if isinstance(held, str) else tuple(held),
+                no_layout=held if isinstance(held, str) else "",
             )
         )
     return TensorSet(tensors=named, entries=entries, regions=regions)

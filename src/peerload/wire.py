@@ -335,6 +335,7 @@ def manifest_to_proto(m: Manifest) -> seed_pb2.Manifest:
                 storage_offset=t.storage_offset,
                 region=t.region,
                 boxes=[_box_to_proto(b) for b in t.boxes],
+                no_layout=t.no_layout,
             )
             for t in m.tensors
         ],
@@ -374,6 +375,7 @@ def manifest_from_proto(p: seed_pb2.Manifest) -> Manifest:
                 storage_offset=t.storage_offset,
                 region=t.region,
                 boxes=tuple(_box_from_proto(b) for b in t.boxes),
+                no_layout=t.no_layout,
             )
             for t in p.tensors
         ],

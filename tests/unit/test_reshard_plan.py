@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from peerload.adapters.sharding import take
-from peerload.boxes import Box, Heads, full_box, tp_boxes, unit_interval
+from peerload.boxes import Box, Heads, full_box, padding_box, tp_boxes, unit_interval
 from peerload.errors import ConfigError, LayoutMismatch
 from peerload.manifest import TensorEntry
 from peerload.reshard import ReshardPlan, box_runs, coverage_problems, plan
@@ -215,3 +215,53 @@ def test_boxes_travel_in_the_seed_manifest_and_bad_ones_are_named():
     bad = dataclasses.replace(entries[0], boxes=(dataclasses.replace(entries[0].boxes[0], stop=(99, HIDDEN)),))
     field, problem = manifest_problem(Manifest(tensors=[bad, *entries[1:]], regions=regions))
     assert field == "tensors[0].boxes[0]" and "spans [16, 99)" in problem
+
+
+def _padded(entries: list[TensorEntry], regions: dict[str, bytearray], rows: int) -> None:
+    """Pad every embedding of `entries` with `rows` zero rows past its boxes, as vLLM pads vocabularies."""
+    for i, e in enumerate(entries):
+        if "embed_tokens" not in e.name:
+            continue
+        item = torch.tensor([], dtype=torch.bfloat16).element_size()
+        pad = padding_box((rows, HIDDEN), e.nbytes)
+        entries[i] = dataclasses.replace(
+            e, shape=(e.shape[0] + rows, HIDDEN), nbytes=e.nbytes + rows * HIDDEN * item, boxes=(*e.boxes, pad)
+        )
+        regions[e.region] += bytes(rows * HIDDEN * item)
+
+
+def test_padding_is_never_read_and_the_targets_counts_as_covered() -> None:
+    """vLLM's padded vocabulary rows: a source's padding is skipped, the target's is its own to fill."""
+    full = llama()
+    sources, seeds = {}, {}
+    for rank in range(2):
+        entries, regions = rank_of(full, 2, rank)
+        _padded(entries, regions, 3 if rank == 1 else 0)  # vLLM pads the last rank only
+        seeds[f"s{rank}"], sources[f"s{rank}"] = entries, regions
+    target, want = rank_of(full, 1, 0)
+    _padded(target, want, 5)
+    p = plan(target, seeds)
+    got = {n: bytearray(b"\xee" * len(b)) for n, b in want.items()}
+    execute(p, sources, got)
+    embed = "model.embed_tokens.weight"
+    real = 16 * HIDDEN * 2
+    assert got[embed][:real] == want[embed][:real]
+    assert got[embed][real:] == b"\xee" * (5 * HIDDEN * 2), "a plan wrote the target's padding"
+    assert all(got[n] == want[n] for n in want if n != embed)
+
+
+def test_a_tensor_without_boxes_fails_closed_with_the_reason_its_seed_gave() -> None:
+    """A vLLM seed publishes why a tensor has no boxes (repacked by post-processing): the plan says it."""
+    from peerload.wire import manifest_from_proto, manifest_to_proto
+
+    why = "repacked by vLLM's post-processing (now (8, 4) torch.float32, was (32, 32) torch.bfloat16)"
+    seeds = _seed_layout(2)
+    seeds["s1"] = [dataclasses.replace(e, boxes=(), no_layout=why) if e.name == Q else e for e in seeds["s1"]]
+    with pytest.raises(LayoutMismatch, match=r"q_proj.weight: source s1 publishes no layout for it \(repacked by vLLM"):
+        plan(rank_of(llama(), 1, 0)[0], seeds)
+    from peerload.manifest import Manifest, RegionEntry
+
+    m = Manifest(tensors=seeds["s1"], regions=[RegionEntry(e.region, e.nbytes, addr=4096) for e in seeds["s1"]])
+    back = manifest_from_proto(manifest_to_proto(m)).tensors
+    assert [e.no_layout for e in back] == [e.no_layout for e in seeds["s1"]]
+    assert next(e for e in back if e.name == Q).no_layout == why

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from peerload._grpc import ChannelSecurity
-from peerload.boxes import Box
+from peerload.boxes import Layout
 from peerload.client import CoordinatorClient, SourceRef
 from peerload.errors import (
     ConfigError,
@@ -75,7 +75,7 @@ class LoadOptions:
     worker_id: str | None = None  # generated when omitted
     # Where each destination tensor sits in the full checkpoint tensors (`peerload.boxes`): lets
     # the load reshard from sources of another tensor-parallel size, and is published afterwards.
-    layout: Mapping[str, tuple[Box, ...]] | None = None
+    layout: Layout | None = None
 
     def __post_init__(self) -> None:
         if self.rank < 0:
@@ -257,11 +257,7 @@ class TargetLoad:
             if has_layout(tensor_set):
                 return self._from_resharding(tensor_set)
             if self._reshardable_seen:
-                line = (
-                    "resharding: a source of another parallel layout is READY, but this load has no layout (boxes per "
-                    "tensor) to plan from, so it cannot read it: vLLM loads publish none yet (their fused, padded "
-                    "parameters); `peerload load` and load_into(layout=...) do (docs/resharding.md)"
-                )
+                line = _no_layout_line(tensor_set)
                 self.attempts.append(line)
                 log.warning("%s", line)
             return None
@@ -649,7 +645,7 @@ def load_into(
     publish: bool = True,
     progress: ProgressHook | None = None,
     worker_id: str | None = None,
-    layout: Mapping[str, tuple[Box, ...]] | None = None,
+    layout: Layout | None = None,
 ) -> LoadResult:
     """Fill `destination` in place from READY peers, else from `fallback`, then publish it.
 
@@ -683,3 +679,17 @@ def load_into(
         rank=rank, fallback=fallback, publish=publish, progress=progress, worker_id=worker_id, layout=layout
     )
     return TargetLoad(destination, identity, settings or Settings.load(), options).run()
+
+
+def _no_layout_line(tensor_set: TensorSet) -> str:
+    """Why this load cannot reshard from a READY source of another layout: the tensors it has no boxes for."""
+    missing = [e for e in tensor_set.entries if not e.boxes]
+    head = "resharding: a source of another parallel layout is READY, but this load"
+    if len(missing) == len(tensor_set.entries) and not any(e.no_layout for e in missing):
+        return (
+            f"{head} has no layout (boxes per tensor) to plan from, so it cannot read it: `peerload load`, "
+            "load_into(layout=...) and vLLM's `--load-format peerload` have one (docs/resharding.md)"
+        )
+    named = "; ".join(f"{e.name} ({e.no_layout or 'no layout'})" for e in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return f"{head} cannot describe {len(missing)} of its tensors, so it cannot plan from it: {named}{more}"

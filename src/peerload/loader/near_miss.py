@@ -17,7 +17,8 @@ MAX_DIFFERENCES = 2  # more than this and it is another model, not a near miss
 # Identity fields of the parallel layout only: a source differing in just these can be resharded.
 LAYOUT_FIELDS = frozenset({"tensor_parallel_size", "pipeline_parallel_size"})
 RESHARD_FIX = (
-    "a load that knows its layout (`peerload load` without --quantize; vLLM cannot yet) reshards from it "
+    "a load that knows its layout (`peerload load` without --quantize, vLLM's `--load-format peerload` "
+    "unquantized) reshards from it "
     "when no source of its own layout is READY (docs/resharding.md); to read it as it is, use the same "
     "parallel sizes (--tp-size / --pp-size)"
 )

@@ -22,7 +22,7 @@ from peerload import telemetry
 from peerload._backoff import Backoff
 from peerload._grpc_server import ServerSecurity
 from peerload.advertise import advertise_host
-from peerload.boxes import Box
+from peerload.boxes import Layout
 from peerload.client import CoordinatorClient, SourceStatus, WorkerInfo
 from peerload.devices import accelerator_of
 from peerload.errors import CoordinatorError, CoordinatorUnavailable
@@ -409,7 +409,7 @@ def publish(
     rank: int = 0,
     settings: Settings | None = None,
     worker_id: str | None = None,
-    layout: Mapping[str, tuple[Box, ...]] | None = None,
+    layout: Layout | None = None,
 ) -> Publisher:
     """Make `tensors` (a model or a name->tensor map) a READY source of `identity` at `rank`.
 

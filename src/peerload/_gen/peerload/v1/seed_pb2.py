@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$peerload/_gen/peerload/v1/seed.proto\x12\x0bpeerload.v1\"\'\n\x12GetManifestRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\xcf\x01\n\x0bTensorEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0e\n\x06stride\x18\x03 \x03(\x03\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06nbytes\x18\x05 \x01(\x04\x12\x16\n\x0estorage_offset\x18\t \x01(\x03\x12\x0e\n\x06region\x18\n \x01(\t\x12\x1f\n\x05\x62oxes\x18\x0b \x03(\x0b\x32\x10.peerload.v1.BoxJ\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08J\x04\x08\x08\x10\tR\x04\x61\x64\x64rR\tdevice_idR\x08\x63hecksum\"V\n\x03\x42ox\x12\x0e\n\x06tensor\x18\x01 \x01(\t\x12\x12\n\nfull_shape\x18\x02 \x03(\x03\x12\r\n\x05start\x18\x03 \x03(\x03\x12\x0c\n\x04stop\x18\x04 \x03(\x03\x12\x0e\n\x06offset\x18\x05 \x01(\x04\"l\n\x0bRegionEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x03 \x01(\x04\x12\x11\n\tdevice_id\x18\x04 \x01(\r\x12\x10\n\x08\x63hecksum\x18\x05 \x01(\t\x12\x0e\n\x06memory\x18\x06 \x01(\t\"\xe6\x01\n\x08Manifest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cmx_source_id\x18\x02 \x01(\t\x12\x13\n\x0bworker_rank\x18\x03 \x01(\r\x12)\n\x07tensors\x18\x04 \x03(\x0b\x32\x18.peerload.v1.TensorEntry\x12\x1a\n\x12\x63hecksum_algorithm\x18\x05 \x01(\t\x12)\n\x07regions\x18\x06 \x03(\x0b\x32\x18.peerload.v1.RegionEntry\x12\x12\n\npart_bytes\x18\x07 \x01(\x04\x12\x16\n\x0epart_checksums\x18\x08 \x03(\t\"+\n\x16GetAvailabilityRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"f\n\x0c\x41vailability\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06\x62itmap\x18\x02 \x01(\x0c\x12\x12\n\npart_count\x18\x03 \x01(\r\x12\x10\n\x08\x63omplete\x18\x04 \x01(\x08\x12\x0f\n\x07pending\x18\x05 \x01(\x0c\"8\n\x13\x41\x63quireLeaseRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06reader\x18\x02 \x01(\t\"8\n\x14\x41\x63quireLeaseResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x04\"O\n\x13ReleaseLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x12\n\nbytes_read\x18\x02 \x01(\x04\x12\x12\n\nparts_read\x18\x03 \x01(\r\"(\n\x14ReleaseLeaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\">\n\x0cRegionRanges\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07offsets\x18\x02 \x03(\x04\x12\r\n\x05sizes\x18\x03 \x03(\x04\"z\n\x13\x44igestRangesRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12)\n\x06ranges\x18\x02 \x03(\x0b\x32\x19.peerload.v1.RegionRanges\x12\x13\n\x0b\x63heck_parts\x18\x03 \x01(\x08\x12\x10\n\x08lease_id\x18\x04 \x01(\t\"=\n\x14\x44igestRangesResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x15\n\rparts_checked\x18\x02 \x01(\r2\xa6\x03\n\x0bSeedService\x12\x45\n\x0bGetManifest\x12\x1f.peerload.v1.GetManifestRequest\x1a\x15.peerload.v1.Manifest\x12S\n\x0c\x41\x63quireLease\x12 .peerload.v1.AcquireLeaseRequest\x1a!.peerload.v1.AcquireLeaseResponse\x12S\n\x0cReleaseLease\x12 .peerload.v1.ReleaseLeaseRequest\x1a!.peerload.v1.ReleaseLeaseResponse\x12Q\n\x0fGetAvailability\x12#.peerload.v1.GetAvailabilityRequest\x1a\x19.peerload.v1.Availability\x12S\n\x0c\x44igestRanges\x12 .peerload.v1.DigestRangesRequest\x1a!.peerload.v1.DigestRangesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$peerload/_gen/peerload/v1/seed.proto\x12\x0bpeerload.v1\"\'\n\x12GetManifestRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\xe2\x01\n\x0bTensorEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0e\n\x06stride\x18\x03 \x03(\x03\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06nbytes\x18\x05 \x01(\x04\x12\x16\n\x0estorage_offset\x18\t \x01(\x03\x12\x0e\n\x06region\x18\n \x01(\t\x12\x1f\n\x05\x62oxes\x18\x0b \x03(\x0b\x32\x10.peerload.v1.Box\x12\x11\n\tno_layout\x18\x0c \x01(\tJ\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08J\x04\x08\x08\x10\tR\x04\x61\x64\x64rR\tdevice_idR\x08\x63hecksum\"V\n\x03\x42ox\x12\x0e\n\x06tensor\x18\x01 \x01(\t\x12\x12\n\nfull_shape\x18\x02 \x03(\x03\x12\r\n\x05start\x18\x03 \x03(\x03\x12\x0c\n\x04stop\x18\x04 \x03(\x03\x12\x0e\n\x06offset\x18\x05 \x01(\x04\"l\n\x0bRegionEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x03 \x01(\x04\x12\x11\n\tdevice_id\x18\x04 \x01(\r\x12\x10\n\x08\x63hecksum\x18\x05 \x01(\t\x12\x0e\n\x06memory\x18\x06 \x01(\t\"\xe6\x01\n\x08Manifest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cmx_source_id\x18\x02 \x01(\t\x12\x13\n\x0bworker_rank\x18\x03 \x01(\r\x12)\n\x07tensors\x18\x04 \x03(\x0b\x32\x18.peerload.v1.TensorEntry\x12\x1a\n\x12\x63hecksum_algorithm\x18\x05 \x01(\t\x12)\n\x07regions\x18\x06 \x03(\x0b\x32\x18.peerload.v1.RegionEntry\x12\x12\n\npart_bytes\x18\x07 \x01(\x04\x12\x16\n\x0epart_checksums\x18\x08 \x03(\t\"+\n\x16GetAvailabilityRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"f\n\x0c\x41vailability\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06\x62itmap\x18\x02 \x01(\x0c\x12\x12\n\npart_count\x18\x03 \x01(\r\x12\x10\n\x08\x63omplete\x18\x04 \x01(\x08\x12\x0f\n\x07pending\x18\x05 \x01(\x0c\"8\n\x13\x41\x63quireLeaseRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06reader\x18\x02 \x01(\t\"8\n\x14\x41\x63quireLeaseResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x04\"O\n\x13ReleaseLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x12\n\nbytes_read\x18\x02 \x01(\x04\x12\x12\n\nparts_read\x18\x03 \x01(\r\"(\n\x14ReleaseLeaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\">\n\x0cRegionRanges\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07offsets\x18\x02 \x03(\x04\x12\r\n\x05sizes\x18\x03 \x03(\x04\"z\n\x13\x44igestRangesRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12)\n\x06ranges\x18\x02 \x03(\x0b\x32\x19.peerload.v1.RegionRanges\x12\x13\n\x0b\x63heck_parts\x18\x03 \x01(\x08\x12\x10\n\x08lease_id\x18\x04 \x01(\t\"=\n\x14\x44igestRangesResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x15\n\rparts_checked\x18\x02 \x01(\r2\xa6\x03\n\x0bSeedService\x12\x45\n\x0bGetManifest\x12\x1f.peerload.v1.GetManifestRequest\x1a\x15.peerload.v1.Manifest\x12S\n\x0c\x41\x63quireLease\x12 .peerload.v1.AcquireLeaseRequest\x1a!.peerload.v1.AcquireLeaseResponse\x12S\n\x0cReleaseLease\x12 .peerload.v1.ReleaseLeaseRequest\x1a!.peerload.v1.ReleaseLeaseResponse\x12Q\n\x0fGetAvailability\x12#.peerload.v1.GetAvailabilityRequest\x1a\x19.peerload.v1.Availability\x12S\n\x0c\x44igestRanges\x12 .peerload.v1.DigestRangesRequest\x1a!.peerload.v1.DigestRangesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,31 +34,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMANIFESTREQUEST']._serialized_start=53
   _globals['_GETMANIFESTREQUEST']._serialized_end=92
   _globals['_TENSORENTRY']._serialized_start=95
-  _globals['_TENSORENTRY']._serialized_end=302
-  _globals['_BOX']._serialized_start=304
-  _globals['_BOX']._serialized_end=390
-  _globals['_REGIONENTRY']._serialized_start=392
-  _globals['_REGIONENTRY']._serialized_end=500
-  _globals['_MANIFEST']._serialized_start=503
-  _globals['_MANIFEST']._serialized_end=733
-  _globals['_GETAVAILABILITYREQUEST']._serialized_start=735
-  _globals['_GETAVAILABILITYREQUEST']._serialized_end=778
-  _globals['_AVAILABILITY']._serialized_start=780
-  _globals['_AVAILABILITY']._serialized_end=882
-  _globals['_ACQUIRELEASEREQUEST']._serialized_start=884
-  _globals['_ACQUIRELEASEREQUEST']._serialized_end=940
-  _globals['_ACQUIRELEASERESPONSE']._serialized_start=942
-  _globals['_ACQUIRELEASERESPONSE']._serialized_end=998
-  _globals['_RELEASELEASEREQUEST']._serialized_start=1000
-  _globals['_RELEASELEASEREQUEST']._serialized_end=1079
-  _globals['_RELEASELEASERESPONSE']._serialized_start=1081
-  _globals['_RELEASELEASERESPONSE']._serialized_end=1121
-  _globals['_REGIONRANGES']._serialized_start=1123
-  _globals['_REGIONRANGES']._serialized_end=1185
-  _globals['_DIGESTRANGESREQUEST']._serialized_start=1187
-  _globals['_DIGESTRANGESREQUEST']._serialized_end=1309
-  _globals['_DIGESTRANGESRESPONSE']._serialized_start=1311
-  _globals['_DIGESTRANGESRESPONSE']._serialized_end=1372
-  _globals['_SEEDSERVICE']._serialized_start=1375
-  _globals['_SEEDSERVICE']._serialized_end=1797
+  _globals['_TENSORENTRY']._serialized_end=321
+  _globals['_BOX']._serialized_start=323
+  _globals['_BOX']._serialized_end=409
+  _globals['_REGIONENTRY']._serialized_start=411
+  _globals['_REGIONENTRY']._serialized_end=519
+  _globals['_MANIFEST']._serialized_start=522
+  _globals['_MANIFEST']._serialized_end=752
+  _globals['_GETAVAILABILITYREQUEST']._serialized_start=754
+  _globals['_GETAVAILABILITYREQUEST']._serialized_end=797
+  _globals['_AVAILABILITY']._serialized_start=799
+  _globals['_AVAILABILITY']._serialized_end=901
+  _globals['_ACQUIRELEASEREQUEST']._serialized_start=903
+  _globals['_ACQUIRELEASEREQUEST']._serialized_end=959
+  _globals['_ACQUIRELEASERESPONSE']._serialized_start=961
+  _globals['_ACQUIRELEASERESPONSE']._serialized_end=1017
+  _globals['_RELEASELEASEREQUEST']._serialized_start=1019
+  _globals['_RELEASELEASEREQUEST']._serialized_end=1098
+  _globals['_RELEASELEASERESPONSE']._serialized_start=1100
+  _globals['_RELEASELEASERESPONSE']._serialized_end=1140
+  _globals['_REGIONRANGES']._serialized_start=1142
+  _globals['_REGIONRANGES']._serialized_end=1204
+  _globals['_DIGESTRANGESREQUEST']._serialized_start=1206
+  _globals['_DIGESTRANGESREQUEST']._serialized_end=1328
+  _globals['_DIGESTRANGESRESPONSE']._serialized_start=1330
+  _globals['_DIGESTRANGESRESPONSE']._serialized_end=1391
+  _globals['_SEEDSERVICE']._serialized_start=1394
+  _globals['_SEEDSERVICE']._serialized_end=1816
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,7 @@ class GetManifestRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
 
 class TensorEntry(_message.Message):
-    __slots__ = ("name", "shape", "stride", "dtype", "nbytes", "storage_offset", "region", "boxes")
+    __slots__ = ("name", "shape", "stride", "dtype", "nbytes", "storage_offset", "region", "boxes", "no_layout")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     STRIDE_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class TensorEntry(_message.Message):
     STORAGE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     BOXES_FIELD_NUMBER: _ClassVar[int]
+    NO_LAYOUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     stride: _containers.RepeatedScalarFieldContainer[int]
@@ -29,7 +30,8 @@ class TensorEntry(_message.Message):
     storage_offset: int
     region: str
     boxes: _containers.RepeatedCompositeFieldContainer[Box]
-    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., nbytes: _Optional[int] = ..., storage_offset: _Optional[int] = ..., region: _Optional[str] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ...) -> None: ...
+    no_layout: str
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., nbytes: _Optional[int] = ..., storage_offset: _Optional[int] = ..., region: _Optional[str] = ..., boxes: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., no_layout: _Optional[str] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("tensor", "full_shape", "start", "stop", "offset")
