@@ -170,6 +170,7 @@ class ApiServer:
         log_path: Path,
         env: dict[str, str],
         eager: bool = True,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.port = port
         self.log_path = log_path
@@ -200,6 +201,7 @@ class ApiServer:
                 "127.0.0.1",
                 "--port",
                 str(port),
+                *args,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -260,9 +262,16 @@ class ApiServer:
 def api_server(tmp_path: Path) -> Iterator[Any]:
     started: list[ApiServer] = []
 
-    def start(model: Path, port: int, extra_config: dict[str, Any], eager: bool = True, **env: str) -> ApiServer:
+    def start(
+        model: Path,
+        port: int,
+        extra_config: dict[str, Any],
+        eager: bool = True,
+        args: tuple[str, ...] = (),
+        **env: str,
+    ) -> ApiServer:
         log = tmp_path / f"api_{len(started)}.log"
-        server = ApiServer(model, port, extra_config, log, vllm_env(**env), eager=eager)
+        server = ApiServer(model, port, extra_config, log, vllm_env(**env), eager=eager, args=args)
         started.append(server)
         return server
 
@@ -610,3 +619,106 @@ def test_replica_installs_the_peers_compile_cache_instead_of_compiling(
         output = compiled.log()
     assert "compile cache failed" in output and "crc32c" in output, output[-6000:]
     assert "Directly load AOT compilation" not in output, "a refused cache was used"
+
+
+# -- resharding: a TP=1 replica from a TP=2 seed -------------------------------------------------
+
+
+def _read_rank(address: str, identity: Any, ref: Any) -> tuple[Any, dict[str, Any]]:
+    """One READY vLLM rank's manifest and bytes (a same-layout read, verified against its checksums)."""
+    from peerload.loader import load_into
+    from peerload.seed_client import fetch_manifest
+    from peerload.settings import Settings
+    from peerload.wire import PEERLOAD_MANIFEST_KEY
+
+    manifest = fetch_manifest(ref.topology[PEERLOAD_MANIFEST_KEY], ref.worker_id, timeout_s=10)
+    destination = _destination_like(manifest)
+    settings = Settings.load(env={}, coordinator=address)
+    result = load_into(destination, identity, rank=ref.worker_rank, settings=settings, publish=False)
+    assert result.source == ref.worker_id and result.verified, result.attempts
+    return manifest, destination
+
+
+def _assert_boxes_rebuild_the_checkpoint(ranks: list[tuple[Any, dict[str, Any]]], disk: dict[str, Any]) -> None:
+    """Every checkpoint tensor, put together from the boxes the ranks publish, equals safetensors' bit for
+    bit; every element is held by some rank; padding boxes hold zeros."""
+    import torch
+
+    held = {name: torch.zeros(t.shape, dtype=torch.bool) for name, t in disk.items()}
+    padding = 0
+    for manifest, tensors in ranks:
+        for entry in manifest.tensors:
+            assert entry.boxes, f"{entry.name} publishes no boxes: {entry.no_layout}"
+            flat = tensors[entry.name].reshape(-1)
+            for box in entry.boxes:
+                first = box.offset // flat.element_size()
+                piece = flat[first : first + box.numel].reshape(box.shape)
+                if box.is_padding:
+                    assert not piece.any(), f"{entry.name}: padding rows are not zero"
+                    padding += 1
+                    continue
+                if box.tensor not in disk:  # made by vLLM from the config (rotary cache): its own name
+                    assert box.tensor == entry.name and box.is_full(), box
+                    continue
+                where = tuple(slice(a, b) for a, b in zip(box.start, box.stop, strict=True))
+                assert tuple(box.full_shape) == tuple(disk[box.tensor].shape), box
+                assert torch.equal(piece, disk[box.tensor][where]), f"{box.tensor}{list(where)} differs ({entry.name})"
+                held[box.tensor][where] = True
+    missing = [name for name, mask in held.items() if not bool(mask.all())]
+    assert not missing, f"no rank holds all of {missing}"
+    assert padding, "vLLM pads the vocabulary to 1024 rows: a padding box was expected"
+
+
+@pytest.mark.timeout(900)  # two vLLM servers (one of them TP=2) on 2 shared cores
+def test_tp1_replica_reshards_from_a_tp2_seed(
+    tiny_llama: dict[str, Any], hf_tokens: list[list[int]], coordinator: Any, api_server: Any, free_port: Any
+) -> None:
+    """A TP=2 vLLM seed (two CPU workers, one core each) publishes boxes that rebuild the checkpoint; a
+    TP=1 vLLM replica (bare dir) reshards from its two ranks and generates the same greedy tokens; the
+    replica's own TP=1 boxes rebuild the checkpoint too. `sources --explain` names the seed as reshardable."""
+    from safetensors.torch import load_file
+
+    from peerload._process import peerload_cmd
+    from peerload.client import CoordinatorClient, SourceStatus
+    from peerload.identity import BackendFramework, SourceIdentity
+
+    extra = {"coordinator": coordinator.address}
+    seed = api_server(
+        tiny_llama["full"], free_port(), extra, args=("--tensor-parallel-size", "2"), VLLM_CPU_OMP_THREADS_BIND="0|1"
+    )
+    seed.wait_ready(timeout=400)  # a bound only (2 shared cores)
+    disk = load_file(str(tiny_llama["full"] / "model.safetensors"))
+
+    def ready(tp: int) -> tuple[Any, list[Any]]:
+        identity = SourceIdentity(
+            model_name=SERVED_NAME, backend_framework=BackendFramework.VLLM, dtype="float32", tensor_parallel_size=tp
+        )
+        with CoordinatorClient(coordinator.address) as client:
+            return identity, sorted(
+                client.list_sources(identity, status=SourceStatus.READY), key=lambda r: r.worker_rank
+            )
+
+    tp2, seed_refs = ready(2)
+    assert [r.worker_rank for r in seed_refs] == [0, 1], f"{seed_refs}\n{seed.log()[-4000:]}"
+    _assert_boxes_rebuild_the_checkpoint([_read_rank(coordinator.address, tp2, r) for r in seed_refs], disk)
+
+    explained = subprocess.run(
+        peerload_cmd(
+            "sources", "--explain", str(tiny_llama["bare"]), "--model-name", SERVED_NAME, "--framework", "vllm",
+            "--coordinator", coordinator.address,
+        ),
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert explained.returncode == 0, explained.stderr
+    text = " ".join(explained.stdout.split())
+    assert "tensor_parallel_size is 2 there, 1 here: the layout differs but can be resharded" in text, text
+    assert "vLLM's `--load-format peerload`" in text, text
+
+    replica = api_server(tiny_llama["bare"], free_port(), extra)
+    replica.wait_ready(timeout=400)
+    assert replica.complete(tiny_llama["prompts"]) == hf_tokens
+    log = replica.log()
+    assert re.search(r"peerload: .* from \S+, resharded from tp=2 pp=1 .*serving as source", log), log[-6000:]
+    tp1, replica_refs = ready(1)
+    assert len(replica_refs) == 1, replica_refs
+    _assert_boxes_rebuild_the_checkpoint([_read_rank(coordinator.address, tp1, replica_refs[0])], disk)

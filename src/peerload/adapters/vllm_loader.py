@@ -1,7 +1,9 @@
 """`PeerloadModelLoader`: vLLM's `--load-format peerload` (imports vLLM; see `adapters/vllm.py`).
 
-Sequence: create the model, post-process it into its runtime layout, pull that layout from a READY
-vLLM peer of the same identity and rank (or load from disk), rebuild vLLM's derived state, publish.
+Sequence: create the model, post-process it into its runtime layout, describe where its tensors sit in
+the checkpoint (`vllm_layout`), pull that layout from a READY vLLM peer of the same identity and rank
+(or reshard from the ranks of another tensor-parallel layout, or load from disk), rebuild vLLM's
+derived state, publish (with the boxes, so targets of other layouts can reshard from it).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from vllm.model_executor.model_loader.utils import process_weights_after_loading
 from vllm.model_executor.utils import weights_already_processed
 from vllm.utils.torch_utils import set_default_torch_dtype
 
+from peerload.adapters.vllm_layout import model_layout, zero_padding
 from peerload.adapters.vllm_support import LOAD_FORMAT, compile_cache_enabled, live_sources, loader_settings, log
 from peerload.errors import LoadFailed
 from peerload.identity import BackendFramework, SourceIdentity, worker_rank
@@ -42,26 +45,46 @@ class RuntimeLayout:
     # Parameters that post-processing consumed into opaque kernel state (on CPU, linear weights
     # packed into oneDNN handles, the Parameter swapped for an empty one): (module, attr, original).
     consumed: list[tuple[nn.Module, str, nn.Parameter]]
+    # Tensors post-processing changed otherwise (repacked in place, replaced, made): name -> how.
+    # They are not plain shards of the checkpoint, so they publish no boxes (vllm_layout).
+    processed: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _signature(t: torch.Tensor) -> tuple[object, ...]:
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
 
 
 def runtime_layout(model: nn.Module, model_config: ModelConfig, device: torch.device) -> RuntimeLayout:
     """Post-process `model` (vLLM's own step) and return the tensors that define it afterwards."""
     before = [
-        (mod_name, mod, attr, p)
+        (mod_name, mod, attr, p, _signature(p.data))
         for mod_name, mod in model.named_modules()
         for attr, p in mod.named_parameters(recurse=False)
     ]
+    existing = set(module_tensors(model))
     process_weights_after_loading(model, model_config, device)
     tensors = module_tensors(model)
     consumed = []
-    for mod_name, mod, attr, original in before:
+    processed: dict[str, str] = {}
+    for mod_name, mod, attr, original, signature in before:
+        name = f"{mod_name}.{attr}" if mod_name else attr
+        data = original.data
         current = getattr(mod, attr, None)
         if current is not original and original.numel() > 0 and (current is None or current.numel() == 0):
             # The packed copy is built from `original`; moving `original` and re-packing on the
             # target is the only way to reproduce kernel state that exposes no tensor.
-            tensors[f"{mod_name}.{attr}" if mod_name else attr] = original.data
+            tensors[name] = original.data
             consumed.append((mod, attr, original))
-    return RuntimeLayout(tensors=tensors, consumed=consumed)
+        elif current is not original:
+            processed[name] = "replaced by vLLM's post-processing (process_weights_after_loading)"
+        elif _signature(data) != signature:
+            processed[name] = (
+                f"repacked by vLLM's post-processing (now {tuple(data.shape)} {data.dtype}, "
+                f"was {signature[1]} {signature[3]})"
+            )
+    for name in tensors.keys() - existing:
+        processed.setdefault(name, "made by vLLM's post-processing: no checkpoint tensor")
+    return RuntimeLayout(tensors=tensors, consumed=consumed, processed=processed)
 
 
 def rebuild_derived_state(
@@ -171,11 +194,12 @@ class PeerloadModelLoader(BaseModelLoader):
             for attempt in result.attempts:
                 log.warning("peerload: %s", attempt)
         log.info(
-            "peerload: %s rank %d: %.1f MiB from %s in %.2fs (%.2f GB/s)%s",
+            "peerload: %s rank %d: %.1f MiB from %s%s in %.2fs (%.2f GB/s)%s",
             identity.model_name,
             rank,
             result.bytes / 2**20,
             result.source,
+            f", resharded from {result.resharded_from}" if result.resharded_from else "",
             result.seconds.get("total", 0.0),
             result.gbps,
             _serving(result),
@@ -227,7 +251,18 @@ class PeerloadModelLoader(BaseModelLoader):
             log.info("peerload: read %s from disk in %.2fs", model_config.model, time.perf_counter() - started)
             return layout.tensors
 
-        load = TargetLoad(layout.tensors, identity, self.settings, LoadOptions(rank=rank, fallback=from_disk))
+        boxes = model_layout(model, layout.tensors, layout.processed, identity.quantization)
+        unplanned = {n: why for n, why in boxes.items() if isinstance(why, str)}
+        if unplanned:
+            log.info(
+                "peerload: %d of %d tensors cannot be resharded (targets of another layout cannot read them): %s",
+                len(unplanned),
+                len(boxes),
+                "; ".join(f"{n}: {why}" for n, why in list(unplanned.items())[:5]),
+            )
+        zero_padding(layout.tensors, boxes)  # what vLLM's weight loader does; no peer sends padding
+        options = LoadOptions(rank=rank, fallback=from_disk, layout=boxes)
+        load = TargetLoad(layout.tensors, identity, self.settings, options)
         try:
             return load.run()
         except Exception as exc:
