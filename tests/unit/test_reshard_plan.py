@@ -265,3 +265,21 @@ def test_a_tensor_without_boxes_fails_closed_with_the_reason_its_seed_gave() -> 
     back = manifest_from_proto(manifest_to_proto(m)).tensors
     assert [e.no_layout for e in back] == [e.no_layout for e in seeds["s1"]]
     assert next(e for e in back if e.name == Q).no_layout == why
+
+
+def test_a_load_that_cannot_describe_some_of_its_tensors_names_them() -> None:
+    """A layout may give a reason instead of boxes (`collect` publishes it as no_layout); a load that
+    then cannot plan says which tensors and why."""
+    from peerload.loader.load import _no_layout_line
+    from peerload.tensors import collect
+
+    why = "repacked by vLLM's post-processing"
+    tensors = {"a": torch.zeros(2), "b": torch.zeros(3)}
+    partial = collect(tensors, {"a": (full_box("a", (2,)),), "b": why})
+    assert [(e.name, e.boxes, e.no_layout) for e in partial.entries] == [
+        ("a", (full_box("a", (2,)),), ""),
+        ("b", (), why),
+    ]
+    line = _no_layout_line(partial)
+    assert "cannot describe 1 of its tensors" in line and f"b ({why})" in line, line
+    assert "this load has no layout" in _no_layout_line(collect(tensors)), _no_layout_line(collect(tensors))

@@ -175,7 +175,7 @@ def zero_padding(tensors: Mapping[str, torch.Tensor], layout: Mapping[str, Boxes
         if isinstance(boxes, str):
             continue
         for box in boxes:
-            if box.is_padding and box.numel:
+            if box.is_padding and box.numel and tensors[name].is_contiguous():
                 flat = tensors[name].view(-1)
                 first = box.offset // tensors[name].element_size()
                 with torch.no_grad():
