@@ -669,13 +669,14 @@ def _assert_boxes_rebuild_the_checkpoint(ranks: list[tuple[Any, dict[str, Any]]]
     assert padding, "vLLM pads the vocabulary to 1024 rows: a padding box was expected"
 
 
-@pytest.mark.timeout(900)  # two vLLM servers (one of them TP=2) on 2 shared cores
+@pytest.mark.timeout(1200)  # three vLLM servers (two of them TP=2) on 2 shared cores
 def test_tp1_replica_reshards_from_a_tp2_seed(
     tiny_llama: dict[str, Any], hf_tokens: list[list[int]], coordinator: Any, api_server: Any, free_port: Any
 ) -> None:
     """A TP=2 vLLM seed (two CPU workers, one core each) publishes boxes that rebuild the checkpoint; a
     TP=1 vLLM replica (bare dir) reshards from its two ranks and generates the same greedy tokens; the
-    replica's own TP=1 boxes rebuild the checkpoint too. `sources --explain` names the seed as reshardable."""
+    replica's own TP=1 boxes rebuild the checkpoint too. `sources --explain` names the seed as
+    reshardable. Then, the seed stopped, a TP=2 replica reshards both its ranks from the TP=1 one."""
     from safetensors.torch import load_file
 
     from peerload._process import peerload_cmd
@@ -722,3 +723,18 @@ def test_tp1_replica_reshards_from_a_tp2_seed(
     tp1, replica_refs = ready(1)
     assert len(replica_refs) == 1, replica_refs
     _assert_boxes_rebuild_the_checkpoint([_read_rank(coordinator.address, tp1, replica_refs[0])], disk)
+
+    # The other way: with the TP=2 seed gone (it marks itself STALE as it exits), a TP=2 replica
+    # from a bare directory reshards each of its ranks from the TP=1 replica.
+    seed.stop()
+    deadline = time.monotonic() + 60  # a bound on the wait only
+    while ready(2)[1]:
+        assert time.monotonic() < deadline, f"the stopped TP=2 seed is still READY:\n{seed.log()[-4000:]}"
+        time.sleep(0.1)
+    wide = api_server(
+        tiny_llama["bare"], free_port(), extra, args=("--tensor-parallel-size", "2"), VLLM_CPU_OMP_THREADS_BIND="0|1"
+    )
+    wide.wait_ready(timeout=400)
+    assert wide.complete(tiny_llama["prompts"]) == hf_tokens
+    resharded = re.findall(r"peerload: .* rank (\d): .*, resharded from tp=1 pp=1 .*serving as source", wide.log())
+    assert sorted(resharded) == ["0", "1"], wide.log()[-6000:]
