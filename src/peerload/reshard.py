@@ -114,6 +114,45 @@ class ReshardPlan:
         return {i for i, copies in self.part_copies.items() if source in copies}
 
 
+class Read(NamedTuple):
+    """One READ of a part from one source: `size` bytes at `offset` of its region `region`, which land
+    in the part's pieces `first` .. `last - 1` (one after another); `staged` when those pieces are
+    not contiguous here (the bytes go to a staging buffer and are scattered locally)."""
+
+    region: str
+    offset: int
+    size: int
+    first: int
+    last: int
+    staged: bool
+
+
+def reads_of(pieces: Sequence[Piece], copies: Sequence[tuple[str, int, int]]) -> list[Read]:
+    """A part's pieces and their (region, offset, size) at one source, as few READs as possible.
+
+    Consecutive pieces whose source ranges follow each other are one READ: read straight into
+    place when the pieces follow each other here too, else into a staging buffer and scattered
+    (a row-parallel box a source holds whole, read by a target that holds it strided: TP 2 -> 1).
+    The bytes read, and their order, are the same as one READ per piece.
+    """
+    out: list[Read] = []
+    first = 0
+    n = len(pieces)
+    while first < n:
+        region, offset, size = copies[first]
+        last = first + 1
+        here = pieces[first].offset + pieces[first].size
+        contiguous = True
+        while last < n and copies[last][0] == region and copies[last][1] == offset + size:
+            contiguous = contiguous and pieces[last].region == pieces[first].region and pieces[last].offset == here
+            here = pieces[last].offset + pieces[last].size
+            size += copies[last][2]
+            last += 1
+        out.append(Read(region, offset, size, first, last, staged=not contiguous))
+        first = last
+    return out
+
+
 def _strides(shape: Sequence[int]) -> tuple[int, ...]:
     out = [1] * len(shape)
     for d in range(len(shape) - 2, -1, -1):

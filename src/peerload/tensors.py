@@ -205,8 +205,12 @@ def part_checksum(regions: Mapping[str, torch.Tensor], part: Part, algorithm: st
     if algorithm != CHECKSUM_ALGORITHM:
         raise ValueError(f"unknown part checksum algorithm {algorithm!r}; known: {', '.join(PART_ALGORITHMS)}")
     digest = xxhash.xxh3_64()
+    buffers: dict[str, memoryview] = {}  # one buffer per region (a part may have thousands of pieces)
     for piece in part.pieces:
-        digest.update(_as_buffer(regions[piece.region])[piece.offset : piece.offset + piece.size])
+        buf = buffers.get(piece.region)
+        if buf is None:
+            buf = buffers[piece.region] = _as_buffer(regions[piece.region])
+        digest.update(buf[piece.offset : piece.offset + piece.size])
     return digest.hexdigest()
 
 

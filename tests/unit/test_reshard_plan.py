@@ -12,8 +12,10 @@ import torch
 from peerload.adapters.sharding import take
 from peerload.boxes import Box, Heads, full_box, padding_box, tp_boxes, unit_interval
 from peerload.errors import ConfigError, LayoutMismatch
+from peerload.loader.reshard_load import merge_ranges, scatter
 from peerload.manifest import TensorEntry
-from peerload.reshard import ReshardPlan, box_runs, coverage_problems, plan
+from peerload.parts import Piece
+from peerload.reshard import ReshardPlan, box_runs, coverage_problems, plan, reads_of
 
 HEADS = Heads(q_heads=8, kv_heads=2, head_dim=4)
 HIDDEN = HEADS.q_heads * HEADS.head_dim  # 32
@@ -109,6 +111,68 @@ def test_tp2_to_1_reads_each_seed_half_and_runs_are_contiguous() -> None:
     o = [r for r in p.runs if r.region.endswith("o_proj.weight")]
     assert len(q) == 2
     assert len(o) == 2 * HIDDEN
+
+
+def execute_reads(p: ReshardPlan, sources: dict[str, dict[str, bytearray]], target: dict[str, torch.Tensor]) -> int:
+    """The plan as the loader runs it: `reads_of` per part (staged ones scattered); the READs made."""
+    made = 0
+    for part in p.parts(4096):
+        source = sorted(p.part_copies[part.index])[0]
+        copies = p.part_copies[part.index][source]
+        reads = reads_of(part.pieces, copies)
+        # The bytes read are the same, in the same order, as one READ per piece (what the digest covers).
+        assert [(r.region, r.offset, r.size) for r in reads] == merge_ranges(copies)
+        for r in reads:
+            data = torch.frombuffer(
+                bytearray(sources[source][r.region][r.offset : r.offset + r.size]), dtype=torch.uint8
+            )
+            if r.staged:
+                scatter(target, part.pieces[r.first : r.last], data)
+            else:
+                piece = part.pieces[r.first]
+                target[piece.region][piece.offset : piece.offset + r.size] = data
+        made += len(reads)
+    return made
+
+
+@pytest.mark.parametrize("family", [llama, phi3])
+@pytest.mark.parametrize("tp_seed", [1, 2, 4])
+@pytest.mark.parametrize("tp_target", [1, 2, 4])
+def test_every_pair_bit_exact_with_merged_and_staged_reads(family, tp_seed: int, tp_target: int) -> None:
+    full = family()
+    seeds = {f"seed-r{r}": rank_of(full, tp_seed, r) for r in range(tp_seed)}
+    for rank in range(tp_target):
+        entries, expected = rank_of(full, tp_target, rank)
+        p = plan(entries, {k: e for k, (e, _) in seeds.items()})
+        got = {n: torch.zeros(len(b), dtype=torch.uint8) for n, b in expected.items()}
+        execute_reads(p, {k: r for k, (_, r) in seeds.items()}, got)
+        assert {n: bytearray(t.numpy().tobytes()) for n, t in got.items()} == expected
+
+
+def test_tp2_to_1_row_parallel_box_is_one_staged_read_per_seed() -> None:
+    full = llama()
+    seeds = {f"s{r}": rank_of(full, 2, r)[0] for r in range(2)}
+    entries, _ = rank_of(full, 1, 0)
+    p = plan(entries, seeds)
+    o = "model.layers.0.self_attn.o_proj.weight"
+    parts = p.parts(1 << 20)  # every tensor in one part per seed
+    reads = [
+        r
+        for part in parts
+        for source, copies in p.part_copies[part.index].items()
+        for r in reads_of(part.pieces, copies)
+        if part.pieces[r.first].region == o
+    ]
+    assert len(reads) == 2 and all(r.staged for r in reads)  # not one READ per row (2 * HIDDEN)
+    assert sum(r.size for r in reads) == full[o].numel() * 2
+
+
+def test_scatter_of_uneven_pieces_copies_piece_by_piece() -> None:
+    regions = {"a": torch.zeros(16, dtype=torch.uint8), "b": torch.zeros(8, dtype=torch.uint8)}
+    pieces = [Piece("a", 1, 2), Piece("a", 8, 3), Piece("b", 4, 4)]
+    scatter(regions, pieces, torch.arange(1, 10, dtype=torch.uint8))
+    assert regions["a"].tolist() == [0, 1, 2, 0, 0, 0, 0, 0, 3, 4, 5, 0, 0, 0, 0, 0]
+    assert regions["b"].tolist() == [0, 0, 0, 0, 6, 7, 8, 9]
 
 
 def test_gqa_kv_heads_below_tp_are_replicated_whole_heads() -> None:

@@ -343,6 +343,8 @@ class TargetLoad:
                 max_sources=len(found.sources),
                 ops_for=found.ops_for,
                 check=found.check,
+                after_read=found.after_read,
+                verify_workers=len(found.sources),
             ),
         )
         with self._phase("transfer"):

@@ -11,13 +11,15 @@ verified by the digest its source computes over exactly the ranges read (docs/re
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
 
 from peerload._grpc import ChannelSecurity
 from peerload.client import CoordinatorClient, SourceRef, SourceStatus
 from peerload.devices import device_id_of
-from peerload.errors import ChecksumMismatch, CoordinatorError, LayoutMismatch, NoSourceAvailable
+from peerload.errors import ChecksumMismatch, CoordinatorError, LayoutMismatch, NoSourceAvailable, TransportError
 from peerload.identity import SourceIdentity
 from peerload.loader.near_miss import LAYOUT_FIELDS, differences
 from peerload.loader.network import describe_path
@@ -25,8 +27,8 @@ from peerload.loader.phases import PhaseTimer
 from peerload.loader.selection import order_sources
 from peerload.loader.striping import SOURCE_FAILURES, PeerPlan, SourceStats
 from peerload.manifest import TensorEntry
-from peerload.parts import Part
-from peerload.reshard import ReshardPlan, plan
+from peerload.parts import Part, Piece
+from peerload.reshard import Read, ReshardPlan, plan, reads_of
 from peerload.seed_client import SeedClient
 from peerload.settings import Settings, split_host_port
 from peerload.tensors import TensorSet, part_checksum
@@ -97,41 +99,93 @@ def find_layouts(client: CoordinatorClient, identity: SourceIdentity) -> list[La
 
 @dataclass
 class Resharding:
-    """A checked plan over handshaken source ranks: what the striped read runs."""
+    """A checked plan over handshaken source ranks: what the striped read runs.
+
+    A part's bytes from one source are read with as few READs as their source ranges allow
+    (`reshard.reads_of`): a row-parallel box a source holds whole but this target holds strided
+    (TP 2 -> 1) is one READ into that source's staging buffer, scattered into place by `after_read`
+    before the part is checked, instead of one small READ per row.
+    """
 
     layout: Layout
     plan: ReshardPlan
     parts: list[Part]
     sources: list[PeerPlan]  # each with the parts it can serve (`holds`)
     tensor_set: TensorSet
+    transport: Transport | None = None  # registers the staging buffers; None: no staged READs
+    staging: dict[str, torch.Tensor] = field(default_factory=dict)  # per source, registered
+    _reads: dict[tuple[str, int], list[Read]] = field(default_factory=dict)
+
+    def reads(self, source: str, index: int) -> list[Read]:
+        """Part `index`'s READs from `source` (computed once)."""
+        key = (source, index)
+        found = self._reads.get(key)
+        if found is None:
+            copies = self.plan.part_copies[index][source]
+            found = reads_of(self.parts[index].pieces, copies)
+            if self.transport is None:  # no staging: every staged READ one READ per piece
+                found = [Read(*copies[i], i, i + 1, False) if r.staged else r for r in found for i in _span(r)]
+            self._reads[key] = found
+        return found
+
+    def stage(self) -> None:
+        """Allocate and register one staging buffer per source whose READs need one (before reading)."""
+        if self.transport is None:
+            return
+        device = next(iter(self.tensor_set.regions.values())).device if self.tensor_set.regions else None
+        for source in self.sources:
+            need = 0
+            for index in sorted(source.holds or ()):
+                need = max(need, sum(r.size for r in self.reads(source.worker_id, index) if r.staged))
+            if need:
+                buffer = torch.empty(need, dtype=torch.uint8, device=device)
+                self.transport.register({_staging_name(source.worker_id): buffer})
+                self.staging[source.worker_id] = buffer
 
     def ops_for(self, source: PeerPlan, part: Part) -> list[ReadOp]:
-        """The READs of `part` from `source`: its ranges into our pieces."""
+        """The READs of `part` from `source`: its ranges into our pieces (or its staging buffer)."""
         remote = source.manifest.region_map()
+        staging = self.staging.get(source.worker_id)
+        at = 0
         ops = []
-        for piece, (region, offset, size) in zip(
-            part.pieces, self.plan.part_copies[part.index][source.worker_id], strict=True
-        ):
-            flat = self.tensor_set.regions[piece.region]
-            r = remote[region]
+        for read in self.reads(source.worker_id, part.index):
+            if read.staged:
+                assert staging is not None
+                local, device = staging.data_ptr() + at, staging.device
+                at += read.size
+            else:
+                piece = part.pieces[read.first]
+                flat = self.tensor_set.regions[piece.region]
+                local, device = flat.data_ptr() + piece.offset, flat.device
+            r = remote[read.region]
             ops.append(
                 ReadOp(
-                    remote_addr=r.addr + offset,
-                    local_addr=flat.data_ptr() + piece.offset,
-                    size=size,
+                    remote_addr=r.addr + read.offset,
+                    local_addr=local,
+                    size=read.size,
                     remote_device=r.device_id,
-                    local_device=device_id_of(flat.device),
+                    local_device=device_id_of(device),
                     remote_memory=r.memory,
                 )
             )
         return ops
 
+    def after_read(self, source: PeerPlan, part: Part) -> None:
+        """Scatter what `part`'s staged READs from `source` brought into place."""
+        staging = self.staging.get(source.worker_id)
+        at = 0
+        for read in self.reads(source.worker_id, part.index):
+            if read.staged:
+                assert staging is not None
+                scatter(self.tensor_set.regions, part.pieces[read.first : read.last], staging[at : at + read.size])
+                at += read.size
+
     def check(self, source: PeerPlan, index: int) -> bool:
         """Whether our bytes of part `index` equal the source's digest of the ranges they came from."""
         part = self.parts[index]
         try:
-            copies = self.plan.part_copies[index][source.worker_id]
-            theirs = source.seed.digest_ranges(copies, check_parts=True, lease=source.lease)
+            ranges = [(r.region, r.offset, r.size) for r in self.reads(source.worker_id, index)]
+            theirs = source.seed.digest_ranges(merge_ranges(ranges), check_parts=True, lease=source.lease)
         except SOURCE_FAILURES as exc:
             log.warning("source %s could not vouch for part %d: %s", source.worker_id, index, exc)
             return False
@@ -140,6 +194,45 @@ class Resharding:
     def release(self) -> None:
         for source in self.sources:
             source.release()
+        if self.transport is not None and self.staging:
+            names = [_staging_name(w) for w in self.staging]
+            self.staging = {}
+            try:
+                self.transport.deregister(names)
+            except TransportError as exc:  # e.g. the transport closed first: the memory goes with it
+                log.debug("deregistering the staging buffers failed: %s", exc)
+
+
+def _span(read: Read) -> range:
+    return range(read.first, read.last)
+
+
+def _staging_name(worker_id: str) -> str:
+    return f"peerload-reshard-staging/{worker_id}"
+
+
+def scatter(regions: Mapping[str, torch.Tensor], pieces: Sequence[Piece], data: torch.Tensor) -> None:
+    """Copy `data` (a flat uint8 buffer) into `pieces`, one after another.
+
+    Pieces of one region, of one size, at a constant stride (the rows of a strided box) are one
+    strided copy; anything else a copy per piece.
+    """
+    first = pieces[0]
+    size = first.size
+    stride = pieces[1].offset - first.offset if len(pieces) > 1 else size
+    uniform = stride >= size and all(
+        p.region == first.region and p.size == size and p.offset == first.offset + i * stride
+        for i, p in enumerate(pieces)
+    )
+    if uniform:
+        flat = regions[first.region]
+        view = flat.as_strided((len(pieces), size), (stride, 1), flat.storage_offset() + first.offset)
+        view.copy_(data.view(len(pieces), size))
+        return
+    at = 0
+    for p in pieces:
+        regions[p.region][p.offset : p.offset + p.size].copy_(data[at : at + p.size])
+        at += p.size
 
 
 class ReshardHandshake:
@@ -209,7 +302,14 @@ class ReshardHandshake:
             f"({checked.nbytes} bytes planned)"
         )
         log.info("resharding from %s: %d parts from %d ranks", layout.describe(), len(parts), len(used))
-        return Resharding(layout, checked, parts, used, self.tensor_set)
+        found = Resharding(layout, checked, parts, used, self.tensor_set, self.transport)
+        try:
+            with PhaseTimer(self.seconds, "handshake"):
+                found.stage()
+        except BaseException:
+            found.release()
+            raise
+        return found
 
     def _first_of(self, refs: list[SourceRef]) -> PeerPlan | None:
         for ref in refs:
@@ -259,4 +359,20 @@ def _target_entries(tensor_set: TensorSet) -> list[TensorEntry]:
         if key not in seen:
             seen.add(key)
             out.append(entry)
+    return out
+
+
+def merge_ranges(ranges: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    """(region, offset, size) ranges with each one adjacent to the previous merged into it.
+
+    A digest of ranges in order is a digest of their bytes one after another, so the merged list
+    digests to the same value; a row-parallel box read out of contiguous source memory is then
+    one range instead of one per row (a small DigestRanges request, a short loop at the seed).
+    """
+    out: list[tuple[str, int, int]] = []
+    for region, offset, size in ranges:
+        if out and out[-1][0] == region and out[-1][1] + out[-1][2] == offset:
+            out[-1] = (region, out[-1][1], out[-1][2] + size)
+        else:
+            out.append((region, offset, size))
     return out

@@ -159,6 +159,8 @@ class StripeOptions:
     # hold fixed sets of parts (`PeerPlan.holds`), never refreshed.
     ops_for: Callable[[PeerPlan, Part], list[ReadOp]] | None = None
     check: Callable[[PeerPlan, int], bool] | None = None
+    after_read: Callable[[PeerPlan, Part], None] | None = None  # runs once a part's READs are done
+    verify_workers: int = 1  # parts checked at once (a resharding check waits on its source's digest RPC)
 
 
 class StripedRead:
@@ -199,7 +201,8 @@ class StripedRead:
         self._next_source = next_source
         self._add(sources)
         poller = threading.Thread(target=self._poll, name="peerload-swarm-poll", daemon=True)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="peerload-verify") as self._hashing:
+        workers = self.options.verify_workers
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="peerload-verify") as self._hashing:
             for plan in sources:
                 self._start(plan)
             poller.start()
@@ -337,6 +340,8 @@ class StripedRead:
                 last=False,  # more parts follow; the seed's fast polling lingers after the last one
             )
             plan.reading_now = None
+            if self.options.after_read is not None:
+                self.options.after_read(plan, part)
             if self.options.verify:
                 with self._cond:
                     if index not in self.scheduler.sources[name].reading:  # dropped meanwhile (poller)
@@ -359,7 +364,8 @@ class StripedRead:
             ok = self.options.check(plan, index)
         else:
             ok = part_matches(self.tensor_set.regions, part, self.expected[index])
-        self.verify_seconds += time.perf_counter() - began
+        with self._cond:
+            self.verify_seconds += time.perf_counter() - began
         if ok:
             self._delivered(plan, index)
             if self.options.on_verified is not None:

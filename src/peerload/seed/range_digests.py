@@ -11,6 +11,7 @@ per reader's lease.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -39,6 +40,9 @@ class RangeDigests:
         for part in self._parts:
             for piece in part.pieces:
                 self._spans.setdefault(piece.region, []).append((piece.offset, piece.offset + piece.size, part.index))
+        for spans in self._spans.values():
+            spans.sort()  # a plan's pieces of one region are disjoint: their ends sort with their starts
+        self._ends = {region: [b for _, b, _ in spans] for region, spans in self._spans.items()}
 
     def digest(self, ranges: Sequence[Range], check_parts: bool, lease: str = "") -> tuple[str, int]:
         """(xxh3_64 hex of the ranges' bytes in order, parts checked).
@@ -64,7 +68,11 @@ class RangeDigests:
     def _check(self, ranges: Sequence[Range], lease: str) -> int:
         touched: set[int] = set()
         for region, offset, size in ranges:
-            touched.update(i for a, b, i in self._spans.get(region, ()) if a < offset + size and b > offset)
+            spans = self._spans.get(region, [])
+            at = bisect_right(self._ends.get(region, []), offset)  # the first piece ending after `offset`
+            while at < len(spans) and spans[at][0] < offset + size:
+                touched.add(spans[at][2])
+                at += 1
         if lease:
             with self._lock:
                 touched -= self._checked.get(lease, set())
