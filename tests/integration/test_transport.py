@@ -188,6 +188,26 @@ def _failed_read_then_reuse(kind: str, cleanup, *, during: bool) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_nixl_first_reads_from_several_seeds_at_once_push_into_one_staging_memory(cleanup):
+    # Several reads starting together on a fresh endpoint (a swarm target's first round) each
+    # found no staging memory and registered their own: seeds then wrote into freed memory and
+    # the reads stalled. All must share one registration and arrive bit-exact.
+    sets = [(40, 11 + i) for i in range(4)]
+    seeds = [start(cleanup, peers.seed_main, "nixl", n, seed, 8) for n, seed in sets]
+    dst = start(cleanup, peers.concurrent_target_main, "nixl", sets, 8)
+    published = [s.recv() for s in seeds]
+    assert dst.recv() == "ready"
+    dst.conn.send([{"info": p["info"], "regions": p["regions"]} for p in published])
+    result = dst.recv()
+    assert not result["errors"], result["errors"][0]
+    assert result["digests"] == [p["digests"] for p in published]
+    assert result["staging_registrations"] == 1  # pushes were used, into one staging memory
+    assert dst.finish() == 0
+    for s in seeds:
+        assert s.finish() == 0
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", KINDS)
 def test_seed_killed_before_transfer_then_endpoint_reused(kind, cleanup):
     _failed_read_then_reuse(kind, cleanup, during=False)

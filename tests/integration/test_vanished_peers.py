@@ -167,18 +167,9 @@ def _parses(path: Path) -> bool:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     "transport",
-    [
-        pytest.param(
-            "nixl",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="UCX 1.23 tcp GET emulation: the resumed seed answers its gone reader's queued GET "
-                "requests and aborts (ucp_request.inl:356 Fatal: unexpected error: Endpoint timeout); "
-                "see docs/transport.md#peer-failures (pushes, off by default, avoid it)",
-            ),
-        ),
-        "transfer_engine",
-    ],
+    # NIXL passes because peerload readers ask for pushes (docs/transport.md#peer-failures): a READ
+    # would leave queued GET requests that abort the resumed seed (UCX 1.23 tcp GET emulation).
+    ["nixl", "transfer_engine"],
 )
 def test_a_seed_resumed_after_its_reader_gave_up_serves_on(transport, checkpoint, tmp_path):
     model, expected, total = checkpoint

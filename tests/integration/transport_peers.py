@@ -134,3 +134,50 @@ def target_main(conn: Connection, kind: str, n: int, seed: int, big_mib: int, op
 
 def kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
+
+
+def concurrent_target_main(conn: Connection, kind: str, sets: list[tuple[int, int]], big_mib: int) -> None:
+    """Read one tensor set from each of several seeds at once, all reads starting together, as the
+    first reads this endpoint makes; send back each set's digests and the endpoint's counters."""
+    import threading
+
+    from peerload.transport import ReadOp, create_transport, prefault
+
+    specs = [make_specs(n, seed, big_mib) for n, seed in sets]
+    # Names unique across sets: a transport registers tensors by name.
+    dsts = [{f"set{j}.{s.name}": torch.empty(s.numel, dtype=s.dtype) for s in ss} for j, ss in enumerate(specs)]
+    prefault([t for d in dsts for t in d.values()])
+    tr = create_transport(kind, "target", loopback=True)
+    locals_ = [{r.name: r for r in tr.register(d)} for d in dsts]
+    conn.send("ready")
+    seeds = conn.recv()  # [{"info", "regions"}] in the order of `sets`
+    start = threading.Barrier(len(seeds))
+    errors: list[str] = []
+
+    def read(i: int) -> None:
+        here = locals_[i]
+        ops = [
+            ReadOp(remote_addr=r.addr, local_addr=here[f"set{i}.{r.name}"].addr, size=r.size)
+            for r in seeds[i]["regions"]
+        ]
+        start.wait()
+        try:
+            tr.read(seeds[i]["info"], ops, timeout_s=60)
+        except Exception:
+            errors.append(traceback.format_exc())
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(seeds))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    conn.send(
+        {
+            "errors": errors,
+            "digests": [[digest(t) for t in d.values()] for d in dsts],
+            "staging_registrations": getattr(tr, "_staging_registrations", None),
+        }
+    )
+    assert conn.recv() == "stop"
+    tr.close()
+    conn.send("closed")

@@ -116,8 +116,7 @@ class NixlTransport(Transport):
             the suffix also marks the agent as one that takes push requests (see `push`).
         push: read host memory from peerload agents as pushes (they WRITE into staging slots; see
             peerload.transport._push): no serving process can then be aborted by UCX for a reader
-            that vanished. Off by default: in test_swarm's killed source a push read could stall
-            for the whole read timeout (not yet understood). False: always READ.
+            that vanished. On by default; False: always READ (what ModelExpress readers do).
         listen_port: run NIXL's listen thread on this port (0 = a free one): it hands this agent's
             metadata to peers that fetch it (ModelExpress P2P metadata mode), and fetching a
             peer's metadata from its listen thread needs one here too. None: no listen thread.
@@ -139,7 +138,7 @@ class NixlTransport(Transport):
         unique_name: bool = True,
         listen_port: int | None = None,
         connect_timeout_s: float = 30.0,
-        push: bool = False,
+        push: bool = True,
     ) -> None:
         apply_ucx_defaults(loopback=loopback)
         nixl_agent, nixl_agent_config, self._nb = _import_nixl()
@@ -174,7 +173,7 @@ class NixlTransport(Transport):
         self._slots = _push.Slots(4 * self._max_inflight)
         self._slot_peer: dict[str, str] = {}  # request id -> the server asked
         self._answers: dict[str, str | None] = {}  # request id -> None (pushed) or why not
-        self._md_acked: set[str] = set()  # servers that have our staging metadata
+        self._staging_registrations = 0  # how often staging memory was registered (once, unless a race)
         self._writes: list[tuple[Any, str, str]] = []  # server side: (handle, reader, request id)
         self._push_md: dict[str, bytes] = {}  # server side: readers' staging metadata loaded
 
@@ -415,18 +414,21 @@ class NixlTransport(Transport):
 
     def _staging_slots(self) -> int:
         """The staging memory's address (allocated and registered on first use)."""
-        if self._staging is None:
-            staging = torch.empty(self._slot_bytes * (4 * self._max_inflight), dtype=torch.uint8)
-            row = np.array([(staging.data_ptr(), staging.nbytes, 0)], dtype=np.uint64)
-            reg = self._nb.nixlRegDList(self._nb.DRAM_SEG, row)
-            with self._lock:
+        # Under the lock as a whole: reads from several peers at once start together, and each
+        # registering its own staging memory left servers writing into memory that was freed.
+        with self._lock:
+            if self._staging is None:
+                staging = torch.empty(self._slot_bytes * (4 * self._max_inflight), dtype=torch.uint8)
+                row = np.array([(staging.data_ptr(), staging.nbytes, 0)], dtype=np.uint64)
+                reg = self._nb.nixlRegDList(self._nb.DRAM_SEG, row)
                 try:
                     self._agent.register_memory(reg)
                     self._staging_md = self._agent.get_partial_agent_metadata(reg, True)
                 except Exception as e:
                     raise TransportError(f"NIXL could not register {staging.nbytes} B of staging memory: {e}") from e
-            self._staging = staging
-        return self._staging.data_ptr()
+                self._staging = staging
+                self._staging_registrations += 1
+            return self._staging.data_ptr()
 
     def _run_pushed(self, read: _ReadState, asked: dict[str, tuple[Batch, int]]) -> None:
         """`_run_batches` for a server that pushes: request each batch, copy it out of its slot when done."""
@@ -462,7 +464,6 @@ class NixlTransport(Transport):
                         raise TransportError(f"the peer pushed nothing: {why}", read.remote)
                     self._copy_out(batch, addr)
                     self._slots.answered(rid)
-                    self._md_acked.add(read.remote)
                     done.append(batch.nbytes)
             if done:
                 heard = time.monotonic()
@@ -480,8 +481,9 @@ class NixlTransport(Transport):
         offsets = np.cumsum([0] + [op.size for op in batch.ops[:-1]], dtype=np.uint64)
         rows = np.array([(op.remote_addr, op.size, op.remote_device, 0) for op in batch.ops], dtype=np.uint64)
         rows[:, 3] = offsets + np.uint64(addr)
-        md = b"" if read.remote in self._md_acked else self._staging_md
-        req = _push.PushRequest(rid, False, final and read.limits.last, rows, md)
+        # Every request carries the staging metadata: a server that dropped and reloaded us (a peer
+        # gone and back, a reshard reading a second layout) would otherwise not know where to WRITE.
+        req = _push.PushRequest(rid, False, final and read.limits.last, rows, self._staging_md)
         self._send(read.remote, _push.encode(req), "cannot ask the peer to push")
 
     def _send(self, remote: str, msg: bytes, what: str) -> None:
@@ -604,7 +606,7 @@ class NixlTransport(Transport):
         return remote
 
     def _drop_peer(self, remote: str) -> None:
-        self._md_acked.discard(remote)
+        self._push_md.pop(remote, None)
         if self._peers.pop(remote, None) is None:
             return
         with self._lock:
