@@ -95,6 +95,9 @@ class Settings:
     mx_p2p_metadata: bool = True
     # Port of the NIXL agent's listen thread, which serves its metadata to peers (0 = a free port).
     metadata_port: int = 0
+    # NIXL: read host memory from peerload peers as pushes (the peer WRITEs into our staging
+    # slots), so no serving process is aborted by UCX for a reader that vanished (docs/transport.md).
+    nixl_push: bool = True
     # Security (docs/security.md). Clients: TLS to the coordinator and seeds, trusting this CA
     # (PEM), optionally checking this name instead of the host; the bearer token to send, given
     # as is or as a file (its first token; re-read when it changes).

@@ -330,3 +330,22 @@ def test_missing_package_names_pip_extra(kind, shadowed, extra, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=50)
     assert out.returncode == 0, out.stderr
     assert f"MISSING {extra}" in out.stdout and f"peerload[{extra}]" in out.stdout
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("push", [True, False])
+def test_nixl_push_setting_reaches_the_endpoint(push, monkeypatch):
+    # PEERLOAD_NIXL_PUSH=false is the way back to READs: the reader must then stage nothing.
+    from peerload.settings import Settings
+    from peerload.transport import make_transport
+
+    monkeypatch.setenv("UCX_NET_DEVICES", "lo")
+    settings = Settings.load(env={"PEERLOAD_NIXL_PUSH": str(push).lower()}, advertise_host="127.0.0.1")
+    src = torch.randint(0, 256, (3 << 20,), dtype=torch.uint8)
+    with make_transport(settings, "seed") as seed, make_transport(settings, "target") as target:
+        (region,) = seed.register({"src": src})
+        dst = torch.zeros_like(src)
+        (local,) = target.register({"dst": dst})
+        target.read(seed.endpoint_info(), [ReadOp(region.addr, local.addr, region.size)], timeout_s=20)
+        assert torch.equal(dst, src)
+        assert target._staging_registrations == (1 if push else 0)

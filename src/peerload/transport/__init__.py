@@ -57,6 +57,7 @@ def make_transport(settings: Settings, name: str) -> Transport:
         options["host"] = advertise_host(settings)
     if settings.transport == "nixl":
         options["listen_port"] = settings.metadata_port
+        options["push"] = settings.nixl_push
     return create_transport(settings.transport, name=name, **options)
 
 
