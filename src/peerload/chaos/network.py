@@ -220,7 +220,7 @@ def seed_vanishes(cluster: FleetCluster, rng: random.Random) -> Trial:
     finally:
         done.set()
         injector.join()
-        cluster.kill_seed(host)  # never resumed: a NIXL seed resumed after its reader left aborts (docs/transport.md)
+        cluster.kill_seed(host)  # never resumed: the fault is a host that hangs for good
     if stopped_at and trial.outcome != "failed":
         trial.recover_s = ended - stopped_at[0]
     return trial
