@@ -340,7 +340,7 @@ def test_nixl_push_setting_reaches_the_endpoint(push, monkeypatch):
     from peerload.transport import make_transport
 
     monkeypatch.setenv("UCX_NET_DEVICES", "lo")
-    settings = Settings.load(env={"PEERLOAD_NIXL_PUSH": str(push).lower()}, advertise_host="127.0.0.1")
+    settings = Settings.load(env={"PEERLOAD_NIXL_PUSH": str(push).lower()})
     src = torch.randint(0, 256, (3 << 20,), dtype=torch.uint8)
     with make_transport(settings, "seed") as seed, make_transport(settings, "target") as target:
         (region,) = seed.register({"src": src})
